@@ -1,0 +1,41 @@
+"""``python -m course_lib COMMAND ...`` - the course's command line.
+
+Each command lives in its own module as ``main(argv) -> int`` with its own
+``--help``; this file only dispatches, importing a command's module when used.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module:function, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("course_lib.cli:doctor_main", "versions, device, mode and which hub weights are present (offline)"),
+    "data": ("course_lib.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
+    "notebooks": ("course_lib.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items())
+    return (f"usage: python -m course_lib COMMAND [options]\n\ncommands:\n{rows}\n\n"
+            "Run 'python -m course_lib COMMAND --help' for a command's options.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module, func = target.split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

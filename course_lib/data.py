@@ -1,0 +1,496 @@
+"""The embedded data: real photos from installed packages, and a synthetic
+instruction-retouch dataset with exact ground truth.
+
+Photos
+    Nine real photographs that ship inside scikit-image, scikit-learn and
+    matplotlib, so the course runs offline. Six are for training, three are held
+    out (never seen in training). :func:`manifest` lists source, licence and size.
+
+Edits
+    Nine parametric retouch operations, each a differentiable function of a pixel's
+    own colour (so a bilateral grid can represent it): exposure, contrast,
+    saturation, vibrance, white-balance temperature and tint, a tone curve, and
+    luminance-local shadow and highlight edits. Each takes a signed ``amount``;
+    ``amount = 0`` is the identity.
+
+Instructions
+    Every edit family has paraphrases for each direction, with strength words
+    ("slightly", "much", ...). Two paraphrases per direction are *held out* from
+    training to test language generalisation. About a third of training samples
+    compose two edits ("make it warmer and lift the shadows").
+
+Everything is deterministic given a seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .images import save_image
+
+# --------------------------------------------------------------------------- photos
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    name: str
+    package: str
+    loader: str
+    licence: str
+    split: str  # "train" or "heldout"
+
+
+PHOTOS: tuple[Photo, ...] = (
+    Photo("astronaut", "scikit-image", "skimage.data.astronaut", "public domain (NASA)", "train"),
+    Photo("coffee", "scikit-image", "skimage.data.coffee", "CC0 (Rachel Michetti)", "train"),
+    Photo("rocket", "scikit-image", "skimage.data.rocket", "public domain (SpaceX)", "train"),
+    Photo("motorcycle_left", "scikit-image", "skimage.data.stereo_motorcycle[0]",
+          "Middlebury 2014 stereo benchmark (research use)", "train"),
+    Photo("motorcycle_right", "scikit-image", "skimage.data.stereo_motorcycle[1]",
+          "Middlebury 2014 stereo benchmark (research use)", "train"),
+    Photo("china", "scikit-learn", "sklearn.datasets.load_sample_image('china.jpg')",
+          "CC BY 2.0 (danielbuechele, Flickr)", "train"),
+    Photo("chelsea", "scikit-image", "skimage.data.chelsea", "CC0 (Stefan van der Walt)", "heldout"),
+    Photo("flower", "scikit-learn", "sklearn.datasets.load_sample_image('flower.jpg')",
+          "CC BY 2.0 (vultilion, Flickr)", "heldout"),
+    Photo("grace_hopper", "matplotlib", "matplotlib.cbook.get_sample_data('grace_hopper.jpg')",
+          "public domain (U.S. Navy)", "heldout"),
+)
+SPLITS = ("train", "heldout")
+
+
+def photo_names(split: str | None = None) -> list[str]:
+    """Names of the bundled photos, optionally of one split (``"train"``/``"heldout"``)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return [p.name for p in PHOTOS if split is None or p.split == split]
+
+
+def _photo_info(name: str) -> Photo:
+    for p in PHOTOS:
+        if p.name == name:
+            return p
+    raise KeyError(f"unknown photo {name!r}; choose from {photo_names()}")
+
+
+@functools.lru_cache(maxsize=None)
+def _photo_uint8(name: str) -> np.ndarray:
+    """(H, W, 3) uint8 array of a bundled photo, read from its package."""
+    _photo_info(name)
+    if name in ("astronaut", "coffee", "rocket", "chelsea"):
+        import skimage.data
+
+        return np.asarray(getattr(skimage.data, name)())
+    if name.startswith("motorcycle"):
+        import skimage.data
+
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return np.asarray(left if name.endswith("left") else right)
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return np.asarray(load_sample_image(f"{name}.jpg"))
+    if name == "grace_hopper":
+        from matplotlib import cbook
+        from PIL import Image
+
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+            return np.asarray(im.convert("RGB"))
+    raise KeyError(name)  # pragma: no cover
+
+
+def resize(img: torch.Tensor, size: int | tuple[int, int], short_side: bool = True) -> torch.Tensor:
+    """Resize (…, 3, H, W) with antialiasing.
+
+    Args:
+        img: (3, H, W) or (B, 3, H, W) float tensor.
+        size: an int (the new shorter side if ``short_side`` else the longer side,
+            keeping aspect) or an explicit ``(H, W)``.
+    """
+    squeeze = img.dim() == 3
+    x = img[None] if squeeze else img
+    h, w = x.shape[-2:]
+    if isinstance(size, int):
+        scale = size / (min(h, w) if short_side else max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if tuple(size) != (h, w):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return x[0] if squeeze else x
+
+
+def load_photo(name: str, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """A bundled photo as a (3, H, W) float32 tensor in [0, 1].
+
+    Args:
+        name: one of :func:`photo_names`.
+        size: ``None`` for the original size, an int for the shorter side, or ``(H, W)``.
+    """
+    arr = _photo_uint8(name)
+    img = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float() / 255.0
+    return img if size is None else resize(img, size)
+
+
+def manifest() -> list[dict]:
+    """One dict per photo: name, split, package, loader, licence, height, width."""
+    rows = []
+    for p in PHOTOS:
+        h, w = _photo_uint8(p.name).shape[:2]
+        rows.append({**dataclasses.asdict(p), "height": int(h), "width": int(w)})
+    return rows
+
+
+def prepare(out_dir: str | Path | None = None) -> Path:
+    """Write every bundled photo as PNG plus ``manifest.json`` (idempotent).
+
+    Returns:
+        The folder written (default ``data/photos``).
+    """
+    from .config import DATA_DIR
+
+    out = Path(out_dir) if out_dir is not None else DATA_DIR / "photos"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = manifest()
+    for row in rows:
+        target = out / f"{row['name']}.png"
+        if not target.exists():
+            save_image(load_photo(row["name"]), target)
+    text = json.dumps(rows, indent=1) + "\n"
+    mpath = out / "manifest.json"
+    if not mpath.exists() or mpath.read_text() != text:
+        mpath.write_text(text)
+    return out
+
+
+# --------------------------------------------------------------------------- edits
+# Every edit maps (B, 3, H, W) in [0, 1] and a signed amount (float or (B,)
+# tensor) to (B, 3, H, W) in [0, 1]; amount 0 is the identity.
+
+#: Rec. 709 luma weights.
+LUMA = (0.2126, 0.7152, 0.0722)
+
+
+def luma(img: torch.Tensor) -> torch.Tensor:
+    """Rec. 709 luma ``Y = 0.2126 R + 0.7152 G + 0.0722 B``: (B, 3, H, W) -> (B, 1, H, W)."""
+    w = img.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (img * w).sum(dim=-3, keepdim=True)
+
+
+def _amt(amount: float | torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """A float or (B,) amount as a (B, 1, 1, 1) tensor broadcastable over ``img``."""
+    a = torch.as_tensor(amount, dtype=img.dtype, device=img.device)
+    return a.reshape(-1, 1, 1, 1) if a.dim() > 0 else a
+
+
+def smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
+    """Hermite step: 0 below ``e0``, 1 above ``e1``, ``3t^2 - 2t^3`` between."""
+    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def exposure(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Exposure in stops, in linear light with a 2.2 gamma.
+
+    ``out = ((img^2.2) * 2^ev)^(1/2.2) = img * 2^(ev / 2.2)``, clipped to [0, 1].
+    """
+    ev = _amt(amount, img)
+    return (img * torch.pow(2.0, ev / 2.2)).clamp(0, 1)
+
+
+def contrast(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Linear contrast about mid-grey: ``out = 0.5 + (img - 0.5) * (1 + amount)``."""
+    a = _amt(amount, img)
+    return (0.5 + (img - 0.5) * (1 + a)).clamp(0, 1)
+
+
+def saturation(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Scale chroma about luma: ``out = Y + (img - Y) * (1 + amount)``."""
+    a = _amt(amount, img)
+    y = luma(img)
+    return (y + (img - y) * (1 + a)).clamp(0, 1)
+
+
+def vibrance(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Saturation weighted toward muted colours.
+
+    With ``s = max(rgb) - min(rgb)`` (0 for greys, 1 for pure colours):
+    ``out = Y + (img - Y) * (1 + amount * (1 - s))``.
+    """
+    a = _amt(amount, img)
+    y = luma(img)
+    s = img.amax(dim=-3, keepdim=True) - img.amin(dim=-3, keepdim=True)
+    return (y + (img - y) * (1 + a * (1 - s))).clamp(0, 1)
+
+
+def _channel_gains(img: torch.Tensor, amount: float | torch.Tensor, per_unit: tuple[float, float, float]) -> torch.Tensor:
+    """``img * (1 + amount * per_unit)`` per channel, clipped: (B, 3, H, W)."""
+    c = img.new_tensor(per_unit).view(1, 3, 1, 1)
+    return (img * (1 + _amt(amount, img) * c)).clamp(0, 1)
+
+
+def temperature(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """White-balance temperature: warmer (amount > 0) raises red and lowers blue.
+
+    ``out = img * (1 + a * [0.2, 0, -0.2])`` per channel.
+    """
+    return _channel_gains(img, amount, (0.2, 0.0, -0.2))
+
+
+def tint(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """White-balance tint: amount > 0 toward magenta, < 0 toward green.
+
+    ``out = img * (1 + a * [0.1, -0.2, 0.1])`` per channel.
+    """
+    return _channel_gains(img, amount, (0.1, -0.2, 0.1))
+
+
+def tone_curve(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """A cubic S-curve per channel (amount > 0: punchier; < 0: faded, flatter).
+
+    ``f(x) = x - 2 a x (1 - x)(1 - 2x)``: fixes 0, 0.5 and 1, monotone for |a| <= 1.
+    """
+    a = _amt(amount, img)
+    return (img - 2 * a * img * (1 - img) * (1 - 2 * img)).clamp(0, 1)
+
+
+def shadows(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Lift (amount > 0) or deepen (< 0) the shadows only.
+
+    Mask ``m = 1 - smoothstep(0, 0.6, Y)`` selects dark pixels;
+    ``out = img + 0.3 * a * m * (1 - img)`` if lifting, ``img * (1 + 0.6 a m)`` if deepening.
+    """
+    a = _amt(amount, img)
+    m = 1 - smoothstep(0.0, 0.6, luma(img))
+    lift = img + 0.3 * a.clamp(min=0) * m * (1 - img)
+    return (lift * (1 + 0.6 * a.clamp(max=0) * m)).clamp(0, 1)
+
+
+def highlights(img: torch.Tensor, amount: float | torch.Tensor) -> torch.Tensor:
+    """Boost (amount > 0) or tame (< 0) the highlights only.
+
+    Mask ``m = smoothstep(0.4, 1, Y)`` selects bright pixels;
+    ``out = img * (1 + 0.5 a m)`` if taming, ``img + 0.3 a m (1 - img)`` if boosting.
+    """
+    a = _amt(amount, img)
+    m = smoothstep(0.4, 1.0, luma(img))
+    tame = img * (1 + 0.5 * a.clamp(max=0) * m)
+    return (tame + 0.3 * a.clamp(min=0) * m * (1 - tame)).clamp(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """An edit family: its function, the amount for strength 1, and paraphrases.
+
+    ``up``/``down`` are instruction templates for amount > 0 / < 0. The last
+    ``HELD_OUT_PER_DIRECTION`` of each list are held out from training.
+    ``{cmp}`` takes a comparative modifier ("slightly", "much"), ``{vrb}`` an
+    adverb at the end ("a little", "a lot").
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]
+    unit: float
+    up: tuple[str, ...]
+    down: tuple[str, ...]
+
+
+HELD_OUT_PER_DIRECTION = 2
+
+FAMILIES: tuple[Family, ...] = (
+    Family("exposure", exposure, 0.7,
+           ("make it {cmp} brighter", "brighten the photo {vrb}", "increase the exposure {vrb}",
+            "make the image {cmp} lighter", "give the picture {cmp} more light", "raise the exposure {vrb}"),
+           ("make it {cmp} darker", "darken the photo {vrb}", "decrease the exposure {vrb}",
+            "make the image {cmp} dimmer", "lower the exposure {vrb}", "give the picture {cmp} less light")),
+    Family("contrast", contrast, 0.3,
+           ("make it {cmp} more contrasty", "increase the contrast {vrb}", "add contrast {vrb}",
+            "boost the contrast {vrb}", "give it {cmp} more contrast", "strengthen the contrast {vrb}"),
+           ("make it {cmp} less contrasty", "reduce the contrast {vrb}", "lower the contrast {vrb}",
+            "soften the contrast {vrb}", "give it {cmp} less contrast", "decrease the contrast {vrb}")),
+    Family("saturation", saturation, 0.45,
+           ("make it {cmp} more saturated", "increase the saturation {vrb}", "boost the saturation {vrb}",
+            "make the colours {cmp} stronger", "saturate the colours {vrb}", "make the colors {cmp} richer"),
+           ("make it {cmp} less saturated", "decrease the saturation {vrb}", "desaturate the photo {vrb}",
+            "make the colours {cmp} weaker", "mute the colours {vrb}", "make the colors {cmp} duller")),
+    Family("vibrance", vibrance, 0.6,
+           ("increase the vibrance {vrb}", "boost the vibrance {vrb}", "add vibrance {vrb}",
+            "make the muted colours {cmp} livelier", "make it {cmp} more vibrant", "raise the vibrance {vrb}"),
+           ("decrease the vibrance {vrb}", "reduce the vibrance {vrb}", "remove vibrance {vrb}",
+            "make the muted colours {cmp} calmer", "make it {cmp} less vibrant", "tone down the vibrance {vrb}")),
+    Family("temperature", temperature, 0.5,
+           ("make it {cmp} warmer", "warm up the photo {vrb}", "give it a {cmp} warmer tone",
+            "raise the colour temperature {vrb}", "make the light {cmp} more golden", "add warmth {vrb}"),
+           ("make it {cmp} cooler", "cool down the photo {vrb}", "give it a {cmp} cooler tone",
+            "lower the colour temperature {vrb}", "make the light {cmp} colder", "make it {cmp} bluer")),
+    Family("tint", tint, 0.5,
+           ("shift the tint towards magenta {vrb}", "add a magenta tint {vrb}", "make it {cmp} more magenta",
+            "push the tint to magenta {vrb}", "make it {cmp} pinker", "tint it magenta {vrb}"),
+           ("shift the tint towards green {vrb}", "add a green tint {vrb}", "make it {cmp} greener",
+            "push the tint to green {vrb}", "tint it green {vrb}", "give it a {cmp} greener cast")),
+    Family("tone_curve", tone_curve, 0.5,
+           ("apply an S-curve {vrb}", "add punch to the tones {vrb}", "make the tones {cmp} punchier",
+            "steepen the tone curve {vrb}", "give it {cmp} more pop", "make the midtones {cmp} snappier"),
+           ("fade the photo {vrb}", "make the tones {cmp} softer", "give it a {cmp} faded look",
+            "flatten the tone curve {vrb}", "make it look {cmp} more washed out", "apply a matte fade {vrb}")),
+    Family("shadows", shadows, 0.6,
+           ("brighten the shadows {vrb}", "lift the shadows {vrb}", "open up the shadows {vrb}",
+            "make the shadows {cmp} lighter", "bring up the shadows {vrb}", "make the dark areas {cmp} brighter"),
+           ("deepen the shadows {vrb}", "darken the shadows {vrb}", "make the shadows {cmp} darker",
+            "crush the shadows {vrb}", "make the dark areas {cmp} darker", "push the shadows down {vrb}")),
+    Family("highlights", highlights, 0.6,
+           ("boost the highlights {vrb}", "brighten the highlights {vrb}", "make the highlights {cmp} brighter",
+            "lift the highlights {vrb}", "make the bright areas {cmp} brighter", "push the highlights up {vrb}"),
+           ("tame the highlights {vrb}", "recover the highlights {vrb}", "pull down the highlights {vrb}",
+            "make the highlights {cmp} darker", "make the bright areas {cmp} dimmer", "reduce the highlights {vrb}")),
+)
+FAMILY = {f.name: f for f in FAMILIES}
+
+#: Strength words and the factor they put on a family's unit amount.
+STRENGTHS = {"slightly": 0.5, "normal": 1.0, "strongly": 1.8}
+CMP_WORDS = {"slightly": ("slightly", "a bit", "a little"), "normal": ("",), "strongly": ("much", "a lot", "far")}
+VRB_WORDS = {"slightly": ("slightly", "a little", "gently"), "normal": ("",), "strongly": ("a lot", "strongly", "heavily")}
+
+
+def templates(family: str, direction: int, split: str = "train") -> tuple[str, ...]:
+    """Instruction templates of one family and direction (+1/-1) for ``"train"``,
+    ``"heldout"`` or ``"all"`` paraphrases."""
+    fam = FAMILY[family]
+    t = fam.up if direction > 0 else fam.down
+    k = HELD_OUT_PER_DIRECTION
+    return {"train": t[:-k], "heldout": t[-k:], "all": t}[split]
+
+
+def render(template: str, strength: str, rng: np.random.Generator | None = None) -> str:
+    """Fill a template's ``{cmp}``/``{vrb}`` slot with a word for ``strength``."""
+    rng = rng or np.random.default_rng(0)
+    text = template.format(cmp=rng.choice(CMP_WORDS[strength]), vrb=rng.choice(VRB_WORDS[strength]))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """One parametric edit: family name and signed amount."""
+
+    family: str
+    amount: float
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return FAMILY[self.family].fn(img, self.amount)
+
+
+def apply_edits(img: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
+    """Apply edits in order to a (3, H, W) or (B, 3, H, W) image."""
+    x = img[None] if img.dim() == 3 else img
+    for e in edits:
+        x = e(x)
+    return x[0] if img.dim() == 3 else x
+
+
+def encode_edits(edits: Sequence[Edit]) -> str:
+    """``[Edit('exposure', 0.7)]`` -> ``"exposure:+0.700"`` (collates as a string)."""
+    return ";".join(f"{e.family}:{e.amount:+.3f}" for e in edits)
+
+
+def decode_edits(text: str) -> list[Edit]:
+    """Inverse of :func:`encode_edits`."""
+    if not text:
+        return []
+    return [Edit(name, float(val)) for name, val in (part.split(":") for part in text.split(";"))]
+
+
+def sample_instruction(rng: np.random.Generator, paraphrases: str = "train",
+                       compose_prob: float = 0.3, families: Sequence[str] | None = None) -> tuple[str, list[Edit]]:
+    """Draw a random instruction and the exact edits it names.
+
+    Args:
+        rng: a NumPy generator.
+        paraphrases: ``"train"``, ``"heldout"`` or ``"all"`` templates.
+        compose_prob: probability of joining two edits of different families with "and".
+        families: restrict to these family names.
+
+    Returns:
+        ``(instruction, edits)``.
+    """
+    names = list(families or FAMILY)
+    n = 2 if (len(names) > 1 and rng.random() < compose_prob) else 1
+    chosen = rng.choice(len(names), size=n, replace=False)
+    parts, edits = [], []
+    for idx in chosen:
+        name = names[int(idx)]
+        direction = 1 if rng.random() < 0.5 else -1
+        strength = str(rng.choice(list(STRENGTHS)))
+        tmpl = str(rng.choice(templates(name, direction, paraphrases)))
+        parts.append(render(tmpl, strength, rng))
+        edits.append(Edit(name, direction * STRENGTHS[strength] * FAMILY[name].unit))
+    return " and ".join(parts), edits
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class RetouchPairs(torch.utils.data.Dataset):
+    """Synthetic (source, instruction, target) triples from the bundled photos.
+
+    Item ``i`` is a pure function of ``(seed, i)``: a random crop (40-100 % of the
+    shorter side, random aspect 3:4 to 4:3, random flip) of one photo of the
+    split, resized to ``size``; an instruction drawn from the chosen paraphrases;
+    and the exactly edited target.
+
+    Args:
+        split: photos, ``"train"`` or ``"heldout"``.
+        paraphrases: ``"train"``, ``"heldout"`` or ``"all"``.
+        size: output side length (square crops) in pixels.
+        length: number of items.
+        seed: base seed.
+        compose_prob: probability of a two-edit instruction.
+        families: restrict to these edit families.
+
+    Returns (per item):
+        dict with ``source`` and ``target`` (3, size, size) float32 in [0, 1],
+        ``instruction`` (str), ``edits`` (str, see :func:`encode_edits`), ``photo`` (str).
+    """
+
+    def __init__(self, split: str = "train", paraphrases: str = "train", size: int = 128, length: int = 1000,
+                 seed: int = 0, compose_prob: float = 0.3, families: Sequence[str] | None = None) -> None:
+        self.photos = photo_names(split)
+        if paraphrases not in ("train", "heldout", "all"):
+            raise ValueError(f"paraphrases must be 'train', 'heldout' or 'all', not {paraphrases!r}")
+        self.split, self.paraphrases, self.size = split, paraphrases, int(size)
+        self.length, self.seed, self.compose_prob = int(length), int(seed), float(compose_prob)
+        self.families = list(families) if families else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _base(name: str) -> torch.Tensor:
+        # Work from a 512-px (shorter side) copy: crops are then cheap.
+        return load_photo(name, size=512)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        name = self.photos[int(rng.integers(len(self.photos)))]
+        img = self._base(name)
+        h, w = img.shape[-2:]
+        side = min(h, w) * rng.uniform(0.4, 1.0)
+        aspect = rng.uniform(0.75, 4 / 3)
+        ch, cw = min(h, int(side * aspect ** 0.5)), min(w, int(side / aspect ** 0.5))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = img[:, y0:y0 + ch, x0:x0 + cw]
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        source = resize(crop, (self.size, self.size))
+        instruction, edits = sample_instruction(rng, self.paraphrases, self.compose_prob, self.families)
+        target = apply_edits(source, edits)
+        return {"source": source, "target": target, "instruction": instruction,
+                "edits": encode_edits(edits), "photo": name}

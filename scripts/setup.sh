@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create or refresh the course's local environment. Idempotent: a re-run with
+# nothing changed checks a stamp and returns in about a second.
+#
+#   scripts/setup.sh            # .venv/ in the repository (override: COURSE_VENV=/path)
+#
+# It installs the exact versions of requirements/lock.txt (torch==2.14.1 and
+# torchvision==0.29.1 among them) and then this repository in editable mode.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${COURSE_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+STAMP="$VENV/.course-setup-stamp"
+
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+  echo "setup: error: need Python >= 3.10 as '$PY' (set PYTHON=/path/to/python3)" >&2
+  exit 1
+fi
+
+# What the environment must match: the lock, the project metadata and where this checkout lives.
+want=$( { cat "$ROOT/requirements/lock.txt" "$ROOT/pyproject.toml"; echo "$ROOT"; } | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
+   && "$VENV/bin/python" -c 'import course_lib' 2>/dev/null; then
+  echo "setup: environment up to date ($VENV)"
+  exit 0
+fi
+
+start=$(date +%s)
+echo "setup: preparing $VENV (first run takes a few minutes) ..."
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+rm -f "$STAMP"
+# (this machine's pip config names local index folders that may not exist: hide that noise)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements/lock.txt" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+echo "$want" > "$STAMP"
+echo "setup: done in $(( $(date +%s) - start )) s ($VENV)"

@@ -1,0 +1,109 @@
+"""The student-notebook generator, its drift check, and the committed notebooks."""
+import json
+from pathlib import Path
+
+import pytest
+
+from course_lib import nbtools
+from course_lib.__main__ import main as cli_main
+
+SOLUTION_CELL = '''def exposure(image, ev):
+    """Brighten by ev stops."""
+    ### BEGIN SOLUTION
+    scale = 2.0 ** ev
+    return image * scale
+    ### END SOLUTION
+
+def other(x):
+    ### BEGIN SOLUTION (Exercise 9.9)
+    return x
+    ### END SOLUTION'''
+
+
+def _nb(cells):
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _code(src, outputs=None):
+    return {"cell_type": "code", "source": src, "metadata": {}, "outputs": outputs or [], "execution_count": 3 if outputs else None}
+
+
+def test_strip_code_keeps_signature_and_indent():
+    out = nbtools.strip_code(SOLUTION_CELL, "4", [0])
+    assert 'def exposure(image, ev):\n    """Brighten by ev stops."""\n    raise NotImplementedError(\'Exercise 4.1\')' in out
+    assert "raise NotImplementedError('Exercise 9.9')" in out
+    assert "scale" not in out and "BEGIN" not in out and "END" not in out
+    ns = {}
+    exec(out, ns)  # the stub still defines the functions
+    with pytest.raises(NotImplementedError, match="Exercise 4.1"):
+        ns["exposure"](1, 2)
+
+
+def test_numbering_runs_across_cells():
+    cell = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"
+    nb = _nb([_code(cell), _code(cell)])
+    student = nbtools.make_student(nb, "7")
+    assert "Exercise 7.1" in student["cells"][0]["source"] and "Exercise 7.2" in student["cells"][1]["source"]
+
+
+@pytest.mark.parametrize("bad", [
+    "### BEGIN SOLUTION\nx = 1\n",
+    "x = 1\n### END SOLUTION\n",
+    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n",
+])
+def test_malformed_markers_raise(bad):
+    with pytest.raises(nbtools.NotebookError):
+        nbtools.strip_code(bad, "1", [0])
+
+
+def test_answers_hidden_and_outputs_stripped():
+    md = {"cell_type": "markdown", "metadata": {}, "source": "Q: why?\n<!-- BEGIN ANSWER -->\nBecause.\n<!-- END ANSWER -->\n"}
+    nb = _nb([md, _code("print(1)", outputs=[{"output_type": "stream", "name": "stdout", "text": "1\n"}])])
+    student = nbtools.make_student(nb, "1")
+    assert "Because" not in student["cells"][0]["source"] and nbtools.ANSWER_PLACEHOLDER in student["cells"][0]["source"]
+    assert student["cells"][1]["outputs"] == [] and student["cells"][1]["execution_count"] is None
+    assert nbtools.has_outputs(nb) and not nbtools.has_outputs(student)
+
+
+def test_generate_and_check_detect_drift(tmp_path):
+    sol, stu = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    (sol / "05_demo.ipynb").write_text(json.dumps(_nb([_code(SOLUTION_CELL)])))
+    assert nbtools.generate(check=True, solutions=sol, notebooks=stu)  # missing student notebook
+    written = nbtools.generate(solutions=sol, notebooks=stu)
+    assert written == [str(stu / "05_demo.ipynb")]
+    assert nbtools.generate(check=True, solutions=sol, notebooks=stu) == []
+    assert "Exercise 5.1" in (stu / "05_demo.ipynb").read_text()
+    # drift: somebody edits the student notebook by hand
+    text = (stu / "05_demo.ipynb").read_text().replace("Exercise 5.1", "Exercise 5.7")
+    (stu / "05_demo.ipynb").write_text(text)
+    problems = nbtools.generate(check=True, solutions=sol, notebooks=stu)
+    assert problems and "differs" in problems[0]
+    # an orphan student notebook is reported too
+    (stu / "06_orphan.ipynb").write_text("{}")
+    assert any("no solution" in p for p in nbtools.generate(check=True, solutions=sol, notebooks=stu))
+
+
+def test_committed_notebooks_in_sync_and_stripped():
+    """The real repository: notebooks/ is exactly what solutions/ generates, with no outputs."""
+    solutions = sorted(nbtools.SOLUTIONS_DIR.glob("[0-9]*.ipynb"))
+    assert solutions, "no lessons found"
+    assert nbtools.generate(check=True) == []
+    for path in solutions + sorted(nbtools.NOTEBOOKS_DIR.glob("[0-9]*.ipynb")):
+        assert not nbtools.has_outputs(nbtools.load(path)), f"{path} has outputs"
+
+
+def test_every_lesson_has_the_promised_sections():
+    for path in sorted(nbtools.SOLUTIONS_DIR.glob("[0-9]*.ipynb")):
+        nb = nbtools.load(path)
+        md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown").lower()
+        for heading in ("objectives", "prerequisites", "running time", "summary", "further reading", "check your understanding"):
+            assert heading in md, f"{path.name} lacks '{heading}'"
+        assert "colab.research.google.com" in md, f"{path.name} lacks a Colab badge"
+        first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert "google.colab" in "".join(first_code["source"]), f"{path.name}: first code cell must install on Colab"
+
+
+def test_cli_check_mode_exit_code(capsys):
+    assert cli_main(["notebooks", "--check"]) == 0
+    assert "in sync" in capsys.readouterr().out
