@@ -5,6 +5,9 @@ SHELL := /bin/bash
 VENV ?= $(if $(COURSE_VENV),$(COURSE_VENV),$(CURDIR)/.venv)
 PY := $(VENV)/bin/python
 PORT ?= 8888
+# Root (containers, cloud images) needs --allow-root; JupyterLab is told not to look for updates or news online.
+JUPYTER_FLAGS := --no-browser --ip=127.0.0.1 --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,) \
+	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None
 
 .PHONY: setup course test unit notebooks check-notebooks help
 
@@ -19,7 +22,7 @@ setup:
 course: setup
 	@$(PY) -m course_lib data prepare
 	@$(PY) -m course_lib doctor
-	$(PY) -m jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) notebooks/00_tour.ipynb
+	$(PY) -m jupyter lab $(JUPYTER_FLAGS) notebooks/00_tour.ipynb
 
 test: setup
 	COURSE_MODE=fast $(PY) -m pytest tests solutions notebooks
