@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("course_lib.cli:doctor_main", "versions, device, mode and which hub weights are present (offline)"),
     "data": ("course_lib.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
     "notebooks": ("course_lib.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
+    "bench": ("course_lib.bench:main", "benchmark the slicing kernels against naive grid_sample and the memory floor"),
 }
 
 
