@@ -1,0 +1,217 @@
+"""``python -m course_lib bench slice``: slicing kernels against naive and the memory floor.
+
+Times every slice-and-apply implementation available here -- the naive
+``grid_sample`` path of lesson 01 and the fused kernels of lesson 02 -- forward
+and forward+backward, at a few frame sizes; measures the machine's memory
+bandwidth in the same run (a large tensor copy) and turns it into a *floor* per
+call: the time just to move the bytes the call must move. Prints a table (ms,
+speed-up over naive, "x off the floor"), saves it as JSON and Markdown, and plots
+latency against megapixels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import config
+from .fastslice import available_impls, frame_cost, slice_apply_cpu, slice_apply_triton, timed
+
+#: Named frame sizes (width, height).
+NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160)}
+#: Planes of H x W values each pass must read + write: forward reads RGB + guide, writes RGB;
+#: backward also reads RGB, guide, d out and writes d RGB, d guide.
+PLANES = {"fwd": 3 + 1 + 3, "fwd+bwd": (3 + 1 + 3) + (3 + 1 + 3 + 3 + 1)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1080p"``, ``"4k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
+    key = text.strip().lower()
+    if key in NAMED_SIZES:
+        return NAMED_SIZES[key]
+    if "x" in key:
+        w, h = key.split("x")
+        return int(w), int(h)
+    return int(key), int(key)
+
+
+def implementations(device: torch.device) -> dict[str, Callable]:
+    """Name -> slice-apply function for tensors on ``device``; ``naive`` is lesson 01's grid_sample."""
+    from .bilateral import slice_apply_grid_sample
+
+    impls: dict[str, Callable] = {"naive": slice_apply_grid_sample}
+    fused = available_impls()
+    if device.type == "cuda" and "triton" in fused:
+        impls["triton"] = slice_apply_triton
+    if device.type == "cpu" and "cpu" in fused:
+        impls["cpu"] = slice_apply_cpu
+    return impls
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes per second of a large ``dst.copy_(src)`` (read + write counted), median of ``repeats``."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = timed(dst.copy_, src, repeats=repeats, warmup=2)
+    return 2 * nbytes / seconds
+
+
+def _inputs(B: int, H: int, W: int, grid_shape: tuple[int, int, int], device: torch.device,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    D, Hg, Wg = grid_shape
+    grid = torch.randn(B, 12, D, Hg, Wg, generator=gen).to(device)
+    guide = torch.rand(B, H, W, generator=gen).to(device)  # uniform guide: no locality to exploit
+    image = torch.rand(B, 3, H, W, generator=gen).to(device)
+    return grid, guide, image
+
+
+def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, int] = (8, 16, 16),
+        device: torch.device | None = None, impls: list[str] | None = None, backward: bool = True,
+        naive_max_mp: float = 1e9) -> dict:
+    """Time every implementation at every size; return the rows and the machine's floor.
+
+    Args:
+        sizes: (width, height) frames, batch 1.
+        repeats: timed calls per measurement (median), after one warm-up call.
+        grid_shape: (D, Hg, Wg).
+        device: where the tensors live (default: ``config.device()``).
+        impls: restrict to these names (default: all available).
+        backward: also time forward+backward.
+        naive_max_mp: skip the naive path above this many megapixels (it is slow).
+
+    Returns:
+        ``{"bandwidth_GBps", "threads", "device", "rows": [...]}``, each row with
+        ``size, mp, impl, pass, ms, floor_ms, speedup, off_floor``.
+    """
+    device = device or config.device()
+    fns = implementations(device)
+    if impls:
+        fns = {k: v for k, v in fns.items() if k in impls}
+    bandwidth = copy_bandwidth(device)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    passes = ["fwd", "fwd+bwd"] if backward else ["fwd"]
+    for (W, H) in sizes:
+        grid, guide, image = _inputs(1, H, W, grid_shape, device, gen)
+        dout = torch.randn(image.shape, generator=gen).to(device)
+        cost = frame_cost(H, W, torch.float32, *grid_shape)
+        mp = H * W / 1e6
+        naive_ms: dict[str, float] = {}
+        for name, fn in fns.items():
+            if name == "naive" and mp > naive_max_mp:
+                continue
+            for ps in passes:
+                if ps == "fwd":
+                    def call(fn=fn):
+                        with torch.no_grad():
+                            fn(grid, guide, image)
+                else:
+                    g, gd, im = (t.detach().requires_grad_(True) for t in (grid, guide, image))
+
+                    def call(fn=fn, g=g, gd=gd, im=im):
+                        torch.autograd.grad(fn(g, gd, im), (g, gd, im), dout)
+                ms = 1e3 * timed(call, repeats=repeats, warmup=1)
+                # floor: the bytes the call must move at the copy bandwidth
+                nbytes = PLANES[ps] * H * W * 4 + cost["grid_bytes"] * (1 if ps == "fwd" else 3)
+                floor_ms = 1e3 * nbytes / bandwidth
+                if name == "naive":
+                    naive_ms[ps] = ms
+                rows.append({"size": f"{W}x{H}", "mp": round(mp, 3), "impl": name, "pass": ps, "ms": ms,
+                             "floor_ms": floor_ms, "bytes": nbytes,
+                             "speedup": naive_ms[ps] / ms if ps in naive_ms else None,
+                             "off_floor": ms / floor_ms})
+    return {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_GBps": bandwidth / 1e9,
+            "grid": list(grid_shape), "repeats": repeats, "cpu": platform.processor() or platform.machine(),
+            "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table of :func:`run`'s rows, with the measured bandwidth on top."""
+    lines = [f"device {result['device']}, {result['threads']} threads, copy bandwidth "
+             f"{result['bandwidth_GBps']:.1f} GB/s, grid {'x'.join(map(str, result['grid']))} (DxHgxWg), "
+             f"median of {result['repeats']}",
+             "",
+             "| size | MP | impl | pass | ms | x faster than naive | floor ms | x off the floor |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        speed = "-" if r["speedup"] is None else f"{r['speedup']:.1f}"
+        lines.append(f"| {r['size']} | {r['mp']:.2f} | {r['impl']} | {r['pass']} | {r['ms']:.2f} | {speed} | "
+                     f"{r['floor_ms']:.2f} | {r['off_floor']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path | None = None):
+    """Latency against megapixels (log-log), one line per implementation and pass, floor dashed.
+
+    Returns:
+        The matplotlib figure (also saved to ``path`` when given).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rows = result["rows"]
+    for ps, style in (("fwd", "-o"), ("fwd+bwd", "--s")):
+        for impl in dict.fromkeys(r["impl"] for r in rows):
+            pts = sorted((r["mp"], r["ms"]) for r in rows if r["impl"] == impl and r["pass"] == ps)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{impl} {ps}")
+        floor = sorted({(r["mp"], r["floor_ms"]) for r in rows if r["pass"] == ps})
+        if floor:
+            ax.plot(*zip(*floor), ":", color="gray", label=f"memory floor {ps}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("megapixels")
+    ax.set_ylabel("ms per call (median)")
+    ax.set_title(f"slice + apply on {result['device']} ({result['threads']} threads)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib bench",
+        description="Benchmark slice-and-apply: naive grid_sample vs the fused kernels, forward and "
+                    "forward+backward, against a memory-bandwidth floor measured in the same run.")
+    parser.add_argument("what", choices=["slice"], help="what to benchmark")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated frames: 512, 1080p, 4k or WxH "
+                             "(default: 512,1080p,4k; FAST mode: 256,512,1080p)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement, median "
+                        "(default 5; FAST mode 2)")
+    parser.add_argument("--grid", default="8x16x16", help="grid D x Hg x Wg (default 8x16x16)")
+    parser.add_argument("--impls", default=None, help="comma-separated subset of naive,cpu,triton")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: automatic)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    parser.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
+    args = parser.parse_args(argv)
+
+    sizes = [parse_size(s) for s in (args.sizes or config.pick(fast="256,512,1080p", full="512,1080p,4k")).split(",")]
+    repeats = args.repeats or config.pick(fast=2, full=5)
+    grid_shape = tuple(int(v) for v in args.grid.lower().split("x"))
+    if len(grid_shape) != 3:
+        parser.error("--grid must be D x Hg x Wg, e.g. 8x16x16")
+    device = config.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
+                 backward=not args.no_backward)
+    table = format_table(result)
+    print(table)
+    out = Path(args.out) if args.out else config.OUTPUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_slice.json").write_text(json.dumps(result, indent=1))
+    (out / "bench_slice.md").write_text(table + "\n")
+    import matplotlib.pyplot as plt
+
+    plt.close(plot(result, out / "bench_slice.png"))
+    print(f"bench: wrote {out / 'bench_slice.md'}, .json and .png")
+    return 0

@@ -1,0 +1,326 @@
+"""Fast slicing (lesson 02): fused slice-and-apply kernels, forward and backward.
+
+The naive path of lesson 01 builds the full-resolution coefficients with
+``F.grid_sample`` -- a ``(B, 12, H, W)`` tensor, 4x the image -- and then applies
+them. The fused kernels here compute the same function (HDRNet's
+``bilateral_slice_apply``; see ``course_lib.bilateral``) pixel by pixel and keep
+only the image, the guide and the small grid in memory:
+
+* ``slice_apply_triton``: Triton kernels (``course_lib.triton_slice``), chosen for
+  CUDA tensors; with ``TRITON_INTERPRET=1`` they also run on CPU tensors (slowly).
+* ``slice_apply_cpu``: C++/OpenMP kernels (``course_lib/csrc/bilateral_slice.cpp``),
+  compiled with ninja on first use and cached under ``data/cache/``. Without a
+  compiler it prints one line and falls back to the ``grid_sample`` path.
+
+Both are wrapped in one ``torch.autograd.Function`` and agree with the reference
+to 1e-5 in fp32, values and gradients. Shapes: grid ``(B, 12, D, Hg, Wg)`` with
+channel ``c = 4 i + j`` (``j = 3`` the bias), guide ``(B, H, W)`` in [0, 1] (or
+``(B, 1, H, W)``), image ``(B, 3, H, W)`` -> out ``(B, 3, H, W)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .config import CACHE_DIR
+
+#: The C++ source of the CPU kernels (found next to this file, also in an editable install).
+CPP_SOURCE: Path = Path(__file__).resolve().parent / "csrc" / "bilateral_slice.cpp"
+
+_cpu_ext: ModuleType | None = None
+_cpu_error: str | None = None
+_notified = False
+
+
+class SliceOps(Protocol):
+    """What a backend provides: the C++ extension module and ``triton_slice`` both do."""
+
+    def forward(self, grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor: ...
+
+    def backward(self, grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor,
+                 grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the CPU extension
+# ---------------------------------------------------------------------------------------------
+
+def _compile_flags(native: bool) -> tuple[list[str], list[str]]:
+    """(cflags, ldflags). ``native``: tune for this CPU and use OpenMP threads."""
+    if not native:
+        return ["-O3"], []
+    cflags = ["-O3", "-fopenmp", "-march=native"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        # the 12 coefficients of a cell fit one 512-bit register where the CPU has AVX-512
+        cflags.append("-mprefer-vector-width=512")
+    return cflags, ["-fopenmp"]
+
+
+def _build_dir(cflags: list[str]) -> Path:
+    """A cache folder per torch version, CPU and flags (``-march=native`` builds are CPU-specific)."""
+    key = "|".join([torch.__version__, platform.machine(), platform.processor(), _cpu_model(), *cflags])
+    return CACHE_DIR / "torch_extensions" / f"bilateral_slice_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _ensure_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the pip ``ninja`` lives next to the interpreter."""
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # type: ignore[import-not-found]
+
+        dirs.append(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([d for d in dirs if d not in path] + path)
+
+
+def _build(native: bool, verbose: bool) -> ModuleType:
+    cflags, ldflags = _compile_flags(native)
+    build_dir = _build_dir(cflags)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_ninja_on_path()
+    # importing cpp_extension logs a warning about CUDA_HOME on machines without CUDA: not ours
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    if not any(build_dir.glob("*.so")) and not any(build_dir.glob("*.pyd")):
+        print("fastslice: compiling the C++ kernel (first use, about 30 s) ...", file=sys.stderr, flush=True)
+    return cpp_extension.load(name="course_bilateral_slice", sources=[str(CPP_SOURCE)], extra_cflags=cflags,
+                              extra_ldflags=ldflags, build_directory=str(build_dir), verbose=verbose)
+
+
+def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
+    """Compile (first use) or load (cached) the C++ kernels.
+
+    Tries OpenMP + ``-march=native`` first, then plain ``-O3``. Never raises:
+    on failure it remembers why (:func:`cpu_extension_error`) and returns ``None``.
+
+    Args:
+        verbose: show the compiler's output.
+
+    Returns:
+        The extension module (``forward``, ``backward``), or ``None``.
+    """
+    global _cpu_ext, _cpu_error
+    if _cpu_ext is not None or _cpu_error is not None:
+        return _cpu_ext
+    if os.environ.get("COURSE_NO_CPP_EXT", "").strip() in ("1", "true", "yes"):
+        _cpu_error = "disabled by COURSE_NO_CPP_EXT"
+        return None
+    errors = []
+    for native in (True, False):
+        try:
+            _cpu_ext = _build(native, verbose)
+            return _cpu_ext
+        except Exception as exc:  # no compiler, no ninja, unsupported flag, ...
+            errors.append(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+    _cpu_error = errors[-1][:160]
+    return None
+
+
+def cpu_extension_error() -> str | None:
+    """Why the C++ kernels are unavailable (``None`` if they loaded or were never tried)."""
+    return _cpu_error
+
+
+def _reset_cpu_extension() -> None:
+    """Forget the loaded or failed extension (tests use this to simulate a missing compiler)."""
+    global _cpu_ext, _cpu_error, _notified
+    _cpu_ext, _cpu_error, _notified = None, None, False
+
+
+def triton_available() -> bool:
+    """True when Triton can run here: a CUDA GPU, or ``TRITON_INTERPRET=1`` (CPU tensors)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available_impls() -> list[str]:
+    """Names of the fused implementations usable on this machine, fastest first.
+
+    ``"triton"`` needs a CUDA GPU (or the interpreter); ``"cpu"`` needs the C++
+    extension (this call compiles it on first use).
+    """
+    impls = []
+    if triton_available() and torch.cuda.is_available():
+        impls.append("triton")
+    if load_cpu_extension() is not None:
+        impls.append("cpu")
+    return impls
+
+
+# ---------------------------------------------------------------------------------------------
+# The autograd wrapper, shared by both backends
+# ---------------------------------------------------------------------------------------------
+
+class FusedSliceApply(torch.autograd.Function):
+    """``out = slice_apply(grid, guide, image)`` with a fused backend's forward and backward."""
+
+    @staticmethod
+    def forward(ctx: Any, ops: SliceOps, grid: torch.Tensor, guide: torch.Tensor,
+                image: torch.Tensor) -> torch.Tensor:
+        ctx.ops = ops
+        ctx.save_for_backward(grid, guide, image)
+        return ops.forward(grid, guide, image)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[None, torch.Tensor | None, ...]:
+        grid, guide, image = ctx.saved_tensors
+        d_grid, d_guide, d_image = ctx.ops.backward(grid, guide, image, grad_out.contiguous())
+        need = ctx.needs_input_grad
+        return (None, d_grid if need[1] else None, d_guide if need[2] else None, d_image if need[3] else None)
+
+
+def _prepare(grid: torch.Tensor, guide: torch.Tensor,
+             image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check shapes; return contiguous tensors of one floating dtype (differentiably)."""
+    if guide.dim() == 4 and guide.shape[1] == 1:
+        guide = guide[:, 0]  # (B, 1, H, W) -> (B, H, W)
+    if grid.dim() != 5 or grid.shape[1] != 12:
+        raise ValueError(f"grid must be (B, 12, D, Hg, Wg), got {tuple(grid.shape)}")
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    B, _, H, W = image.shape
+    if guide.shape != (B, H, W) or grid.shape[0] != B:
+        raise ValueError(f"guide {tuple(guide.shape)} / grid {tuple(grid.shape)} do not match image {tuple(image.shape)}")
+    if not (grid.device == guide.device == image.device):
+        raise ValueError("grid, guide and image must be on one device")
+    dtype = torch.promote_types(torch.promote_types(grid.dtype, guide.dtype), image.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    return grid.to(dtype).contiguous(), guide.to(dtype).contiguous(), image.to(dtype).contiguous()
+
+
+def _grid_sample_path(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The unfused path of lesson 01: ``grid_sample`` to full-res coefficients, then apply."""
+    from .bilateral import slice_apply_grid_sample
+
+    return slice_apply_grid_sample(grid, guide, image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+def slice_apply_cpu(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Fused slice-and-apply with the C++ kernels (CPU tensors), differentiable.
+
+    Falls back, with a one-line notice, to the ``grid_sample`` path when the
+    extension cannot be built.
+
+    Args:
+        grid: (B, 12, D, Hg, Wg) affine coefficients, channel ``4 i + j``.
+        guide: (B, H, W) or (B, 1, H, W), values in [0, 1].
+        image: (B, 3, H, W).
+
+    Returns:
+        (B, 3, H, W) in the promoted dtype of the inputs.
+    """
+    global _notified
+    grid, guide, image = _prepare(grid, guide, image)
+    if image.device.type != "cpu":
+        raise ValueError(f"slice_apply_cpu needs CPU tensors, got {image.device}")
+    ext = load_cpu_extension()
+    if ext is None:
+        if not _notified:
+            print(f"fastslice: C++ kernel unavailable ({_cpu_error}); using the grid_sample path", file=sys.stderr)
+            _notified = True
+        return _grid_sample_path(grid, guide, image)
+    return FusedSliceApply.apply(ext, grid, guide, image)
+
+
+def slice_apply_triton(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Fused slice-and-apply with the Triton kernels, differentiable.
+
+    CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (set before
+    Triton is first imported). Computes in fp32 whatever the input dtype.
+
+    Args:
+        grid: (B, 12, D, Hg, Wg). guide: (B, H, W) or (B, 1, H, W). image: (B, 3, H, W).
+
+    Returns:
+        (B, 3, H, W) in the promoted dtype of the inputs.
+    """
+    grid, guide, image = _prepare(grid, guide, image)
+    if image.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise RuntimeError("slice_apply_triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    from . import triton_slice
+
+    return FusedSliceApply.apply(triton_slice, grid, guide, image)
+
+
+def slice_apply_fused(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The best fused kernel for the tensors' device: Triton on CUDA, C++ on CPU."""
+    if image.device.type == "cuda" and triton_available():
+        return slice_apply_triton(grid, guide, image)
+    return slice_apply_cpu(grid, guide, image)
+
+
+def frame_cost(height: int, width: int, dtype: torch.dtype = torch.float32, depth: int = 8,
+               grid_h: int = 16, grid_w: int = 16, batch: int = 1) -> dict[str, float]:
+    """Bytes and FLOPs of one fused slice-and-apply call (the roofline's two axes).
+
+    Args:
+        height, width: image size. dtype: element type of image, guide and output.
+        depth, grid_h, grid_w: grid size. batch: images per call.
+
+    Returns:
+        ``bytes`` (read RGB + guide + grid, write RGB), ``grid_bytes``, ``flops``
+        (8 corners x (12 coefficient multiply-adds + 3 weights) + 9 multiply-adds
+        and 3 adds of the affine, counting a multiply-add as 2), and
+        ``intensity`` (FLOPs per byte).
+    """
+    px = batch * height * width
+    item = torch.empty((), dtype=dtype).element_size()
+    grid_bytes = batch * 12 * depth * grid_h * grid_w * item
+    # read r, g, b, guide; write r, g, b
+    nbytes = px * (3 + 1 + 3) * item + grid_bytes
+    # per pixel: 8 corners x (2 weight products + 12 FMA), then 9 FMA + 3 adds for the affine
+    flops = px * (8 * (2 + 2 * 12) + 2 * 9 + 3)
+    return {"bytes": float(nbytes), "grid_bytes": float(grid_bytes), "flops": float(flops),
+            "intensity": flops / nbytes}
+
+
+def timed(fn: Any, *args: Any, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn(*args)`` in seconds, after ``warmup`` calls (syncs CUDA)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn(*args)
+    sync()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn(*args)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -1,0 +1,199 @@
+"""Fused slice-and-apply kernels (lesson 02) against the reference of lesson 01."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import bilateral, fastslice
+from course_lib.config import REPO_ROOT
+
+# (B, H, W, D, Hg, Wg): non-square, not multiples of anything, B > 1, a 1-cell grid, a grid finer than the image
+SHAPES = [(2, 37, 53, 8, 5, 7), (1, 17, 20, 1, 1, 1), (3, 9, 31, 4, 16, 12), (1, 70, 3, 6, 2, 9)]
+
+
+def make_inputs(B, H, W, D, Hg, Wg, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.randn(B, 12, D, Hg, Wg, generator=gen, dtype=dtype)
+    guide = torch.rand(B, H, W, generator=gen, dtype=dtype)
+    guide[0, 0, : W // 2] = 0.0  # both ends of the guide range
+    guide[-1, -1, W // 2:] = 1.0
+    image = torch.rand(B, 3, H, W, generator=gen, dtype=dtype)
+    return grid, guide, image
+
+
+def value_and_grads(fn, args, dout):
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    out = fn(*leaves)
+    return out.detach(), torch.autograd.grad(out, leaves, dout.to(out.dtype))
+
+
+@pytest.fixture(scope="module")
+def cpu_ext():
+    fastslice._reset_cpu_extension()
+    ext = fastslice.load_cpu_extension()
+    if ext is None:
+        pytest.skip(f"C++ extension unavailable here: {fastslice.cpu_extension_error()}")
+    return ext
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cpu_matches_reference_fp32(cpu_ext, shape):
+    args64 = make_inputs(*shape)
+    dout = torch.randn(shape[0], 3, shape[1], shape[2], dtype=torch.float64)
+    ref, ref_grads = value_and_grads(bilateral.slice_apply_reference, args64, dout)
+    out, grads = value_and_grads(fastslice.slice_apply_cpu, [a.float() for a in args64], dout)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # d guide = D d gz: rounding of the z-gradient is amplified D times (the fp32 reference
+    # itself is off the fp64 one by up to 1.5e-5 at D = 8), so the tolerance holds for d gz
+    D = shape[3]
+    for name, g, rg, tol in zip(("grid", "guide", "image"), grads, ref_grads, (1e-5, 1e-5 * D, 1e-5)):
+        torch.testing.assert_close(g.double(), rg, atol=tol, rtol=tol, msg=lambda m: f"d {name}: {m}")
+
+
+def test_cpu_gradcheck_fp64(cpu_ext):
+    args = [a.requires_grad_(True) for a in make_inputs(2, 6, 7, 3, 2, 3)]
+    assert torch.autograd.gradcheck(fastslice.slice_apply_cpu, args, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-2), (torch.bfloat16, 1.5e-1)])
+def test_cpu_half_precision(cpu_ext, dtype, tol):
+    args = make_inputs(2, 13, 19, 4, 3, 5)
+    low = [a.to(dtype) for a in args]
+    ref = bilateral.slice_apply_reference(*[a.double() for a in low])  # same rounded inputs
+    out = fastslice.slice_apply_cpu(*low)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    grads = value_and_grads(fastslice.slice_apply_cpu, low, torch.ones(2, 3, 13, 19))[1]
+    assert [g.dtype for g in grads] == [dtype] * 3 and all(g.isfinite().all() for g in grads)
+
+
+def test_cpu_guide_4d_mixed_dtypes_and_dispatch(cpu_ext):
+    grid, guide, image = make_inputs(2, 11, 14, 8, 4, 4, dtype=torch.float32)
+    ref = bilateral.slice_apply_reference(grid, guide, image)
+    torch.testing.assert_close(fastslice.slice_apply_cpu(grid, guide[:, None], image), ref, atol=1e-5, rtol=1e-5)
+    out64 = fastslice.slice_apply_cpu(grid, guide, image.double())  # promoted to fp64
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(bilateral.slice_apply(grid, guide, image, impl="cpu"), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bilateral.slice_apply(grid, guide, image, impl="auto"), ref, atol=1e-5, rtol=1e-5)
+    assert "cpu" in fastslice.available_impls()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset peak memory")
+def test_cpu_4k_never_materialises_coefficients(cpu_ext):
+    B, H, W = 1, 2160, 3840
+    grid = torch.randn(B, 12, 8, 16, 16, requires_grad=True)
+    guide = torch.rand(B, H, W, requires_grad=True)
+    image = torch.rand(B, 3, H, W, requires_grad=True)
+    dout = torch.ones(B, 3, H, W)
+    plane = H * W * 4  # bytes of one fp32 plane
+
+    def peak_growth(fn) -> int:
+        status = lambda key: int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                                      if line.startswith(key))) * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
+        before = status("VmRSS:")
+        fn()
+        return status("VmHWM:") - before
+
+    growth = peak_growth(lambda: torch.autograd.grad(fastslice.slice_apply_cpu(grid, guide, image),
+                                                     (grid, guide, image), dout))
+    # out (3 planes) + d image (3) + d guide (1) must exist; (B, 12, H, W) coefficients would add 12 more
+    assert growth < (7 + 6) * plane, f"peak grew by {growth / plane:.1f} planes"
+
+
+def test_fallback_without_compiler(monkeypatch, capsys):
+    def no_compiler(native, verbose):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(fastslice, "_build", no_compiler)
+    fastslice._reset_cpu_extension()
+    try:
+        grid, guide, image = make_inputs(2, 8, 9, 4, 2, 3, dtype=torch.float32)
+        out = fastslice.slice_apply_cpu(grid, guide, image)
+        out2 = fastslice.slice_apply_cpu(grid, guide, image)
+        err = capsys.readouterr().err
+        assert err.count("fastslice: C++ kernel unavailable") == 1 and "grid_sample" in err
+        assert len(err.strip().splitlines()) == 1
+        torch.testing.assert_close(out, bilateral.slice_apply_reference(grid, guide, image), atol=1e-5, rtol=1e-5)
+        assert torch.equal(out, out2)
+        assert "cpu" not in fastslice.available_impls()
+        assert "command not found" in fastslice.cpu_extension_error()
+    finally:
+        fastslice._reset_cpu_extension()  # later tests load the cached build again
+
+
+TRITON_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from course_lib import bilateral, fastslice
+    assert fastslice.triton_available()
+    report = []
+    # 9 x 13 = 117 and 17 x 20 = 340 pixels: partial blocks (BLOCK = 256)
+    for (B, H, W, D, Hg, Wg) in [(2, 9, 13, 4, 3, 5), (1, 17, 20, 1, 1, 1)]:
+        gen = torch.Generator().manual_seed(B * H)
+        grid = torch.randn(B, 12, D, Hg, Wg, generator=gen, dtype=torch.float64)
+        guide = torch.rand(B, H, W, generator=gen, dtype=torch.float64)
+        guide[0, 0, :4] = 0.0; guide[0, -1, :4] = 1.0
+        image = torch.rand(B, 3, H, W, generator=gen, dtype=torch.float64)
+        dout = torch.randn(B, 3, H, W, generator=gen, dtype=torch.float64)
+        for dtype in (torch.float32, torch.float16):
+            low = [t.to(dtype) for t in (grid, guide, image)]
+            ref_in = [t.double().requires_grad_(True) for t in low]
+            ref = bilateral.slice_apply_reference(*ref_in)
+            ref_g = torch.autograd.grad(ref, ref_in, dout)
+            ins = [t.clone().requires_grad_(True) for t in low]
+            out = fastslice.slice_apply_triton(*ins)
+            g = torch.autograd.grad(out, ins, dout.to(dtype))
+            err = lambda a, b: ((a.double() - b).abs() / (1 + b.abs())).max().item()
+            report.append({"dtype": str(dtype), "out_dtype": str(out.dtype), "fwd": err(out, ref),
+                           "grads": [err(a, b) for a, b in zip(g, ref_g)]})
+    print(json.dumps(report))
+""")
+
+
+def test_triton_interpreter_matches_reference():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for case in report:
+        tol = 1e-5 if case["dtype"] == "torch.float32" else 1e-2  # relative: |a - b| / (1 + |b|)
+        assert case["out_dtype"] == case["dtype"]
+        assert case["fwd"] < tol and max(case["grads"]) < tol, case
+
+
+def test_triton_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    grid, guide, image = make_inputs(1, 4, 4, 2, 2, 2, dtype=torch.float32)
+    if not torch.cuda.is_available():
+        assert "triton" not in fastslice.available_impls()
+    with pytest.raises(RuntimeError, match="CUDA"):
+        fastslice.slice_apply_triton(grid, guide, image)
+
+
+def test_frame_cost_1080p():
+    cost = fastslice.frame_cost(1080, 1920)
+    assert cost["bytes"] == pytest.approx(1920 * 1080 * 7 * 4 + 12 * 8 * 16 * 16 * 4)
+    assert 0.4e9 < cost["flops"] < 0.5e9  # ~0.45 GFLOP per 1080p frame
+
+
+def test_bench_command_smoke(tmp_path, capsys):
+    from course_lib.__main__ import main
+
+    assert main(["bench", "slice", "--sizes", "40x24,33", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| naive | fwd |" in text and "x off the floor" in text
+    result = json.loads((tmp_path / "bench_slice.json").read_text())
+    assert {r["impl"] for r in result["rows"]} >= {"naive"} and result["bandwidth_GBps"] > 0
+    assert (tmp_path / "bench_slice.png").stat().st_size > 0 and (tmp_path / "bench_slice.md").exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
