@@ -13,6 +13,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("course_lib.cli:doctor_main", "versions, device, mode and which hub weights are present (offline)"),
     "data": ("course_lib.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
     "notebooks": ("course_lib.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
+    "train-teacher": ("course_lib.train_teacher:main", "train the embedded diffusion teacher (resumable, Accelerate)"),
+    "teacher-eval": ("course_lib.teacher_eval:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
+    "train-student": ("course_lib.train_student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
+    "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
+    "retouch": ("course_lib.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.bench:main", "benchmark the slicing kernels against naive grid_sample and the memory floor"),
 }
 

@@ -1,0 +1,401 @@
+"""The diffusion teacher: an instruction-editing diffusion model behind one interface.
+
+Two tiers share the interface :class:`Teacher` (InstructPix2Pix, Brooks et al. 2023):
+
+* :class:`EmbeddedTeacher` (default, offline): a small ``UNet2DConditionModel`` that
+  denoises **pixels** in [-1, 1] at 32x32. Its input is the noisy target
+  concatenated with the source photo (6 channels); the instruction's MiniLM
+  embedding (384-d) enters by cross-attention (one token) and is also added to
+  the timestep embedding. The UNet's output is read as a *residual* clean-image
+  guess, x̂0 = source + output, and turned into the noise prediction
+  ε̂ = (x_t − √ᾱ_t·x̂0)/√(1−ᾱ_t) (:func:`x0_to_eps`): ε, x0 and v are interchangeable
+  given x_t, and with one right answer per (photo, instruction) the residual x0 form
+  trains far faster on a CPU (a first ε-parameterised run still had colour casts after
+  1000 steps). Trained by the course on :class:`course_lib.data.RetouchPairs` and shipped as
+  ``data/weights/teacher_embedded.safetensors``. Reproduce it with::
+
+      python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
+          --ema-decay 0.995 --seed 0 --export data/weights/teacher_embedded.safetensors
+
+* :class:`course_lib.teacher_hub.HubTeacher`: the real InstructPix2Pix pipeline
+  (``timbrooks/instruct-pix2pix``) in VAE-latent space, when its weights are present.
+
+Everything a distillation loop needs is here: ``eps`` (two-scale classifier-free
+guidance in one batched UNet call), ``alpha_bar``, ``to_space``/``from_space``
+and the schedulers (diffusers' ``DDPMScheduler`` for training, ``DDIMScheduler``
+for sampling).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import config
+
+#: Where the shipped embedded teacher lives.
+EMBEDDED_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_embedded.safetensors"
+#: Metadata tag that identifies an embedded-teacher checkpoint.
+FORMAT = "instantretouch-teacher-embedded/1"
+
+Guidance = tuple[float, float]
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot be loaded (missing or wrong weights); the message is one line."""
+
+
+def cfg_combine(eps_uncond: torch.Tensor, eps_img: torch.Tensor, eps_full: torch.Tensor,
+                s_img: float, s_txt: float) -> torch.Tensor:
+    """InstructPix2Pix's two-scale classifier-free guidance.
+
+    Args:
+        eps_uncond: ε(x_t, ∅, ∅), no image and no text condition, (B, C, h, w).
+        eps_img: ε(x_t, I, ∅), image only, same shape.
+        eps_full: ε(x_t, I, T), image and text, same shape.
+        s_img: image guidance scale s_I (1 = plain image conditioning).
+        s_txt: text guidance scale s_T (1 = plain text conditioning).
+
+    Returns:
+        (B, C, h, w) guided noise prediction. With ``s_img = s_txt = 1`` it is ``eps_full``.
+    """
+    # ε̃ = ε(∅,∅) + s_I·(ε(I,∅) − ε(∅,∅)) + s_T·(ε(I,T) − ε(I,∅))
+    return eps_uncond + s_img * (eps_img - eps_uncond) + s_txt * (eps_full - eps_img)
+
+
+def ddpm_config(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                clip_sample: bool = True) -> dict:
+    """The embedded teacher's noise schedule, as a diffusers scheduler config dict."""
+    return {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
+            "prediction_type": "epsilon", "clip_sample": clip_sample, "clip_sample_range": 1.0,
+            "timestep_spacing": "trailing"}
+
+
+def x0_to_eps(x0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Turn a clean-image prediction into the equivalent noise prediction.
+
+    Args:
+        x0, x_t: (B, C, h, w); alpha_bar: (B,) ᾱ_t.
+
+    Returns:
+        (B, C, h, w) ε = (x_t − √ᾱ_t·x0) / √(1−ᾱ_t).
+    """
+    a = alpha_bar.to(x_t).view(-1, 1, 1, 1)
+    return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+class Teacher:
+    """The interface every teacher tier implements.
+
+    Attributes:
+        resolution: working resolution (pixels) of the teacher.
+        channels: channels of the teacher's space (3 for pixels, 4 for SD latents).
+        default_guidance: ``(s_img, s_txt)`` used when ``guidance`` is ``None``.
+        unet: the noise predictor (a diffusers ``UNet2DConditionModel``).
+        train_scheduler: a diffusers ``DDPMScheduler`` (``add_noise``, ᾱ_t).
+        device: where the teacher runs.
+    """
+
+    resolution: int = 32
+    channels: int = 3
+    default_guidance: Guidance = (1.5, 7.5)
+    unet: torch.nn.Module
+    scheduler_config: dict
+    device: torch.device = torch.device("cpu")
+
+    # ------------------------------------------------------------ tier-specific
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Instructions -> text conditioning (N, L, D) for :meth:`eps` (L tokens of size D)."""
+        raise NotImplementedError
+
+    def null_text(self, n: int) -> torch.Tensor:
+        """The ∅ text condition, (n, L, D)."""
+        raise NotImplementedError
+
+    def to_space(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C, h, w) the space the UNet denoises."""
+        raise NotImplementedError
+
+    def from_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_space`: (B, C, h, w) -> (B, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def encode_source(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] source photo -> its image condition (B, C, h, w)."""
+        return self.to_space(image)
+
+    def working_size(self, h: int, w: int) -> tuple[int, int]:
+        """Pixel size (H', W') at which a photo of size (h, w) is edited."""
+        return self.resolution, self.resolution
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """One UNet call: (B, 2C, h, w) input, (B,) timesteps, (B, L, D) text -> (B, C, h, w)."""
+        return self.unet(x_in, t, encoder_hidden_states=text).sample
+
+    # ------------------------------------------------------------ shared
+    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
+        """ᾱ_t = Π_{s≤t} (1 − β_s) for integer timesteps t (any shape), float32 on t's device."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        return self.train_scheduler.alphas_cumprod.to(t.device)[t].float()
+
+    @property
+    def train_scheduler(self):
+        """A diffusers ``DDPMScheduler`` with this teacher's schedule (for training and ``add_noise``)."""
+        if getattr(self, "_ddpm", None) is None:
+            from diffusers import DDPMScheduler
+
+            self._ddpm = DDPMScheduler.from_config(self.scheduler_config)
+        return self._ddpm
+
+    def sample_scheduler(self):
+        """A fresh diffusers ``DDIMScheduler`` (η = 0) with this teacher's schedule."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, source: torch.Tensor, text_emb: torch.Tensor,
+            guidance: Guidance | None = None) -> torch.Tensor:
+        """Guided noise prediction, the three conditionings batched in one UNet call.
+
+        Args:
+            x_t: (B, C, h, w) noisy sample in teacher space.
+            t: int or (B,) integer timesteps in [0, num_train_timesteps).
+            source: (B, C, h, w) image condition from :meth:`encode_source`.
+            text_emb: (B, L, D) from :meth:`encode_text`.
+            guidance: ``(s_img, s_txt)``; ``None`` = :attr:`default_guidance`;
+                ``(1, 1)`` skips guidance (one conditional call).
+
+        Returns:
+            (B, C, h, w) ε̃, see :func:`cfg_combine`.
+        """
+        s_img, s_txt = self.default_guidance if guidance is None else guidance
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(b)
+        if s_img == 1 and s_txt == 1:
+            return self._unet(torch.cat([x_t, source], 1), t, text_emb)
+        null_txt = self.null_text(b).to(text_emb)
+        # rows: (I, T), (I, ∅), (∅, ∅)  -> (3B, 2C, h, w)
+        x_in = torch.cat([torch.cat([x_t, source], 1), torch.cat([x_t, source], 1),
+                          torch.cat([x_t, torch.zeros_like(source)], 1)])
+        out = self._unet(x_in, t.repeat(3), torch.cat([text_emb, null_txt, null_txt]))
+        eps_full, eps_img, eps_uncond = out.chunk(3)
+        return cfg_combine(eps_uncond, eps_img, eps_full, s_img, s_txt)
+
+    @torch.no_grad()
+    def sample(self, source: torch.Tensor, text_emb: torch.Tensor, steps: int = 50,
+               guidance: Guidance | None = None, generator: torch.Generator | None = None,
+               x_T: torch.Tensor | None = None,
+               callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """DDIM sampling (η = 0) in teacher space.
+
+        Args:
+            source: (B, C, h, w) image condition; text_emb: (B, L, D).
+            steps: number of DDIM steps.
+            guidance: ``(s_img, s_txt)``.
+            generator: seeds the initial noise x_T (CPU generator).
+            x_T: (B, C, h, w) initial noise, overrides ``generator``.
+            callback: called as ``callback(i, t, x_t, x0_hat)`` after each step.
+
+        Returns:
+            (B, C, h, w) x_0 in teacher space.
+        """
+        sched = self.sample_scheduler()
+        sched.set_timesteps(steps)
+        if x_T is None:
+            x_T = torch.randn(source.shape[0], self.channels, *source.shape[-2:], generator=generator)
+        x = x_T.to(self.device, source.dtype) * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps):
+            e = self.eps(sched.scale_model_input(x, t), int(t), source, text_emb, guidance)
+            out = sched.step(e, t, x)
+            x = out.prev_sample
+            if callback is not None:
+                callback(i, int(t), x, out.pred_original_sample)
+        return x
+
+    @torch.no_grad()
+    def edit(self, source: torch.Tensor, instruction: str | Sequence[str], steps: int = 50,
+             guidance: Guidance | None = None, seed: int = 0,
+             callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """Edit photo(s) by an instruction with full DDIM sampling.
+
+        Args:
+            source: (3, H, W) or (B, 3, H, W) in [0, 1].
+            instruction: one string (used for all) or B strings.
+            steps: DDIM steps; guidance: ``(s_img, s_txt)``; seed: seeds x_T.
+            callback: see :meth:`sample`.
+
+        Returns:
+            Edited image(s) in [0, 1], the same shape as ``source`` (resized back from
+            the teacher's working size).
+        """
+        squeeze = source.dim() == 3
+        src = (source[None] if squeeze else source).float()
+        b, _, h, w = src.shape
+        texts = [instruction] * b if isinstance(instruction, str) else list(instruction)
+        if len(texts) != b:
+            raise ValueError(f"got {len(texts)} instructions for {b} images")
+        size = self.working_size(h, w)
+        small = src if (h, w) == size else F.interpolate(src, size=size, mode="bilinear",
+                                                         align_corners=False, antialias=True).clamp(0, 1)
+        cond = self.encode_source(small.to(self.device))
+        text = self.encode_text(texts).to(self.device)
+        gen = torch.Generator().manual_seed(int(seed))
+        x0 = self.sample(cond, text, steps, guidance, gen, callback=callback)
+        out = self.from_space(x0).float().cpu()  # (B, 3, h', w')
+        if out.shape[-2:] != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+        return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------- embedded tier
+
+
+def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384) -> dict:
+    """Config of the embedded teacher's ``UNet2DConditionModel`` (about 4.6 M parameters by default).
+
+    Input: noisy target ‖ source (6 channels), output ε (3 channels). The text embedding
+    enters by cross-attention in the two lower levels and, through
+    ``class_embed_type="projection"``, is added to the timestep embedding.
+    """
+    n = len(channels)
+    return {"sample_size": resolution, "in_channels": 6, "out_channels": 3, "layers_per_block": 1,
+            "block_out_channels": list(channels),
+            "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
+            "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"],
+            "cross_attention_dim": text_dim, "attention_head_dim": 8, "norm_num_groups": 8,
+            "class_embed_type": "projection", "projection_class_embeddings_input_dim": text_dim}
+
+
+class EmbeddedTeacher(Teacher):
+    """InstructPix2Pix in pixel space at 32x32, conditioned on MiniLM embeddings.
+
+    The UNet predicts x̂0 − source (:meth:`predict_x0`); :meth:`eps` sees the
+    equivalent ε. A freshly built UNet (zero last conv) is the identity edit.
+
+    Args:
+        unet: a ``UNet2DConditionModel`` built from :func:`embedded_unet_config`.
+        scheduler_config: the diffusers scheduler config (:func:`ddpm_config`).
+        text_encoder: an object with ``encode(list[str]) -> (N, 384)``; default
+            :class:`course_lib.text.MiniLMEncoder` (loaded on first use).
+        default_guidance: ``(s_img, s_txt)``.
+    """
+
+    channels = 3
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict | None = None, text_encoder=None,
+                 default_guidance: Guidance = (1.5, 3.0), device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.resolution = int(unet.config.sample_size)
+        self.scheduler_config = dict(scheduler_config or ddpm_config())
+        self.default_guidance = tuple(default_guidance)
+        self._text_encoder = text_encoder
+        self.text_dim = int(unet.config.cross_attention_dim)
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from .text import MiniLMEncoder
+
+            self._text_encoder = MiniLMEncoder(disk_cache=True)
+        return self._text_encoder
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        # (N, 384) unit vectors -> one token (N, 1, 384)
+        return self.text_encoder.encode(list(texts)).to(self.device)[:, None, :]
+
+    def null_text(self, n: int) -> torch.Tensor:
+        # ∅ text = the zero vector (what condition dropout trains on)
+        return torch.zeros(n, 1, self.text_dim, device=self.device)
+
+    def to_space(self, image: torch.Tensor) -> torch.Tensor:
+        # x = 2·img − 1 ∈ [-1, 1]
+        return image * 2 - 1
+
+    def from_space(self, x: torch.Tensor) -> torch.Tensor:
+        # img = (x + 1) / 2, clipped to [0, 1]
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The network's clean-image guess: x̂0 = source + UNet output (a residual), (B, 3, h, w).
+
+        Args:
+            x_in: (B, 6, h, w) = x_t ‖ source (source zeroed when the image condition is dropped).
+            t: (B,) timesteps; text: (B, 1, 384) (the token also enters the timestep embedding).
+        """
+        out = self.unet(x_in, t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
+        return x_in[:, 3:] + out
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # ε̂ = (x_t − √ᾱ_t·x̂0) / √(1−ᾱ_t): the same model, read as a noise prediction
+        return x0_to_eps(self.predict_x0(x_in, t, text), x_in[:, :3], self.alpha_bar(t))
+
+
+def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128)):
+    """A freshly initialised embedded-teacher UNet; its last conv starts at zero (x̂0 = source: no edit)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels))
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
+    return unet
+
+
+def load_embedded_teacher(path: str | Path | None = None, device: torch.device | str | None = None,
+                          text_encoder=None) -> EmbeddedTeacher:
+    """Load an embedded teacher from a safetensors checkpoint (never pickle).
+
+    Args:
+        path: default :data:`EMBEDDED_WEIGHTS`. The file's metadata holds ``format``,
+            ``unet_config``, ``scheduler_config`` and ``default_guidance`` as JSON.
+        device: default ``config.device()``.
+
+    Raises:
+        TeacherError: missing file or not an embedded-teacher checkpoint.
+    """
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path) if path is not None else EMBEDDED_WEIGHTS
+    if not p.is_file():
+        raise TeacherError(f"{p}: no teacher checkpoint; train one with 'python -m course_lib train-teacher'")
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise TeacherError(f"{p}: not an embedded-teacher checkpoint (format {meta.get('format')!r})")
+    unet = UNet2DConditionModel(**json.loads(meta["unet_config"]))
+    state = {k: v.float() for k, v in load_file(str(p)).items()}
+    unet.load_state_dict(state)
+    return EmbeddedTeacher(unet, json.loads(meta["scheduler_config"]), text_encoder=text_encoder,
+                           default_guidance=tuple(json.loads(meta.get("default_guidance", "[1.5, 3.0]"))),
+                           device=device or config.device())
+
+
+def checkpoint_info(path: str | Path | None = None) -> dict:
+    """The JSON metadata of a teacher checkpoint, decoded (training command, steps, loss...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) if path is not None else EMBEDDED_WEIGHTS), framework="pt") as f:
+        meta = f.metadata() or {}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            out[k] = v
+    return out
+
+
+def load_teacher(tier: str = "embedded", **kwargs) -> Teacher:
+    """``"embedded"`` (shipped checkpoint) or ``"hub"`` (InstructPix2Pix, see :mod:`course_lib.teacher_hub`)."""
+    if tier == "embedded":
+        return load_embedded_teacher(**kwargs)
+    if tier == "hub":
+        from .teacher_hub import load_hub_teacher
+
+        return load_hub_teacher(**kwargs)
+    raise ValueError(f"tier must be 'embedded' or 'hub', not {tier!r}")

@@ -1,0 +1,169 @@
+"""The student network (lesson 03): shapes, identity start, conditioning, checkpoints, training."""
+import json
+import struct
+
+import pytest
+import torch
+
+from course_lib import data
+from course_lib.bilateral import CurveGuide
+from course_lib.student import (CheckpointError, Student, StudentConfig, curve_guide_fast, film, grid_from_head,
+                                load_student, n_parameters, read_metadata, retouch, save_student, shipped_path)
+
+SMALL = StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,))
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_shapes():
+    m = Student(SMALL)
+    x, t = torch.rand(2, 3, 40, 56), torch.randn(2, 384)
+    assert m.predict_grid(x, t).shape == (2, 12, 4, 8, 8)
+    out, grid = m(x, t, return_grid=True)
+    assert out.shape == (2, 3, 40, 56) and grid.shape == (2, 12, 4, 8, 8)
+    assert m.guide_map(x).shape == (2, 40, 56)
+
+
+def test_config_validation_and_default_size():
+    with pytest.raises(ValueError):
+        StudentConfig(net_size=48, grid_size=16)
+    cfg = StudentConfig()
+    assert (cfg.net_size, cfg.grid_size, cfg.luma_bins, cfg.n_down) == (256, 16, 8, 4)
+    assert StudentConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_identity_initialisation():
+    m = Student(SMALL)
+    x = torch.rand(2, 3, 37, 61)
+    out = m(x, torch.randn(2, 384))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_strength_zero_is_identity_and_strength_scales():
+    m = Student(SMALL)
+    _perturb(m)
+    x, t = torch.rand(1, 3, 24, 24), torch.randn(1, 384)
+    assert torch.allclose(m(x, t, strength=0.0), x, atol=1e-5)
+    g1, g2 = m.predict_grid(x, t, 1.0), m.predict_grid(x, t, 2.0)
+    assert torch.allclose(g2 - m.identity, 2 * (g1 - m.identity), atol=1e-5)
+
+
+def test_conditioning_changes_the_grid():
+    m = Student(SMALL)
+    _perturb(m)
+    x = torch.rand(1, 3, 32, 32).expand(2, -1, -1, -1)
+    t = torch.randn(2, 384)
+    grid = m.predict_grid(x, t)
+    assert (grid[0] - grid[1]).abs().max() > 1e-3
+    # same instruction, same grid
+    grid_same = m.predict_grid(x, t[:1].expand(2, -1))
+    assert torch.allclose(grid_same[0], grid_same[1])
+
+
+def test_film_and_head_reshape():
+    f, g, b = torch.randn(2, 5, 3, 4), torch.randn(2, 5), torch.randn(2, 5)
+    out = film(f, g, b)
+    assert torch.allclose(out[1, 2], g[1, 2] * f[1, 2] + b[1, 2])
+    head = torch.randn(2, 12 * 8, 4, 4)
+    grid = grid_from_head(head, 8)
+    assert grid.shape == (2, 12, 8, 4, 4)
+    assert torch.equal(grid[1, 5, 3], head[1, 5 * 8 + 3])  # channel c * D + z
+    with pytest.raises(ValueError):
+        grid_from_head(torch.randn(1, 50, 4, 4), 8)
+
+
+def test_curve_guide_fast_matches_module():
+    guide = CurveGuide()
+    _perturb(guide, 0.2)
+    x = torch.rand(2, 3, 33, 47) * 1.2 - 0.1
+    assert torch.allclose(curve_guide_fast(guide, x), guide(x), atol=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = Student(SMALL)
+    _perturb(m)
+    path = save_student(m, tmp_path / "s.safetensors", metadata={"note": "test"})
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])  # safetensors: length + JSON header
+    assert "__metadata__" in header
+    meta = read_metadata(path)
+    assert meta["note"] == "test" and StudentConfig.from_json(meta["config"]) == SMALL
+    m2 = load_student(path)
+    x, t = torch.rand(1, 3, 20, 30), torch.randn(1, 384)
+    with torch.no_grad():
+        assert torch.equal(m(x, t), m2(x, t))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_student(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError):
+        load_student(bad)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(CheckpointError, match="not a course_lib student"):
+        load_student(other)
+
+
+def test_shipped_checkpoint_beats_identity():
+    path = shipped_path()
+    assert path.is_file(), "the shipped student checkpoint is missing"
+    assert path.stat().st_size < 5_000_000
+    assert "train-student" in read_metadata(path).get("command", "")
+    m = load_student()
+    # held-out photos, training phrasings (held-out phrasings: see the lesson's evaluation)
+    ds = data.RetouchPairs(split="heldout", paraphrases="train", size=96, length=12, seed=7)
+    items = [ds[i] for i in range(len(ds))]
+    src = torch.stack([it["source"] for it in items])
+    tgt = torch.stack([it["target"] for it in items])
+    out = retouch(m, src, [it["instruction"] for it in items])
+    assert out.shape == src.shape and 0 <= out.min() and out.max() <= 1
+    mse_student = (out - tgt).pow(2).mean()
+    mse_identity = (src - tgt).pow(2).mean()
+    assert mse_student < 0.5 * mse_identity, (mse_student, mse_identity)
+
+
+def test_training_resumes_exactly(tmp_path):
+    from course_lib.train_student import TrainArgs, load_optimizer_tensors, optimizer_tensors, train
+
+    kw = dict(batch_size=4, size=32, net_size=32, grid_size=8, channels=16, warmup=2, lr=3e-3, seed=3)
+    full, losses = train(TrainArgs(steps=6, out=str(tmp_path / "a.safetensors"), save_every=3, **kw))
+    assert len(losses) == 6 and all(l == l for l in losses)
+    train(TrainArgs(steps=3, out=str(tmp_path / "b.safetensors"), save_every=3, **kw))
+    resumed, losses_b = train(TrainArgs(steps=6, out=str(tmp_path / "b.safetensors"), save_every=3, **kw), resume=True)
+    assert len(losses_b) == 6 and losses_b[:3] == losses[:3]
+    for (k, v), (_, w) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(v, w, atol=1e-6), k
+    # optimiser state survives the safetensors flattening
+    opt = torch.optim.Adam(full.parameters())
+    full(torch.rand(1, 3, 32, 32), torch.randn(1, 384)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_tensors(opt)
+    opt2 = torch.optim.Adam(full.parameters())
+    load_optimizer_tensors(opt2, tensors, meta)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_parameter_count_is_small():
+    assert n_parameters(Student()) < 1_000_000
+
+
+def test_explore_callback_headless():
+    from course_lib.student import explore
+
+    m = Student(SMALL)
+    _perturb(m)
+    r = explore(m, "flower", "make it warmer", strength=0.7, size=48)
+    assert r["before"].shape == r["after"].shape == r["difference"].shape
+    assert min(r["before"].shape[-2:]) == 48 and r["grid"].shape == (1, 12, 4, 8, 8) and r["seconds"] > 0
+    same = explore(m, "flower", "   ", size=48)
+    assert torch.equal(same["before"], same["after"])

@@ -1,0 +1,280 @@
+"""Tests of the diffusion teacher (course_lib.teacher, teacher_hub, train_teacher, teacher_eval)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+from course_lib import config
+from course_lib.teacher import (EMBEDDED_WEIGHTS, FORMAT, EmbeddedTeacher, TeacherError, build_embedded_unet,
+                                cfg_combine, checkpoint_info, ddpm_config, load_embedded_teacher, load_teacher)
+
+
+class HashText:
+    """A stand-in text encoder: a fixed random unit vector per text (no model to load)."""
+
+    dim = 384
+
+    def encode(self, texts):
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16))
+            v = torch.randn(self.dim, generator=g)
+            rows.append(v / v.norm())
+        return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher() -> EmbeddedTeacher:
+    torch.manual_seed(0)
+    unet = build_embedded_unet(resolution=16, channels=(8, 16))
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # a fresh UNet starts at "no edit"; make it do something
+    return EmbeddedTeacher(unet, text_encoder=HashText())
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+def test_cfg_combine_formula_and_limits():
+    g = torch.Generator().manual_seed(0)
+    u, i, f = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+    out = cfg_combine(u, i, f, 1.5, 7.5)
+    torch.testing.assert_close(out, u + 1.5 * (i - u) + 7.5 * (f - i))
+    torch.testing.assert_close(cfg_combine(u, i, f, 1.0, 1.0), f)  # s = (1, 1): the conditional prediction
+    torch.testing.assert_close(cfg_combine(u, i, f, 0.0, 0.0), u)
+    torch.testing.assert_close(cfg_combine(u, i, f, 1.0, 0.0), i)
+
+
+def test_eps_batches_three_conditionings(tiny_teacher):
+    T = tiny_teacher
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    src = T.encode_source(torch.rand(2, 3, 16, 16, generator=g))
+    txt = T.encode_text(["make it warmer", "fade the photo"])
+    assert txt.shape == (2, 1, 384)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        full = T._unet(torch.cat([x, src], 1), t, txt)
+        img = T._unet(torch.cat([x, src], 1), t, T.null_text(2))
+        unc = T._unet(torch.cat([x, torch.zeros_like(src)], 1), t, T.null_text(2))
+        guided = T.eps(x, t, src, txt, guidance=(1.5, 3.0))
+        plain = T.eps(x, t, src, txt, guidance=(1.0, 1.0))
+    torch.testing.assert_close(guided, cfg_combine(unc, img, full, 1.5, 3.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, full, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_alpha_bar_and_add_noise(tiny_teacher):
+    T = tiny_teacher
+    ab = T.alpha_bar(torch.arange(1000))
+    assert ab.shape == (1000,) and torch.all(ab[1:] < ab[:-1]) and ab[0] > 0.99 and ab[-1] < 1e-3
+    g = torch.Generator().manual_seed(2)
+    x0, e = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 500, 999])
+    a = T.alpha_bar(t).view(-1, 1, 1, 1)
+    # x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε
+    torch.testing.assert_close(T.train_scheduler.add_noise(x0, e, t), a.sqrt() * x0 + (1 - a).sqrt() * e)
+
+
+@pytest.mark.parametrize("spacing_steps", [4, 50])
+def test_ddim_step_with_true_eps_recovers_x0(tiny_teacher, spacing_steps):
+    T = tiny_teacher
+    sched = T.sample_scheduler()
+    sched.set_timesteps(spacing_steps)
+    assert int(sched.timesteps[0]) == 999  # "trailing" spacing starts at pure noise
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 3, 8, 8, generator=g) * 1.8 - 0.9  # inside the clip range [-1, 1]
+    e = torch.randn(2, 3, 8, 8, generator=g)
+    t, t_prev = int(sched.timesteps[1]), int(sched.timesteps[2])
+    x_t = T.train_scheduler.add_noise(x0, e, torch.tensor([t]))
+    out = sched.step(e, t, x_t)
+    torch.testing.assert_close(out.pred_original_sample, x0, atol=1e-4, rtol=1e-4)
+    ab = T.alpha_bar(t_prev)
+    torch.testing.assert_close(out.prev_sample, ab.sqrt() * x0 + (1 - ab).sqrt() * e, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- edit()
+
+
+def test_edit_shapes_range_and_seed(tiny_teacher):
+    T = tiny_teacher
+    img = torch.rand(3, 20, 28)
+    a = T.edit(img, "make it warmer", steps=3, seed=7)
+    b = T.edit(img, "make it warmer", steps=3, seed=7)
+    c = T.edit(img, "make it warmer", steps=3, seed=8)
+    assert a.shape == img.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    batch = T.edit(torch.rand(2, 3, 16, 16), ["a", "b"], steps=2, guidance=(1.0, 1.0))
+    assert batch.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError):
+        T.edit(torch.rand(2, 3, 16, 16), ["only one", "two", "three"], steps=2)
+
+
+def test_fresh_teacher_is_identity_and_eps_matches_x0():
+    from course_lib.teacher import x0_to_eps
+
+    T = EmbeddedTeacher(build_embedded_unet(resolution=16, channels=(8, 16)), text_encoder=HashText())
+    img = torch.rand(2, 3, 16, 16)
+    # x̂0 = source whatever the text: any text scale leaves the photo as it is
+    torch.testing.assert_close(T.edit(img, "make it warmer", steps=4, guidance=(1.0, 3.0)), img, atol=1e-5, rtol=0)
+    x0, e, t = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([3, 700])
+    x_t = T.train_scheduler.add_noise(x0, e, t)
+    torch.testing.assert_close(x0_to_eps(x0, x_t, T.alpha_bar(t)), e, atol=1e-3, rtol=1e-3)
+
+
+def test_space_round_trip(tiny_teacher):
+    img = torch.rand(2, 3, 16, 16)
+    x = tiny_teacher.to_space(img)
+    assert x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(tiny_teacher.from_space(x), img)
+
+
+# ----------------------------------------------------------------------------- the shipped checkpoint
+
+
+def test_shipped_checkpoint_loads_with_safetensors_only():
+    assert EMBEDDED_WEIGHTS.is_file(), "data/weights/teacher_embedded.safetensors is missing"
+    assert EMBEDDED_WEIGHTS.stat().st_size < 20e6
+    info = checkpoint_info()
+    assert info["format"] == FORMAT and info["text_encoder"] == "minilm"
+    assert info["train"]["steps"] > 0 and math.isfinite(info["train"]["final_loss"])
+    with config.no_network():
+        T = load_teacher("embedded", device="cpu", text_encoder=HashText())
+    assert T.resolution == 32 and T.channels == 3
+    n = sum(p.numel() for p in T.unet.parameters())
+    assert 1e6 < n < 5e6
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in T.unet.parameters())
+    out = T.edit(torch.rand(3, 32, 32), "make it warmer", steps=2, seed=0)
+    assert out.shape == (3, 32, 32)
+
+
+def test_missing_or_wrong_checkpoint(tmp_path):
+    with pytest.raises(TeacherError, match="no teacher checkpoint"):
+        load_embedded_teacher(tmp_path / "nope.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "something"})
+    with pytest.raises(TeacherError, match="not an embedded-teacher"):
+        load_embedded_teacher(tmp_path / "other.safetensors")
+
+
+# ----------------------------------------------------------------------------- hub tier (tiny, offline)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory):
+    from course_lib.teacher_hub import load_hub_teacher, make_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("ip2p")
+    make_tiny_pipeline(folder / "src").save_pretrained(folder / "pipe")
+    with config.no_network():
+        return load_hub_teacher(folder / "pipe", device="cpu"), folder / "pipe"
+
+
+def test_hub_interface_on_tiny_pipeline(tiny_hub):
+    from course_lib.teacher_hub import hub_weights_present
+
+    T, folder = tiny_hub
+    assert hub_weights_present(folder)
+    assert T.channels == 4 and T.resolution == 16 and T.vae_scale == 2
+    img = torch.rand(2, 3, 16, 16)
+    z = T.to_space(img)
+    assert z.shape == (2, 4, 8, 8)
+    assert T.from_space(z).shape == (2, 3, 16, 16)
+    src = T.encode_source(img)
+    torch.testing.assert_close(src * T.scaling_factor, z)  # the condition is the unscaled latent
+    txt = T.encode_text(["make it warmer", ""])
+    assert txt.shape == (2, 16, 16)
+    torch.testing.assert_close(T.null_text(2), T.encode_text(["", ""]))
+    e = T.eps(torch.randn(2, 4, 8, 8), 500, src, txt, guidance=(1.5, 7.5))
+    assert e.shape == (2, 4, 8, 8) and torch.isfinite(e).all()
+    a = T.edit(torch.rand(3, 24, 20), "make it warmer", steps=3, seed=1)
+    assert a.shape == (3, 24, 20) and 0 <= a.min() and a.max() <= 1
+    img1 = torch.rand(3, 24, 20)
+    assert torch.equal(T.edit(img1, "x", steps=2, seed=3), T.edit(img1, "x", steps=2, seed=3))
+    assert T.working_size(24, 20) == (20, 16)
+
+
+def test_hub_missing_weights_is_one_line_error(tmp_path, monkeypatch):
+    from course_lib.teacher_hub import hub_weights_present, load_hub_teacher
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("COURSE_ONLINE", raising=False)
+    assert not hub_weights_present(str(tmp_path / "missing"))
+    with config.no_network(), pytest.raises(TeacherError) as err:
+        load_hub_teacher("no-such-user/no-such-model", device="cpu")
+    assert "\n" not in str(err.value) and "COURSE_ONLINE=1" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_optimizer_state_round_trip():
+    from course_lib.train_teacher import flatten_optimizer, unflatten_optimizer
+
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    m(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, groups = flatten_optimizer(opt.state_dict())
+    opt2 = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    opt2.load_state_dict(unflatten_optimizer(tensors, groups))
+    for k, v in opt.state_dict()["state"][0].items():
+        torch.testing.assert_close(torch.as_tensor(opt2.state_dict()["state"][0][k]), torch.as_tensor(v))
+
+
+def test_training_is_seeded_and_resumable(tmp_path):
+    from course_lib.train_teacher import TrainConfig, train
+
+    def cfg(steps, out, resume=False, export=None):
+        return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=2, ema_decay=0.9,
+                           out_dir=str(out), save_every=2, log_every=1, resume=resume, export=export)
+
+    straight = train(cfg(4, tmp_path / "a", export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
+    train(cfg(2, tmp_path / "b"), text_encoder=HashText())
+    resumed = train(cfg(4, tmp_path / "b", resume=True), text_encoder=HashText())
+    for (k, v), v2 in zip(straight["unet"].state_dict().items(), resumed["unet"].state_dict().values()):
+        torch.testing.assert_close(v, v2, msg=k)
+    assert [s for s, _ in resumed["losses"]] == [1, 2, 3, 4]
+    T = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
+    assert T.resolution == 16
+    assert json.loads(json.dumps(checkpoint_info(tmp_path / "a.safetensors")["train"]))["steps"] == 4
+
+
+def test_train_teacher_command_help(capsys):
+    from course_lib.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-teacher", "--help"])
+    assert e.value.code == 0 and "--resume" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def test_quality_vs_steps_and_widget_callback(tiny_teacher):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.teacher_eval import (edit_preview, format_table, heldout_batch, plot_quality_vs_steps,
+                                         teacher_quality_vs_steps, x0_trajectory)
+
+    batch = heldout_batch(2, 16)
+    rows = teacher_quality_vs_steps(tiny_teacher, steps=(1, 2), batch=batch,
+                                    others={"oracle": lambda src, texts: batch["target"]})
+    assert [r["method"] for r in rows] == ["identity", "oracle", "teacher", "teacher"]
+    assert math.isinf(rows[0]["psnr"]) or rows[0]["psnr"] > 5
+    assert rows[0]["direction"] == 0 and rows[1]["direction"] == 100 and rows[1]["accuracy"] == 100
+    assert "| identity |" in format_table(rows)
+    plot_quality_vs_steps(rows)
+    traj = x0_trajectory(tiny_teacher, batch["source"][0], batch["instruction"][0], steps=3)
+    assert len(traj) == 3 and traj[0][1].shape == (3, 16, 16)
+    fig, out = edit_preview(tiny_teacher, batch["source"][0], "make it warmer", steps=2, s_img=1.2, s_txt=2.0,
+                            target=batch["target"][0])
+    assert out.shape == (3, 16, 16) and fig is not None
