@@ -9,8 +9,12 @@ generalisation to new photos from generalisation to new wording. Methods:
 * ``global affine (oracle)`` - the best single 3x4 colour transform fitted by least
   squares *to the ground-truth target*. It sees the answer, so it is an upper bound for
   any global colour transform, not a competitor that reads the instruction.
+* ``global affine (learned)`` - **the baseline**: the same network and training recipe with
+  the grid collapsed to one 3x4 transform per photo (``train-student --global-affine``,
+  shipped as ``data/weights/student_global_affine.safetensors``). It reads the instruction
+  and sees the photo like the student; only the spatial and luma bins are missing.
 * ``student (grid mean)`` - the student's predicted grid averaged into one 3x4 transform
-  and applied globally: a *non-oracle* global-affine baseline that reads the instruction.
+  and applied globally (what the student's grid amounts to without slicing).
 * ``student`` - the full student: spatial x luma grid, learned guide.
 
 Metrics (see :mod:`course_lib.metrics`): PSNR and mean CIEDE2000 against the target,
@@ -32,7 +36,9 @@ from .data import RetouchPairs, decode_edits
 from .metrics import (apply_affine, content_drift, fit_global_affine, instruction_accuracy, latency_ms,
                       mean_delta_e00, psnr)
 
-METHODS = ("identity", "global affine (oracle)", "student (grid mean)", "student")
+METHODS = ("identity", "global affine (oracle)", "global affine (learned)", "student (grid mean)", "student")
+#: The shipped learned global-affine baseline.
+GLOBAL_BASELINE = config.WEIGHTS_DIR / "student_global_affine.safetensors"
 
 
 def eval_items(n: int, size: int, seed: int = 1234, paraphrases: str = "heldout") -> list[dict]:
@@ -47,8 +53,26 @@ def _grid_mean_affine(model, image: torch.Tensor, text: torch.Tensor) -> torch.T
     return grid.mean(dim=(2, 3, 4)).reshape(-1, 3, 4)
 
 
-def run_methods(model, items: list[dict], batch_size: int = 16) -> dict[str, dict[str, torch.Tensor]]:
-    """Outputs of every method, scored: method -> metric name -> (N,) tensor."""
+def load_baseline(path: str | Path | None = None, device: str | torch.device | None = "cpu"):
+    """The learned global-affine baseline (a :class:`Student` with ``global_affine=True``), or ``None``
+    when its checkpoint is missing (the evaluation then says so and skips the row)."""
+    from .student import load_student
+
+    p = Path(path) if path else GLOBAL_BASELINE
+    if not p.is_file():
+        print(f"evaluate: no global-affine baseline at {p}; its row is skipped "
+              f"(train it with 'python -m course_lib train-student --global-affine --out {p}')", file=sys.stderr)
+        return None
+    model = load_student(p, device=device)
+    if not model.cfg.global_affine:
+        raise ValueError(f"{p} is not a global-affine checkpoint")
+    return model
+
+
+def run_methods(model, items: list[dict], batch_size: int = 16, baseline=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Outputs of every method, scored: method -> metric name -> (N,) tensor.
+
+    ``baseline``: the learned global-affine model (see :func:`load_baseline`), optional."""
     scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {} for m in METHODS}
     dev = model.device if model is not None else torch.device("cpu")
     for k in range(0, len(items), batch_size):
@@ -64,6 +88,10 @@ def run_methods(model, items: list[dict], batch_size: int = 16) -> dict[str, dic
                 x = src.to(dev)
                 outs["student"] = model(x, text).clamp(0, 1).cpu()
                 outs["student (grid mean)"] = apply_affine(_grid_mean_affine(model, x, text), x).cpu()
+        if baseline is not None:
+            with torch.no_grad():
+                text_b = baseline.embed([it["instruction"] for it in chunk])
+                outs["global affine (learned)"] = baseline(src.to(baseline.device), text_b).clamp(0, 1).cpu()
         for name, out in outs.items():
             s = scores[name]
             s.setdefault("psnr", []).append(psnr(out, tgt))
@@ -73,13 +101,15 @@ def run_methods(model, items: list[dict], batch_size: int = 16) -> dict[str, dic
     return {m: {k: torch.cat(v) for k, v in s.items()} for m, s in scores.items() if s}
 
 
-def method_latency(model, name: str, repeats: int = 3) -> float:
+def method_latency(model, name: str, repeats: int = 3, baseline=None) -> float:
     """Milliseconds per 1080p image (``nan`` for the identity, which does nothing)."""
     if name == "identity":
         return float("nan")
     if name == "global affine (oracle)":
         A = torch.eye(3, 4)[None]
         return latency_ms(lambda im: apply_affine(A, im), repeats=repeats)
+    if name == "global affine (learned)":
+        model = baseline
     text = model.embed(["make it warmer"])  # embedding cached: not timed
     dev = model.device
     if name == "student (grid mean)":
@@ -88,7 +118,7 @@ def method_latency(model, name: str, repeats: int = 3) -> float:
 
 
 def evaluate(model=None, n: int | None = None, size: int | None = None, batch_size: int = 16, seed: int = 1234,
-             latency: bool = True, paraphrases: str = "heldout") -> dict:
+             latency: bool = True, paraphrases: str = "heldout", baseline: object = "shipped") -> dict:
     """Score every method on held-out photos x held-out paraphrases.
 
     Args:
@@ -98,6 +128,8 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
         latency: also time each method on a 1080p image.
         paraphrases: ``"heldout"`` (the test of language generalisation) or ``"train"`` (held-out
             photos only: the test of generalisation to new images).
+        baseline: the learned global-affine model; ``"shipped"`` loads the shipped checkpoint
+            (skipped with a notice when missing), ``None`` leaves the row out.
 
     Returns:
         dict with ``rows`` (one dict per method: method, psnr, de00, accuracy, drift, ms_1080p),
@@ -109,8 +141,10 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
         model = load_student(device=config.device())
     n = n or config.pick(fast=24, full=270)
     size = size or config.pick(fast=128, full=256)
+    if isinstance(baseline, str):
+        baseline = load_baseline(None if baseline == "shipped" else baseline, device=model.device)
     items = eval_items(n, size, seed, paraphrases)
-    scores = run_methods(model, items, batch_size)
+    scores = run_methods(model, items, batch_size, baseline=baseline)
     rows = []
     for name in METHODS:
         if name not in scores:
@@ -122,7 +156,7 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
                      "de00": float(s["de00"].mean()),
                      "accuracy": float(s["acc"].mean()),
                      "drift": float(s["drift"].mean()),
-                     "ms_1080p": method_latency(model, name) if latency else float("nan")})
+                     "ms_1080p": method_latency(model, name, baseline=baseline) if latency else float("nan")})
     per_family: dict[str, dict[str, float]] = {}
     singles = [i for i, it in enumerate(items) if len(decode_edits(it["edits"])) == 1]
     for i in singles:
@@ -171,10 +205,13 @@ def write_results(result: dict, out_dir: str | Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib evaluate",
-                                description="Evaluate identity, the global-affine oracle and the student on held-out "
+                                description="Evaluate identity, the global-affine oracle, the learned global-affine baseline and "
+                                            "the student on held-out "
                                             "photos x held-out paraphrases; print a table and write CSV/Markdown "
                                             "under OUTPUT_DIR/evaluate.")
     p.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped one)")
+    p.add_argument("--baseline", default="shipped",
+                   help="learned global-affine checkpoint (default: the shipped one; 'none' to skip)")
     p.add_argument("-n", "--items", type=int, default=None, help="evaluation items (default 24 FAST, 270 FULL)")
     p.add_argument("--size", type=int, default=None, help="image side (default 128 FAST, 256 FULL)")
     p.add_argument("--seed", type=int, default=1234)
@@ -190,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = evaluate(model, a.items, a.size, seed=a.seed, latency=not a.no_latency, paraphrases=a.paraphrases)
+    try:
+        baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
+                                                                  device=model.device)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = evaluate(model, a.items, a.size, seed=a.seed, latency=not a.no_latency, paraphrases=a.paraphrases,
+                      baseline=baseline)
     print(table_markdown(result))
     print(f"\nwrote {write_results(result, a.out)}/results.csv and results.md")
     return 0

@@ -64,6 +64,9 @@ class StudentConfig:
         text_encoder: name of the encoder the student was trained with (see :mod:`course_lib.text`).
         film_hidden: hidden size of the text MLP that produces FiLM parameters.
         guide: ``"curve"`` (HDRNet's learned guide), ``"luma"`` or ``"mlp"``.
+        global_affine: ablation/baseline: average the head over all cells and bins, so the grid
+            is one 3x4 colour transform for the whole photo (a *learned* global-affine model that
+            reads the instruction; it keeps every other part of the network).
     """
 
     net_size: int = 256
@@ -75,6 +78,7 @@ class StudentConfig:
     text_encoder: str = "minilm"
     film_hidden: int = 128
     guide: str = "curve"
+    global_affine: bool = False
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -164,7 +168,7 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def curve_guide_fast(guide: CurveGuide, image: torch.Tensor) -> torch.Tensor:
+def curve_guide_fast(guide: CurveGuide, image: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """:class:`CurveGuide` evaluated without its (B, 3, K, H, W) intermediate (inference only).
 
     Each curve ``f(x) = sum_k slope_k relu(x - shift_k)`` is piecewise linear: with the shifts
@@ -174,10 +178,26 @@ def curve_guide_fast(guide: CurveGuide, image: torch.Tensor) -> torch.Tensor:
 
     Args:
         guide: a CurveGuide. image: (B, 3, H, W).
+        impl: ``"auto"`` (the C++ kernel when possible), ``"cpu"`` (require it) or ``"torch"``.
+
+    On the CPU the fused C++ kernel of lesson 02 (``fastslice``) computes the same sums in one
+    pass over the pixels (no intermediate tensors, float32 arithmetic), when it is available.
 
     Returns:
         (B, H, W) in [0, 1].
     """
+    if impl not in ("auto", "cpu", "torch"):
+        raise ValueError(f"impl must be 'auto', 'cpu' or 'torch', not {impl!r}")
+    if impl != "torch" and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float16,
+                                                                           torch.bfloat16):
+        from .fastslice import load_cpu_extension
+
+        ext = load_cpu_extension()
+        if impl == "cpu" and (ext is None or not hasattr(ext, "curve_guide")):
+            raise RuntimeError("the C++ curve-guide kernel is not available (see fastslice.cpu_extension_error())")
+        if ext is not None and hasattr(ext, "curve_guide"):
+            return ext.curve_guide(image, guide.ccm, guide.ccm_bias, guide.shifts, guide.slopes, guide.mix,
+                                   float(guide.mix_bias))
     # x' = M x + b
     x = torch.einsum("dc,bchw->bdhw", guide.ccm, image) + guide.ccm_bias.view(1, 3, 1, 1)  # (B, 3, H, W)
     out = torch.zeros_like(x[:, 0]) + guide.mix_bias
@@ -264,7 +284,12 @@ class Student(nn.Module):
 
     def delta(self, low: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The predicted grid minus the identity: (B, 3, n, n), (B, text_dim) -> (B, 12, D, G, G)."""
-        return grid_from_head(self.head(self.features(low, text)), self.cfg.luma_bins)
+        d = grid_from_head(self.head(self.features(low, text)), self.cfg.luma_bins)  # (B, 12, D, G, G)
+        if self.cfg.global_affine:
+            # one transform per photo: the mean over bins and cells, broadcast back (slicing a
+            # constant grid returns the constant, whatever the guide)
+            d = d.mean(dim=(2, 3, 4), keepdim=True).expand_as(d)
+        return d
 
     def predict_grid(self, image: torch.Tensor, text: torch.Tensor,
                      strength: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -92,8 +92,8 @@ class HubTeacher(Teacher):
         m = self.vae_scale
         return max(m, round(h * s / m) * m), max(m, round(w * s / m) * m)
 
-    @torch.no_grad()
     def to_space(self, image: torch.Tensor) -> torch.Tensor:
+        # differentiable (the VAE is frozen, not detached): distillation and the cycle loss need it
         # z = scaling_factor · mode(q(z | 2·img − 1)): (B, 4, H/8, W/8)
         post = self.vae.encode((image * 2 - 1).to(self.device, self.dtype)).latent_dist
         return post.mode() * self.scaling_factor
@@ -103,8 +103,8 @@ class HubTeacher(Teacher):
         # InstructPix2Pix conditions on the *unscaled* latent mode
         return self.vae.encode((image * 2 - 1).to(self.device, self.dtype)).latent_dist.mode()
 
-    @torch.no_grad()
     def from_space(self, x: torch.Tensor) -> torch.Tensor:
+        # differentiable, like to_space
         # img = (D(z / scaling_factor) + 1) / 2
         return ((self.vae.decode(x.to(self.dtype) / self.scaling_factor).sample.float() + 1) / 2).clamp(0, 1)
 

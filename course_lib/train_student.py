@@ -43,6 +43,10 @@ from .student import Student, StudentConfig, load_student, save_student
 
 REPRODUCE = ("python -m course_lib train-student --steps 4000 --batch-size 16 --size 128 --net-size 128 "
              "--lr 2e-3 --seed 0 --threads 1 --out data/weights/student_supervised.safetensors")
+#: The learned global-affine baseline (same network and data, one 3x4 transform per photo).
+REPRODUCE_GLOBAL = ("python -m course_lib train-student --global-affine --steps 4000 --batch-size 16 --size 128 "
+                    "--net-size 128 --lr 2e-3 --seed 0 --threads 1 --out data/weights/student_global_affine.safetensors")
+COMMANDS = {"student_supervised.safetensors": REPRODUCE, "student_global_affine.safetensors": REPRODUCE_GLOBAL}
 
 
 @dataclasses.dataclass
@@ -63,6 +67,7 @@ class TrainArgs:
     families: tuple[str, ...] | None = None
     seed: int = 0
     text_encoder: str = "minilm"
+    global_affine: bool = False
     save_every: int = 250
     out: str | None = None
 
@@ -130,7 +135,7 @@ def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, s
 
     every = max(1, len(losses) // 200)
     curve = [sum(losses[i:i + every]) / len(losses[i:i + every]) for i in range(0, len(losses), every)]
-    meta = {"trained_steps": str(step), "command": REPRODUCE if out.name == "student_supervised.safetensors" else "",
+    meta = {"trained_steps": str(step), "command": COMMANDS.get(out.name, ""),
             "train_args": json.dumps(dataclasses.asdict(args)),
             # the training MSE, averaged over groups of `loss_curve_every` steps
             "loss_curve": json.dumps([round(v, 7) for v in curve]), "loss_curve_every": str(every)}
@@ -183,7 +188,8 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     accelerator = Accelerator()
     config.seed_everything(args.seed)
     cfg = StudentConfig(net_size=args.net_size, grid_size=args.grid_size, luma_bins=args.luma_bins,
-                        channels=args.channels, text_encoder=args.text_encoder)
+                        channels=args.channels, text_encoder=args.text_encoder,
+                        global_affine=args.global_affine)
     out = Path(args.out) if args.out else None
     start, losses = 0, []
     if resume:
@@ -262,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compose-prob", type=float, default=d.compose_prob)
     p.add_argument("--families", default=None,
                    help="comma-separated edit families to train on (default: all nine)")
+    p.add_argument("--global-affine", action="store_true",
+                   help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                      grid_size=a.grid_size, luma_bins=a.luma_bins, channels=a.channels, lr=a.lr, warmup=a.warmup,
                      tv_weight=a.tv_weight, compose_prob=a.compose_prob, seed=a.seed,
                      families=tuple(a.families.split(",")) if a.families else None, save_every=a.save_every,
-                     out=a.out)
+                     out=a.out, global_affine=a.global_affine)
     t0 = time.perf_counter()
     try:
         model, losses = train(args, resume=a.resume)

@@ -59,6 +59,7 @@ class TrainConfig:
     log_every: int = 25
     resume: bool = False
     export: str | None = None
+    init: str | None = None  # start from an exported teacher checkpoint's weights (fresh optimizer)
     default_guidance: tuple[float, float] = (1.5, 3.0)
     threads: int = 1
 
@@ -147,6 +148,18 @@ def _state_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / "state.safetensors"
 
 
+def _init_info(init: str | None) -> dict | None:
+    """Provenance of ``--init``: the file name and the training record stored in it (losses dropped)."""
+    if not init:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(init), framework="pt") as f:
+        train = json.loads((f.metadata() or {}).get("train", "{}"))
+    train.pop("losses", None)
+    return {"file": Path(init).name, "train": train}
+
+
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher: fp16 weights + JSON config in the safetensors metadata."""
     from safetensors.torch import save_file
@@ -181,7 +194,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
     cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]))
     info = {"steps": int(meta["step"]), "batch_size": run["batch_size"], "lr": run["lr"],
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
-            "losses": losses}
+            "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
 
 
@@ -210,6 +223,10 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
 
         text_encoder = MiniLMEncoder()
     unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels)
+    if cfg.init and not (cfg.resume and _state_path(cfg).is_file()):
+        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32
+        unet.load_state_dict({k: v.float() for k, v in load_file(str(cfg.init)).items()})
+        acc.print(f"initialised from {cfg.init}")
     sched = DDPMScheduler.from_config(ddpm_config())
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     # lr(step) = lr · min(1, (step+1)/warmup)
@@ -286,7 +303,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         weights = ema if ema is not None else model.state_dict()
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
-                "seconds_this_run": round(seconds, 1), "losses": losses}
+                "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
         export_checkpoint(weights, cfg, cfg.export, info)
         acc.print(f"wrote {cfg.export}")
     return {"unet": model, "ema": ema, "losses": losses, "seconds": seconds}
@@ -308,6 +325,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/state.safetensors")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
     p.add_argument("--export", default=None, help="write the final (EMA) weights as a teacher checkpoint here")
     p.add_argument("--default-guidance", default=",".join(map(str, d.default_guidance)),
                    help="s_img,s_txt stored in the exported checkpoint (default %(default)s)")
@@ -318,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay,
                        seed=a.seed, resolution=a.resolution, channels=tuple(int(c) for c in a.channels.split(",")),
                        out_dir=a.out_dir, save_every=a.save_every, log_every=a.log_every, resume=a.resume,
-                       export=a.export, threads=a.threads,
+                       export=a.export, threads=a.threads, init=a.init,
                        default_guidance=tuple(float(x) for x in a.default_guidance.split(","))), a.export_only
 
 

@@ -101,9 +101,11 @@ def test_evaluate_table(tmp_path):
 
     result = evaluate(load_student(), n=8, size=64, latency=False, paraphrases="train")
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"identity", "global affine (oracle)", "student (grid mean)", "student"}
+    assert set(rows) == {"identity", "global affine (oracle)", "global affine (learned)", "student (grid mean)",
+                         "student"}
     assert rows["identity"]["accuracy"] == 0.0 and rows["identity"]["drift"] < 0.05
     assert rows["student"]["psnr"] > rows["identity"]["psnr"]
+    assert rows["global affine (learned)"]["psnr"] > rows["identity"]["psnr"]
     text = table_markdown(result)
     assert "| student |" in text and "oracle" in text
     out = write_results(result, tmp_path)

@@ -1,4 +1,5 @@
 """The student network (lesson 03): shapes, identity start, conditioning, checkpoints, training."""
+import dataclasses
 import json
 import struct
 
@@ -77,11 +78,20 @@ def test_film_and_head_reshape():
         grid_from_head(torch.randn(1, 50, 4, 4), 8)
 
 
-def test_curve_guide_fast_matches_module():
-    guide = CurveGuide()
+@pytest.mark.parametrize("impl", ["torch", "cpu"])
+@pytest.mark.parametrize("knots", [16, 5])
+def test_curve_guide_fast_matches_module(impl, knots):
+    from course_lib import fastslice
+
+    if impl == "cpu" and fastslice.load_cpu_extension() is None:
+        pytest.skip(f"no C++ extension: {fastslice.cpu_extension_error()}")
+    guide = CurveGuide(n_knots=knots)
     _perturb(guide, 0.2)
     x = torch.rand(2, 3, 33, 47) * 1.2 - 0.1
-    assert torch.allclose(curve_guide_fast(guide, x), guide(x), atol=1e-5)
+    assert torch.allclose(curve_guide_fast(guide, x, impl=impl), guide(x), atol=1e-5)
+    if impl == "cpu":  # half precision in, half out, same values to fp16 rounding
+        half = curve_guide_fast(guide, x.half(), impl=impl)
+        assert half.dtype == torch.float16 and torch.allclose(half.float(), guide(x.half().float()), atol=2e-3)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -167,3 +177,26 @@ def test_explore_callback_headless():
     assert min(r["before"].shape[-2:]) == 48 and r["grid"].shape == (1, 12, 4, 8, 8) and r["seconds"] > 0
     same = explore(m, "flower", "   ", size=48)
     assert torch.equal(same["before"], same["after"])
+
+
+def test_global_affine_student_is_one_colour_matrix():
+    """``global_affine=True`` collapses the grid: the output is one 3x4 transform of the input."""
+    m = Student(dataclasses.replace(SMALL, global_affine=True))
+    _perturb(m)
+    x = torch.rand(2, 3, 40, 56)
+    text = torch.randn(2, SMALL.text_dim)
+    with torch.no_grad():
+        out = m(x, text)
+        grid = m.predict_grid(x, text)
+    assert torch.allclose(grid, grid[:, :, :1, :1, :1].expand_as(grid))  # constant over bins and cells
+    A = grid[:, :, 0, 0, 0].reshape(2, 3, 4)  # channel c = 4 i + j
+    # out_i = sum_j A_ij x_j + A_i3 at every pixel, whatever the guide
+    expected = torch.einsum("bij,bjhw->bihw", A[:, :, :3], x) + A[:, :, 3, None, None]
+    assert (expected - out).abs().max() < 1e-4
+    assert (out - x).abs().max() > 1e-3  # it does edit
+    # the full student's grid varies over cells and bins
+    full = Student(SMALL)
+    _perturb(full)
+    with torch.no_grad():
+        g_full = full.predict_grid(x, text)
+    assert (g_full - g_full[:, :, :1, :1, :1]).abs().max() > 1e-3

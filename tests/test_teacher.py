@@ -1,38 +1,16 @@
 """Tests of the diffusion teacher (course_lib.teacher, teacher_hub, train_teacher, teacher_eval)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
 import pytest
 import torch
 
+from conftest import HashText
 from course_lib import config
 from course_lib.teacher import (EMBEDDED_WEIGHTS, FORMAT, EmbeddedTeacher, TeacherError, build_embedded_unet,
                                 cfg_combine, checkpoint_info, ddpm_config, load_embedded_teacher, load_teacher)
-
-
-class HashText:
-    """A stand-in text encoder: a fixed random unit vector per text (no model to load)."""
-
-    dim = 384
-
-    def encode(self, texts):
-        rows = []
-        for t in texts:
-            g = torch.Generator().manual_seed(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16))
-            v = torch.randn(self.dim, generator=g)
-            rows.append(v / v.norm())
-        return torch.stack(rows)
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher() -> EmbeddedTeacher:
-    torch.manual_seed(0)
-    unet = build_embedded_unet(resolution=16, channels=(8, 16))
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # a fresh UNet starts at "no edit"; make it do something
-    return EmbeddedTeacher(unet, text_encoder=HashText())
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -164,16 +142,6 @@ def test_missing_or_wrong_checkpoint(tmp_path):
 
 
 # ----------------------------------------------------------------------------- hub tier (tiny, offline)
-
-
-@pytest.fixture(scope="module")
-def tiny_hub(tmp_path_factory):
-    from course_lib.teacher_hub import load_hub_teacher, make_tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("ip2p")
-    make_tiny_pipeline(folder / "src").save_pretrained(folder / "pipe")
-    with config.no_network():
-        return load_hub_teacher(folder / "pipe", device="cpu"), folder / "pipe"
 
 
 def test_hub_interface_on_tiny_pipeline(tiny_hub):

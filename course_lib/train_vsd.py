@@ -1,0 +1,247 @@
+"""``python -m course_lib train-vsd``: distil the teacher into the grid student with VSD (lesson 05).
+
+Per step (one batch of training photos and instructions; the data's ground-truth targets
+are **not** used for training, only logged as a monitor):
+
+1. the student edits the photos in one pass; its output is resized to the teacher's working
+   size and mapped to teacher space: ``x0`` (:func:`course_lib.distill.to_teacher_space`);
+2. ``grad = w(t) (eps_teacher_cfg(x_t) - eps_fake(x_t))`` (:func:`course_lib.distill.vsd_grad`),
+   applied through ``0.5 ||x0 - sg(x0 - grad)||^2`` (:func:`course_lib.distill.vsd_loss`);
+   one Adam step on the student;
+3. ``fake_steps`` Adam steps on the fake score's LoRA with its denoising loss on the
+   student's (detached) samples (:func:`course_lib.distill.fake_score_loss`).
+
+Update ratio: ``fake_steps`` fake-score updates per student update (default 1, as
+threestudio; DMD2 uses more). Seeded; item ``i`` of the data is a pure function of
+``(seed, i)``; ``--resume`` continues exactly from ``OUT`` and ``OUT.state/`` (student
+weights, LoRA weights, both optimisers, step and logs, all safetensors/JSON, no pickle).
+Written with 🤗 Accelerate, so ``accelerate launch -m course_lib.train_vsd ...`` runs it on
+GPUs unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import config
+from .distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
+                      make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
+
+
+@dataclasses.dataclass
+class VSDArgs:
+    """Hyper-parameters of :func:`train` (the command's flags)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    size: int = 64
+    init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
+    lr: float = 2e-4
+    fake_lr: float = 1e-3
+    vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
+    teacher: str = "embedded"
+    teacher_path: str | None = None
+    seed: int = 0
+    save_every: int = 100
+    out: str | None = None
+
+
+def _student(args: VSDArgs):
+    from .student import Student, StudentConfig, load_student, shipped_path
+
+    if args.init == "supervised":
+        return load_student(shipped_path(), device="cpu")
+    if args.init == "identity":
+        return Student(StudentConfig(net_size=128))
+    return load_student(args.init, device="cpu")
+
+
+def state_dir(out: str | os.PathLike) -> Path:
+    p = Path(out)
+    return p.with_name(p.name + ".state")
+
+
+def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], args: VSDArgs) -> None:
+    from safetensors.torch import save_file
+
+    from .student import save_student
+    from .train_student import optimizer_tensors
+
+    save_student(student, out, metadata={"trained_steps": str(step), "method": "vsd",
+                                         "vsd_args": json.dumps(dataclasses.asdict(args)),
+                                         "log": json.dumps(log[-200:])})
+    sdir = state_dir(out)
+    sdir.mkdir(parents=True, exist_ok=True)
+    ts, ms = optimizer_tensors(opt_s)
+    tf, mf = optimizer_tensors(opt_f)
+    tensors = {**{f"lora.{k}": v for k, v in lora_state_dict(fake).items()},
+               **{f"opt_s.{k}": v for k, v in ts.items()}, **{f"opt_f.{k}": v for k, v in tf.items()}}
+    save_file(tensors, str(sdir / "state.safetensors.part"), metadata={"opt_s": ms, "opt_f": mf})
+    os.replace(sdir / "state.safetensors.part", sdir / "state.safetensors")
+    (sdir / "state.json.part").write_text(json.dumps({"step": step, "log": log}))
+    os.replace(sdir / "state.json.part", sdir / "state.json")
+
+
+def _load_state(out: Path, fake, opt_s, opt_f) -> tuple[int, list[dict]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .train_student import load_optimizer_tensors
+
+    sdir = state_dir(out)
+    tensors = load_file(str(sdir / "state.safetensors"))
+    with safe_open(str(sdir / "state.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    load_lora_state_dict(fake, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
+    load_optimizer_tensors(opt_s, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_s.")}, meta["opt_s"])
+    load_optimizer_tensors(opt_f, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_f.")}, meta["opt_f"])
+    st = json.loads((sdir / "state.json").read_text())
+    return int(st["step"]), list(st["log"])
+
+
+def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10) -> tuple[object, list[dict]]:
+    """Run (or resume) VSD training.
+
+    Args:
+        args: hyper-parameters; ``args.out`` (a ``.safetensors`` path) enables checkpoints.
+        resume: continue from ``args.out`` and ``args.out.state/``.
+        teacher: use this :class:`course_lib.teacher.Teacher` (default: ``load_teacher(args.teacher)``).
+
+    Returns:
+        ``(student, log)``: the trained student (eval mode) and one dict per step with ``vsd``
+        (``0.5 ||grad||^2`` per image), ``fake`` (fake-score loss), ``grad_rms`` and ``mse_gt``
+        (the student's MSE to the *unused* ground truth: a monitor, not a loss).
+    """
+    from accelerate import Accelerator
+
+    from .data import RetouchPairs, resize
+    from .student import load_student
+    from .teacher import load_teacher
+
+    acc = Accelerator()
+    config.seed_everything(args.seed)
+    if teacher is None:
+        teacher = load_teacher(args.teacher, **({"path": args.teacher_path} if args.teacher_path else {}))
+    out = Path(args.out) if args.out else None
+    student = load_student(out, device="cpu") if resume else _student(args)
+    fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
+    opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
+    opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
+    start, log = 0, []
+    if resume:
+        if out is None or not (state_dir(out) / "state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
+        start, log = _load_state(out, fake, opt_s, opt_f)
+    student.train()
+    student, opt_s = acc.prepare(student, opt_s)
+    model = acc.unwrap_model(student)
+    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=args.steps * args.batch_size,
+                      seed=args.seed)
+    bar = config.progress(total=args.steps, initial=start, desc="train-vsd",
+                          disable=config.is_fast() or not acc.is_local_main_process)
+    for step in range(start, args.steps):
+        items = [ds[step * args.batch_size + j] for j in range(args.batch_size)]
+        src = torch.stack([it["source"] for it in items]).to(acc.device)  # (B, 3, S, S)
+        instr = [it["instruction"] for it in items]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        with torch.no_grad():
+            text_s = model.embed(instr)  # (B, text_dim), the student's encoder
+            text_t = teacher.encode_text(instr)  # (B, L, D), the teacher's
+            cond = teacher.encode_source(resize(src, teacher.working_size(*src.shape[-2:])).to(teacher.device))
+        out_img = student(src, text_s)  # (B, 3, S, S)
+        x0 = to_teacher_space(teacher, out_img)  # (B, C, h, w)
+        t = sample_timesteps(x0.shape[0], args.vsd, gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, args.vsd)
+        loss = vsd_loss(x0, grad)
+        opt_s.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt_s.step()
+        # the fake score follows the student's current outputs
+        fake_losses = []
+        for _ in range(args.vsd.fake_steps):
+            lf = fake_score_loss(fake, x0.detach(), cond, text_t, gen)
+            opt_f.zero_grad(set_to_none=True)
+            lf.backward()
+            opt_f.step()
+            fake_losses.append(float(lf.detach()))
+        with torch.no_grad():
+            tgt = torch.stack([it["target"] for it in items]).to(out_img)
+            mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
+        log.append({"step": step + 1, "vsd": float(loss.detach()), "fake": sum(fake_losses) / len(fake_losses),
+                    "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt})
+        bar.update(1)
+        if (step + 1) % log_every == 0:
+            recent = log[-log_every:]
+            bar.set_postfix(fake=f"{sum(r['fake'] for r in recent) / len(recent):.4f}",
+                            mse_gt=f"{sum(r['mse_gt'] for r in recent) / len(recent):.5f}")
+        if out is not None and ((step + 1) % args.save_every == 0 or step + 1 == args.steps) and acc.is_main_process:
+            _save(out, model, fake, opt_s, opt_f, step + 1, log, args)
+    bar.close()
+    model.eval()
+    return model, log
+
+
+def _pair(text: str) -> tuple[float, float]:
+    a, b = (float(v) for v in text.split(","))
+    return a, b
+
+
+def main(argv: list[str] | None = None) -> int:
+    d, v = VSDArgs(), VSDConfig()
+    p = argparse.ArgumentParser(prog="python -m course_lib train-vsd",
+                                description="Distil the diffusion teacher into the grid student with Variational "
+                                            "Score Distillation (no paired targets). Resumable; runs under "
+                                            "'accelerate launch' unchanged.")
+    p.add_argument("--steps", type=int, default=config.pick(fast=20, full=d.steps))
+    p.add_argument("--batch-size", type=int, default=config.pick(fast=4, full=d.batch_size))
+    p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
+    p.add_argument("--init", default=d.init, help="'supervised' (shipped student), 'identity' or a checkpoint path")
+    p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
+    p.add_argument("--fake-lr", type=float, default=d.fake_lr, help="fake-score LoRA learning rate")
+    p.add_argument("--fake-steps", type=int, default=v.fake_steps, help="fake-score updates per student update")
+    p.add_argument("--t-range", default=f"{v.t_min},{v.t_max}", help="timestep range t_min,t_max")
+    p.add_argument("--guidance", default=None, help="teacher s_img,s_txt (default: the teacher's)")
+    p.add_argument("--weighting", choices=["sds", "dmd"], default=v.weighting)
+    p.add_argument("--lora-rank", type=int, default=v.lora_rank)
+    p.add_argument("--teacher", choices=["embedded", "hub"], default=d.teacher)
+    p.add_argument("--teacher-path", default=None, help="teacher checkpoint / pipeline folder")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=str(config.OUTPUT_DIR / "student_vsd.safetensors"))
+    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
+    a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    t_min, t_max = (int(x) for x in a.t_range.split(","))
+    vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
+                    weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
+                    fake_steps=a.fake_steps)
+    args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, lr=a.lr, fake_lr=a.fake_lr,
+                   vsd=vsd, teacher=a.teacher, teacher_path=a.teacher_path, seed=a.seed, save_every=a.save_every,
+                   out=a.out)
+    t0 = time.perf_counter()
+    try:
+        _, log = train(args, resume=a.resume)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if log:
+        k = max(1, min(50, len(log) // 4))
+        first = sum(r["mse_gt"] for r in log[:k]) / k
+        last = sum(r["mse_gt"] for r in log[-k:]) / k
+        print(f"train-vsd: {len(log)} steps in {time.perf_counter() - t0:.0f} s; monitor MSE to the unused ground "
+              f"truth: first {k} {first:.5f}, last {k} {last:.5f}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

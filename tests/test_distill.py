@@ -1,0 +1,145 @@
+"""Tests of course_lib.distill: the VSD gradient, the LoRA fake score, and their wiring."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
+                                make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
+
+
+def _inputs(T, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = T.resolution
+    src = torch.rand(b, 3, r, r, generator=g)
+    x0 = T.to_space(torch.rand(b, 3, r, r, generator=g))
+    return src, x0, T.encode_source(src), T.encode_text(["make it warmer", "lift the shadows"][:b])
+
+
+def test_vsd_loss_gradient_is_grad():
+    x = torch.randn(3, 3, 5, 5, requires_grad=True)
+    grad = torch.randn(3, 3, 5, 5)
+    vsd_loss(x, grad).backward()
+    # ∂/∂x ½‖x − sg(x − grad)‖² / B = grad / B
+    torch.testing.assert_close(x.grad, grad / 3)
+
+
+def test_fake_score_starts_as_teacher_and_only_lora_trains(tiny_teacher):
+    T = tiny_teacher
+    before = {k: v.clone() for k, v in T.unet.state_dict().items()}
+    fake = make_fake_score(T, rank=4, alpha=8)
+    params = lora_parameters(fake)
+    assert params and all(p.requires_grad for p in params)
+    assert all(not p.requires_grad for n, p in fake.unet.named_parameters() if "lora_" not in n)
+    assert all(not p.requires_grad for p in T.unet.parameters())
+    _, x0, cond, text = _inputs(T)
+    t = torch.tensor([100, 700])
+    noise = torch.randn_like(x0)
+    # LoRA's B starts at zero: the fake equals the teacher, and with the same guidance the VSD gradient is 0
+    for weighting in ("sds", "dmd"):
+        g = vsd_grad(T, fake, x0, cond, text, t, noise, VSDConfig(guidance=(1, 1), weighting=weighting))
+        assert g.shape == x0.shape and g.abs().max() < 1e-5
+    # with teacher CFG it is not
+    g = vsd_grad(T, fake, x0, cond, text, t, noise, VSDConfig(guidance=(1.5, 4.0)))
+    assert g.abs().max() > 1e-4
+    # a fake-score step moves the fake only
+    opt = torch.optim.Adam(params, lr=1e-2)
+    loss = fake_score_loss(fake, x0, cond, text, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is None for p in T.unet.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    opt.step()
+    for k, v in T.unet.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    g = vsd_grad(T, fake, x0, cond, text, t, noise, VSDConfig(guidance=(1, 1)))
+    assert g.abs().max() > 1e-5
+    # LoRA state round trip
+    state = lora_state_dict(fake)
+    other = make_fake_score(T, rank=4, alpha=8)
+    load_lora_state_dict(other, state)
+    torch.testing.assert_close(other.eps(x0, t, cond, text, (1, 1)), fake.eps(x0, t, cond, text, (1, 1)))
+    with pytest.raises(KeyError):
+        load_lora_state_dict(other, {"nope": torch.zeros(1)})
+
+
+def test_vsd_gradient_reaches_the_student_only(tiny_teacher):
+    from course_lib.student import Student, StudentConfig
+
+    T = tiny_teacher
+    fake = make_fake_score(T, rank=4, alpha=8)
+    student = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
+    torch.nn.init.normal_(student.head.weight, std=0.01)
+    src = torch.rand(2, 3, 40, 40)
+    text_s = torch.randn(2, 384)
+    out = student(src, text_s)  # (2, 3, 40, 40)
+    x0 = to_teacher_space(T, out)  # (2, 3, 16, 16) in [-1, 1]
+    assert x0.shape == (2, 3, 16, 16) and x0.requires_grad
+    cond = T.encode_source(torch.nn.functional.interpolate(src, size=(16, 16), mode="bilinear", antialias=True))
+    text = T.encode_text(["make it warmer", "make it cooler"])
+    cfg = VSDConfig(guidance=(1.5, 4.0))
+    t = sample_timesteps(2, cfg, torch.Generator().manual_seed(0))
+    assert ((t >= cfg.t_min) & (t < cfg.t_max)).all()
+    grad = vsd_grad(T, fake, x0, cond, text, t, torch.randn_like(x0), cfg)
+    vsd_loss(x0, grad).backward()
+    assert student.head.weight.grad is not None and student.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in T.unet.parameters())
+    assert all(p.grad is None for p in lora_parameters(fake))
+
+
+def test_vsd_on_tiny_hub_pipeline(tiny_hub):
+    T, _ = tiny_hub
+    fake = make_fake_score(T, rank=2, alpha=4)
+    img = torch.rand(2, 3, 16, 16, requires_grad=True)
+    x0 = to_teacher_space(T, img)  # VAE latents (2, 4, 8, 8), differentiable
+    cond = T.encode_source(img.detach())
+    text = T.encode_text(["make it warmer", "make it cooler"])
+    grad = vsd_grad(T, fake, x0, cond, text, torch.tensor([300, 600]), torch.randn_like(x0), VSDConfig())
+    assert grad.shape == x0.shape and torch.isfinite(grad).all()
+    vsd_loss(x0, grad).backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0  # through the VAE encoder
+    loss = fake_score_loss(fake, x0, cond, text, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert any(p.grad is not None for p in lora_parameters(fake))
+
+
+def test_bad_weighting():
+    with pytest.raises(ValueError):
+        T = type("T", (), {})()
+        vsd_grad(T, T, torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                 VSDConfig(weighting="nope"))
+
+
+def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
+    from course_lib.student import Student, StudentConfig, load_student, save_student
+    from course_lib.train_vsd import VSDArgs, train
+
+    init = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
+    save_student(init, tmp_path / "init.safetensors")
+
+    def args(steps, out):
+        return VSDArgs(steps=steps, batch_size=2, size=24, init=str(tmp_path / "init.safetensors"),
+                       vsd=VSDConfig(guidance=(1.5, 3.0), lora_rank=2, lora_alpha=4), save_every=2,
+                       out=str(tmp_path / out))
+
+    straight, log = train(args(4, "a.safetensors"), teacher=tiny_teacher)
+    assert len(log) == 4 and all(set(r) == {"step", "vsd", "fake", "grad_rms", "mse_gt"} for r in log)
+    assert log[0]["grad_rms"] > 0
+    # the student moved away from the identity
+    assert any((p - q).abs().max() > 0 for p, q in zip(straight.parameters(), init.parameters()))
+    train(args(2, "b.safetensors"), teacher=tiny_teacher)
+    resumed, log_b = train(args(4, "b.safetensors"), resume=True, teacher=tiny_teacher)
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4]
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    loaded = load_student(tmp_path / "a.safetensors")
+    for p, q in zip(straight.parameters(), loaded.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_train_vsd_help(capsys):
+    from course_lib.train_vsd import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "--fake-steps" in capsys.readouterr().out
