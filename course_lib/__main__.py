@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teacher-eval": ("course_lib.teacher_eval:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
     "train-student": ("course_lib.train_student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
     "train-vsd": ("course_lib.train_vsd:main", "distil the teacher into the grid student with VSD (no paired targets)"),
+    "train-align": ("course_lib.train_align:main", "train the embedded edit encoder for the prompt-alignment loss"),
     "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "retouch": ("course_lib.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.bench:main", "benchmark the slicing kernels against naive grid_sample and the memory floor"),

@@ -150,16 +150,34 @@ def vsd_grad(teacher: Teacher, fake: Teacher, x0: torch.Tensor, cond: torch.Tens
     with torch.no_grad():
         eps_real = teacher.eps(x_t, t, cond, text, cfg.guidance)  # ε_teacher with CFG
         eps_fake = fake.eps(x_t, t, cond, text, cfg.fake_guidance)  # ε_fake, CFG 1
-    if cfg.weighting == "sds":
+    return vsd_direction(eps_real, eps_fake, x0, x_t, ab, cfg.weighting)
+
+
+def vsd_direction(eps_real: torch.Tensor, eps_fake: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                  alpha_bar: torch.Tensor, weighting: str = "sds") -> torch.Tensor:
+    """The VSD gradient from the two noise predictions (the part of :func:`vsd_grad` with the math).
+
+    Args:
+        eps_real, eps_fake: (B, C, h, w) teacher (with CFG) and fake-score predictions at ``x_t``.
+        x0: (B, C, h, w) the student's sample; x_t: its noised version.
+        alpha_bar: (B, 1, 1, 1) ᾱ_t.
+        weighting: ``"sds"`` or ``"dmd"`` (see :class:`VSDConfig`).
+
+    Returns:
+        (B, C, h, w) grad.
+    """
+    ab = alpha_bar
+    if weighting == "sds":
         # grad = w(t) (ε_teacher − ε_fake),  w(t) = 1 − ᾱ_t = σ_t²
         return (1 - ab) * (eps_real - eps_fake)
-    else:  # "dmd"
+    if weighting == "dmd":
         # x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t ;  p = x0 − x̂0 ;  grad = (p_real − p_fake) / mean|p_real|
         x0_real = (x_t - (1 - ab).sqrt() * eps_real) / ab.sqrt()
         x0_fake = (x_t - (1 - ab).sqrt() * eps_fake) / ab.sqrt()
         p_real, p_fake = x0 - x0_real, x0 - x0_fake
-        norm = p_real.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        norm = p_real.abs().mean(dim=tuple(range(1, x0.dim())), keepdim=True).clamp_min(1e-6)
         return (p_real - p_fake) / norm
+    raise ValueError(f"weighting must be 'sds' or 'dmd', not {weighting!r}")
 
 
 def vsd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

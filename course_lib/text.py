@@ -307,3 +307,37 @@ def shared_encoder(name: str = "minilm") -> TextEncoder:
         else:
             raise ValueError(f"unknown text encoder {name!r}")
     return _SHARED[name]
+
+
+def paraphrase_neighbours(encoder: TextEncoder | None = None) -> dict:
+    """How far a frozen encoder alone gets on the held-out phrasings: nearest training phrasing.
+
+    Every held-out template is rendered at every strength and matched (cosine similarity) to
+    the nearest rendered *training* instruction. If that neighbour names the same edit family
+    and direction, a model that only ever saw the training phrasings can be expected to
+    generalise; otherwise the encoder itself places the new wording closer to another edit.
+
+    Args:
+        encoder: any :class:`TextEncoder` (default: the shared MiniLM encoder).
+
+    Returns:
+        dict with ``n`` (held-out instructions), ``family`` and ``family_direction`` (fractions
+        whose nearest training instruction has the same family / family and direction), and
+        ``misses``: list of ``(held-out instruction, nearest training instruction)``.
+    """
+    from .data import FAMILIES, STRENGTHS, render, templates
+
+    enc = encoder or shared_encoder("minilm")
+
+    def rows(split: str) -> list[tuple[str, str, int]]:
+        return [(render(t, s), f.name, d) for f in FAMILIES for d in (1, -1)
+                for t in templates(f.name, d, split) for s in STRENGTHS]
+
+    train, held = rows("train"), rows("heldout")
+    e_train = torch.nn.functional.normalize(enc.encode([r[0] for r in train]).float(), dim=-1)
+    e_held = torch.nn.functional.normalize(enc.encode([r[0] for r in held]).float(), dim=-1)
+    nearest = (e_held @ e_train.T).argmax(dim=1).tolist()  # (n_held,)
+    same_fam = [train[j][1] == h[1] for j, h in zip(nearest, held)]
+    same_dir = [(train[j][1], train[j][2]) == (h[1], h[2]) for j, h in zip(nearest, held)]
+    return {"n": len(held), "family": sum(same_fam) / len(held), "family_direction": sum(same_dir) / len(held),
+            "misses": [(h[0], train[j][0]) for j, h, ok in zip(nearest, held, same_dir) if not ok]}

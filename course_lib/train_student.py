@@ -39,7 +39,7 @@ import torch
 from . import config
 from .bilateral import grid_tv
 from .data import RetouchPairs
-from .student import Student, StudentConfig, load_student, save_student
+from .student import CheckpointError, Student, StudentConfig, load_student, save_student
 
 REPRODUCE = ("python -m course_lib train-student --steps 4000 --batch-size 16 --size 128 --net-size 128 "
              "--lr 2e-3 --seed 0 --threads 1 --out data/weights/student_supervised.safetensors")
@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "student.safetensors"),
                    help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
+    p.add_argument("--init", default=None,
+                   help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -286,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                      out=a.out, global_affine=a.global_affine)
     t0 = time.perf_counter()
     try:
-        model, losses = train(args, resume=a.resume)
-    except (FileNotFoundError, ValueError) as exc:
+        init = None
+        if a.init and not a.resume:
+            init = load_student(a.init, device="cpu")
+            args.global_affine = init.cfg.global_affine
+        model, losses = train(args, resume=a.resume, model=init)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     k = max(1, min(100, len(losses) // 5))

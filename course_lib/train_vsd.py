@@ -8,6 +8,9 @@ are **not** used for training, only logged as a monitor):
 2. ``grad = w(t) (eps_teacher_cfg(x_t) - eps_fake(x_t))`` (:func:`course_lib.distill.vsd_grad`),
    applied through ``0.5 ||x0 - sg(x0 - grad)||^2`` (:func:`course_lib.distill.vsd_loss`);
    one Adam step on the student;
+   with ``--align-weight λ > 0`` the student's loss also gets ``λ · InfoNCE`` between its
+   edits and their instructions from the frozen edit encoder (lesson 06,
+   :mod:`course_lib.align`);
 3. ``fake_steps`` Adam steps on the fake score's LoRA with its denoising loss on the
    student's (detached) samples (:func:`course_lib.distill.fake_score_loss`).
 
@@ -48,6 +51,8 @@ class VSDArgs:
     vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
     teacher: str = "embedded"
     teacher_path: str | None = None
+    align_weight: float = 0.0  # lesson 06: weight of the prompt-alignment InfoNCE (0 = VSD only)
+    align_path: str | None = None  # edit encoder checkpoint (default: the shipped one)
     seed: int = 0
     save_every: int = 100
     out: str | None = None
@@ -134,6 +139,11 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
     fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
     opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
+    edit_clip = None
+    if args.align_weight > 0:
+        from .align import load_edit_clip
+
+        edit_clip = load_edit_clip(args.align_path).requires_grad_(False)
     start, log = 0, []
     if resume:
         if out is None or not (state_dir(out) / "state.json").is_file():
@@ -161,6 +171,12 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, args.vsd)
         loss = vsd_loss(x0, grad)
+        align = torch.zeros(())
+        if edit_clip is not None:
+            # L_align = InfoNCE(edit(source, output), instruction) over the batch (straight-through clamp)
+            shown = out_img + (out_img.clamp(0, 1) - out_img).detach()
+            align = edit_clip.loss(src, shown, edit_clip.embed_instructions(instr))
+            loss = loss + args.align_weight * align
         opt_s.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt_s.step()
@@ -175,7 +191,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         with torch.no_grad():
             tgt = torch.stack([it["target"] for it in items]).to(out_img)
             mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
-        log.append({"step": step + 1, "vsd": float(loss.detach()), "fake": sum(fake_losses) / len(fake_losses),
+        log.append({"step": step + 1, "vsd": float(loss.detach()) - args.align_weight * float(align.detach()),
+                    "align": float(align.detach()), "fake": sum(fake_losses) / len(fake_losses),
                     "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt})
         bar.update(1)
         if (step + 1) % log_every == 0:
@@ -213,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=v.lora_rank)
     p.add_argument("--teacher", choices=["embedded", "hub"], default=d.teacher)
     p.add_argument("--teacher-path", default=None, help="teacher checkpoint / pipeline folder")
+    p.add_argument("--align-weight", type=float, default=d.align_weight,
+                   help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
+    p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -227,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                     fake_steps=a.fake_steps)
     args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, lr=a.lr, fake_lr=a.fake_lr,
                    vsd=vsd, teacher=a.teacher, teacher_path=a.teacher_path, seed=a.seed, save_every=a.save_every,
+                   align_weight=a.align_weight, align_path=a.align_path,
                    out=a.out)
     t0 = time.perf_counter()
     try:
         _, log = train(args, resume=a.resume)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if log:

@@ -122,7 +122,7 @@ def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
                        out=str(tmp_path / out))
 
     straight, log = train(args(4, "a.safetensors"), teacher=tiny_teacher)
-    assert len(log) == 4 and all(set(r) == {"step", "vsd", "fake", "grad_rms", "mse_gt"} for r in log)
+    assert len(log) == 4 and all(set(r) == {"step", "vsd", "align", "fake", "grad_rms", "mse_gt"} for r in log)
     assert log[0]["grad_rms"] > 0
     # the student moved away from the identity
     assert any((p - q).abs().max() > 0 for p, q in zip(straight.parameters(), init.parameters()))
@@ -143,3 +143,36 @@ def test_train_vsd_help(capsys):
         main(["--help"])
     assert e.value.code == 0
     assert "--fake-steps" in capsys.readouterr().out
+
+
+def test_train_vsd_with_alignment(tiny_teacher, tmp_path):
+    from course_lib.align import EditCLIP, EditCLIPConfig, save_edit_clip
+    from course_lib.student import Student, StudentConfig, save_student
+    from course_lib.train_vsd import VSDArgs, train
+
+    save_student(Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,))),
+                 tmp_path / "init.safetensors")
+    save_edit_clip(EditCLIP(EditCLIPConfig(size=16, patch=8, width=32, layers=1, head_width=16, embed_dim=16)),
+                   tmp_path / "clip.safetensors")
+    args = VSDArgs(steps=2, batch_size=3, size=24, init=str(tmp_path / "init.safetensors"),
+                   vsd=VSDConfig(lora_rank=2, lora_alpha=4), align_weight=0.5,
+                   align_path=str(tmp_path / "clip.safetensors"))
+    _, log = train(args, teacher=tiny_teacher)
+    assert all(r["align"] > 0 for r in log)  # InfoNCE over 3 items: about log 3 at the start
+
+
+@pytest.mark.parametrize("weighting", ["sds", "dmd"])
+def test_vsd_direction_points_from_fake_to_teacher(weighting):
+    """With x̂0_teacher = 1 and x̂0_fake = x0 = 0, a descent step on grad must increase x0."""
+    from course_lib.distill import vsd_direction
+
+    ab = torch.tensor([0.3, 0.8]).view(-1, 1, 1, 1)
+    x0 = torch.zeros(2, 3, 4, 4)
+    noise = torch.randn(2, 3, 4, 4)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    eps_from = lambda x0_hat: (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()  # noqa: E731
+    grad = vsd_direction(eps_from(torch.ones_like(x0)), eps_from(x0), x0, x_t, ab, weighting)
+    assert (grad < 0).all()
+    assert vsd_direction(eps_from(x0), eps_from(x0), x0, x_t, ab, weighting).abs().max() < 1e-6
+    if weighting == "sds":  # (1 − ᾱ) √ᾱ / √(1 − ᾱ) (x̂0_fake − x̂0_teacher)
+        torch.testing.assert_close(grad, -((1 - ab).sqrt() * ab.sqrt()).expand_as(grad))

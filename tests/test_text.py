@@ -96,3 +96,40 @@ def test_openclip_missing_weights_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(TextEncoderError):
         OpenCLIPTextEncoder(f"local-dir:{tmp_path / 'nowhere'}", pretrained=None)
+
+
+def test_paraphrase_neighbours_with_an_oracle_and_a_blind_encoder():
+    from course_lib.data import FAMILIES
+    from course_lib.text import paraphrase_neighbours
+
+    names = [f.name for f in FAMILIES]
+
+    class Oracle:
+        """Knows which family and direction every sentence names (by looking them up)."""
+
+        dim = 2 * len(names)
+
+        def encode(self, texts):
+            from course_lib.data import STRENGTHS, render, templates
+
+            lookup = {}
+            for k, f in enumerate(names):
+                for d in (1, -1):
+                    for t in templates(f, d, "all"):
+                        for s in STRENGTHS:
+                            lookup[render(t, s)] = 2 * k + (d < 0)
+            out = torch.zeros(len(texts), self.dim)
+            for i, t in enumerate(texts):
+                out[i, lookup[t]] = 1
+            return out
+
+    class Blind:
+        dim = 4
+
+        def encode(self, texts):
+            return torch.ones(len(texts), self.dim)  # every sentence looks the same
+
+    good = paraphrase_neighbours(Oracle())
+    assert good["family_direction"] == 1.0 and not good["misses"] and good["n"] == 9 * 2 * 2 * 3
+    blind = paraphrase_neighbours(Blind())
+    assert blind["family_direction"] < 0.1 and len(blind["misses"]) > 0.9 * blind["n"]

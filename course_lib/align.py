@@ -1,0 +1,223 @@
+"""Prompt alignment: a CLIP-style contrastive loss between instructions and edits (lesson 06).
+
+VSD (lesson 05) makes the student's edits *look like* the teacher's; nothing in it checks
+that the edit is the one the instruction asked for. InstantRetouch adds a contrastive
+**prompt-alignment** loss: an embedding of the edit (source, output) should be closer to
+the embedding of its own instruction than to the other instructions in the batch
+(InfoNCE, as CLIP; Radford et al. 2021, van den Oord et al. 2018).
+
+Two tiers:
+
+* **embedded** - :class:`EditCLIP`, a small edit encoder the course trains on its own data:
+  open_clip's ``VisionTransformer`` (built with ``open_clip.model._build_vision_tower``, no
+  pretrained weights) reads three panels side by side - the source, the edited photo and
+  their difference (which makes a global colour shift visible to every patch) - and a linear map
+  brings the frozen MiniLM instruction embedding into the same space. Shipped as
+  ``data/weights/edit_clip.safetensors`` when trained (``python -m course_lib train-align``).
+* **hub** - :class:`DirectionalCLIP`, a pretrained open_clip CLIP with the directional
+  formulation of StyleGAN-NADA (Gal et al. 2022): the change of the image embedding,
+  ``E_I(output) - E_I(source)``, should point along ``E_T(instruction) - E_T(neutral)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import config
+
+#: Where the shipped edit encoder lives.
+EDIT_CLIP_WEIGHTS: Path = config.WEIGHTS_DIR / "edit_clip.safetensors"
+FORMAT = "course_lib.edit_clip/1"
+
+
+@dataclasses.dataclass
+class EditCLIPConfig:
+    """Architecture of :class:`EditCLIP` (stored in its checkpoint).
+
+    Attributes:
+        size: side of each panel (source, output, difference); the tower sees ``size x 3 size``.
+        patch: ViT patch size. width, layers, head_width: ViT width, depth, head size.
+        embed_dim: joint embedding size. text_dim: size of the instruction embedding (MiniLM: 384).
+        text_encoder: name of the instruction encoder (see :mod:`course_lib.text`).
+    """
+
+    size: int = 32
+    patch: int = 8
+    width: int = 96
+    layers: int = 3
+    head_width: int = 32
+    embed_dim: int = 64
+    text_dim: int = 384
+    text_encoder: str = "minilm"
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP's loss) between matching rows of ``a`` and ``b``.
+
+    Args:
+        a, b: (N, E) L2-normalised embeddings; row i of ``a`` belongs with row i of ``b``.
+        logit_scale: the log of the inverse temperature (CLIP: a learned scalar, init log(1/0.07)).
+
+    Returns:
+        scalar ``(CE(s a b^T, I) + CE(s b a^T, I)) / 2`` with ``s = exp(logit_scale)``.
+    """
+    scale = torch.as_tensor(logit_scale, dtype=a.dtype, device=a.device).exp()
+    logits = scale * a @ b.T  # (N, N)
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+class EditCLIP(nn.Module):
+    """Embeds an edit (source, output) and an instruction into one space.
+
+    Args:
+        cfg: an :class:`EditCLIPConfig`.
+    """
+
+    def __init__(self, cfg: EditCLIPConfig | None = None) -> None:
+        super().__init__()
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+        self.cfg = cfg = cfg or EditCLIPConfig()
+        vision = CLIPVisionCfg(layers=cfg.layers, width=cfg.width, head_width=cfg.head_width, patch_size=cfg.patch,
+                               image_size=(cfg.size, 3 * cfg.size))
+        self.visual = _build_vision_tower(cfg.embed_dim, vision)
+        self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_edit(self, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) source and output in [0, 1] (any size) -> (B, embed_dim), unit norm.
+
+        Both are resized to ``size`` (antialiased, differentiable) and put side by side with
+        their difference: ``[source | output | 0.5 + 2 (output - source)]``.
+        """
+        s = self.cfg.size
+        src = F.interpolate(source, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        out = F.interpolate(output, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        diff = 0.5 + 2 * (out - src)
+        x = (torch.cat([src, out, diff], dim=-1) - 0.5) / 0.25  # (B, 3, s, 3s), roughly zero-mean unit-scale
+        return F.normalize(self.visual(x), dim=-1)
+
+    def encode_text(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """(B, text_dim) instruction embeddings -> (B, embed_dim), unit norm."""
+        return F.normalize(self.text_proj(text_emb), dim=-1)
+
+    def loss(self, source: torch.Tensor, output: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the batch's edits and their instructions (see :func:`info_nce`)."""
+        return info_nce(self.encode_edit(source, output), self.encode_text(text_emb), self.logit_scale)
+
+    def embed_instructions(self, instructions: list[str]) -> torch.Tensor:
+        """Instructions -> (N, text_dim) with this model's text encoder."""
+        from .text import shared_encoder
+
+        return shared_encoder(self.cfg.text_encoder).encode(instructions).to(self.logit_scale.device)
+
+
+def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tensor, text_emb: torch.Tensor,
+                       labels: list[str] | None = None) -> float:
+    """Top-1 accuracy of picking each edit's instruction among the batch's instructions.
+
+    Args:
+        source, output: (N, 3, H, W). text_emb: (N, text_dim).
+        labels: optional (N,) edit identities (e.g. ``"exposure:+0.350"``); a prediction counts
+            as right when its instruction names the same edit (duplicates are not errors).
+
+    Returns:
+        fraction in [0, 1]; chance is about ``1 / N``.
+    """
+    with torch.no_grad():
+        sim = model.encode_edit(source, output) @ model.encode_text(text_emb).T  # (N, N)
+    pred = sim.argmax(dim=1).tolist()
+    if labels is None:
+        return sum(int(p == i) for i, p in enumerate(pred)) / len(pred)
+    return sum(int(labels[p] == labels[i]) for i, p in enumerate(pred)) / len(pred)
+
+
+def save_edit_clip(model: EditCLIP, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Weights + config in one safetensors file (written to a temporary name, then renamed)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(model.cfg)), **(metadata or {})}
+    tmp = p.with_name(f".{p.name}.part")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+              metadata={k: str(v) for k, v in meta.items()})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, p)
+    return p
+
+
+class AlignError(RuntimeError):
+    """An edit encoder cannot be loaded; the message is one line."""
+
+
+def load_edit_clip(path: str | Path | None = None, device: str | torch.device = "cpu") -> EditCLIP:
+    """Load an :class:`EditCLIP` from safetensors (never pickle).
+
+    Raises:
+        AlignError: missing file or not an edit-encoder checkpoint.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path) if path else EDIT_CLIP_WEIGHTS
+    if not p.is_file():
+        raise AlignError(f"{p}: no edit encoder; train one with 'python -m course_lib train-align'")
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise AlignError(f"{p}: not an edit-encoder checkpoint (format {meta.get('format')!r})")
+    model = EditCLIP(EditCLIPConfig(**json.loads(meta["config"])))
+    model.load_state_dict(load_file(str(p)))
+    return model.to(device).eval()
+
+
+class DirectionalCLIP(nn.Module):
+    """Hub tier: a CLIP image-text model used directionally (StyleGAN-NADA's loss).
+
+    ``loss = 1 - cos(E_I(output) - E_I(source), E_T(instruction) - E_T(neutral))``, averaged
+    over the batch. The CLIP weights stay frozen; gradients reach ``output``.
+
+    Args:
+        model: an open_clip ``CLIP`` (e.g. ``open_clip.create_model("ViT-B-32",
+            pretrained="openai")`` when the weights are on disk; tests use a tiny random one).
+        tokenizer: the matching open_clip tokenizer.
+        neutral: the reference caption (the "no edit" direction's origin).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, neutral: str = "a photo") -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.neutral = neutral
+        size = model.visual.image_size
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        # CLIP's input normalisation (OpenAI's mean / std)
+        self.register_buffer("mean", torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, E) unit-norm CLIP image embeddings (differentiable)."""
+        x = F.interpolate(image, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        return F.normalize(self.model.encode_image((x - self.mean) / self.std), dim=-1)
+
+    def text_direction(self, instructions: list[str]) -> torch.Tensor:
+        """(N,) instructions -> (N, E) unit directions ``E_T(instruction) - E_T(neutral)``."""
+        with torch.no_grad():
+            tokens = self.tokenizer(list(instructions) + [self.neutral]).to(self.mean.device)
+            t = F.normalize(self.model.encode_text(tokens), dim=-1)
+        return F.normalize(t[:-1] - t[-1:], dim=-1)
+
+    def loss(self, source: torch.Tensor, output: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Directional loss in [0, 2]: 0 when the image moved exactly along the text direction."""
+        d_img = F.normalize(self.encode_image(output) - self.encode_image(source).detach(), dim=-1)
+        return (1 - (d_img * self.text_direction(instructions)).sum(-1)).mean()

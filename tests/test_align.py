@@ -1,0 +1,113 @@
+"""Tests of course_lib.align: InfoNCE, the embedded edit encoder, the hub directional loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib.align import (AlignError, DirectionalCLIP, EditCLIP, EditCLIPConfig, info_nce, load_edit_clip,
+                              retrieval_accuracy, save_edit_clip)
+
+TINY = EditCLIPConfig(size=16, patch=8, width=32, layers=1, head_width=16, embed_dim=16)
+
+
+def test_info_nce_values():
+    a = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    aligned = info_nce(a, a, math.log(100.0))
+    shuffled = info_nce(a, a[torch.tensor([1, 2, 3, 4, 5, 0])], math.log(100.0))
+    assert aligned < 0.1 < math.log(6) < shuffled
+    # all-equal embeddings carry no information: the loss is log N
+    same = torch.nn.functional.normalize(torch.ones(6, 8), dim=-1)
+    assert abs(float(info_nce(same, same, 0.0)) - math.log(6)) < 1e-5
+
+
+def test_edit_clip_shapes_gradients_and_round_trip(tmp_path):
+    m = EditCLIP(TINY)
+    src, out = torch.rand(3, 3, 40, 30), torch.rand(3, 3, 40, 30, requires_grad=True)
+    e = m.encode_edit(src, out)
+    assert e.shape == (3, 16) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    t = m.encode_text(torch.randn(3, 384))
+    assert t.shape == (3, 16)
+    m.loss(src, out, torch.randn(3, 384)).backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0  # usable as a loss on a student's output
+    p = save_edit_clip(m, tmp_path / "e.safetensors")
+    m2 = load_edit_clip(p)
+    torch.testing.assert_close(m2.encode_edit(src, out.detach()), m.encode_edit(src, out.detach()))
+    with pytest.raises(AlignError):
+        load_edit_clip(tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):
+        load_edit_clip(tmp_path / "bad.safetensors")
+
+
+def test_edit_clip_learns_to_tell_edits_apart():
+    """A few steps on the course data lower InfoNCE and lift retrieval above chance."""
+    from course_lib.data import RetouchPairs
+
+    torch.manual_seed(0)
+    m = EditCLIP(TINY)
+    ds = RetouchPairs(split="train", paraphrases="train", size=16, length=8 * 60, seed=0,
+                      families=("exposure", "temperature", "saturation"), compose_prob=0.0)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        items = [ds[step * 8 + j] for j in range(8)]
+        src = torch.stack([it["source"] for it in items])
+        tgt = torch.stack([it["target"] for it in items])
+        loss = m.loss(src, tgt, m.embed_instructions([it["instruction"] for it in items]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.2
+    test = RetouchPairs(split="heldout", paraphrases="train", size=16, length=24, seed=5,
+                        families=("exposure", "temperature", "saturation"), compose_prob=0.0)
+    items = [test[i] for i in range(24)]
+    src = torch.stack([it["source"] for it in items])
+    tgt = torch.stack([it["target"] for it in items])
+    fam_dir = [it["edits"].split(":")[0] + ("+" if ":+" in it["edits"] else "-") for it in items]
+    acc = retrieval_accuracy(m, src, tgt, m.embed_instructions([it["instruction"] for it in items]), fam_dir)
+    print("retrieval", acc)
+    assert acc > 1 / 6 + 0.1  # 6 family-directions: chance is about 1/6
+
+
+def test_directional_clip_on_a_tiny_open_clip_model():
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.tokenizer import SimpleTokenizer
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
+                                                        image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    d = DirectionalCLIP(model, SimpleTokenizer())
+    src = torch.rand(2, 3, 48, 40)
+    out = (src * 1.3).clamp(0, 1).requires_grad_(True)
+    loss = d.loss(src, out, ["make it brighter", "make it darker"])
+    assert 0 <= float(loss) <= 2
+    loss.backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    dirs = d.text_direction(["make it brighter"])
+    assert dirs.shape == (1, 16) and abs(float(dirs.norm()) - 1) < 1e-5
+
+
+def test_train_align_resumes_exactly_and_ships(tmp_path):
+    from course_lib.align import EDIT_CLIP_WEIGHTS
+    from course_lib.train_align import AlignArgs, heldout_retrieval, main, train
+
+    def args(steps, out):
+        return AlignArgs(steps=steps, batch_size=4, size=16, save_every=2, warmup=2, out=str(tmp_path / out))
+
+    a, la = train(args(4, "a.safetensors"))
+    train(args(2, "b.safetensors"))
+    b, lb = train(args(4, "b.safetensors"), resume=True)
+    assert len(la) == len(lb) == 4
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # the shipped encoder loads and retrieves far above chance on held-out photos
+    shipped = load_edit_clip(EDIT_CLIP_WEIGHTS)
+    r = heldout_retrieval(shipped, n=32, paraphrases="train")
+    assert r["accuracy"] > 3 * r["chance"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
