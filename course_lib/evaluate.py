@@ -169,6 +169,42 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
     return {"rows": rows, "per_family": per_family, "n": n, "size": size, "paraphrases": paraphrases}
 
 
+def compare_students(models: dict, n: int | None = None, size: int | None = None, seed: int = 1234,
+                     paraphrases: str = "heldout", batch_size: int = 16) -> list[dict]:
+    """Score several students on the same held-out items (an ablation table).
+
+    Args:
+        models: display name -> :class:`course_lib.student.Student`.
+        n, size, seed, paraphrases: as in :func:`evaluate`.
+
+    Returns:
+        rows ``{"method", "psnr", "de00", "accuracy", "drift"}``: ``identity`` first, then one per model.
+    """
+    n = n or config.pick(fast=24, full=270)
+    size = size or config.pick(fast=128, full=256)
+    items = eval_items(n, size, seed, paraphrases)
+    rows = []
+    for k, (name, model) in enumerate(models.items()):
+        scores = run_methods(model, items, batch_size)
+        picks = ([("identity", "identity")] if k == 0 else []) + [(name, "student")]
+        for label, key in picks:
+            s = scores[key]
+            finite = s["psnr"][torch.isfinite(s["psnr"])]
+            rows.append({"method": label, "psnr": float(finite.mean()) if len(finite) else math.inf,
+                         "de00": float(s["de00"].mean()), "accuracy": float(s["acc"].mean()),
+                         "drift": float(s["drift"].mean())})
+    return rows
+
+
+def rows_markdown(rows: list[dict]) -> str:
+    """Rows of :func:`compare_students` as a Markdown table."""
+    lines = ["| method | PSNR (dB) ↑ | ΔE00 ↓ | instruction acc. ↑ | drift (8-bit levels) ↓ |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['method']} | {_fmt(r['psnr'])} | {_fmt(r['de00'])} | {r['accuracy'] * 100:.0f} % | "
+              f"{_fmt(r['drift'])} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _fmt(v: float, digits: int = 2) -> str:
     return "-" if v != v else ("inf" if math.isinf(v) else f"{v:.{digits}f}")
 

@@ -12,10 +12,14 @@ Two tiers share the interface :class:`Teacher` (InstructPix2Pix, Brooks et al. 2
   given x_t, and with one right answer per (photo, instruction) the residual x0 form
   trains far faster on a CPU (a first ε-parameterised run still had colour casts after
   1000 steps). Trained by the course on :class:`course_lib.data.RetouchPairs` and shipped as
-  ``data/weights/teacher_embedded.safetensors``. Reproduce it with::
+  ``data/weights/teacher_embedded.safetensors``. Reproduce it with two runs (the second
+  fine-tunes the first's EMA weights with a fresh optimiser and new data seed)::
 
       python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
-          --ema-decay 0.995 --seed 0 --export data/weights/teacher_embedded.safetensors
+          --ema-decay 0.995 --seed 0 --out-dir outputs/teacher --export outputs/teacher_stage1.safetensors
+      python -m course_lib train-teacher --init outputs/teacher_stage1.safetensors --steps 2500 --lr 3e-4 \\
+          --warmup 50 --seed 1 --default-guidance 1,1 --out-dir outputs/teacher2 \\
+          --export data/weights/teacher_embedded.safetensors
 
 * :class:`course_lib.teacher_hub.HubTeacher`: the real InstructPix2Pix pipeline
   (``timbrooks/instruct-pix2pix``) in VAE-latent space, when its weights are present.

@@ -20,8 +20,8 @@ from . import config
 from .teacher import Teacher
 
 
-def heldout_batch(n: int, size: int, seed: int = 1234) -> dict:
-    """``n`` held-out (photo, paraphrase) pairs at ``size`` pixels.
+def heldout_batch(n: int, size: int, seed: int = 1234, paraphrases: str = "heldout") -> dict:
+    """``n`` held-out-photo pairs at ``size`` pixels, with ``"heldout"`` (default) or ``"train"`` phrasings.
 
     Returns:
         dict with ``source``, ``target`` (n, 3, size, size) in [0, 1], ``instruction`` and
@@ -29,7 +29,7 @@ def heldout_batch(n: int, size: int, seed: int = 1234) -> dict:
     """
     from .data import RetouchPairs
 
-    ds = RetouchPairs("heldout", "heldout", size=size, length=n, seed=seed)
+    ds = RetouchPairs("heldout", paraphrases, size=size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     return {"source": torch.stack([it["source"] for it in items]),
             "target": torch.stack([it["target"] for it in items]),
@@ -77,8 +77,8 @@ def score(output: torch.Tensor, batch: dict) -> dict[str, float]:
 def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 50), n: int = 24,
                              guidance: tuple[float, float] | None = None, seed: int = 0,
                              batch: dict | None = None, chunk: int = 24,
-                             others: dict[str, Callable[[torch.Tensor, list[str]], torch.Tensor]] | None = None
-                             ) -> list[dict]:
+                             others: dict[str, Callable[[torch.Tensor, list[str]], torch.Tensor]] | None = None,
+                             paraphrases: str = "heldout") -> list[dict]:
     """Teacher edits on held-out photos x held-out paraphrases, for several DDIM step counts.
 
     Args:
@@ -89,12 +89,13 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
         chunk: images per sampling call.
         others: extra one-pass methods to score, name -> ``fn(sources (n, 3, r, r), instructions)``
             (e.g. a student); they get rows with ``steps = 1``.
+        paraphrases: ``"heldout"`` phrasings (default) or the ``"train"`` ones (new photos only).
 
     Returns:
         One dict per row: ``method`` ("identity" first, then ``others``, then "teacher"), ``steps``,
         ``psnr``, ``de00``, ``accuracy``, ``direction``, ``drift``, ``ms_per_image`` (wall time / n).
     """
-    batch = batch or heldout_batch(n, teacher.resolution)
+    batch = batch or heldout_batch(n, teacher.resolution, paraphrases=paraphrases)
     n = batch["source"].shape[0]
     rows = [{"method": "identity", "steps": 0, **score(batch["source"], batch), "ms_per_image": 0.0}]
     for name, fn in (others or {}).items():
@@ -186,7 +187,8 @@ def edit_preview(teacher: Teacher, source: torch.Tensor, instruction: str, steps
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib teacher-eval",
-                                description="Teacher quality vs DDIM steps on held-out photos x held-out paraphrases.")
+                                description="Teacher quality vs DDIM steps on held-out photos x held-out (or training) "
+                                            "paraphrases.")
     p.add_argument("--steps", default="4,10,25,50", help="comma-separated DDIM step counts (default %(default)s)")
     p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out pairs")
     p.add_argument("--guidance", default=None, help="s_img,s_txt (default: the checkpoint's)")
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"))
     p.add_argument("--student", action="store_true", help="also score the shipped student, if there is one")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
+                   help="instruction phrasings: held out from training (default) or the training ones")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from .teacher import load_embedded_teacher
@@ -209,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             others["student"] = lambda src, texts: student_lib.retouch(model, src, texts)
         else:
             print(f"no student checkpoint at {student_lib.shipped_path()}: student row skipped")
-    rows = teacher_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, others=others)
-    print(f"guidance {g or teacher.default_guidance}, {a.n} held-out pairs at {teacher.resolution}px")
+    rows = teacher_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, others=others,
+                                    paraphrases=a.paraphrases)
+    print(f"guidance {g or teacher.default_guidance}, {a.n} held-out-photo pairs ({a.paraphrases} phrasings) "
+          f"at {teacher.resolution}px")
     print(format_table(rows))
     fig = plot_quality_vs_steps(rows)
     config.OUTPUT_DIR.mkdir(parents=True, exist_ok=True)

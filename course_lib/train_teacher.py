@@ -17,10 +17,15 @@ The recipe (InstructPix2Pix, Brooks et al. 2023, in pixel space at 32x32):
 It is written with 🤗 Accelerate: one CPU process runs it unchanged, and
 ``accelerate launch -m course_lib train-teacher ...`` spreads it over GPUs.
 ``--resume`` continues from ``OUT/state.safetensors`` (weights, EMA and optimizer
-state all in safetensors, never pickle). The shipped checkpoint was made with::
+state all in safetensors, never pickle). ``--init CKPT`` starts from an exported
+checkpoint's weights instead (fine-tuning: fresh optimiser; the provenance is recorded).
+The shipped checkpoint was made with two runs (see :mod:`course_lib.teacher`)::
 
     python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
-        --ema-decay 0.995 --seed 0 --export data/weights/teacher_embedded.safetensors
+        --ema-decay 0.995 --seed 0 --out-dir outputs/teacher --export outputs/teacher_stage1.safetensors
+    python -m course_lib train-teacher --init outputs/teacher_stage1.safetensors --steps 2500 --lr 3e-4 \\
+        --warmup 50 --seed 1 --default-guidance 1,1 --out-dir outputs/teacher2 \\
+        --export data/weights/teacher_embedded.safetensors
 """
 from __future__ import annotations
 

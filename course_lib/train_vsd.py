@@ -46,7 +46,7 @@ class VSDArgs:
     batch_size: int = 8
     size: int = 64
     init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
-    lr: float = 2e-4
+    lr: float = 1e-4
     fake_lr: float = 1e-3
     vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
     teacher: str = "embedded"
@@ -122,7 +122,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
     Returns:
         ``(student, log)``: the trained student (eval mode) and one dict per step with ``vsd``
         (``0.5 ||grad||^2`` per image), ``fake`` (fake-score loss), ``grad_rms`` and ``mse_gt``
-        (the student's MSE to the *unused* ground truth: a monitor, not a loss).
+        (the student's MSE to the *unused* ground truth: a monitor, not a loss) and ``mse_id`` (the
+        same for the unedited photos: below it, the student edits towards the truth).
     """
     from accelerate import Accelerator
 
@@ -191,9 +192,10 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         with torch.no_grad():
             tgt = torch.stack([it["target"] for it in items]).to(out_img)
             mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
+            mse_id = float((src - tgt).pow(2).mean())  # the do-nothing edit, same batch
         log.append({"step": step + 1, "vsd": float(loss.detach()) - args.align_weight * float(align.detach()),
                     "align": float(align.detach()), "fake": sum(fake_losses) / len(fake_losses),
-                    "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt})
+                    "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt, "mse_id": mse_id})
         bar.update(1)
         if (step + 1) % log_every == 0:
             recent = log[-log_every:]
@@ -257,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if log:
         k = max(1, min(50, len(log) // 4))
-        first = sum(r["mse_gt"] for r in log[:k]) / k
-        last = sum(r["mse_gt"] for r in log[-k:]) / k
-        print(f"train-vsd: {len(log)} steps in {time.perf_counter() - t0:.0f} s; monitor MSE to the unused ground "
-              f"truth: first {k} {first:.5f}, last {k} {last:.5f}; wrote {args.out}")
+        first = sum(r["mse_gt"] for r in log[:k]) / sum(r["mse_id"] for r in log[:k])
+        last = sum(r["mse_gt"] for r in log[-k:]) / sum(r["mse_id"] for r in log[-k:])
+        print(f"train-vsd: {len(log)} steps in {time.perf_counter() - t0:.0f} s; monitor, MSE to the unused ground "
+              f"truth relative to the unedited photo's: first {k} steps {first:.2f}, last {k} {last:.2f}; "
+              f"wrote {args.out}")
     return 0
 
 

@@ -111,3 +111,15 @@ def test_evaluate_table(tmp_path):
     out = write_results(result, tmp_path)
     assert (out / "results.csv").read_text().startswith("method,psnr")
     assert (out / "results.md").is_file()
+
+
+def test_compare_students_rows():
+    from course_lib.evaluate import compare_students, rows_markdown
+    from course_lib.student import load_student
+
+    model = load_student()
+    rows = compare_students({"a": model, "b": model}, n=4, size=48, paraphrases="train")
+    assert [r["method"] for r in rows] == ["identity", "a", "b"]
+    assert {k: v for k, v in rows[1].items() if k != "method"} == {k: v for k, v in rows[2].items() if k != "method"}
+    assert rows[1]["psnr"] > rows[0]["psnr"]
+    assert rows_markdown(rows).count("\n") == 4

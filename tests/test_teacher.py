@@ -246,3 +246,29 @@ def test_quality_vs_steps_and_widget_callback(tiny_teacher):
     fig, out = edit_preview(tiny_teacher, batch["source"][0], "make it warmer", steps=2, s_img=1.2, s_txt=2.0,
                             target=batch["target"][0])
     assert out.shape == (3, 16, 16) and fig is not None
+
+
+def test_train_teacher_init_from_checkpoint(tmp_path):
+    """``--init`` starts from an exported checkpoint's weights and records where they came from."""
+    from course_lib.train_teacher import TrainConfig, train
+
+    def cfg(out, export, init=None, seed=0):
+        return TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out_dir=str(tmp_path / out),
+                           export=str(tmp_path / export), init=init, seed=seed, save_every=10, log_every=1)
+
+    train(cfg("a", "a.safetensors"), text_encoder=HashText())
+    first = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
+    # zero steps of fine-tuning: the weights are the initial checkpoint's (up to fp16 storage)
+    out = train(dataclasses_replace(cfg("b", "b.safetensors", init=str(tmp_path / "a.safetensors")), steps=0),
+                text_encoder=HashText())
+    for (k, v), (_, w) in zip(first.unet.state_dict().items(), out["unet"].state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+    train(cfg("c", "c.safetensors", init=str(tmp_path / "a.safetensors"), seed=1), text_encoder=HashText())
+    info = checkpoint_info(tmp_path / "c.safetensors")["train"]
+    assert info["init"]["file"] == "a.safetensors" and info["init"]["train"]["steps"] == 2
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)

@@ -37,6 +37,7 @@
 namespace {
 
 constexpr int64_t kC = 12;    // coefficients per cell: 3 outputs x (3 inputs + bias)
+constexpr int64_t kChunk = 256;  // pixels per chunk of a row in the forward pass
 constexpr int64_t kPad = 16;  // floats per slab cell: 4 inputs x 4 outputs (one 64-byte line)
 
 // slab position of grid channel c = 4 i + j (output i, input j): p = 4 j + i
@@ -122,8 +123,8 @@ void forward_kernel(const scalar_t* gp, const scalar_t* gd, const scalar_t* im, 
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     // padding lanes (i = 3) stay zero: build_slab only writes p = 4 j + i with i < 3
     std::vector<acc_t> slab(D * Wg * kPad, acc_t(0));
-    std::vector<int32_t> zo0(W), zo1(W);
-    std::vector<acc_t> zt(W);
+    std::vector<int32_t> zo0(kChunk), zo1(kChunk);
+    std::vector<acc_t> zt(kChunk);
     acc_t* S = slab.data();
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
@@ -133,36 +134,41 @@ void forward_kernel(const scalar_t* gp, const scalar_t* gd, const scalar_t* im, 
       const scalar_t* g_row = gd + b * HW + y * W;
       const scalar_t* r_row = im + b * 3 * HW + y * W;
       scalar_t* o_row = op + b * 3 * HW + y * W;
-      // z corners of the whole row: gz = guide D, k0 = floor(gz - 1/2), t = gz - 1/2 - k0
       const int32_t zmax = int32_t(D - 1), zstride = int32_t(Wg * kPad);
+      // the row in chunks of kChunk pixels, so the per-pixel corner arrays stay in L1 next to the slab
+      for (int64_t x0c = 0; x0c < W; x0c += kChunk) {
+        const int64_t n = std::min<int64_t>(kChunk, W - x0c);
+        // z corners of the chunk: gz = guide D, k0 = floor(gz - 1/2), t = gz - 1/2 - k0
 #pragma omp simd
-      for (int64_t x = 0; x < W; ++x) {
-        const acc_t f = acc_t(g_row[x]) * dz - acc_t(0.5);
-        const acc_t k = std::floor(f);
-        const int32_t k0 = int32_t(k);
-        zt[x] = f - k;
-        zo0[x] = std::min(std::max(k0, int32_t(0)), zmax) * zstride;
-        zo1[x] = std::min(std::max(k0 + 1, int32_t(0)), zmax) * zstride;
-      }
-      for (int64_t x = 0; x < W; ++x) {
-        const acc_t* s00 = S + zo0[x] + xo0[x];  // (z0, x0)
-        const acc_t* s01 = S + zo0[x] + xo1[x];  // (z0, x1)
-        const acc_t* s10 = S + zo1[x] + xo0[x];  // (z1, x0)
-        const acc_t* s11 = S + zo1[x] + xo1[x];  // (z1, x1)
-        const acc_t u = zt[x], t = xt[x];
-        const acc_t w00 = (1 - u) * (1 - t), w01 = (1 - u) * t, w10 = u * (1 - t), w11 = u * t;
-        // A_p = sum over the 4 remaining corners of w S[p]   (16 lanes)
-        alignas(64) acc_t a[kPad];
+        for (int64_t k = 0; k < n; ++k) {
+          const acc_t f = acc_t(g_row[x0c + k]) * dz - acc_t(0.5);
+          const acc_t fl = std::floor(f);
+          const int32_t k0 = int32_t(fl);
+          zt[k] = f - fl;
+          zo0[k] = std::min(std::max(k0, int32_t(0)), zmax) * zstride;
+          zo1[k] = std::min(std::max(k0 + 1, int32_t(0)), zmax) * zstride;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t x = x0c + k;
+          const acc_t* s00 = S + zo0[k] + xo0[x];  // (z0, x0)
+          const acc_t* s01 = S + zo0[k] + xo1[x];  // (z0, x1)
+          const acc_t* s10 = S + zo1[k] + xo0[x];  // (z1, x0)
+          const acc_t* s11 = S + zo1[k] + xo1[x];  // (z1, x1)
+          const acc_t u = zt[k], t = xt[x];
+          const acc_t w00 = (1 - u) * (1 - t), w01 = (1 - u) * t, w10 = u * (1 - t), w11 = u * t;
+          // A_p = sum over the 4 remaining corners of w S[p]   (16 lanes)
+          alignas(64) acc_t a[kPad];
 #pragma omp simd aligned(a : 64)
-        for (int64_t p = 0; p < kPad; ++p) a[p] = w00 * s00[p] + w01 * s01[p] + w10 * s10[p] + w11 * s11[p];
-        const acc_t r = acc_t(r_row[x]), g = acc_t(r_row[HW + x]), bl = acc_t(r_row[2 * HW + x]);
-        // out_i = A_i0 r + A_i1 g + A_i2 b + A_i3   (4 lanes, the last one unused)
-        alignas(16) acc_t o[4];
+          for (int64_t p = 0; p < kPad; ++p) a[p] = w00 * s00[p] + w01 * s01[p] + w10 * s10[p] + w11 * s11[p];
+          const acc_t r = acc_t(r_row[x]), g = acc_t(r_row[HW + x]), bl = acc_t(r_row[2 * HW + x]);
+          // out_i = A_i0 r + A_i1 g + A_i2 b + A_i3   (4 lanes, the last one unused)
+          alignas(16) acc_t o[4];
 #pragma omp simd aligned(o : 16)
-        for (int64_t i = 0; i < 4; ++i) o[i] = a[i] * r + a[4 + i] * g + a[8 + i] * bl + a[12 + i];
-        o_row[x] = scalar_t(o[0]);
-        o_row[HW + x] = scalar_t(o[1]);
-        o_row[2 * HW + x] = scalar_t(o[2]);
+          for (int64_t i = 0; i < 4; ++i) o[i] = a[i] * r + a[4 + i] * g + a[8 + i] * bl + a[12 + i];
+          o_row[x] = scalar_t(o[0]);
+          o_row[HW + x] = scalar_t(o[1]);
+          o_row[2 * HW + x] = scalar_t(o[2]);
+        }
       }
     }
   });
