@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from . import config
+from .bilateral import grid_tv
 from .distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                       make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 
@@ -51,6 +52,7 @@ class VSDArgs:
     vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
     teacher: str = "embedded"
     teacher_path: str | None = None
+    tv_weight: float = 1e-4  # total variation of the grid, as in the supervised loop (0 = off)
     align_weight: float = 0.0  # lesson 06: weight of the prompt-alignment InfoNCE (0 = VSD only)
     align_path: str | None = None  # edit encoder checkpoint (default: the shipped one)
     seed: int = 0
@@ -166,12 +168,15 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             text_s = model.embed(instr)  # (B, text_dim), the student's encoder
             text_t = teacher.encode_text(instr)  # (B, L, D), the teacher's
             cond = teacher.encode_source(resize(src, teacher.working_size(*src.shape[-2:])).to(teacher.device))
-        out_img = student(src, text_s)  # (B, 3, S, S)
+        out_img, grid = student(src, text_s, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
         x0 = to_teacher_space(teacher, out_img)  # (B, C, h, w)
         t = sample_timesteps(x0.shape[0], args.vsd, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, args.vsd)
         loss = vsd_loss(x0, grad)
+        if args.tv_weight > 0:
+            # + λ_TV TV(grid): smooth grids, as the supervised loop (lesson 03)
+            loss = loss + args.tv_weight * grid_tv(grid)
         align = torch.zeros(())
         if edit_clip is not None:
             # L_align = InfoNCE(edit(source, output), instruction) over the batch (straight-through clamp)
@@ -193,7 +198,7 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             tgt = torch.stack([it["target"] for it in items]).to(out_img)
             mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
             mse_id = float((src - tgt).pow(2).mean())  # the do-nothing edit, same batch
-        log.append({"step": step + 1, "vsd": float(loss.detach()) - args.align_weight * float(align.detach()),
+        log.append({"step": step + 1, "vsd": float(vsd_loss(x0.detach(), grad)),
                     "align": float(align.detach()), "fake": sum(fake_losses) / len(fake_losses),
                     "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt, "mse_id": mse_id})
         bar.update(1)
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=v.lora_rank)
     p.add_argument("--teacher", choices=["embedded", "hub"], default=d.teacher)
     p.add_argument("--teacher-path", default=None, help="teacher checkpoint / pipeline folder")
+    p.add_argument("--tv-weight", type=float, default=d.tv_weight,
+                   help="total-variation weight on the predicted grid (default %(default)s, as supervised; 0 = off)")
     p.add_argument("--align-weight", type=float, default=d.align_weight,
                    help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
     p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     fake_steps=a.fake_steps)
     args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, lr=a.lr, fake_lr=a.fake_lr,
                    vsd=vsd, teacher=a.teacher, teacher_path=a.teacher_path, seed=a.seed, save_every=a.save_every,
-                   align_weight=a.align_weight, align_path=a.align_path,
+                   align_weight=a.align_weight, align_path=a.align_path, tv_weight=a.tv_weight,
                    out=a.out)
     t0 = time.perf_counter()
     try:
