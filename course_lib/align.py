@@ -140,20 +140,11 @@ def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tens
 
 
 def save_edit_clip(model: EditCLIP, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Weights + config in one safetensors file (written to a temporary name, then renamed)."""
-    import os
+    """Weights + config in one safetensors file, written atomically."""
+    from .student import write_safetensors
 
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(model.cfg)), **(metadata or {})}
-    tmp = p.with_name(f".{p.name}.part")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={k: str(v) for k, v in meta.items()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, p)
-    return p
+    return write_safetensors(path, model.state_dict(), meta)
 
 
 class AlignError(RuntimeError):

@@ -117,6 +117,14 @@ def method_latency(model, name: str, repeats: int = 3, baseline=None) -> float:
     return latency_ms(lambda im: model(im, text).clamp(0, 1), repeats=repeats, device=dev)
 
 
+def summarise(s: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-item scores of one method (see :func:`run_methods`) -> mean PSNR over finite values,
+    mean ΔE00, accuracy (fraction) and drift."""
+    finite = s["psnr"][torch.isfinite(s["psnr"])]
+    return {"psnr": float(finite.mean()) if len(finite) else math.inf, "de00": float(s["de00"].mean()),
+            "accuracy": float(s["acc"].mean()), "drift": float(s["drift"].mean())}
+
+
 def evaluate(model=None, n: int | None = None, size: int | None = None, batch_size: int = 16, seed: int = 1234,
              latency: bool = True, paraphrases: str = "heldout", baseline: object = "shipped") -> dict:
     """Score every method on held-out photos x held-out paraphrases.
@@ -149,13 +157,7 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
     for name in METHODS:
         if name not in scores:
             continue
-        s = scores[name]
-        finite = s["psnr"][torch.isfinite(s["psnr"])]
-        rows.append({"method": name,
-                     "psnr": float(finite.mean()) if len(finite) else math.inf,
-                     "de00": float(s["de00"].mean()),
-                     "accuracy": float(s["acc"].mean()),
-                     "drift": float(s["drift"].mean()),
+        rows.append({"method": name, **summarise(scores[name]),
                      "ms_1080p": method_latency(model, name, baseline=baseline) if latency else float("nan")})
     per_family: dict[str, dict[str, float]] = {}
     singles = [i for i, it in enumerate(items) if len(decode_edits(it["edits"])) == 1]
@@ -187,12 +189,7 @@ def compare_students(models: dict, n: int | None = None, size: int | None = None
     for k, (name, model) in enumerate(models.items()):
         scores = run_methods(model, items, batch_size)
         picks = ([("identity", "identity")] if k == 0 else []) + [(name, "student")]
-        for label, key in picks:
-            s = scores[key]
-            finite = s["psnr"][torch.isfinite(s["psnr"])]
-            rows.append({"method": label, "psnr": float(finite.mean()) if len(finite) else math.inf,
-                         "de00": float(s["de00"].mean()), "accuracy": float(s["acc"].mean()),
-                         "drift": float(s["drift"].mean())})
+        rows += [{"method": label, **summarise(scores[key])} for label, key in picks]
     return rows
 
 

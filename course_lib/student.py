@@ -436,18 +436,28 @@ def save_student(model: Student, path: str | os.PathLike, metadata: dict[str, st
     Returns:
         The path written.
     """
+    meta = {"format": FORMAT, "config": model.cfg.to_json(), **(metadata or {})}
+    return write_safetensors(path, model.state_dict(), meta)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write tensors + string metadata to one safetensors file atomically (temporary file, then
+    rename; a crash never leaves a half-written checkpoint). Used for every shipped model.
+
+    Returns:
+        The path written.
+    """
     import tempfile
 
     from safetensors.torch import save_file
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "config": model.cfg.to_json(), **(metadata or {})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()})
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: str(v) for k, v in metadata.items()})
         os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     finally:

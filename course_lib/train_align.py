@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,10 +42,6 @@ class AlignArgs:
     out: str | None = None
 
 
-def _state(out: Path) -> Path:
-    return out.with_name(out.name + ".state")
-
-
 def _batch(ds, step: int, b: int) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     items = [ds[step * b + j] for j in range(b)]
     return (torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items]),
@@ -73,11 +68,9 @@ def heldout_retrieval(model: EditCLIP, n: int = 64, size: int | None = None, par
 def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[EditCLIP, list[float]]:
     """Train (or resume) the edit encoder; returns ``(model, losses)`` (model in eval mode)."""
     from accelerate import Accelerator
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
     from .data import RetouchPairs
-    from .train_student import load_optimizer_tensors, optimizer_tensors
+    from .train_student import load_optimizer_tensors, optimizer_tensors, read_state, state_dir, write_state
 
     acc = Accelerator()
     config.seed_everything(args.seed)
@@ -87,11 +80,8 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start, losses = 0, []
     if resume:
-        st = _state(out)
-        with safe_open(str(st / "optimizer.safetensors"), framework="pt") as f:
-            meta = f.metadata()["optimizer"]
-        load_optimizer_tensors(opt, load_file(str(st / "optimizer.safetensors")), meta)
-        info = json.loads((st / "state.json").read_text())
+        tensors, meta, info = read_state(state_dir(out))
+        load_optimizer_tensors(opt, tensors, meta["optimizer"])
         start, losses = int(info["step"]), list(info["losses"])
     model, opt = acc.prepare(model, opt)
     net = acc.unwrap_model(model)
@@ -120,13 +110,8 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
             save_edit_clip(net, out, metadata={"trained_steps": str(step + 1), "command": REPRODUCE
                                                if out.name == "edit_clip.safetensors" else "",
                                                "train_args": json.dumps(dataclasses.asdict(args))})
-            st = _state(out)
-            st.mkdir(parents=True, exist_ok=True)
             tensors, meta = optimizer_tensors(opt)
-            save_file(tensors, str(st / "optimizer.safetensors.part"), metadata={"optimizer": meta})
-            os.replace(st / "optimizer.safetensors.part", st / "optimizer.safetensors")
-            (st / "state.json.part").write_text(json.dumps({"step": step + 1, "losses": losses}))
-            os.replace(st / "state.json.part", st / "state.json")
+            write_state(state_dir(out), tensors, {"optimizer": meta}, {"step": step + 1, "losses": losses})
     bar.close()
     net.eval()
     return net, losses

@@ -137,11 +137,38 @@ def state_dir(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".state")
 
 
+def write_state(sdir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], info: dict,
+                name: str = "optimizer.safetensors") -> None:
+    """Write a run's resumable state into ``sdir``: ``name`` (tensors + string metadata, safetensors)
+    and ``state.json`` (``info``), each to a temporary file first, then renamed."""
+    from safetensors.torch import save_file
+
+    sdir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(sdir / f"{name}.part"), metadata=metadata)
+    os.replace(sdir / f"{name}.part", sdir / name)
+    (sdir / "state.json.part").write_text(json.dumps(info))
+    os.replace(sdir / "state.json.part", sdir / "state.json")
+
+
+def read_state(sdir: Path, name: str = "optimizer.safetensors") -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """Inverse of :func:`write_state`: ``(tensors, metadata, info)``.
+
+    Raises:
+        FileNotFoundError: ``sdir`` holds no complete state.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not (sdir / "state.json").is_file() or not (sdir / name).is_file():
+        raise FileNotFoundError(f"nothing to resume: {sdir}/state.json and {sdir}/{name} are needed")
+    with safe_open(str(sdir / name), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    return load_file(str(sdir / name)), metadata, json.loads((sdir / "state.json").read_text())
+
+
 def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, step: int, losses: list[float],
                         args: TrainArgs) -> None:
     """Write ``out`` (weights) and ``out.state/`` (optimiser, step, losses): resumable."""
-    from safetensors.torch import save_file
-
     every = max(1, len(losses) // 200)
     curve = [sum(losses[i:i + every]) / len(losses[i:i + every]) for i in range(0, len(losses), every)]
     meta = {"trained_steps": str(step), "command": COMMANDS.get(out.name, ""),
@@ -149,13 +176,9 @@ def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, s
             # the training MSE, averaged over groups of `loss_curve_every` steps
             "loss_curve": json.dumps([round(v, 7) for v in curve]), "loss_curve_every": str(every)}
     save_student(model, out, metadata=meta)
-    sdir = state_dir(out)
-    sdir.mkdir(parents=True, exist_ok=True)
     tensors, opt_meta = optimizer_tensors(opt)
-    save_file(tensors, str(sdir / "optimizer.safetensors.part"), metadata={"optimizer": opt_meta})
-    os.replace(sdir / "optimizer.safetensors.part", sdir / "optimizer.safetensors")
-    (sdir / "state.json.part").write_text(json.dumps({"step": step, "losses": losses, "args": dataclasses.asdict(args)}))
-    os.replace(sdir / "state.json.part", sdir / "state.json")
+    write_state(state_dir(out), tensors, {"optimizer": opt_meta},
+                {"step": step, "losses": losses, "args": dataclasses.asdict(args)})
 
 
 def identity_losses(args: TrainArgs, steps: int | None = None) -> list[float]:
@@ -190,7 +213,6 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
         per-step training losses.
     """
     from accelerate import Accelerator
-    from safetensors.torch import load_file
 
     from .text import shared_encoder
 
@@ -202,21 +224,16 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     out = Path(args.out) if args.out else None
     start, losses = 0, []
     if resume:
-        if out is None or not (state_dir(out) / "state.json").is_file():
-            raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/state.json are needed")
-        st = json.loads((state_dir(out) / "state.json").read_text())
+        if out is None:
+            raise FileNotFoundError("nothing to resume: no output checkpoint given")
+        opt_tensors, opt_meta, st = read_state(state_dir(out))
         start, losses = int(st["step"]), list(st["losses"])
         model = load_student(out, device="cpu")
     model = model if model is not None else Student(cfg)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     if resume:
-        from safetensors import safe_open
-
-        opt_path = state_dir(out) / "optimizer.safetensors"
-        with safe_open(str(opt_path), framework="pt") as f:
-            opt_meta = f.metadata()["optimizer"]
-        load_optimizer_tensors(opt, load_file(str(opt_path)), opt_meta)
+        load_optimizer_tensors(opt, opt_tensors, opt_meta["optimizer"])
     encoder = shared_encoder(model.cfg.text_encoder)
     ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=args.steps * args.batch_size,
                       seed=args.seed, compose_prob=args.compose_prob, families=args.families)

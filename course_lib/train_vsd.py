@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -70,46 +69,28 @@ def _student(args: VSDArgs):
     return load_student(args.init, device="cpu")
 
 
-def state_dir(out: str | os.PathLike) -> Path:
-    p = Path(out)
-    return p.with_name(p.name + ".state")
-
-
 def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], args: VSDArgs) -> None:
-    from safetensors.torch import save_file
-
     from .student import save_student
-    from .train_student import optimizer_tensors
+    from .train_student import optimizer_tensors, state_dir, write_state
 
     save_student(student, out, metadata={"trained_steps": str(step), "method": "vsd",
                                          "vsd_args": json.dumps(dataclasses.asdict(args)),
                                          "log": json.dumps(log[-200:])})
-    sdir = state_dir(out)
-    sdir.mkdir(parents=True, exist_ok=True)
     ts, ms = optimizer_tensors(opt_s)
     tf, mf = optimizer_tensors(opt_f)
     tensors = {**{f"lora.{k}": v for k, v in lora_state_dict(fake).items()},
                **{f"opt_s.{k}": v for k, v in ts.items()}, **{f"opt_f.{k}": v for k, v in tf.items()}}
-    save_file(tensors, str(sdir / "state.safetensors.part"), metadata={"opt_s": ms, "opt_f": mf})
-    os.replace(sdir / "state.safetensors.part", sdir / "state.safetensors")
-    (sdir / "state.json.part").write_text(json.dumps({"step": step, "log": log}))
-    os.replace(sdir / "state.json.part", sdir / "state.json")
+    write_state(state_dir(out), tensors, {"opt_s": ms, "opt_f": mf}, {"step": step, "log": log},
+                name="state.safetensors")
 
 
 def _load_state(out: Path, fake, opt_s, opt_f) -> tuple[int, list[dict]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .train_student import load_optimizer_tensors, read_state, state_dir
 
-    from .train_student import load_optimizer_tensors
-
-    sdir = state_dir(out)
-    tensors = load_file(str(sdir / "state.safetensors"))
-    with safe_open(str(sdir / "state.safetensors"), framework="pt") as f:
-        meta = f.metadata()
+    tensors, meta, st = read_state(state_dir(out), name="state.safetensors")
     load_lora_state_dict(fake, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
     load_optimizer_tensors(opt_s, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_s.")}, meta["opt_s"])
     load_optimizer_tensors(opt_f, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_f.")}, meta["opt_f"])
-    st = json.loads((sdir / "state.json").read_text())
     return int(st["step"]), list(st["log"])
 
 
@@ -149,7 +130,7 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         edit_clip = load_edit_clip(args.align_path).requires_grad_(False)
     start, log = 0, []
     if resume:
-        if out is None or not (state_dir(out) / "state.json").is_file():
+        if out is None or not Path(f"{out}.state", "state.json").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
         start, log = _load_state(out, fake, opt_s, opt_f)
     student.train()

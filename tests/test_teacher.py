@@ -1,6 +1,7 @@
 """Tests of the diffusion teacher (course_lib.teacher, teacher_hub, train_teacher, teacher_eval)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -259,7 +260,7 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
     train(cfg("a", "a.safetensors"), text_encoder=HashText())
     first = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
     # zero steps of fine-tuning: the weights are the initial checkpoint's (up to fp16 storage)
-    out = train(dataclasses_replace(cfg("b", "b.safetensors", init=str(tmp_path / "a.safetensors")), steps=0),
+    out = train(dataclasses.replace(cfg("b", "b.safetensors", init=str(tmp_path / "a.safetensors")), steps=0),
                 text_encoder=HashText())
     for (k, v), (_, w) in zip(first.unet.state_dict().items(), out["unet"].state_dict().items()):
         torch.testing.assert_close(v, w, msg=k)
@@ -267,8 +268,3 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
     info = checkpoint_info(tmp_path / "c.safetensors")["train"]
     assert info["init"]["file"] == "a.safetensors" and info["init"]["train"]["steps"] == 2
 
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
