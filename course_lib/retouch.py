@@ -1,7 +1,16 @@
 """``python -m course_lib retouch``: edit photos with an instruction.
 
     python -m course_lib retouch IN [IN ...] --instruction "make it warmer" -o OUT_OR_DIR \\
-        [--strength S] [--overwrite] [--checkpoint PATH]
+        [--strength S] [--smoothing A] [--overwrite] [--checkpoint PATH]
+
+* ``IN`` is a photo, or a *clip*: a folder of frames, an animated GIF, or a video file
+  (MP4 & co. only when an ``imageio`` plugin can read them: ``pip install 'imageio[ffmpeg]'``;
+  otherwise a one-line error). Clips are retouched frame by frame with temporally smoothed
+  grids (:mod:`course_lib.video`: an exponential moving average of the predicted grids,
+  ``--smoothing A`` in [0, 1), 0 = per-frame) and written as an animated GIF (an ``-o``
+  ending in ``.gif``) or as a folder of PNG frames; a folder of frames keeps its file names.
+  In a folder ``-o``, a clip's result is named after it: ``frames/`` -> ``OUT/frames/``,
+  ``anim.gif`` -> ``OUT/anim.gif``, ``clip.mp4`` -> ``OUT/clip/`` (frames).
 
 * Any resolution, 4K included: the network sees a small copy, the predicted grid is
   sliced at full resolution, so the output has exactly the input's size.
@@ -9,7 +18,7 @@
   upright (pixels rotated, no orientation tag).
 * ``-o`` is a file when there is one input and ``-o`` has a file suffix (``out.jpg``)
   and is not an existing folder; otherwise it is a folder (created if needed) that
-  receives each input's file name (formats we do not write, e.g. GIF, become PNG).
+  receives each input's file name (formats we do not write, e.g. a still GIF, become PNG).
 * Outputs are written atomically (``images.save_image``): no partial files, ever. An
   existing output is never replaced without ``--overwrite``.
 * Errors: every bad input (missing, truncated, not an image, output exists) gets one line
@@ -36,9 +45,57 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
         return [output]
     names = []
     for p in inputs:
-        name = p.name if p.suffix.lower() in WRITABLE else p.stem + ".png"
-        names.append(output / name)
+        names.append(output / output_name(p))
     return names
+
+
+def output_name(p: Path) -> str:
+    """The name an input's result gets inside an output folder (see the module docstring)."""
+    from .video import VIDEO_SUFFIXES, is_clip
+
+    if p.is_dir():
+        return p.resolve().name or "frames"  # a folder of frames -> a folder of frames
+    if p.suffix.lower() == ".gif" and is_clip(p):
+        return p.name  # animated GIF -> animated GIF
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        return p.stem  # video -> a folder of frames (we do not encode video)
+    return p.name if p.suffix.lower() in WRITABLE else p.stem + ".png"
+
+
+def retouch_clip_file(model, src: Path, dst: Path, instruction: str, strength: float, smoothing: float,
+                      overwrite: bool = False, fps: float | None = None) -> tuple[int, tuple[int, int]]:
+    """Retouch one clip (folder of frames, GIF or video) into ``dst`` (``.gif`` or a folder).
+
+    Frames stream through :func:`course_lib.video.retouch_stream` (one in memory at a time for
+    a folder output) and are written atomically by :func:`course_lib.video.write_frames`.
+
+    Returns:
+        ``(number of frames, (width, height))``.
+
+    Raises:
+        ImageError: (a :class:`course_lib.video.VideoError`) unreadable clip, output exists, ...
+    """
+    from . import video
+
+    if dst.suffix.lower() in WRITABLE and not dst.is_dir():
+        raise video.VideoError(f"{dst}: a clip is written as an animated .gif or a folder of frames, "
+                               f"not {dst.suffix}")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise video.VideoError(f"{dst}: exists (use --overwrite to replace it)")
+    info = video.clip_info(src)
+    size: list[tuple[int, int]] = []
+
+    def frames():
+        for f in video.iter_frames(src):
+            if not size:
+                size.append((int(f.shape[-1]), int(f.shape[-2])))
+            yield f
+
+    stream = video.retouch_stream(model, frames(), instruction, strength, smoothing)
+    stream = config.progress(stream, total=info.n_frames, desc=src.name or "clip", unit="frame")
+    names = video.frame_names(info.n_frames or 0, video.frame_files(src)) if info.kind == "frames" else None
+    _, n = video.write_frames(stream, dst, fps=fps or info.fps, overwrite=overwrite, names=names)
+    return n, size[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,16 +104,27 @@ def main(argv: list[str] | None = None) -> int:
                                             "(shipped checkpoint by default; offline). Keeps size and orientation; "
                                             "writes atomically; never overwrites without --overwrite. Bad files are "
                                             "reported one line each and skipped (exit code 1).")
-    p.add_argument("inputs", nargs="+", help="input photos (JPEG, PNG, TIFF, WebP, BMP, ...)")
+    p.add_argument("inputs", nargs="+", help="input photos (JPEG, PNG, TIFF, WebP, BMP, ...) or clips: a folder of "
+                                              "frames, an animated GIF, a video (if an imageio plugin reads it)")
     p.add_argument("--instruction", "-i", required=True, help='e.g. "make it warmer and lift the shadows"')
     p.add_argument("-o", "--output", required=True,
                    help="output file (one input) or folder (several inputs, or a path ending in /)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged, 1 = as predicted, >1 exaggerates")
+    p.add_argument("--smoothing", type=float, default=0.5,
+                   help="clips only: exponential moving average of the grids over time, in [0, 1); "
+                        "0 = every frame on its own, 0.5 (default) averages about 2 frames, 0.9 about 10")
+    p.add_argument("--fps", type=float, default=None, help="clips written as GIF: frame rate (default: the input's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped one)")
     a = p.parse_args(argv)
     if not (a.strength >= 0) or a.strength > 10:
         print(f"error: --strength must be between 0 and 10, got {a.strength}", file=sys.stderr)
+        return 2
+    if not (0 <= a.smoothing < 1):
+        print(f"error: --smoothing must be in [0, 1), got {a.smoothing}", file=sys.stderr)
+        return 2
+    if a.fps is not None and not (0 < a.fps <= 100):
+        print(f"error: --fps must be in (0, 100], got {a.fps}", file=sys.stderr)
         return 2
     if not a.instruction.strip():
         print("error: --instruction is empty", file=sys.stderr)
@@ -65,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from .images import ImageError, load_image, save_image
     from .student import CheckpointError, load_student, retouch
     from .text import TextEncoderError
+    from .video import is_clip
 
     inputs = [Path(x) for x in a.inputs]
     outputs = output_paths(inputs, Path(a.output))
@@ -83,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ImageError(f"{dst}: exists (use --overwrite to replace it)")
             if dst.exists() and dst.resolve() == src.resolve() and not a.overwrite:
                 raise ImageError(f"{dst}: is the input itself")
+            if is_clip(src):
+                n, (w, h) = retouch_clip_file(model, src, dst, a.instruction, a.strength, a.smoothing,
+                                              overwrite=a.overwrite, fps=a.fps)
+                print(f"wrote {dst} ({n} frames, {w}x{h}, smoothing {a.smoothing:g}, "
+                      f"{time.perf_counter() - t0:.2f} s)")
+                continue
             img = load_image(src)  # (3, H, W), upright
             out = retouch(model, img, a.instruction, a.strength)
             save_image(out, dst, overwrite=a.overwrite)

@@ -1,0 +1,686 @@
+"""Retouching video: temporally stable grids (lesson 09).
+
+A video is a sequence of frames ``F_0, F_1, ...``. Editing each frame on its own works,
+but the student looks at every frame afresh: when the content moves, its predicted grid
+moves too, a little differently each frame, and the edit *flickers* (the colour of the
+edit jumps from frame to frame). The grid is small - ``(12, D, G, G)``, 12 288 numbers for
+the shipped student - so we can smooth *it* over time instead of the pixels::
+
+    g_t    = predict_grid(F_t, text, strength)          (1, 12, D, G, G)   per frame
+    gs_0   = g_0
+    gs_t   = a * gs_{t-1} + (1 - a) * g_t               exponential moving average, a = smoothing
+    out_t  = slice_apply(gs_t, guide(F_t), F_t)         (1, 3, H, W)       per frame, own guide
+
+The guide is each frame's own (it follows the pixels exactly), only the colour transforms
+are smoothed. ``a = 0`` is per-frame editing; ``a -> 1`` freezes the first frame's edit. The
+EMA is causal (it only looks back), so frames are processed as a stream: a long clip never
+has to fit in memory. The price is lag: after a cut, the edit needs about ``1 / (1 - a)``
+frames to catch up.
+
+Reading (:func:`iter_frames`, :func:`read_clip`): a folder of image frames (sorted by name,
+numbers in natural order), an animated GIF, or a video file through ``imageio`` (MP4 and
+friends only when an ``imageio`` plugin for them is installed: ``imageio[ffmpeg]`` or
+``imageio[pyav]``; otherwise a one-line error says so). Writing (:func:`write_frames`): a
+folder of PNG frames or an animated GIF, always to a temporary name first and renamed at the
+end, so an existing output is never left half-written.
+
+Measuring flicker (:func:`flicker`): the per-frame mean colour of the *edit*
+``e_t = mean_pixels(out_t - in_t)`` (3 numbers, in 8-bit levels) should change slowly; its
+mean frame-to-frame jump ``mean_t |e_t - e_{t-1}|`` is the flicker metric. It ignores the
+motion of the content itself (which changes the input as much as the output).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config
+from .images import ImageError, MAX_PIXELS, load_image, to_uint8
+
+#: Suffixes read as still frames inside a frames folder.
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+#: Suffixes read as video files (need an imageio plugin, e.g. ``imageio[ffmpeg]``).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+#: Frame rate assumed for a folder of frames (used when writing a GIF).
+DEFAULT_FPS = 12.0
+
+
+class VideoError(ImageError):
+    """A one-line, user-facing problem with a clip (reading or writing)."""
+
+
+@dataclass
+class ClipInfo:
+    """What we know about a clip before decoding it.
+
+    Attributes:
+        kind: ``"frames"`` (a folder), ``"gif"`` or ``"video"``.
+        n_frames: number of frames (``None`` when the container does not say).
+        fps: frames per second (GIF: from its frame duration; folder: :data:`DEFAULT_FPS`).
+    """
+
+    kind: str
+    n_frames: int | None
+    fps: float
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _natural_key(name: str) -> list:
+    """``frame2.png`` sorts before ``frame10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a frames folder, in natural name order (hidden files skipped)."""
+    d = Path(folder)
+    files = [p for p in d.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def gif_frame_count(path: str | os.PathLike) -> int:
+    """Number of frames of a GIF (1 for a still GIF, 0 if it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError):
+        return 0
+
+
+def is_clip(path: str | os.PathLike) -> bool:
+    """True for a frames folder, an animated GIF (more than one frame) or a video file."""
+    p = Path(path)
+    if p.is_dir():
+        return True
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return True
+    return suffix == ".gif" and p.is_file() and gif_frame_count(p) > 1
+
+
+def _plugin_hint(path: Path, exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    if "backend" in msg.lower() or "plugin" in msg.lower() or "ffmpeg" in msg.lower():
+        return (f"{path}: no imageio plugin can read {path.suffix or 'this file'} here "
+                f"(pip install 'imageio[ffmpeg]' or 'imageio[pyav]', or convert it to a GIF or a folder of frames)")
+    return f"{path}: cannot read video ({msg[:160]})"
+
+
+def clip_info(path: str | os.PathLike) -> ClipInfo:
+    """Kind, frame count and frame rate of a clip, without decoding its pixels.
+
+    Raises:
+        VideoError: missing path, empty folder, unreadable file, no plugin for a video format.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"{p}: no such file or folder")
+    if p.is_dir():
+        n = len(frame_files(p))
+        if n == 0:
+            raise VideoError(f"{p}: no image frames in this folder ({', '.join(FRAME_SUFFIXES)})")
+        return ClipInfo("frames", n, DEFAULT_FPS)
+    if p.suffix.lower() == ".gif":
+        from PIL import Image
+
+        try:
+            with Image.open(p) as im:
+                n = int(getattr(im, "n_frames", 1))
+                duration = float(im.info.get("duration") or 0) or 1000.0 / DEFAULT_FPS
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise VideoError(f"{p}: cannot read GIF ({' '.join(str(exc).split())[:160]})") from None
+        return ClipInfo("gif", n, 1000.0 / duration)
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(p)
+    except Exception as exc:  # imageio raises OSError/ValueError/RuntimeError depending on the plugin
+        raise VideoError(_plugin_hint(p, exc)) from None
+    fps = float(meta.get("fps") or DEFAULT_FPS)
+    n = meta.get("nframes")
+    n = int(n) if isinstance(n, (int, float)) and np.isfinite(n) else None
+    return ClipInfo("video", n, fps)
+
+
+def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W), (H, W, 3) or (H, W, 4) uint8/uint16/float array -> (3, H, W) float32 in [0, 1]."""
+    a = np.asarray(arr)
+    if a.dtype == np.uint8:
+        x = a.astype(np.float32) / 255.0
+    elif a.dtype == np.uint16:
+        x = a.astype(np.float32) / 65535.0
+    else:
+        x = np.clip(a.astype(np.float32), 0.0, 1.0)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=2)
+    if x.shape[-1] == 4:  # composite over white, as images.load_image does
+        x = x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+    return torch.from_numpy(np.ascontiguousarray(x[..., :3].transpose(2, 0, 1)))
+
+
+def iter_frames(path: str | os.PathLike, max_frames: int | None = None,
+                max_pixels: int = MAX_PIXELS) -> Iterator[torch.Tensor]:
+    """Decode a clip frame by frame (a stream: one frame in memory at a time).
+
+    Args:
+        path: a folder of image frames, an animated GIF or a video file.
+        max_frames: stop after this many frames (``None``: all).
+        max_pixels: refuse frames larger than this.
+
+    Yields:
+        (3, H, W) float32 tensors in [0, 1]; every frame has the first frame's size.
+
+    Raises:
+        VideoError: unreadable clip or frame, frames of different sizes, no plugin for a format.
+    """
+    p = Path(path)
+    info = clip_info(p)
+    size: tuple[int, int] | None = None
+    count = 0
+
+    def checked(frame: torch.Tensor, where: str) -> torch.Tensor:
+        nonlocal size
+        hw = tuple(frame.shape[-2:])
+        if hw[0] * hw[1] > max_pixels:
+            raise VideoError(f"{where}: {hw[1]}x{hw[0]} is more than the {max_pixels / 1e6:.0f} MP limit")
+        if size is None:
+            size = hw  # type: ignore[assignment]
+        elif hw != size:
+            raise VideoError(f"{where}: frame is {hw[1]}x{hw[0]}, the first frame is {size[1]}x{size[0]}")
+        return frame
+
+    if info.kind == "frames":
+        for f in frame_files(p):
+            if max_frames is not None and count >= max_frames:
+                return
+            try:
+                frame = load_image(f, max_pixels=max_pixels)
+            except ImageError as exc:
+                raise VideoError(str(exc)) from None
+            count += 1
+            yield checked(frame, str(f))
+        return
+    import imageio.v3 as iio
+
+    try:
+        frames = iio.imiter(p)
+        for i, arr in enumerate(frames):
+            if max_frames is not None and count >= max_frames:
+                return
+            count += 1
+            yield checked(_array_to_tensor(arr), f"{p} frame {i}")
+    except VideoError:
+        raise
+    except Exception as exc:  # plugin errors are OSError, ValueError, SyntaxError, RuntimeError...
+        if info.kind == "gif":
+            raise VideoError(f"{p}: cannot read GIF frame {count} ({' '.join(str(exc).split())[:160]})") from None
+        raise VideoError(_plugin_hint(p, exc)) from None
+
+
+def read_clip(path: str | os.PathLike, max_frames: int | None = None) -> tuple[torch.Tensor, float]:
+    """Read a whole clip into memory (small clips; use :func:`iter_frames` for long ones).
+
+    Returns:
+        ``(frames, fps)``: frames (T, 3, H, W) float32 in [0, 1].
+    """
+    info = clip_info(path)
+    frames = list(iter_frames(path, max_frames))
+    return torch.stack(frames), info.fps
+
+
+# ----------------------------------------------------------------------------- a demo clip
+
+
+def make_demo_clip(photo_name: str = "coffee", n_frames: int = 24,
+                   size: int | tuple[int, int] = (96, 128)) -> torch.Tensor:
+    """A small pan-and-zoom clip over a bundled photo (a camera drifting across a still scene).
+
+    The crop window starts at the left of the photo covering 85% of its height and ends at
+    the right covering 60% (a slow zoom in), sampled bilinearly (with antialiasing, so the
+    frames do not shimmer on their own).
+
+    Args:
+        photo_name: one of :func:`course_lib.data.photo_names`.
+        n_frames: T >= 1.
+        size: ``(H, W)`` of the frames, or an int for square frames.
+
+    Returns:
+        (T, 3, H, W) float32 in [0, 1].
+    """
+    from .data import load_photo
+
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    H, W = (size, size) if isinstance(size, int) else size
+    photo = load_photo(photo_name)  # (3, Hp, Wp)
+    Hp, Wp = photo.shape[-2:]
+    # downsample the photo once so that the crops are only mildly resampled (no aliasing)
+    scale = min(1.0, 2.0 * H / (0.6 * Hp))
+    if scale < 1.0:
+        photo = F.interpolate(photo[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+        Hp, Wp = photo.shape[-2:]
+    frames = []
+    for t in range(n_frames):
+        u = t / max(1, n_frames - 1)  # 0 -> 1
+        ch = (0.85 - 0.25 * u) * Hp  # crop height in photo pixels: zoom in
+        cw = min(Wp, ch * W / H)  # same aspect as the frames
+        ch = cw * H / W
+        cx = cw / 2 + u * (Wp - cw)  # pan left -> right
+        cy = Hp / 2
+        # normalised affine sampling grid: x_src = cx + (x_dst - 0.5) cw (in [-1, 1] units)
+        theta = torch.tensor([[cw / Wp, 0.0, 2 * cx / Wp - 1], [0.0, ch / Hp, 2 * cy / Hp - 1]],
+                             dtype=torch.float32)[None]
+        grid = F.affine_grid(theta, [1, 3, H, W], align_corners=False)
+        frames.append(F.grid_sample(photo[None], grid, mode="bilinear", padding_mode="border",
+                                    align_corners=False)[0])
+    return torch.stack(frames).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- grids over time
+
+
+def ema_step(previous: torch.Tensor | None, grid: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """One step of the exponential moving average of grids.
+
+    Args:
+        previous: the smoothed grid of the previous frame (any shape), or ``None`` at t = 0.
+        grid: this frame's grid, same shape.
+        smoothing: a in [0, 1).
+
+    Returns:
+        ``a * previous + (1 - a) * grid`` (``grid`` itself at t = 0).
+    """
+    if previous is None:
+        return grid
+    # gs_t = a gs_{t-1} + (1 - a) g_t
+    return smoothing * previous + (1.0 - smoothing) * grid
+
+
+def check_smoothing(smoothing: float) -> float:
+    """Validate the EMA factor: a float in [0, 1) (raises ``ValueError`` with one line)."""
+    a = float(smoothing)
+    if not (0.0 <= a < 1.0):
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    return a
+
+
+def smooth_grids(grids: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Exponential moving average of a sequence of grids along time (causal).
+
+    Args:
+        grids: (T, 12, D, Hg, Wg) per-frame grids (any (T, ...) works).
+        smoothing: a in [0, 1); 0 returns the grids unchanged.
+
+    Returns:
+        (T, 12, D, Hg, Wg): ``out[0] = grids[0]``, ``out[t] = a out[t-1] + (1 - a) grids[t]``.
+    """
+    a = check_smoothing(smoothing)
+    out = []
+    prev = None
+    for g in grids:
+        prev = ema_step(prev, g, a)
+        out.append(prev)
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def predict_grids(model, frames: torch.Tensor, instruction: str, strength: float = 1.0,
+                  batch_size: int = 16) -> torch.Tensor:
+    """The student's grid for every frame, independently.
+
+    Args:
+        model: a :class:`course_lib.student.Student`.
+        frames: (T, 3, H, W) in [0, 1].
+        instruction: one instruction for all frames.
+        strength: >= 0.
+        batch_size: frames per network call.
+
+    Returns:
+        (T, 12, D, G, G) on the CPU.
+    """
+    text = model.embed([instruction])  # (1, text_dim)
+    out = []
+    for i in range(0, frames.shape[0], batch_size):
+        x = frames[i:i + batch_size].to(model.device, torch.float32)
+        t = text.expand(x.shape[0], -1) if isinstance(text, torch.Tensor) else text  # (b, text_dim)
+        out.append(model.predict_grid(x, t, strength).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def apply_grids(model, frames: torch.Tensor, grids: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """Slice and apply one grid per frame with the student's own guide.
+
+    Args:
+        model: the student whose learned guide is used.
+        frames: (T, 3, H, W) in [0, 1].
+        grids: (T, 12, D, G, G).
+
+    Returns:
+        (T, 3, H, W) in [0, 1], on the CPU.
+    """
+    from .bilateral import slice_apply
+
+    outs = []
+    for f, g in zip(frames, grids):
+        x = f[None].to(model.device, torch.float32)
+        guide = model.guide_map(x, rows_per_chunk=512)  # (1, H, W)
+        outs.append(slice_apply(g[None].to(model.device), guide, x, impl=impl).clamp(0, 1).cpu()[0])
+    return torch.stack(outs)
+
+
+@torch.no_grad()
+def retouch_stream(model, frames: Iterable[torch.Tensor], instruction: str, strength: float = 1.0,
+                   smoothing: float = 0.0, impl: str = "auto") -> Iterator[torch.Tensor]:
+    """Retouch a stream of frames with temporally smoothed grids (one frame in memory at a time).
+
+    Args:
+        model: a :class:`course_lib.student.Student`.
+        frames: an iterable of (3, H, W) tensors in [0, 1] (e.g. :func:`iter_frames`).
+        instruction: the edit, for every frame.
+        strength: >= 0 (0: unchanged).
+        smoothing: EMA factor a in [0, 1) of the grids (0: per-frame edits).
+        impl: slicing implementation (:func:`course_lib.bilateral.slice_apply`).
+
+    Yields:
+        (3, H, W) float32 in [0, 1] on the CPU, one per input frame.
+    """
+    from .bilateral import slice_apply
+
+    a = check_smoothing(smoothing)
+    model.eval()
+    text = model.embed([instruction])  # (1, text_dim)
+    smoothed = None
+    for frame in frames:
+        x = frame[None].to(model.device, torch.float32)  # (1, 3, H, W)
+        grid = model.predict_grid(x, text, strength)  # (1, 12, D, G, G)
+        smoothed = ema_step(smoothed, grid, a)
+        guide = model.guide_map(x, rows_per_chunk=512)  # (1, H, W)
+        yield slice_apply(smoothed, guide, x, impl=impl).clamp(0, 1).cpu()[0]
+
+
+def retouch_clip(model, frames: torch.Tensor, instruction: str, strength: float = 1.0,
+                 smoothing: float = 0.0, impl: str = "auto", progress: bool = True) -> torch.Tensor:
+    """Retouch an in-memory clip (see :func:`retouch_stream`).
+
+    Args:
+        frames: (T, 3, H, W) in [0, 1].
+        progress: show a progress bar (silent in FAST mode anyway).
+
+    Returns:
+        (T, 3, H, W) in [0, 1].
+    """
+    it = retouch_stream(model, frames, instruction, strength, smoothing, impl)
+    it = config.progress(it, total=frames.shape[0], desc="frames", unit="frame") if progress else it
+    return torch.stack(list(it))
+
+
+# ----------------------------------------------------------------------------- flicker
+
+
+def frame_change(frames: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change between consecutive frames, in 8-bit levels.
+
+    Args:
+        frames: (T, 3, H, W) in [0, 1], T >= 2.
+
+    Returns:
+        (T - 1,): ``255 * mean |F_t - F_{t-1}|`` over pixels and channels.
+    """
+    return (frames[1:] - frames[:-1]).abs().flatten(1).mean(1) * 255.0
+
+
+def edit_colour(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Per-frame mean colour of the edit, in 8-bit levels.
+
+    Args:
+        inputs, outputs: (T, 3, H, W) in [0, 1].
+
+    Returns:
+        (T, 3): ``e_t = 255 * mean_pixels(out_t - in_t)`` per channel.
+    """
+    return (outputs - inputs).mean(dim=(2, 3)) * 255.0
+
+
+def flicker(inputs: torch.Tensor, outputs: torch.Tensor) -> dict[str, float]:
+    """How much an edit flickers over a clip.
+
+    Args:
+        inputs: (T, 3, H, W) the original frames in [0, 1], T >= 2.
+        outputs: (T, 3, H, W) the edited frames.
+
+    Returns:
+        dict of floats, all in 8-bit levels:
+
+        * ``edit_jump``: ``mean_t mean_c |e_t - e_{t-1}|`` with ``e`` from :func:`edit_colour`
+          (the flicker metric: how much the edit's colour jumps per frame);
+        * ``edit_std``: ``mean_c std_t e_t`` (how much the edit's colour varies over the clip);
+        * ``excess_change``: ``mean frame_change(outputs) - mean frame_change(inputs)`` (extra
+          frame-to-frame change the edit adds on top of the motion).
+    """
+    if inputs.shape != outputs.shape or inputs.dim() != 4 or inputs.shape[0] < 2:
+        raise ValueError(f"need two (T, 3, H, W) clips with T >= 2, got {tuple(inputs.shape)} and "
+                         f"{tuple(outputs.shape)}")
+    e = edit_colour(inputs, outputs)  # (T, 3)
+    return {
+        "edit_jump": float((e[1:] - e[:-1]).abs().mean()),
+        "edit_std": float(e.std(dim=0).mean()),
+        "excess_change": float(frame_change(outputs).mean() - frame_change(inputs).mean()),
+    }
+
+
+@torch.no_grad()
+def grid_flicker(model, frames: torch.Tensor, grids: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """The part of each frame-to-frame change that comes from the *grid* changing.
+
+    Frame t is edited twice, with its own grid and with the previous frame's, and the two
+    results compared; content motion cancels out (the same frame and guide in both), so a grid
+    that does not change over time scores exactly 0.
+
+    Args:
+        model: provides ``guide_map`` (a student or :class:`TeacherGrids`).
+        frames: (T, 3, H, W) in [0, 1], T >= 2.
+        grids: (T, 12, D, G, G) the grids used for each frame (per-frame or smoothed).
+
+    Returns:
+        (T - 1,): ``255 * mean |slice(g_t, F_t) - slice(g_{t-1}, F_t)|``, 8-bit levels.
+    """
+    from .bilateral import slice_apply
+
+    out = []
+    for t in range(1, frames.shape[0]):
+        x = frames[t:t + 1].to(model.device, torch.float32)
+        guide = model.guide_map(x, rows_per_chunk=512)
+        now = slice_apply(grids[t:t + 1].to(x.device), guide, x, impl=impl).clamp(0, 1)
+        before = slice_apply(grids[t - 1:t].to(x.device), guide, x, impl=impl).clamp(0, 1)
+        out.append((now - before).abs().mean() * 255.0)
+    return torch.stack(out).cpu()
+
+
+# ----------------------------------------------------------------------------- a flickering predictor
+
+
+class TeacherGrids:
+    """A per-frame grid predictor made of the diffusion teacher and BGU (a flickering baseline).
+
+    For each frame: the embedded teacher edits a ``working size`` copy (32 px) with DDIM from
+    noise, and Bilateral Guided Upsampling (lesson 01, :func:`course_lib.bilateral.fit_bgu`) fits
+    a small affine grid that maps the copy to its edit; the grid is then sliced at full
+    resolution with the luma guide. Fresh noise for every frame (``fresh_noise=True``) makes the
+    edit wander from frame to frame - the flicker diffusion editors are known for - which is
+    what :func:`smooth_grids` is for. It has the interface :func:`retouch_stream`,
+    :func:`predict_grids`, :func:`apply_grids` and :func:`grid_flicker` use (``embed``,
+    ``predict_grid``, ``guide_map``, ``device``, ``eval``).
+
+    Args:
+        teacher: a :class:`course_lib.teacher.Teacher` (e.g. ``load_teacher("embedded")``).
+        steps: DDIM steps per frame.
+        seed: seed of the initial noise.
+        fresh_noise: new noise for every frame (seed, seed + 1, ...) instead of the same noise.
+        grid_size: G, spatial cells per side of the fitted grid (a 32 px copy has few pixels per cell).
+        luma_bins: D.
+    """
+
+    def __init__(self, teacher, steps: int = 4, seed: int = 0, fresh_noise: bool = True, grid_size: int = 4,
+                 luma_bins: int = 8) -> None:
+        from .bilateral import LumaGuide
+
+        self.teacher, self.steps, self.seed, self.fresh_noise = teacher, int(steps), int(seed), bool(fresh_noise)
+        self.grid_size, self.luma_bins = int(grid_size), int(luma_bins)
+        self.guide = LumaGuide()
+        self.frames_seen = 0
+        self.device = torch.device("cpu")
+
+    def eval(self) -> "TeacherGrids":
+        return self
+
+    def embed(self, instructions: Sequence[str] | str) -> list[str]:
+        """The teacher reads the text itself: the instructions are passed through as a list."""
+        return [instructions] if isinstance(instructions, str) else list(instructions)
+
+    def guide_map(self, image: torch.Tensor, rows_per_chunk: int | None = None) -> torch.Tensor:
+        """Luma guide: (B, 3, H, W) -> (B, H, W) in [0, 1]."""
+        return self.guide(image)
+
+    @torch.no_grad()
+    def predict_grid(self, image: torch.Tensor, text: Sequence[str], strength: float = 1.0) -> torch.Tensor:
+        """Edit each image with the teacher, fit a grid to the edit.
+
+        Args:
+            image: (B, 3, H, W) in [0, 1].
+            text: one instruction, or B (from :meth:`embed`).
+            strength: ``grid = I + s (G - I)``.
+
+        Returns:
+            (B, 12, D, G, G).
+        """
+        from .bilateral import fit_bgu, identity_grid
+        from .data import resize
+
+        texts = list(text)
+        if len(texts) == 1:
+            texts = texts * image.shape[0]
+        grids = []
+        for x, instruction in zip(image, texts):
+            small = resize(x.float().cpu(), self.teacher.working_size(*x.shape[-2:]))  # (3, 32, 32)
+            seed = self.seed + self.frames_seen if self.fresh_noise else self.seed
+            self.frames_seen += 1
+            edited = self.teacher.edit(small, instruction, steps=self.steps, seed=seed)  # (3, 32, 32)
+            grids.append(fit_bgu(small[None], edited[None], self.guide(small[None]), D=self.luma_bins,
+                                 Hg=self.grid_size, Wg=self.grid_size)[0])
+        g = torch.stack(grids)
+        eye = identity_grid(1, self.luma_bins, self.grid_size, self.grid_size)
+        # G_s = I + s (G - I)
+        return eye + float(strength) * (g - eye)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _fresh_temp(dst: Path, suffix: str) -> Path:
+    """A new hidden folder next to ``dst``, with the permissions a plain ``mkdir`` would give."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+    return tmp
+
+
+def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``dst``; with ``overwrite``, the old ``dst`` is removed only after."""
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            raise VideoError(f"{dst}: exists (use --overwrite to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def frame_names(n: int, like: Sequence[Path] | None = None) -> list[str]:
+    """Output file names: the input frames' names as PNG when known, else ``frame_00000.png``."""
+    if like is not None and len(like) == n:
+        return [p.stem + ".png" for p in like]
+    return [f"frame_{i:05d}.png" for i in range(n)]
+
+
+def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: float = DEFAULT_FPS,
+                 overwrite: bool = False, names: Sequence[str] | None = None) -> tuple[Path, int]:
+    """Write a clip as an animated GIF (``dst`` ends in ``.gif``) or as a folder of PNG frames.
+
+    Everything is written under a temporary name in ``dst``'s folder and renamed at the end: if
+    anything fails (or the process is killed), ``dst`` is untouched and nothing half-written has
+    its name.
+
+    Args:
+        frames: an iterable of (3, H, W) tensors in [0, 1] (consumed as a stream for folders).
+        dst: ``something.gif`` or a folder path.
+        fps: frame rate of the GIF (ignored for folders).
+        overwrite: replace an existing ``dst`` (only after the new one is complete).
+        names: file names for the frames of a folder (default ``frame_00000.png``, ...).
+
+    Returns:
+        ``(dst, number of frames written)``.
+
+    Raises:
+        VideoError: ``dst`` exists (and not ``overwrite``), no frames, frames of different sizes.
+    """
+    from PIL import Image
+
+    p = Path(dst)
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise VideoError(f"{p}: exists (use --overwrite to replace it)")
+    is_gif = p.suffix.lower() == ".gif"
+    tmp = _fresh_temp(p, ".part")
+    try:
+        n = 0
+        pil: list = []
+        for i, frame in enumerate(frames):
+            img = Image.fromarray(to_uint8(frame))
+            if is_gif:
+                pil.append(img)
+            else:
+                name = names[i] if names is not None and i < len(names) else f"frame_{i:05d}.png"
+                img.save(tmp / name, format="PNG")
+            n += 1
+        if n == 0:
+            raise VideoError(f"{p}: no frames to write")
+        if is_gif:
+            if len({im.size for im in pil}) > 1:
+                raise VideoError(f"{p}: frames of different sizes cannot make one GIF")
+            part = tmp / p.name
+            # duration per frame in ms; loop=0 repeats forever
+            pil[0].save(part, format="GIF", save_all=True, append_images=pil[1:],
+                        duration=max(20, round(1000.0 / max(fps, 1e-3))), loop=0)
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+            _move_into_place(part, p, overwrite)
+        else:
+            _move_into_place(tmp, p, overwrite)
+            tmp = None  # type: ignore[assignment]  # it is dst now
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return p, n
+
+
+__all__ = ["VideoError", "ClipInfo", "clip_info", "is_clip", "iter_frames", "read_clip", "frame_files",
+           "make_demo_clip", "ema_step", "smooth_grids", "predict_grids", "apply_grids", "retouch_stream",
+           "retouch_clip", "frame_change", "edit_colour", "flicker", "grid_flicker", "TeacherGrids", "write_frames",
+           "frame_names"]
