@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "retouch": ("course_lib.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.bench:main", "benchmark the slicing kernels against naive grid_sample and the memory floor"),
+    "studio": ("course_lib.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
 }
 
 

@@ -34,5 +34,17 @@ rm -f "$STAMP"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements/lock.txt" \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+
+# Debian's Chromium for the studio's end-to-end test (Playwright drives it; we never run
+# 'playwright install'). Only when missing, only as root with apt-get; a failure is a warning
+# (the test then skips). COURSE_NO_CHROMIUM=1 skips this step.
+if [ ! -x /usr/bin/chromium ] && [ "${COURSE_NO_CHROMIUM:-0}" != 1 ] && [ "$(id -u)" = 0 ] \
+   && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium with apt-get (for the studio's browser test) ..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+    || echo "setup: warning: could not install chromium; the studio's browser test will be skipped" >&2
+fi
 echo "$want" > "$STAMP"
 echo "setup: done in $(( $(date +%s) - start )) s ($VENV)"
