@@ -3,7 +3,7 @@
 A video is a sequence of frames ``F_0, F_1, ...``. Editing each frame on its own works,
 but the student looks at every frame afresh: when the content moves, its predicted grid
 moves too, a little differently each frame, and the edit *flickers* (the colour of the
-edit jumps from frame to frame). The grid is small - ``(12, D, G, G)``, 12 288 numbers for
+edit jumps from frame to frame). The grid is small - ``(12, D, G, G)``, 24 576 numbers for
 the shipped student - so we can smooth *it* over time instead of the pixels::
 
     g_t    = predict_grid(F_t, text, strength)          (1, 12, D, G, G)   per frame
