@@ -100,7 +100,8 @@ def retouch_clip_file(model, src: Path, dst: Path, instruction: str, strength: f
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib retouch",
-                                description="Retouch photos with a text instruction using the student "
+                                description="Retouch photos (or clips: frame folders, GIFs, videos) with a text instruction "
+                                            "using the student "
                                             "(shipped checkpoint by default; offline). Keeps size and orientation; "
                                             "writes atomically; never overwrites without --overwrite. Bad files are "
                                             "reported one line each and skipped (exit code 1).")
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "frames, an animated GIF, a video (if an imageio plugin reads it)")
     p.add_argument("--instruction", "-i", required=True, help='e.g. "make it warmer and lift the shadows"')
     p.add_argument("-o", "--output", required=True,
-                   help="output file (one input) or folder (several inputs, or a path ending in /)")
+                   help="output file (one input; a clip: a .gif) or folder (several inputs, or a path ending in /; "
+                        "a clip without .gif becomes a folder of frames)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged, 1 = as predicted, >1 exaggerates")
     p.add_argument("--smoothing", type=float, default=0.5,
                    help="clips only: exponential moving average of the grids over time, in [0, 1); "

@@ -30,7 +30,9 @@ Models:
 
 ``python -m course_lib studio`` serves the same app as a standalone page through Voila
 (see :func:`main`): bound to 127.0.0.1 unless ``--host`` says otherwise, with an upload
-size limit (``--max-upload-mb``).
+size limit (``--max-upload-mb``). Everything is served locally; the one outside request is
+Voila's own template asking a CDN for the Font Awesome icon stylesheet - offline, the
+icons are missing and nothing else changes.
 """
 from __future__ import annotations
 
@@ -368,7 +370,7 @@ class Studio:
                                    "<code>course_lib.inversion.edit_image</code>)</i>")
         self.source_instruction = W.Text(value="a photo", description="source prompt", continuous_update=False,
                                          layout=W.Layout(width="32em", display="none"))
-        self.apply_button = W.Button(description="Apply", button_style="primary", icon="magic")
+        self.apply_button = W.Button(description="Apply", button_style="primary")
         self.split = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="before | after",
                                    readout_format=".0%", style={"description_width": "initial"})
         self.view_mode = W.ToggleButtons(options=["split", "side by side"], value="split", description="view")

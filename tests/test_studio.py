@@ -291,6 +291,13 @@ def test_studio_page_in_headless_chromium(tmp_path):
                 timing = page.inner_text(".studio-timing")
                 assert re.search(r"student: \d+ ms \(600 x 400 px", timing), timing
                 assert "data:image/png;base64," in page.get_attribute(".studio-download a", "href")
+                # an upload through the browser becomes the photo and is retouched at its own size
+                (tmp_path / "mine.png").write_bytes(_png(90, 60))
+                with page.expect_file_chooser() as chooser:  # the widget's file input is not in the DOM
+                    page.click("button.studio-upload")
+                chooser.value.set_files(str(tmp_path / "mine.png"))
+                page.wait_for_function("() => document.querySelector('.studio-timing').innerText.includes('90 x 60 px')",
+                                       timeout=30_000)
             finally:
                 ctx.close()
     finally:
