@@ -535,8 +535,11 @@ class Studio:
         """Edit, then update the view, the timing label and the download link. Errors go to the status line."""
         try:
             result = self.edit()
-        except (StudioError, ValueError, RuntimeError) as exc:
-            self.status.value = f'<span style="color:#b00">error: {html.escape(" ".join(str(exc).split())[:300])}</span>'
+        except Exception as exc:  # an app must survive any model's failure: one line, the picture kept
+            msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+            if not isinstance(exc, (StudioError, ValueError, RuntimeError)):
+                msg = f"{type(exc).__name__}: {msg}"
+            self.status.value = f'<span style="color:#b00">error: {html.escape(msg)}</span>'
             return None
         self.result = result
         self.status.value = ""

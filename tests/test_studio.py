@@ -204,6 +204,9 @@ def test_app_inverse_and_edit_when_available(model, monkeypatch):
     assert calls[-1] == ((3, 300, 451), "a cat", "make it dark")
     assert app.result.image.shape == app.source.shape and app.result.image.max() == 0
     assert app.timing.value.startswith('<span class="studio-ms">Inverse-and-Edit:')
+    fake.edit_image = None
+    app.inversion = lambda image, source, instruction: 1 / 0  # a failing model: one line, the app survives
+    assert app.apply() is None and "error: ZeroDivisionError: division by zero" in app.status.value
 
 
 # ----------------------------------------------------------------------------- the command and the page
