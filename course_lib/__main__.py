@@ -17,10 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teacher-eval": ("course_lib.teacher_eval:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
     "train-student": ("course_lib.train_student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
     "train-vsd": ("course_lib.train_vsd:main", "distil the teacher into the grid student with VSD (no paired targets)"),
+    "train-inverter": ("course_lib.train_inverter:main", "cycle-consistency training of the 4-step inverter (lesson 07)"),
+    "inversion-eval": ("course_lib.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train_align:main", "train the embedded edit encoder for the prompt-alignment loss"),
     "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "retouch": ("course_lib.retouch:main", "edit photos with an instruction using the shipped student"),
-    "bench": ("course_lib.bench:main", "benchmark the slicing kernels against naive grid_sample and the memory floor"),
+    "bench": ("course_lib.bench:main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
     "studio": ("course_lib.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
 }
 
