@@ -176,11 +176,18 @@ def plot(result: dict, path: Path | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    if argv and argv[0] == "retouch":  # the paper-style results table (lesson 08)
+        from .bench_retouch import main as retouch_main
+
+        return retouch_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m course_lib bench",
         description="Benchmark slice-and-apply: naive grid_sample vs the fused kernels, forward and "
                     "forward+backward, against a memory-bandwidth floor measured in the same run.")
-    parser.add_argument("what", choices=["slice"], help="what to benchmark")
+    parser.add_argument("what", choices=["slice", "retouch"],
+                        help="slice: the kernels (lesson 02); retouch: every method's quality and speed (lesson 08; "
+                             "'bench retouch --help' for its options)")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated frames: 512, 1080p, 4k or WxH "
                              "(default: 512,1080p,4k; FAST mode: 256,512,1080p)")

@@ -46,6 +46,7 @@ class VSDArgs:
     batch_size: int = 8
     size: int = 64
     init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
+    grid_size: int = 16  # spatial cells per side of a fresh ("identity") student
     lr: float = 1e-4
     fake_lr: float = 1e-3
     vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
@@ -65,7 +66,7 @@ def _student(args: VSDArgs):
     if args.init == "supervised":
         return load_student(shipped_path(), device="cpu")
     if args.init == "identity":
-        return Student(StudentConfig(net_size=128))
+        return Student(StudentConfig(net_size=128, grid_size=args.grid_size))
     return load_student(args.init, device="cpu")
 
 
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=config.pick(fast=4, full=d.batch_size))
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--init", default=d.init, help="'supervised' (shipped student), 'identity' or a checkpoint path")
+    p.add_argument("--grid-size", type=int, default=d.grid_size,
+                   help="spatial grid cells per side of a fresh student (--init identity only)")
     p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
     p.add_argument("--fake-lr", type=float, default=d.fake_lr, help="fake-score LoRA learning rate")
     p.add_argument("--fake-steps", type=int, default=v.fake_steps, help="fake-score updates per student update")
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
                     weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
                     fake_steps=a.fake_steps)
-    args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, lr=a.lr, fake_lr=a.fake_lr,
+    args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, grid_size=a.grid_size, lr=a.lr, fake_lr=a.fake_lr,
                    vsd=vsd, teacher=a.teacher, teacher_path=a.teacher_path, seed=a.seed, save_every=a.save_every,
                    align_weight=a.align_weight, align_path=a.align_path, tv_weight=a.tv_weight,
                    out=a.out)

@@ -1,0 +1,280 @@
+"""``python -m course_lib bench retouch``: the paper-style results table on the course's held-out benchmark (lesson 08).
+
+Every method edits the same held-out photos under **held-out paraphrases** (the hardest split:
+photos and wordings the models never saw; ``--paraphrases train`` for new photos only) and
+is scored against the exact ground truth:
+
+* fidelity: PSNR (dB), CIEDE2000, and KID (kernel inception distance, Bińkowski et al. 2018)
+  between the set of outputs and the set of targets, on VGG-16 features - the ImageNet
+  backbone when :mod:`course_lib.perceptual` finds it, otherwise its random-feature fallback,
+  labelled as such in every header;
+* instruction accuracy and content drift (:mod:`course_lib.metrics`);
+* latency for one 1080p photo on this machine and the speed-up over the 50-step teacher.
+
+Diffusion methods (the teacher at 50 and 4 steps, Inverse-and-Edit) work at the teacher's
+32 x 32 px; their *change* is upsampled and added to the photo (the same low-frequency edit
+transfer as :func:`course_lib.inversion.edit_image`), so they are not penalised for blur they
+did not cause. Methods whose checkpoint is missing are listed as skipped, never invented.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import config
+
+Method = Callable[[torch.Tensor, list[str], torch.Tensor], torch.Tensor]
+
+
+def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: torch.Tensor) -> torch.Tensor:
+    """``source + upsample(small_edit − small_source)``, clipped: a low-resolution edit on a full-resolution photo.
+
+    Args:
+        source: (B, 3, H, W); small_source, small_edit: (B, 3, h, w), all in [0, 1].
+    """
+    delta = F.interpolate(small_edit - small_source, size=source.shape[-2:], mode="bilinear", align_corners=False)
+    return (source + delta).clamp(0, 1)
+
+
+def _small(teacher, src: torch.Tensor) -> torch.Tensor:
+    size = teacher.working_size(*src.shape[-2:])
+    return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, Method], list[str]]:
+    """Name -> ``fn(source (B,3,H,W), instructions, target) -> output``, and notes on skipped methods."""
+    from .evaluate import load_baseline
+    from .metrics import apply_affine, fit_global_affine
+    from .student import load_student
+    from .teacher import load_teacher
+
+    methods: dict[str, Method] = {"identity": lambda s, i, t: s}
+    notes: list[str] = []
+    methods["global affine (oracle: fitted to the target)"] = lambda s, i, t: apply_affine(fit_global_affine(s, t), s)
+
+    def student_fn(model) -> Method:
+        return lambda s, i, t: model(s, model.embed(i)).clamp(0, 1)
+
+    baseline = load_baseline(device="cpu")
+    if baseline is not None:
+        methods["global affine (learned)"] = student_fn(baseline.eval())
+    methods["student, supervised (lesson 03)"] = student_fn(load_student(device="cpu").eval())
+    for label, name in [("student, VSD (lesson 05)", "student_vsd.safetensors"),
+                        ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors")]:
+        path = config.WEIGHTS_DIR / name
+        if path.is_file():
+            methods[label] = student_fn(load_student(path, device="cpu").eval())
+        else:
+            notes.append(f"{label}: skipped, no checkpoint at {path}")
+    teacher = load_teacher("embedded")
+    for n in steps_teacher:
+        def teacher_fn(s, i, t, n=n):
+            small = _small(teacher, s)
+            return transfer_edit(s, small, teacher.edit(small, i, steps=n))
+        methods[f"teacher, {n} DDIM steps (lesson 04)"] = teacher_fn
+    try:
+        from .inversion import invert_and_edit, shipped_models
+
+        fwd, gen = shipped_models()
+
+        def ie_fn(s, i, t):
+            small = _small(gen, s)
+            return transfer_edit(s, small, invert_and_edit(fwd, gen, small, i, 4))
+        methods["Inverse-and-Edit, 4 + 4 steps (lesson 07)"] = ie_fn
+    except FileNotFoundError as exc:
+        notes.append(f"Inverse-and-Edit: skipped ({str(exc).splitlines()[0]})")
+    return methods, notes
+
+
+# ----------------------------------------------------------------------------- KID
+
+
+def vgg_features(perceptual, images: torch.Tensor) -> torch.Tensor:
+    """Global-average-pooled relu3_3 and relu4_3 VGG-16 features, (B, 768), of images in [0, 1]."""
+    net = perceptual.net
+    with torch.no_grad():
+        feats = net.net(net.scaling_layer(images * 2 - 1))
+    return torch.cat([feats[2].mean((2, 3)), feats[3].mean((2, 3))], 1)
+
+
+def kid(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD² with the cubic polynomial kernel ``k(a, b) = (a·b / d + 1)³`` (KID).
+
+    Args:
+        x: (m, d), y: (n, d) feature sets (m, n >= 2).
+    """
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    m, n = len(x), len(y)
+    # MMD² = E k(x,x') + E k(y,y') − 2 E k(x,y), diagonals excluded
+    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def method_latency(fn: Method, repeats: int) -> float:
+    """Median ms of ``fn`` on one random 1080p photo (``nan`` for the identity)."""
+    from .metrics import latency_ms
+
+    return latency_ms(lambda im: fn(im, ["make it warmer"], im), repeats=repeats)
+
+
+def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = 1234,
+        batch_size: int = 16, repeats: int | None = None, latency: bool = True,
+        methods: dict[str, Method] | None = None, notes: list[str] | None = None) -> dict:
+    """Score every method (see the module docstring).
+
+    Returns:
+        dict with ``rows`` (method, psnr, de00, kid, accuracy, drift, ms_1080p, speedup), ``n``,
+        ``size``, ``paraphrases``, ``kid_label`` and ``notes`` (skipped methods).
+    """
+    from .evaluate import eval_items
+    from .metrics import content_drift, instruction_accuracy, mean_delta_e00, psnr
+    from .perceptual import load_lpips
+
+    n = n or config.pick(fast=8, full=96)
+    size = size or config.pick(fast=64, full=128)
+    repeats = repeats or config.pick(fast=1, full=3)
+    if methods is None:
+        methods, notes = build_methods()
+    notes = list(notes or [])
+    perceptual = load_lpips()
+    items = eval_items(n, size, seed, paraphrases)
+    tgt_all = torch.stack([it["target"] for it in items])
+    tgt_feats = vgg_features(perceptual, tgt_all)
+    rows = []
+    bar = config.progress(total=len(methods), desc="bench retouch", disable=config.is_fast())
+    for name, fn in methods.items():
+        outs = []
+        with torch.no_grad():
+            for k in range(0, n, batch_size):
+                chunk = items[k:k + batch_size]
+                src = torch.stack([it["source"] for it in chunk])
+                outs.append(fn(src, [it["instruction"] for it in chunk], torch.stack([it["target"] for it in chunk])))
+        out = torch.cat(outs).float()
+        src_all = torch.stack([it["source"] for it in items])
+        p = psnr(out, tgt_all)
+        finite = p[torch.isfinite(p)]
+        rows.append({"method": name, "psnr": float(finite.mean()) if len(finite) else math.inf,
+                     "de00": float(mean_delta_e00(out, tgt_all).mean()),
+                     "kid": 1000 * kid(vgg_features(perceptual, out), tgt_feats),
+                     "accuracy": 100 * float(instruction_accuracy(out, src_all, tgt_all,
+                                                                  [it["edits"] for it in items]).float().mean()),
+                     "drift": float(content_drift(out, src_all).mean()),
+                     "ms_1080p": (method_latency(fn, repeats) if latency and name != "identity"
+                                  and "oracle" not in name else float("nan"))})
+        bar.update(1)
+    bar.close()
+    ref = next((r["ms_1080p"] for r in rows if r["method"].startswith("teacher, 50")), float("nan"))
+    for r in rows:
+        r["speedup"] = ref / r["ms_1080p"] if r["ms_1080p"] == r["ms_1080p"] and r["ms_1080p"] > 0 else float("nan")
+    kid_label = "KID×10³ (VGG-16, ImageNet)" if perceptual.real else "KID×10³ (random VGG-16 features: offline fallback)"
+    return {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes}
+
+
+def _f(v: float, fmt: str) -> str:
+    return "-" if v != v else format(v, fmt)
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of :func:`run`."""
+    head = (f"held-out photos × {result['paraphrases']} phrasings, n = {result['n']}, {result['size']} px; "
+            f"latency: one 1080p photo on this machine")
+    lines = [head, "", f"| method | PSNR dB ↑ | ΔE00 ↓ | {result['kid_label']} ↓ | instr. acc. % ↑ | drift ↓ | "
+             "ms / 1080p | speed-up vs teacher-50 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {_f(r['psnr'], '.2f')} | {_f(r['de00'], '.2f')} | {_f(r['kid'], '.2f')} | "
+                     f"{_f(r['accuracy'], '.0f')} | {_f(r['drift'], '.2f')} | {_f(r['ms_1080p'], '.0f')} | "
+                     f"{_f(r['speedup'], '.1f')}{'×' if r['speedup'] == r['speedup'] else ''} |")
+    if result["notes"]:
+        lines += [""] + [f"- {note}" for note in result["notes"]]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path | None = None):
+    """PSNR against latency per 1080p (log scale), one labelled point per timed method."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in result["rows"]:
+        if r["ms_1080p"] == r["ms_1080p"]:
+            ax.scatter(r["ms_1080p"], r["psnr"])
+            ax.annotate(r["method"].split(" (")[0], (r["ms_1080p"], r["psnr"]), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+    ident = next((r["psnr"] for r in result["rows"] if r["method"] == "identity"), None)
+    if ident is not None:
+        ax.axhline(ident, color="grey", ls=":", lw=1, label="identity (no edit)")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per 1080p photo (this machine)")
+    ax.set_ylabel("PSNR to ground truth (dB)")
+    ax.set_title(f"held-out photos × {result['paraphrases']} phrasings (n = {result['n']})", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def write(result: dict, out: Path) -> list[Path]:
+    """Write ``bench_retouch.csv``, ``.md`` and ``.png`` into ``out`` (each via a temporary file, then renamed)."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    tmp = out / ".bench_retouch.csv.part"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+        w.writeheader()
+        w.writerows(result["rows"])
+    tmp.replace(out / "bench_retouch.csv")
+    paths.append(out / "bench_retouch.csv")
+    tmp = out / ".bench_retouch.md.part"
+    tmp.write_text(format_table(result) + "\n")
+    tmp.replace(out / "bench_retouch.md")
+    paths.append(out / "bench_retouch.md")
+    fig = plot(result)
+    tmp = out / ".bench_retouch.part.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out / "bench_retouch.png")
+    paths.append(out / "bench_retouch.png")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m course_lib bench retouch",
+                                description="The paper-style results table: every method on held-out photos x "
+                                            "held-out paraphrases (fidelity, KID, accuracy, drift, 1080p latency, "
+                                            "speed-up over the 50-step teacher). Writes CSV, markdown and a plot.")
+    p.add_argument("--n", type=int, default=None, help="items (default: 8 FAST / 96 FULL)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: 64 FAST / 128 FULL)")
+    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout")
+    p.add_argument("--repeats", type=int, default=None, help="timed 1080p calls per method (median)")
+    p.add_argument("--no-latency", action="store_true", help="skip the 1080p timings")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
+    a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    try:
+        result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency)
+    except (FileNotFoundError, RuntimeError, KeyError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    paths = write(result, Path(a.out) if a.out else config.OUTPUT_DIR)
+    print(f"bench retouch: {time.perf_counter() - t0:.0f} s; wrote {', '.join(str(x) for x in paths)}")
+    return 0

@@ -1,0 +1,52 @@
+"""Tests of course_lib.bench_retouch (lesson 08's results table) on a tiny subset."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from course_lib import bench_retouch as br
+
+
+def test_kid_is_zero_in_expectation_for_one_distribution_and_positive_for_two():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, 16, generator=g), torch.randn(200, 16, generator=g)
+    assert abs(br.kid(a, b)) < 0.05
+    assert br.kid(a, b + 1.0) > 0.5
+
+
+def test_transfer_edit_carries_a_low_resolution_change():
+    src = torch.rand(1, 3, 64, 64)
+    small = torch.nn.functional.interpolate(src, size=(32, 32), mode="bilinear", antialias=True)
+    out = br.transfer_edit(src, small, (small + 0.1).clamp(0, 1))
+    assert out.shape == src.shape
+    assert 0.05 < float((out - src).mean()) <= 0.1
+
+
+def test_bench_retouch_tiny_subset(tmp_path):
+    methods, notes = br.build_methods(steps_teacher=(50,))
+    keep = ["identity", "student, supervised (lesson 03)", "teacher, 50 DDIM steps (lesson 04)"]
+    result = br.run(n=4, size=32, repeats=1, methods={k: methods[k] for k in keep}, notes=notes)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == keep
+    for r in result["rows"]:
+        assert {"psnr", "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("psnr", "de00", "kid", "accuracy", "drift"))
+    student, teacher = rows[keep[1]], rows[keep[2]]
+    assert student["ms_1080p"] < teacher["ms_1080p"] and student["speedup"] > 1
+    assert teacher["speedup"] == 1.0
+    md = br.format_table(result)
+    assert result["kid_label"] in md and "teacher, 50" in md
+    paths = br.write(result, tmp_path)
+    assert [p.name for p in paths] == ["bench_retouch.csv", "bench_retouch.md", "bench_retouch.png"]
+    assert all(p.stat().st_size > 0 for p in paths) and not list(tmp_path.glob(".*part*"))
+
+
+def test_bench_retouch_help(capsys):
+    import pytest
+
+    from course_lib.bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["retouch", "--help"])
+    assert e.value.code == 0 and "course_lib bench retouch" in capsys.readouterr().out
