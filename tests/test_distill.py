@@ -176,3 +176,27 @@ def test_vsd_direction_points_from_fake_to_teacher(weighting):
     assert vsd_direction(eps_from(x0), eps_from(x0), x0, x_t, ab, weighting).abs().max() < 1e-6
     if weighting == "sds":  # (1 − ᾱ) √ᾱ / √(1 − ᾱ) (x̂0_fake − x̂0_teacher)
         torch.testing.assert_close(grad, -((1 - ab).sqrt() * ab.sqrt()).expand_as(grad))
+
+
+@pytest.mark.parametrize("name", ["student_vsd.safetensors", "student_vsd_align.safetensors"])
+def test_shipped_vsd_students_load_and_edit(name):
+    import json
+
+    from safetensors import safe_open
+
+    from course_lib import config
+    from course_lib.student import load_student
+
+    path = config.WEIGHTS_DIR / name
+    assert path.is_file(), f"missing shipped checkpoint {path}"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "vsd"
+    args = json.loads(meta["vsd_args"])
+    assert (args["align_weight"] > 0) == ("align" in name)
+    m = load_student(path, device="cpu").eval()
+    src = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        out = m(src, m.embed(["make it warmer", "add contrast"]))
+    assert out.shape == src.shape and torch.isfinite(out).all()
+    assert float((out - src).abs().mean()) > 1e-3  # it edits
