@@ -172,3 +172,33 @@ def test_shipped_inverter_beats_plain_ddim4():
     cycle, _ = inv.reconstruct(fwd, T, x, 4)
     assert float(psnr(cycle, x).mean()) > float(psnr(plain, x).mean()) + 1.0
     assert "perceptual" in meta
+
+
+def test_edit_image_any_size_keeps_shape_and_rejects_bad_input():
+    """The studio's entry point: any (3, H, W) photo in, the same shape out, one clear error otherwise."""
+    img = torch.rand(3, 50, 70)
+    out = inv.edit_image(img, "", "make it warmer")
+    assert out.shape == img.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float((out - img).abs().mean()) > 0  # it edits
+    with pytest.raises(ValueError, match="expected a"):
+        inv.edit_image(torch.rand(4, 50, 70), "", "make it warmer")
+
+
+def test_optimise_noise_lowers_the_reconstruction_error(tiny_teacher):
+    T = tiny_teacher
+    x0 = T.to_space(torch.rand(2, 3, 16, 16))
+    null = T.null_text(2)
+    z0 = inv.invert(T, x0, null, 2).detach()
+    z, hist = inv.optimise_noise(T, x0, null, z0, steps=15, gen_steps=2, lr=0.05)
+    assert len(hist) == 15 and hist[-1] < hist[0] and z.shape == z0.shape
+    assert all(p.grad is None for p in T.unet.parameters())
+
+
+def test_inversion_eval_command(tmp_path, capsys):
+    out = tmp_path / "table.md"
+    assert inv.main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out)]) == 0
+    md = out.read_text()
+    for row in ("DDIM-50", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):
+        assert row in md
+    assert md.strip() in capsys.readouterr().out
+    assert inv.main(["--n", "2", "--inverter", str(tmp_path / "missing.safetensors")]) == 2
