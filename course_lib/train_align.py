@@ -118,6 +118,8 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train_student import add_run_options, parse_run_options
+
     d = AlignArgs()
     p = argparse.ArgumentParser(prog="python -m course_lib train-align",
                                 description="Train the embedded edit encoder (EditCLIP) for the prompt-alignment "
@@ -127,14 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=config.pick(fast=16, full=d.batch_size))
     p.add_argument("--size", type=int, default=d.size, help="side of each panel (pixels)")
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=str(config.OUTPUT_DIR / "edit_clip.safetensors"))
-    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "edit_clip.safetensors"))
+    a = parse_run_options(p, argv)
     args = AlignArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, lr=a.lr, seed=a.seed,
                      save_every=a.save_every, out=a.out)
     t0 = time.perf_counter()

@@ -95,7 +95,7 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     from accelerate import Accelerator
 
     from .data import RetouchPairs
-    from .distill import lora_parameters
+    from .distill import load_lora_state_dict, lora_parameters, lora_state_dict
     from .inversion import cycle_loss, invert, make_forward_model
     from .perceptual import load_lpips
     from .teacher import load_teacher
@@ -112,8 +112,6 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     if resume:
         if out is None or not Path(f"{out}.state", "state.json").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
-        from .distill import load_lora_state_dict
-
         tensors, meta, st = read_state(state_dir(out), name="state.safetensors")
         load_lora_state_dict(fwd, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
         load_optimizer_tensors(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["opt"])
@@ -140,8 +138,6 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         bar.set_postfix(lpips=f"{parts['lpips']:.4f}", pixel=f"{parts['pixel']:.4f}")
         if out is not None and ((step + 1) % args.save_every == 0 or step + 1 == args.steps) and acc.is_main_process:
             save_inverter(fwd, out, {**meta, "trained_steps": str(step + 1), "log": json.dumps(log[-300:])})
-            from .distill import lora_state_dict
-
             t, m = optimizer_tensors(opt)
             write_state(state_dir(out), {**{f"lora.{k}": v for k, v in lora_state_dict(fwd).items()},
                                          **{f"opt.{k}": v for k, v in t.items()}},
@@ -152,6 +148,8 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train_student import add_run_options, parse_run_options
+
     d = InverterArgs()
     p = argparse.ArgumentParser(prog="python -m course_lib train-inverter",
                                 description="Fine-tune the few-step inverter (a LoRA on the teacher) with an LPIPS "
@@ -165,14 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixel-weight", type=float, default=d.pixel_weight, help="weight of the pixel MSE term")
     p.add_argument("--preserve-weight", type=float, default=d.preserve_weight,
                    help="weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=str(config.OUTPUT_DIR / "inverter_lora.safetensors"))
-    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "inverter_lora.safetensors"))
+    a = parse_run_options(p, argv)
     args = InverterArgs(steps=a.steps, batch_size=a.batch_size, inversion_steps=a.inversion_steps, lr=a.lr,
                         lora_rank=a.lora_rank, pixel_weight=a.pixel_weight, preserve_weight=a.preserve_weight,
                         seed=a.seed, save_every=a.save_every, out=a.out)

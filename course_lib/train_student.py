@@ -132,6 +132,24 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
+
+def add_run_options(p, seed: int, save_every: int, out: str) -> None:
+    """The options every resumable trainer shares: ``--seed --save-every --threads --out --resume``."""
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--save-every", type=int, default=save_every)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=out, help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
+
+
+def parse_run_options(p, argv):
+    """``p.parse_args(argv)``, then apply ``--threads`` (0 keeps torch's default)."""
+    a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    return a
+
+
 def state_dir(out: str | os.PathLike) -> Path:
     """``OUT.state/``: the optimiser and progress of a run writing ``OUT``."""
     return Path(str(out) + ".state")
@@ -296,17 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated edit families to train on (default: all nine)")
     p.add_argument("--global-affine", action="store_true",
                    help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=str(config.OUTPUT_DIR / "student.safetensors"),
-                   help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
+    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "student.safetensors"))
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    a = parse_run_options(p, argv)
     args = TrainArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, net_size=a.net_size,
                      grid_size=a.grid_size, luma_bins=a.luma_bins, channels=a.channels, lr=a.lr, warmup=a.warmup,
                      tv_weight=a.tv_weight, compose_prob=a.compose_prob, seed=a.seed,

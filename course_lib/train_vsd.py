@@ -201,6 +201,8 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train_student import add_run_options, parse_run_options
+
     d, v = VSDArgs(), VSDConfig()
     p = argparse.ArgumentParser(prog="python -m course_lib train-vsd",
                                 description="Distil the diffusion teacher into the grid student with Variational "
@@ -226,14 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-weight", type=float, default=d.align_weight,
                    help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
     p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=str(config.OUTPUT_DIR / "student_vsd.safetensors"))
-    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "student_vsd.safetensors"))
+    a = parse_run_options(p, argv)
     t_min, t_max = (int(x) for x in a.t_range.split(","))
     vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
                     weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
