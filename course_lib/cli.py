@@ -45,10 +45,10 @@ def notebooks_main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if any student notebook drifted from its solution")
     args = parser.parse_args(argv)
-    from .nbtools import NotebookError, generate
+    from .nbtools import README, NotebookError, generate
 
     try:
-        results = generate(check=args.check)
+        results = generate(check=args.check, readme=README)
     except NotebookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

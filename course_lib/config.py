@@ -23,16 +23,36 @@ from typing import Iterator, TypeVar
 
 T = TypeVar("T")
 
-#: Root of the repository (the folder that holds ``course_lib/``).
-REPO_ROOT: Path = Path(__file__).resolve().parent.parent
-#: Data shipped with or prepared by the course.
-DATA_DIR: Path = Path(os.environ.get("COURSE_DATA_DIR", REPO_ROOT / "data"))
-#: Small trained checkpoints (safetensors) shipped in the repository.
-WEIGHTS_DIR: Path = DATA_DIR / "weights"
+#: Where the course is published. The Colab badges and the first cell of every lesson
+#: (``%pip install "instantretouch-course @ git+<REPO_URL>"``) are written from this one
+#: constant by ``python -m course_lib notebooks``, which also rewrites README's badges:
+#: to publish the course elsewhere, change this line and run that command.
+REPO_URL: str = "https://github.com/instantretouch-course/instantretouch-course"
+#: The branch the Colab badges open.
+REPO_BRANCH: str = "main"
+
+_PACKAGE_DIR: Path = Path(__file__).resolve().parent
+#: Root of the repository (the folder that holds ``course_lib/``). In an installed
+#: wheel this is site-packages; use :data:`SHIPPED_DIR` for shipped files.
+REPO_ROOT: Path = _PACKAGE_DIR.parent
+#: True when running from a checkout of the repository (``data/weights`` beside ``course_lib/``),
+#: False when ``course_lib`` was installed from a wheel (e.g. ``%pip install`` on Colab).
+FROM_CHECKOUT: bool = (REPO_ROOT / "data" / "weights").is_dir() and (REPO_ROOT / "pyproject.toml").is_file()
+#: Read-only files shipped with the course (weights, photos, their manifests): ``data/`` of a
+#: checkout, or the copy the wheel carries as package data (``course_lib/_data``, built by setup.py).
+SHIPPED_DIR: Path = REPO_ROOT / "data" if FROM_CHECKOUT else _PACKAGE_DIR / "_data"
+#: Data shipped with or prepared by the course (writable: prepared photos, caches). In a checkout
+#: ``data/``; installed, a per-user cache folder. ``COURSE_DATA_DIR`` overrides.
+DATA_DIR: Path = Path(os.environ.get("COURSE_DATA_DIR") or (
+    REPO_ROOT / "data" if FROM_CHECKOUT
+    else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instantretouch-course"))
+#: Small trained checkpoints (safetensors) shipped with the course (``COURSE_WEIGHTS_DIR`` overrides).
+WEIGHTS_DIR: Path = Path(os.environ.get("COURSE_WEIGHTS_DIR") or SHIPPED_DIR / "weights")
 #: Re-creatable files (prepared photos, caches); git-ignored.
 CACHE_DIR: Path = DATA_DIR / "cache"
-#: Where commands write results unless told otherwise; git-ignored.
-OUTPUT_DIR: Path = Path(os.environ.get("COURSE_OUTPUT_DIR", REPO_ROOT / "outputs"))
+#: Where commands write results unless told otherwise; git-ignored. Installed: ``./outputs``.
+OUTPUT_DIR: Path = Path(os.environ.get("COURSE_OUTPUT_DIR") or (
+    REPO_ROOT / "outputs" if FROM_CHECKOUT else Path.cwd() / "outputs"))
 
 MODES = ("fast", "full")
 
@@ -173,6 +193,7 @@ def summary() -> dict:
         "mode": mode(),
         "online": online(),
         "repo_root": str(REPO_ROOT),
+        "from_checkout": FROM_CHECKOUT,
         "data_dir": str(DATA_DIR),
         "weights_dir": str(WEIGHTS_DIR),
         "output_dir": str(OUTPUT_DIR),

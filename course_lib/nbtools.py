@@ -29,10 +29,16 @@ import json
 import re
 from pathlib import Path
 
+from . import config
 from .config import REPO_ROOT
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+README = REPO_ROOT / "README.md"
+
+# Links that name the published repository: the Colab badges and the Colab install cell.
+_COLAB = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w./-]+?/notebooks/")
+_PIP = re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'@#\s]|$)")
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?:\s*\((?P<label>[^)]*)\))?\s*$")
 _END = re.compile(r"^[ \t]*### END SOLUTION\s*$")
@@ -85,6 +91,28 @@ def strip_code(source: str, lesson: str, counter: list[int], where: str = "") ->
     if inside:
         raise NotebookError(f"{where}: '### BEGIN SOLUTION' is never closed")
     return "\n".join(out)
+
+
+def publish_links(text: str, repo_url: str | None = None, branch: str | None = None) -> str:
+    """Point every Colab badge and ``%pip install ... @ git+<url>`` in ``text`` at ``repo_url``.
+
+    ``config.REPO_URL`` is the one place that names where the course is published; this is how
+    the notebooks and README follow it (``python -m course_lib notebooks`` applies it).
+    """
+    repo_url = repo_url or config.REPO_URL
+    branch = branch or config.REPO_BRANCH
+    if not repo_url.startswith("https://github.com/"):
+        raise ValueError(f"REPO_URL must be a https://github.com/OWNER/NAME address (Colab opens those), not {repo_url!r}")
+    slug = repo_url.removeprefix("https://github.com/").strip("/")
+    text = _COLAB.sub(f"https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/", text)
+    return _PIP.sub(f"git+https://github.com/{slug}", text)
+
+
+def _publish(nb: dict) -> dict:
+    nb = copy.deepcopy(nb)
+    for cell in nb.get("cells", []):
+        cell["source"] = publish_links(_source(cell))
+    return nb
 
 
 def _source(cell: dict) -> str:
@@ -140,13 +168,18 @@ def has_outputs(nb: dict) -> bool:
     )
 
 
-def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Path = NOTEBOOKS_DIR) -> list[str]:
+def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Path = NOTEBOOKS_DIR,
+             readme: Path | None = None) -> list[str]:
     """Write (or, with ``check``, compare) every student notebook.
+
+    Solutions and notebooks get their Colab links from ``config.REPO_URL`` (:func:`publish_links`),
+    and so does ``readme`` when given.
 
     Args:
         check: do not write; report notebooks that differ from their solution's generation.
         solutions: folder of solution notebooks.
         notebooks: folder of student notebooks.
+        readme: a README whose Colab badges follow ``config.REPO_URL`` too (the CLI passes README.md).
 
     Returns:
         A list of problems (``check``) or of written paths (otherwise).
@@ -155,10 +188,13 @@ def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Pa
     sources = sorted(Path(solutions).glob("[0-9]*.ipynb"))
     expected_names = {p.name for p in sources}
     for sol in sources:
-        nb = load(sol)
+        raw = load(sol)
+        nb = _publish(raw)
         student = dumps(make_student(nb, lesson_number(sol), where=str(sol.name)))
         target = Path(notebooks) / sol.name
         if check:
+            if dumps(strip_outputs(nb)) != dumps(strip_outputs(raw)):
+                results.append(f"{sol}: its Colab links do not name config.REPO_URL; run python -m course_lib notebooks")
             if has_outputs(nb):
                 results.append(f"{sol}: has outputs; strip them (python -m course_lib notebooks strips both)")
             if not target.exists():
@@ -176,4 +212,12 @@ def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Pa
     for extra in sorted(Path(notebooks).glob("[0-9]*.ipynb")):
         if check and extra.name not in expected_names:
             results.append(f"{extra}: has no solution notebook")
+    if readme is not None and Path(readme).exists():
+        text = Path(readme).read_text(encoding="utf-8")
+        if publish_links(text) != text:
+            if check:
+                results.append(f"{readme}: its Colab links do not name config.REPO_URL; run python -m course_lib notebooks")
+            else:
+                Path(readme).write_text(publish_links(text), encoding="utf-8")
+                results.append(str(readme))
     return results

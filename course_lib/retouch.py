@@ -4,13 +4,14 @@
         [--strength S] [--smoothing A] [--overwrite] [--checkpoint PATH]
 
 * ``IN`` is a photo, or a *clip*: a folder of frames, an animated GIF, or a video file
-  (MP4 & co. only when an ``imageio`` plugin can read them: ``pip install 'imageio[ffmpeg]'``;
-  otherwise a one-line error). Clips are retouched frame by frame with temporally smoothed
-  grids (:mod:`course_lib.video`: an exponential moving average of the predicted grids,
-  ``--smoothing A`` in [0, 1), 0 = per-frame) and written as an animated GIF (an ``-o``
-  ending in ``.gif``) or as a folder of PNG frames; a folder of frames keeps its file names.
-  In a folder ``-o``, a clip's result is named after it: ``frames/`` -> ``OUT/frames/``,
-  ``anim.gif`` -> ``OUT/anim.gif``, ``clip.mp4`` -> ``OUT/clip/`` (frames).
+  (MP4, MOV, MKV, WebM, ... read and written through the ffmpeg binary that the
+  ``imageio-ffmpeg`` package ships, part of the set-up). Clips are retouched frame by frame
+  with temporally smoothed grids (:mod:`course_lib.video`: an exponential moving average of
+  the predicted grids, ``--smoothing A`` in [0, 1), 0 = per-frame) and written as a video
+  (an ``-o`` ending in ``.mp4``, ``.mov``, ``.mkv``: H.264), an animated GIF (``.gif``) or a
+  folder of PNG frames; a folder of frames keeps its file names. In a folder ``-o``, a
+  clip's result is named after it: ``frames/`` -> ``OUT/frames/``, ``anim.gif`` ->
+  ``OUT/anim.gif``, ``clip.mp4`` -> ``OUT/clip.mp4`` (``clip.webm`` -> ``OUT/clip.mp4``).
 
 * Any resolution, 4K included: the network sees a small copy, the predicted grid is
   sliced at full resolution, so the output has exactly the input's size.
@@ -51,20 +52,22 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 
 def output_name(p: Path) -> str:
     """The name an input's result gets inside an output folder (see the module docstring)."""
-    from .video import VIDEO_SUFFIXES, is_clip
+    from .video import VIDEO_SUFFIXES, VIDEO_WRITABLE, is_clip
 
     if p.is_dir():
         return p.resolve().name or "frames"  # a folder of frames -> a folder of frames
     if p.suffix.lower() == ".gif" and is_clip(p):
         return p.name  # animated GIF -> animated GIF
     if p.suffix.lower() in VIDEO_SUFFIXES:
-        return p.stem  # video -> a folder of frames (we do not encode video)
+        # video -> the same kind of video when we encode it (mp4, mov, mkv), else an .mp4
+        return p.name if p.suffix.lower() in VIDEO_WRITABLE else p.stem + ".mp4"
     return p.name if p.suffix.lower() in WRITABLE else p.stem + ".png"
 
 
 def retouch_clip_file(model, src: Path, dst: Path, instruction: str, strength: float, smoothing: float,
                       overwrite: bool = False, fps: float | None = None) -> tuple[int, tuple[int, int]]:
-    """Retouch one clip (folder of frames, GIF or video) into ``dst`` (``.gif`` or a folder).
+    """Retouch one clip (folder of frames, GIF or video) into ``dst`` (``.mp4``/``.mov``/``.mkv``,
+    ``.gif`` or a folder).
 
     Frames stream through :func:`course_lib.video.retouch_stream` (one in memory at a time for
     a folder output) and are written atomically by :func:`course_lib.video.write_frames`.
@@ -78,8 +81,8 @@ def retouch_clip_file(model, src: Path, dst: Path, instruction: str, strength: f
     from . import video
 
     if dst.suffix.lower() in WRITABLE and not dst.is_dir():
-        raise video.VideoError(f"{dst}: a clip is written as an animated .gif or a folder of frames, "
-                               f"not {dst.suffix}")
+        raise video.VideoError(f"{dst}: a clip is written as a video ({', '.join(video.VIDEO_WRITABLE)}), "
+                               f"an animated .gif or a folder of frames, not {dst.suffix}")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise video.VideoError(f"{dst}: exists (use --overwrite to replace it)")
     info = video.clip_info(src)
@@ -109,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                                               "frames, an animated GIF, a video (if an imageio plugin reads it)")
     p.add_argument("--instruction", "-i", required=True, help='e.g. "make it warmer and lift the shadows"')
     p.add_argument("-o", "--output", required=True,
-                   help="output file (one input; a clip: a .gif) or folder (several inputs, or a path ending in /; "
-                        "a clip without .gif becomes a folder of frames)")
+                   help="output file (one input; a clip: .mp4/.mov/.mkv or .gif) or folder (several inputs, or a path "
+                        "ending in /; a clip written to a path without one of those suffixes becomes a folder of frames)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged, 1 = as predicted, >1 exaggerates")
     p.add_argument("--smoothing", type=float, default=0.5,
                    help="clips only: exponential moving average of the grids over time, in [0, 1); "
                         "0 = every frame on its own, 0.5 (default) averages about 2 frames, 0.9 about 10")
-    p.add_argument("--fps", type=float, default=None, help="clips written as GIF: frame rate (default: the input's)")
+    p.add_argument("--fps", type=float, default=None, help="clips written as GIF or video: frame rate (default: the input's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped one)")
     a = p.parse_args(argv)

@@ -30,9 +30,11 @@ Models:
 
 ``python -m course_lib studio`` serves the same app as a standalone page through Voila
 (see :func:`main`): bound to 127.0.0.1 unless ``--host`` says otherwise, with an upload
-size limit (``--max-upload-mb``). Everything is served locally; the one outside request is
-Voila's own template asking a CDN for the Font Awesome icon stylesheet - offline, the
-icons are missing and nothing else changes.
+size limit (``--max-upload-mb``). Everything is served locally, with no request leaving the
+machine: the page uses the course's own Voila template ``course-studio``
+(``course_lib/jupyter/voila/templates/``, found through ``JUPYTER_PATH``), Voila's "lab"
+template without the Font Awesome stylesheet it links from a CDN (the studio has no icons).
+The browser test fails on any request that is not to 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -594,9 +596,25 @@ def write_voila_config(folder: str | os.PathLike, max_upload_mb: float) -> Path:
     return path
 
 
+#: Where the course's Voila template lives (``<here>/voila/templates/course-studio``): prepended to
+#: ``JUPYTER_PATH`` for the Voila process.
+JUPYTER_DATA = Path(__file__).resolve().parent / "jupyter"
+VOILA_TEMPLATE = "course-studio"
+
+
 def voila_command(notebook: str | os.PathLike, host: str, port: int) -> list[str]:
-    """The ``voila`` command line: no browser, the given address (run it in the notebook's folder)."""
-    return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--Voila.ip={host}", f"--port={port}"]
+    """The ``voila`` command line: no browser, the given address, the course's offline template
+    (run it in the notebook's folder with :func:`voila_env`)."""
+    return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--Voila.ip={host}", f"--port={port}",
+            f"--template={VOILA_TEMPLATE}"]
+
+
+def voila_env(max_upload_mb: float, base: dict | None = None) -> dict:
+    """The Voila process's environment: the upload limit, and ``JUPYTER_PATH`` finding our template first."""
+    env = dict(os.environ if base is None else base)
+    env[UPLOAD_ENV] = f"{max_upload_mb:g}"
+    env["JUPYTER_PATH"] = os.pathsep.join([str(JUPYTER_DATA)] + [p for p in [env.get("JUPYTER_PATH")] if p])
+    return env
 
 
 def _stop_on_sigterm() -> None:
@@ -639,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nb = write_notebook(folder)
         write_voila_config(folder, a.max_upload_mb)
-        env = {**os.environ, UPLOAD_ENV: f"{a.max_upload_mb:g}"}
+        env = voila_env(a.max_upload_mb)
         if a.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"studio: warning: listening on {a.host}: anyone who can reach this machine can use the studio "
                   "(there is no password)", file=sys.stderr)
@@ -662,4 +680,4 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["Studio", "StudioError", "EditResult", "decode_upload", "upload_entries", "resample_grid", "edit_student",
            "edit_teacher", "blend", "inversion_edit_fn", "to_preview", "compose_view", "png_bytes", "download_html",
-           "write_notebook", "write_voila_config", "voila_command", "main"]
+           "write_notebook", "write_voila_config", "voila_command", "voila_env", "main"]

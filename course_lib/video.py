@@ -18,11 +18,11 @@ has to fit in memory. The price is lag: after a cut, the edit needs about ``1 / 
 frames to catch up.
 
 Reading (:func:`iter_frames`, :func:`read_clip`): a folder of image frames (sorted by name,
-numbers in natural order), an animated GIF, or a video file through ``imageio`` (MP4 and
-friends only when an ``imageio`` plugin for them is installed: ``imageio[ffmpeg]`` or
-``imageio[pyav]``; otherwise a one-line error says so). Writing (:func:`write_frames`): a
-folder of PNG frames or an animated GIF, always to a temporary name first and renamed at the
-end, so an existing output is never left half-written.
+numbers in natural order), an animated GIF, or a video file through ``imageio`` (MP4, MOV,
+WebM, ... with the ffmpeg binary that ``imageio-ffmpeg`` ships in its wheel; without it a
+one-line error says what to install). Writing (:func:`write_frames`): a folder of PNG frames,
+an animated GIF or an H.264 video (``.mp4``/``.mov``/``.mkv``), always to a temporary name
+first and renamed at the end, so an existing output is never left half-written.
 
 Measuring flicker (:func:`flicker`): the per-frame mean colour of the *edit*
 ``e_t = mean_pixels(out_t - in_t)`` (3 numbers, in 8-bit levels) should change slowly; its
@@ -31,6 +31,7 @@ motion of the content itself (which changes the input as much as the output).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -620,9 +621,54 @@ def frame_names(n: int, like: Sequence[Path] | None = None) -> list[str]:
     return [f"frame_{i:05d}.png" for i in range(n)]
 
 
+#: Suffixes :func:`write_frames` encodes as video (H.264, ``yuv420p`` when the size is even, else
+#: ``yuv444p`` so that odd sizes are kept exactly; the latter plays in ffmpeg/VLC, not in every browser).
+VIDEO_WRITABLE = (".mp4", ".mov", ".mkv", ".m4v")
+
+
+class _VideoWriter:
+    """Frames -> H.264 through the ffmpeg binary shipped by ``imageio-ffmpeg`` (started at the first frame)."""
+
+    def __init__(self, path: Path, fps: float, where: str):
+        self.path, self.fps, self.where = path, float(fps), where
+        self.gen = None
+        self.size: tuple[int, int] | None = None
+
+    def send(self, arr: np.ndarray) -> None:
+        """One (H, W, 3) uint8 frame."""
+        h, w = arr.shape[:2]
+        if self.gen is None:
+            try:
+                import imageio_ffmpeg
+            except ImportError:
+                raise VideoError(f"{self.where}: writing video needs the imageio-ffmpeg package "
+                                 f"(pip install imageio-ffmpeg), or write a .gif or a folder of frames") from None
+            self.gen = imageio_ffmpeg.write_frames(
+                str(self.path), (w, h), fps=self.fps, codec="libx264", quality=8, macro_block_size=1,
+                pix_fmt_out="yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p", ffmpeg_log_level="error")
+            self._call(self.gen.send, None)  # start the generator: launches ffmpeg
+            self.size = (w, h)
+        if (w, h) != self.size:
+            raise VideoError(f"{self.where}: frame is {w}x{h}, the first frame is {self.size[0]}x{self.size[1]}")
+        self._call(self.gen.send, np.ascontiguousarray(arr))
+
+    def close(self) -> None:
+        """Finish the file (flushes ffmpeg); safe to call twice."""
+        gen, self.gen = self.gen, None
+        if gen is not None:
+            self._call(gen.close)
+
+    def _call(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except (OSError, RuntimeError) as exc:
+            raise VideoError(f"{self.where}: ffmpeg failed ({' '.join(str(exc).split())[:160]})") from None
+
+
 def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: float = DEFAULT_FPS,
                  overwrite: bool = False, names: Sequence[str] | None = None) -> tuple[Path, int]:
-    """Write a clip as an animated GIF (``dst`` ends in ``.gif``) or as a folder of PNG frames.
+    """Write a clip as a video (``.mp4``, ``.mov``, ``.mkv``: H.264 through the ffmpeg binary that
+    ``imageio-ffmpeg`` ships), an animated GIF (``.gif``) or a folder of PNG frames (anything else).
 
     Everything is written under a temporary name in ``dst``'s folder and renamed at the end: if
     anything fails (or the process is killed), ``dst`` is untouched and nothing half-written has
@@ -647,11 +693,17 @@ def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: fl
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise VideoError(f"{p}: exists (use --overwrite to replace it)")
     is_gif = p.suffix.lower() == ".gif"
+    is_video = p.suffix.lower() in VIDEO_WRITABLE
     tmp = _fresh_temp(p, ".part")
     try:
         n = 0
         pil: list = []
+        encoder = _VideoWriter(tmp / p.name, fps, str(p)) if is_video else None
         for i, frame in enumerate(frames):
+            if encoder is not None:
+                encoder.send(to_uint8(frame))
+                n += 1
+                continue
             img = Image.fromarray(to_uint8(frame))
             if is_gif:
                 pil.append(img)
@@ -661,7 +713,10 @@ def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: fl
             n += 1
         if n == 0:
             raise VideoError(f"{p}: no frames to write")
-        if is_gif:
+        if encoder is not None:
+            encoder.close()
+            _move_into_place(tmp / p.name, p, overwrite)
+        elif is_gif:
             if len({im.size for im in pil}) > 1:
                 raise VideoError(f"{p}: frames of different sizes cannot make one GIF")
             part = tmp / p.name
@@ -675,6 +730,9 @@ def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: fl
             _move_into_place(tmp, p, overwrite)
             tmp = None  # type: ignore[assignment]  # it is dst now
     finally:
+        if encoder is not None:
+            with contextlib.suppress(VideoError):
+                encoder.close()  # an error above: stop ffmpeg before the temporary folder goes
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return p, n
@@ -683,4 +741,4 @@ def write_frames(frames: Iterable[torch.Tensor], dst: str | os.PathLike, fps: fl
 __all__ = ["VideoError", "ClipInfo", "clip_info", "is_clip", "iter_frames", "read_clip", "frame_files",
            "make_demo_clip", "ema_step", "smooth_grids", "predict_grids", "apply_grids", "retouch_stream",
            "retouch_clip", "frame_change", "edit_colour", "flicker", "grid_flicker", "TeacherGrids", "write_frames",
-           "frame_names"]
+           "frame_names", "VIDEO_WRITABLE"]

@@ -18,7 +18,7 @@ if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>
 fi
 
 # What the environment must match: the lock, the project metadata and where this checkout lives.
-want=$( { cat "$ROOT/requirements/lock.txt" "$ROOT/pyproject.toml"; echo "$ROOT"; } | sha256sum | cut -c1-16)
+want=$( { cat "$ROOT/requirements/lock.txt" "$ROOT/pyproject.toml" "$ROOT/setup.py"; echo "$ROOT"; } | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
    && "$VENV/bin/python" -c 'import course_lib' 2>/dev/null; then

@@ -107,3 +107,37 @@ def test_every_lesson_has_the_promised_sections():
 def test_cli_check_mode_exit_code(capsys):
     assert cli_main(["notebooks", "--check"]) == 0
     assert "in sync" in capsys.readouterr().out
+
+
+def test_one_constant_names_the_published_repository(tmp_path, monkeypatch):
+    """Badges and the Colab install cell follow config.REPO_URL; publishing elsewhere is a one-line change."""
+    from course_lib import config
+
+    root = config.REPO_ROOT
+    slug = config.REPO_URL.removeprefix("https://github.com/")
+    texts = [(root / "README.md").read_text()] + [p.read_text() for p in sorted((root / "solutions").glob("*.ipynb"))]
+    texts += [p.read_text() for p in sorted((root / "notebooks").glob("*.ipynb"))]
+    for text in texts:
+        assert nbtools.publish_links(text) == text
+    assert sum(f"colab.research.google.com/github/{slug}/blob/" in t for t in texts) == len(texts)
+    assert all(f"git+https://github.com/{slug}" in t for t in texts[1:])
+
+    # another address: every link moves, nothing else changes
+    sol, nbs = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    src = root / "solutions" / "00_tour.ipynb"
+    (sol / src.name).write_text(src.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    nbtools.generate(solutions=sol, notebooks=nbs, readme=readme)
+    assert nbtools.generate(check=True, solutions=sol, notebooks=nbs, readme=readme) == []
+    monkeypatch.setattr(config, "REPO_URL", "https://github.com/someone/fork")  # the one-line change
+    problems = nbtools.generate(check=True, solutions=sol, notebooks=nbs, readme=readme)
+    assert len(problems) == 3 and all("REPO_URL" in p or "differs" in p for p in problems), problems
+    nbtools.generate(solutions=sol, notebooks=nbs, readme=readme)
+    assert nbtools.generate(check=True, solutions=sol, notebooks=nbs, readme=readme) == []
+    for path in (sol / src.name, nbs / src.name, readme):
+        text = path.read_text()
+        assert "someone/fork" in text and slug not in text, path
+    with pytest.raises(ValueError):
+        nbtools.publish_links("x", repo_url="https://gitlab.com/a/b")

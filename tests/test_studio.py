@@ -237,6 +237,12 @@ def test_voila_files(tmp_path):
     assert cfg["Voila"]["tornado_settings"]["websocket_max_message_size"] >= 20 * 2**20
     cmd = studio.voila_command(tmp_path / "studio.ipynb", "127.0.0.1", 9999)
     assert "--no-browser" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--port=9999" in cmd
+    assert f"--template={studio.VOILA_TEMPLATE}" in cmd
+    env = studio.voila_env(20, base={"JUPYTER_PATH": "/elsewhere"})
+    assert env["JUPYTER_PATH"].split(os.pathsep) == [str(studio.JUPYTER_DATA), "/elsewhere"]
+    template = studio.JUPYTER_DATA / "voila" / "templates" / studio.VOILA_TEMPLATE
+    assert json.loads((template / "conf.json").read_text())["base_template"] == "lab"
+    assert "{%- extends 'voila/templates/lab/index.html.j2' -%}" in (template / "index.html.j2").read_text()
 
 
 def _free_port() -> int:
@@ -277,6 +283,17 @@ def test_studio_page_in_headless_chromium(tmp_path):
                 str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
                 args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                       "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            outside: list[str] = []
+
+            def only_this_machine(route):  # the page must work with no network: block and count the rest
+                url = route.request.url
+                if re.match(rf"^(https?|wss?)://127\.0\.0\.1:{port}/", url) or url.startswith(("data:", "blob:")):
+                    route.continue_()
+                else:
+                    outside.append(url)
+                    route.abort()
+
+            ctx.route("**/*", only_this_machine)
             try:
                 page = ctx.new_page()
                 page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
@@ -301,6 +318,7 @@ def test_studio_page_in_headless_chromium(tmp_path):
                 chooser.value.set_files(str(tmp_path / "mine.png"))
                 page.wait_for_function("() => document.querySelector('.studio-timing').innerText.includes('90 x 60 px')",
                                        timeout=30_000)
+                assert not outside, f"the page asked for addresses outside this machine: {sorted(set(outside))}"
             finally:
                 ctx.close()
     finally:

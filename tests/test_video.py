@@ -146,7 +146,7 @@ def test_gif_roundtrip_and_bad_files(tmp_path, clip):
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_video_without_plugin_is_one_line(tmp_path):
+def test_unreadable_video_is_one_line(tmp_path):
     mp4 = tmp_path / "clip.mp4"
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
     assert video.is_clip(mp4)
@@ -181,6 +181,42 @@ def test_write_is_atomic_and_never_overwrites(tmp_path, clip):
     video.write_frames(clip[:2], out, overwrite=True, names=["a.png", "b.png"])
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------- MP4 (imageio-ffmpeg)
+
+
+@pytest.mark.parametrize("size", [(24, 32), (23, 31)])  # even: yuv420p; odd: yuv444p keeps the size
+def test_mp4_roundtrip(tmp_path, clip, size):
+    frames = torch.nn.functional.interpolate(clip, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+    mp4 = tmp_path / "clip.mp4"
+    dst, n = video.write_frames(frames, mp4, fps=12)
+    assert dst == mp4 and n == 6 and mp4.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
+    info = video.clip_info(mp4)
+    assert info.kind == "video" and info.fps == pytest.approx(12, rel=0.01)
+    back, fps = video.read_clip(mp4)
+    assert back.shape == frames.shape
+    # H.264 at quality 8 is lossy: a few 8-bit levels on average on these small, smooth frames
+    assert (back - frames).abs().mean() * 255 < 6
+    with pytest.raises(video.VideoError, match="exists"):
+        video.write_frames(frames, mp4)
+
+
+def test_retouch_cli_mp4_to_mp4(tmp_path, clip, capsys):
+    src = tmp_path / "clip.mp4"
+    video.write_frames(clip, src, fps=10)
+    code, stdout, err = _run(capsys, src, "-i", "make it warmer", "-o", tmp_path / "out.mp4")
+    assert code == 0, err
+    assert "6 frames" in stdout
+    before, _ = video.read_clip(src)
+    after, fps = video.read_clip(tmp_path / "out.mp4")
+    assert after.shape == before.shape and fps == pytest.approx(10, rel=0.01)
+    assert (after[:, 0] - after[:, 2]).mean() > (before[:, 0] - before[:, 2]).mean()  # warmer
+    # in a folder output a video keeps its name and kind
+    code, _, err = _run(capsys, src, "-i", "make it cooler", "-o", tmp_path / "dir" / "")
+    assert code == 0, err
+    assert video.clip_info(tmp_path / "dir" / "clip.mp4").kind == "video"
 
 
 # ----------------------------------------------------------------------------- the retouch command
