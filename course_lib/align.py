@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config
+from .util.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 
 #: Where the shipped edit encoder lives.
 EDIT_CLIP_WEIGHTS: Path = config.WEIGHTS_DIR / "edit_clip.safetensors"
-FORMAT = "course_lib.edit_clip/1"
+#: The checkpoint kind of an edit encoder (:mod:`course_lib.util.checkpoint`).
+KIND = "edit_clip"
 
 
 @dataclasses.dataclass
@@ -139,12 +141,9 @@ def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tens
     return sum(int(labels[p] == labels[i]) for i, p in enumerate(pred)) / len(pred)
 
 
-def save_edit_clip(model: EditCLIP, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Weights + config in one safetensors file, written atomically."""
-    from .student import write_safetensors
-
-    meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(model.cfg)), **(metadata or {})}
-    return write_safetensors(path, model.state_dict(), meta)
+def save_edit_clip(model: EditCLIP, path: str | Path, metadata: dict | None = None) -> Path:
+    """Weights + config in one safetensors file, written atomically (kind ``"edit_clip"``)."""
+    return save_checkpoint(path, model.state_dict(), KIND, dataclasses.asdict(model.cfg), metadata)
 
 
 class AlignError(RuntimeError):
@@ -157,18 +156,15 @@ def load_edit_clip(path: str | Path | None = None, device: str | torch.device = 
     Raises:
         AlignError: missing file or not an edit-encoder checkpoint.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path) if path else EDIT_CLIP_WEIGHTS
     if not p.is_file():
         raise AlignError(f"{p}: no edit encoder; train one with 'python -m course_lib train-align'")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise AlignError(f"{p}: not an edit-encoder checkpoint (format {meta.get('format')!r})")
-    model = EditCLIP(EditCLIPConfig(**json.loads(meta["config"])))
-    model.load_state_dict(load_file(str(p)))
+    try:
+        tensors, info = load_checkpoint(p, KIND)
+        model = EditCLIP(EditCLIPConfig(**info.config))
+        load_into(model, tensors, p)
+    except CheckpointError as exc:
+        raise AlignError(str(exc)) from None
     return model.to(device).eval()
 
 

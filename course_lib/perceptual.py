@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import config
+from .util.checkpoint import load_checkpoint, save_checkpoint
 
 #: timm's port of torchvision's ImageNet VGG-16 (safetensors) on the Hugging Face hub.
 HUB_BACKBONE = "timm/vgg16.tv_in1k"
@@ -71,12 +72,10 @@ def export_linear_layers(out: str | Path = LIN_PATH) -> Path:
     """
     import lpips
 
-    from .student import write_safetensors
-
     src = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
     state = torch.load(src, map_location="cpu", weights_only=True)
-    return write_safetensors(out, {k: v.contiguous() for k, v in state.items()},
-                             {"source": "lpips 0.1 weights/v0.1/vgg.pth (BSD-2-Clause, Zhang et al. 2018)"})
+    return save_checkpoint(out, {k: v.contiguous() for k, v in state.items()}, "lpips_lin", {"net": "vgg"},
+                           {"source": "lpips 0.1 weights/v0.1/vgg.pth (BSD-2-Clause, Zhang et al. 2018)"})
 
 
 def _hub_backbone_file(repo: str = HUB_BACKBONE) -> str | None:
@@ -91,7 +90,7 @@ def _hub_backbone_file(repo: str = HUB_BACKBONE) -> str | None:
             return found
         if config.online():
             return hf_hub_download(repo, "model.safetensors")
-    except Exception:
+    except (ImportError, OSError, ValueError):  # hub errors derive from OSError/ValueError; offline: no file
         return None
     return None
 
@@ -125,10 +124,9 @@ def load_lpips(backbone: str | None = None, seed: int = 0) -> Perceptual:
     Returns:
         A :class:`Perceptual`; check ``.real`` / ``.label``.
     """
-    import lpips
-    from safetensors.torch import load_file
-
     import warnings
+
+    import lpips
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's notes about its deprecated 'pretrained' argument
@@ -136,7 +134,7 @@ def load_lpips(backbone: str | None = None, seed: int = 0) -> Perceptual:
         net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
     if not LIN_PATH.is_file():
         raise FileNotFoundError(f"missing {LIN_PATH} (run course_lib.perceptual.export_linear_layers())")
-    lin = load_file(str(LIN_PATH))
+    lin, _ = load_checkpoint(LIN_PATH, "lpips_lin")
     net.load_state_dict({**net.state_dict(), **lin})
     path = _hub_backbone_file(backbone or HUB_BACKBONE)
     real = False

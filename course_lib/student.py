@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from . import config
 from .bilateral import CurveGuide, LumaGuide, identity_grid, make_guide, slice_apply
 from .data import resize
+from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
 SHIPPED = "student_supervised.safetensors"
-FORMAT = "course_lib.student/1"
+#: The checkpoint kind of a student (:mod:`course_lib.util.checkpoint`).
+KIND = "student"
 
 
-class CheckpointError(RuntimeError):
-    """A student checkpoint is missing or unusable; the message is one line."""
 
 
 @dataclasses.dataclass
@@ -425,53 +425,19 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
 # ---------------------------------------------------------------------- checkpoints
 
 
-def save_student(model: Student, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Save weights + config to one safetensors file (atomically).
+def save_student(model: Student, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save weights + config to one safetensors file (atomically; the course's one checkpoint
+    convention, :mod:`course_lib.util.checkpoint`, kind ``"student"``).
 
     Args:
         model: the student.
         path: destination ``.safetensors``.
-        metadata: extra string metadata (e.g. the training command).
+        metadata: provenance (e.g. the training command, the loss curve).
 
     Returns:
         The path written.
     """
-    meta = {"format": FORMAT, "config": model.cfg.to_json(), **(metadata or {})}
-    return write_safetensors(path, model.state_dict(), meta)
-
-
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
-    """Write tensors + string metadata to one safetensors file atomically (temporary file, then
-    rename; a crash never leaves a half-written checkpoint). Used for every shipped model.
-
-    Returns:
-        The path written.
-    """
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in metadata.items()})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata dict of a safetensors file (no tensors are read)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    return save_checkpoint(path, model.state_dict(), KIND, json.loads(model.cfg.to_json()), metadata)
 
 
 def shipped_path() -> Path:
@@ -493,29 +459,17 @@ def load_student(path: str | os.PathLike | None = None, device: str | torch.devi
     Raises:
         CheckpointError: missing file, not a student checkpoint, or mismatching weights.
     """
-    from safetensors.torch import load_file
-
     p = Path(path) if path is not None else shipped_path()
     if not p.is_file():
-        hint = (" (train it: python -m course_lib train-student, see course_lib/train_student.py)"
-                if path is None else "")
+        hint = " (train it: python -m course_lib train-student)" if path is None else ""
         raise CheckpointError(f"student checkpoint {p} not found{hint}")
-    try:
-        meta = read_metadata(p)
-        tensors = load_file(str(p))
-    except Exception as exc:
-        raise CheckpointError(f"{p}: not a readable safetensors file ({' '.join(str(exc).split())[:120]})") from None
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise CheckpointError(f"{p}: not a course_lib student checkpoint (format {meta.get('format')!r})")
-    model = Student(StudentConfig.from_json(meta["config"]))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{p}: weights do not match its config ({str(exc).splitlines()[0]})") from None
+    tensors, info = load_checkpoint(p, KIND)
+    model = Student(StudentConfig.from_json(json.dumps(info.config)))
+    load_into(model, tensors, p)
     dev = config.device() if device is None else torch.device(device)
     return model.to(dev).eval()
 
 
 __all__ = ["Student", "StudentConfig", "FiLM", "film", "grid_from_head", "retouch", "curve_guide_fast", "explore", "save_student",
-           "load_student", "read_metadata", "shipped_path", "n_parameters", "CheckpointError",
+           "load_student", "read_metadata", "KIND", "shipped_path", "n_parameters", "CheckpointError",
            "CurveGuide", "LumaGuide"]

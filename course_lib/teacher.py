@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_checkpoint, save_checkpoint
 
 #: Where the shipped embedded teacher lives.
 EMBEDDED_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_embedded.safetensors"
-#: Metadata tag that identifies an embedded-teacher checkpoint.
-FORMAT = "instantretouch-teacher-embedded/1"
+#: The checkpoint kind of an embedded teacher (:mod:`course_lib.util.checkpoint`).
+KIND = "teacher"
 
 Guidance = tuple[float, float]
 
@@ -348,50 +349,48 @@ def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64,
     return unet
 
 
+def save_embedded_teacher(weights: dict[str, torch.Tensor], path: str | Path, unet_config: dict,
+                          default_guidance: Sequence[float], provenance: dict | None = None) -> Path:
+    """Write an embedded teacher: fp16 UNet weights, the UNet/scheduler config and the default
+    guidance, in the course's one checkpoint convention (atomically)."""
+    cfg = {"unet": unet_config, "scheduler": ddpm_config(), "default_guidance": [float(g) for g in default_guidance],
+           "text_encoder": "minilm"}
+    return save_checkpoint(path, {k: v.detach().half() for k, v in weights.items()}, KIND, cfg, provenance)
+
+
 def load_embedded_teacher(path: str | Path | None = None, device: torch.device | str | None = None,
                           text_encoder=None) -> EmbeddedTeacher:
     """Load an embedded teacher from a safetensors checkpoint (never pickle).
 
     Args:
-        path: default :data:`EMBEDDED_WEIGHTS`. The file's metadata holds ``format``,
-            ``unet_config``, ``scheduler_config`` and ``default_guidance`` as JSON.
+        path: default :data:`EMBEDDED_WEIGHTS`. Its ``config`` holds ``unet``, ``scheduler`` and
+            ``default_guidance`` (:mod:`course_lib.util.checkpoint`).
         device: default ``config.device()``.
 
     Raises:
         TeacherError: missing file or not an embedded-teacher checkpoint.
     """
     from diffusers import UNet2DConditionModel
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     p = Path(path) if path is not None else EMBEDDED_WEIGHTS
     if not p.is_file():
         raise TeacherError(f"{p}: no teacher checkpoint; train one with 'python -m course_lib train-teacher'")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise TeacherError(f"{p}: not an embedded-teacher checkpoint (format {meta.get('format')!r})")
-    unet = UNet2DConditionModel(**json.loads(meta["unet_config"]))
-    state = {k: v.float() for k, v in load_file(str(p)).items()}
-    unet.load_state_dict(state)
-    return EmbeddedTeacher(unet, json.loads(meta["scheduler_config"]), text_encoder=text_encoder,
-                           default_guidance=tuple(json.loads(meta.get("default_guidance", "[1.5, 3.0]"))),
+    try:
+        tensors, info = load_checkpoint(p, KIND)
+        unet = UNet2DConditionModel(**info.config["unet"])
+        load_into(unet, {k: v.float() for k, v in tensors.items()}, p)
+    except CheckpointError as exc:
+        raise TeacherError(str(exc)) from None
+    return EmbeddedTeacher(unet, info.config["scheduler"], text_encoder=text_encoder,
+                           default_guidance=tuple(info.config.get("default_guidance", (1.5, 3.0))),
                            device=device or config.device())
 
 
 def checkpoint_info(path: str | Path | None = None) -> dict:
-    """The JSON metadata of a teacher checkpoint, decoded (training command, steps, loss...)."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(path) if path is not None else EMBEDDED_WEIGHTS), framework="pt") as f:
-        meta = f.metadata() or {}
-    out = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k] = v
-    return out
+    """What a teacher checkpoint says about itself: ``kind``, ``config`` and the provenance keys
+    (training command, steps, loss...), decoded from JSON."""
+    info = read_checkpoint(Path(path) if path is not None else EMBEDDED_WEIGHTS, KIND)
+    return {"kind": info.kind, "config": info.config, **info.provenance}
 
 
 def load_teacher(tier: str = "embedded", **kwargs) -> Teacher:

@@ -51,9 +51,11 @@ def shipped_path() -> Path:
 def save_inverter(forward, out: str | Path, metadata: dict[str, str]) -> Path:
     """Write the inverter's LoRA weights (safetensors, atomically) with string metadata."""
     from .distill import lora_state_dict
-    from .student import write_safetensors
+    from .util.checkpoint import save_checkpoint
 
-    return write_safetensors(out, lora_state_dict(forward), {"format": "course_lib.inverter/1", **metadata})
+    meta = dict(metadata)
+    rank = int(meta.pop("lora_rank", 8))
+    return save_checkpoint(out, lora_state_dict(forward), "inverter_lora", {"lora_rank": rank}, meta)
 
 
 def load_inverter(path: str | Path | None = None, teacher=None):
@@ -66,20 +68,18 @@ def load_inverter(path: str | Path | None = None, teacher=None):
     Raises:
         FileNotFoundError: one line, when the file is missing.
     """
-    from safetensors import safe_open
-
     from .distill import load_lora_state_dict
+    from .util.checkpoint import load_checkpoint
     from .inversion import make_forward_model
     from .teacher import load_teacher
 
     p = Path(path) if path else shipped_path()
     if not p.is_file():
         raise FileNotFoundError(f"no inverter checkpoint at {p} (train one: python -m course_lib train-inverter)")
-    with safe_open(str(p), "pt") as f:
-        meta = dict(f.metadata() or {})
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, info = load_checkpoint(p, "inverter_lora")
+    meta = info.metadata
     teacher = teacher or load_teacher("embedded")
-    rank = int(meta.get("lora_rank", 8))
+    rank = int(info.config["lora_rank"])
     fwd = make_forward_model(teacher, rank, 4.0 * rank)
     load_lora_state_dict(fwd, state)
     fwd.unet.requires_grad_(False)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from . import config
-from .teacher import FORMAT, build_embedded_unet, ddpm_config, embedded_unet_config
+from .teacher import build_embedded_unet, ddpm_config, embedded_unet_config, save_embedded_teacher
 
 
 @dataclasses.dataclass
@@ -166,18 +166,9 @@ def _init_info(init: str | None) -> dict | None:
 
 
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
-    """Write the shipped teacher: fp16 weights + JSON config in the safetensors metadata."""
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT,
-            "unet_config": json.dumps(embedded_unet_config(cfg.resolution, cfg.channels)),
-            "scheduler_config": json.dumps(ddpm_config()),
-            "default_guidance": json.dumps(list(cfg.default_guidance)),
-            "text_encoder": "minilm", "train": json.dumps(info)}
-    save_file({k: v.detach().half().contiguous() for k, v in weights.items()}, str(p), metadata=meta)
-    return p
+    """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
+    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels),
+                                 cfg.default_guidance, {"train": info})
 
 
 def export_from_state(cfg: TrainConfig) -> Path:

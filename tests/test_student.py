@@ -102,7 +102,7 @@ def test_checkpoint_round_trip(tmp_path):
     header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])  # safetensors: length + JSON header
     assert "__metadata__" in header
     meta = read_metadata(path)
-    assert meta["note"] == "test" and StudentConfig.from_json(meta["config"]) == SMALL
+    assert meta["note"] == "test" and meta["kind"] == "student" and StudentConfig.from_json(meta["config"]) == SMALL
     m2 = load_student(path)
     x, t = torch.rand(1, 3, 20, 30), torch.randn(1, 384)
     with torch.no_grad():
@@ -120,8 +120,13 @@ def test_checkpoint_errors(tmp_path):
 
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other))
-    with pytest.raises(CheckpointError, match="not a course_lib student"):
+    with pytest.raises(CheckpointError, match="not a course_lib checkpoint"):
         load_student(other)
+    from course_lib.align import EditCLIP, EditCLIPConfig, save_edit_clip
+
+    clip = save_edit_clip(EditCLIP(EditCLIPConfig()), tmp_path / "clip.safetensors")
+    with pytest.raises(CheckpointError, match="of kind 'edit_clip', expected 'student'"):
+        load_student(clip)
 
 
 def test_shipped_checkpoint_beats_identity():

@@ -10,7 +10,7 @@ import torch
 
 from conftest import HashText
 from course_lib import config
-from course_lib.teacher import (EMBEDDED_WEIGHTS, FORMAT, EmbeddedTeacher, TeacherError, build_embedded_unet,
+from course_lib.teacher import (EMBEDDED_WEIGHTS, KIND, EmbeddedTeacher, TeacherError, build_embedded_unet,
                                 cfg_combine, checkpoint_info, ddpm_config, load_embedded_teacher, load_teacher)
 
 
@@ -120,7 +120,7 @@ def test_shipped_checkpoint_loads_with_safetensors_only():
     assert EMBEDDED_WEIGHTS.is_file(), "data/weights/teacher_embedded.safetensors is missing"
     assert EMBEDDED_WEIGHTS.stat().st_size < 20e6
     info = checkpoint_info()
-    assert info["format"] == FORMAT and info["text_encoder"] == "minilm"
+    assert info["kind"] == KIND and info["config"]["text_encoder"] == "minilm"
     assert info["train"]["steps"] > 0 and math.isfinite(info["train"]["final_loss"])
     with config.no_network():
         T = load_teacher("embedded", device="cpu", text_encoder=HashText())
@@ -138,8 +138,13 @@ def test_missing_or_wrong_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "something"})
-    with pytest.raises(TeacherError, match="not an embedded-teacher"):
+    with pytest.raises(TeacherError, match="not a course_lib checkpoint"):
         load_embedded_teacher(tmp_path / "other.safetensors")
+    from course_lib.util.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "student.safetensors", {"w": torch.zeros(1)}, "student", {})
+    with pytest.raises(TeacherError, match="expected 'teacher'"):
+        load_embedded_teacher(tmp_path / "student.safetensors")
 
 
 # ----------------------------------------------------------------------------- hub tier (tiny, offline)

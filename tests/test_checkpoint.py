@@ -1,0 +1,112 @@
+"""The one checkpoint convention (course_lib.util.checkpoint) and the shipped files in it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from course_lib import config
+from course_lib.util import checkpoint as ckpt
+from course_lib.util.files import FileExists, atomic_write_text
+
+SHIPPED_KINDS = {
+    "student_supervised.safetensors": "student", "student_global_affine.safetensors": "student",
+    "student_vsd.safetensors": "student", "student_vsd_align.safetensors": "student",
+    "teacher_embedded.safetensors": "teacher", "edit_clip.safetensors": "edit_clip",
+    "inverter_lora.safetensors": "inverter_lora", "lpips_vgg_lin.safetensors": "lpips_lin",
+}
+
+
+def test_every_shipped_file_is_in_the_one_format():
+    shipped = sorted(p.name for p in config.WEIGHTS_DIR.glob("*.safetensors"))
+    assert shipped == sorted(SHIPPED_KINDS), "a new shipped file: add its kind here"
+    for name in shipped:
+        info = ckpt.read_checkpoint(config.WEIGHTS_DIR / name)
+        assert info.metadata["format"] == ckpt.FORMAT and info.kind == SHIPPED_KINDS[name], name
+        assert isinstance(info.config, dict)
+
+
+def test_round_trip_keeps_tensors_dtypes_config_and_provenance(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "h": torch.randn(2).half()}
+    p = ckpt.save_checkpoint(tmp_path / "m.safetensors", tensors, "student", {"width": 3, "fc": [1, 2]},
+                             {"command": "python -m x", "log": [{"step": 1, "loss": 0.5}], "trained_steps": 7})
+    back, info = ckpt.load_checkpoint(p, "student")
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype
+                                             for k in tensors)
+    assert info.config == {"width": 3, "fc": [1, 2]} and info.kind == "student"
+    assert info.provenance == {"command": "python -m x", "log": [{"step": 1, "loss": 0.5}], "trained_steps": 7}
+    assert [q.name for q in tmp_path.iterdir()] == ["m.safetensors"]  # nothing temporary left
+    with pytest.raises(FileExists):
+        ckpt.save_checkpoint(p, tensors, "student", {}, overwrite=False)
+    with pytest.raises(ValueError):
+        ckpt.save_checkpoint(tmp_path / "x.safetensors", tensors, "no-such-kind", {})
+    with pytest.raises(ValueError):
+        ckpt.save_checkpoint(tmp_path / "x.safetensors", tensors, "student", {}, {"kind": "teacher"})
+
+
+def test_errors_are_one_line(tmp_path):
+    cases = []
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_checkpoint(tmp_path / "missing.safetensors")
+    cases.append(str(e.value))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_checkpoint(tmp_path / "junk.safetensors")
+    cases.append(str(e.value))
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ckpt.CheckpointError, match="not a course_lib checkpoint") as e:
+        ckpt.load_checkpoint(tmp_path / "plain.safetensors")
+    cases.append(str(e.value))
+    p = ckpt.save_checkpoint(tmp_path / "t.safetensors", {"w": torch.zeros(1)}, "teacher", {})
+    with pytest.raises(ckpt.CheckpointError, match="of kind 'teacher', expected 'student'") as e:
+        ckpt.load_checkpoint(p, "student")
+    cases.append(str(e.value))
+    assert all("\n" not in c for c in cases)
+
+
+@pytest.mark.parametrize("legacy,kind", [
+    ({"format": "course_lib.student/1", "config": json.dumps({"w": 1}), "command": "c"}, "student"),
+    ({"format": "course_lib.edit_clip/1", "config": json.dumps({"size": 8}), "trained_steps": "3"}, "edit_clip"),
+    ({"format": "instantretouch-teacher-embedded/1", "unet_config": "{\"sample_size\": 8}",
+      "scheduler_config": "{\"num_train_timesteps\": 10}", "default_guidance": "[1.0, 2.0]", "text_encoder": "minilm",
+      "train": "{\"steps\": 4}"}, "teacher"),
+    ({"format": "course_lib.inverter/1", "lora_rank": "4", "args": "{}"}, "inverter_lora"),
+    ({"source": "lpips 0.1 weights/v0.1/vgg.pth"}, "lpips_lin"),
+])
+def test_convert_legacy_is_bit_for_bit(tmp_path, legacy, kind):
+    tensors = {"x": torch.randn(4, 3), "y": torch.randn(2).half()}
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=legacy)
+    with pytest.raises(ckpt.CheckpointError, match="older layout"):
+        ckpt.read_checkpoint(old)
+    new = ckpt.convert_legacy(old, tmp_path / "new.safetensors")
+    back, info = ckpt.load_checkpoint(new, kind)
+    ref = load_file(str(old))
+    assert all(torch.equal(back[k].view(torch.uint8), ref[k].view(torch.uint8)) for k in ref)
+    if kind == "teacher":
+        assert info.config == {"unet": {"sample_size": 8}, "scheduler": {"num_train_timesteps": 10},
+                               "default_guidance": [1.0, 2.0], "text_encoder": "minilm"}
+        assert info.provenance == {"train": {"steps": 4}}
+    if kind == "inverter_lora":
+        assert info.config == {"lora_rank": 4}
+
+
+def test_atomic_write_never_clobbers(tmp_path):
+    p = atomic_write_text(tmp_path / "a.txt", "one")
+    with pytest.raises(FileExists):
+        atomic_write_text(p, "two", overwrite=False)
+    assert p.read_text() == "one"
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two" and [q.name for q in tmp_path.iterdir()] == ["a.txt"]
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    from course_lib.util.files import atomic_write
+
+    with pytest.raises(RuntimeError):
+        atomic_write(p, fail)
+    assert p.read_text() == "two" and [q.name for q in tmp_path.iterdir()] == ["a.txt"]
