@@ -256,21 +256,24 @@ def slice_coeffs(grid: torch.Tensor, guide: torch.Tensor, impl: str = "grid_samp
     raise ValueError(f"slice_coeffs impl must be 'reference' or 'grid_sample', not {impl!r}")
 
 
+#: Fused kernels, registered by lesson 02's module when it is imported
+#: (``course_lib.fastslice`` calls :func:`register_fast_impl`): name -> (function, is_available).
+#: Lesson 01 never imports lesson 02: imports go one way, and ``impl="auto"`` uses what is registered.
+_FAST: dict[str, tuple[Callable, Callable[[], bool]]] = {}
+
+
+def register_fast_impl(name: str, fn: Callable, is_available: Callable[[], bool]) -> None:
+    """Offer a fused ``slice_apply_<name>(grid, guide, image)`` to :func:`slice_apply`."""
+    _FAST[name] = (fn, is_available)
+
+
 def _fast_impl(name: str) -> Callable | None:
-    """``course_lib.fastslice.slice_apply_<name>`` if that module exists and says it is available."""
-    try:
-        from . import fastslice  # lesson 02; imported only when asked for
-    except Exception:  # missing module, or it cannot be imported on this machine
+    """The registered fused implementation ``name`` if it says it is available here, else ``None``."""
+    entry = _FAST.get(name)
+    if entry is None:
         return None
-    fn = getattr(fastslice, f"slice_apply_{name}", None)
-    if fn is None:
-        return None
-    available = getattr(fastslice, "available_impls", None)
-    try:
-        ok = available is None or name in available()
-    except Exception:
-        ok = False
-    return fn if ok else None
+    fn, is_available = entry
+    return fn if is_available() else None
 
 
 def available_impls() -> list[str]:
@@ -286,8 +289,9 @@ def slice_apply(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, im
         guide: (B, H, W) guidance map in [0, 1].
         image: (B, 3, H, W) input image (any range; the result is not clipped).
         impl: ``"reference"``, ``"grid_sample"``, ``"triton"`` / ``"cpu"`` (fused kernels of
-            lesson 02, ``course_lib.fastslice``), or ``"auto"``: the Triton kernel for CUDA
-            tensors, the CPU kernel for CPU tensors, when available; else grid_sample.
+            lesson 02, registered when ``course_lib.fastslice`` is imported; the student imports
+            it), or ``"auto"``: the Triton kernel for CUDA tensors, the CPU kernel for CPU
+            tensors, when registered and available; else grid_sample.
 
     Returns:
         (B, 3, H, W).
@@ -299,8 +303,8 @@ def slice_apply(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, im
     if impl in ("triton", "cpu"):
         fn = _fast_impl(impl)
         if fn is None:
-            raise RuntimeError(f"slice_apply impl {impl!r} is not available here (course_lib.fastslice, lesson 02); "
-                               f"available: {available_impls()}")
+            raise RuntimeError(f"slice_apply impl {impl!r} is not available here (import course_lib.fastslice, "
+                               f"lesson 02, to register it); available: {available_impls()}")
         return fn(grid, guide, image)
     if impl == "auto":
         fn = _fast_impl("triton" if image.is_cuda else "cpu") if image.device.type in ("cuda", "cpu") else None

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
+from .bilateral import register_fast_impl, slice_apply_grid_sample
 from .config import CACHE_DIR
 
 #: The C++ source of the CPU kernels (found next to this file, also in an editable install).
@@ -114,11 +115,30 @@ def _build(native: bool, verbose: bool) -> ModuleType:
                               extra_ldflags=ldflags, build_directory=str(build_dir), verbose=verbose)
 
 
+def missing_toolchain() -> str | None:
+    """Why this machine cannot build C++ extensions at all (no compiler, no ninja), else ``None``."""
+    import shutil
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx!r} is not on PATH)"
+    _ensure_ninja_on_path()
+    if shutil.which("ninja") is None:
+        return "no ninja build tool (pip install ninja)"
+    return None
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ kernel failed to compile with a working toolchain: a bug, not a missing tool."""
+
+
 def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     """Compile (first use) or load (cached) the C++ kernels.
 
-    Tries OpenMP + ``-march=native`` first, then plain ``-O3``. Never raises:
-    on failure it remembers why (:func:`cpu_extension_error`) and returns ``None``.
+    Tries OpenMP + ``-march=native`` first, then plain ``-O3``. A machine without a compiler
+    (or ninja) gets ``None`` and the reason (:func:`cpu_extension_error`): the callers fall back
+    to the grid_sample path and say so in one line. A kernel that does not compile with a working
+    toolchain is a bug, and raises :class:`KernelBuildError`.
 
     Args:
         verbose: show the compiler's output.
@@ -132,15 +152,21 @@ def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     if os.environ.get("COURSE_NO_CPP_EXT", "").strip() in ("1", "true", "yes"):
         _cpu_error = "disabled by COURSE_NO_CPP_EXT"
         return None
-    errors = []
-    for native in (True, False):
+    missing = missing_toolchain()
+    if missing is not None:
+        _cpu_error = missing
+        return None
+    try:
+        _cpu_ext = _build(True, verbose)
+    except (RuntimeError, OSError, ImportError) as first:  # e.g. a flag this compiler rejects: try plain -O3
         try:
-            _cpu_ext = _build(native, verbose)
-            return _cpu_ext
-        except Exception as exc:  # no compiler, no ninja, unsupported flag, ...
-            errors.append(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-    _cpu_error = errors[-1][:160]
-    return None
+            _cpu_ext = _build(False, verbose)
+        except (RuntimeError, OSError, ImportError) as exc:
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise KernelBuildError(f"the C++ slicing kernel does not build ({why[:200]}); "
+                                   f"with -march=native: {str(first).strip().splitlines()[-1][:120] if str(first).strip() else ''}. "
+                                   "Set COURSE_NO_CPP_EXT=1 to use the grid_sample path") from None
+    return _cpu_ext
 
 
 def cpu_extension_error() -> str | None:
@@ -222,8 +248,6 @@ def _prepare(grid: torch.Tensor, guide: torch.Tensor,
 
 def _grid_sample_path(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """The unfused path of lesson 01: ``grid_sample`` to full-res coefficients, then apply."""
-    from .bilateral import slice_apply_grid_sample
-
     return slice_apply_grid_sample(grid, guide, image)
 
 
@@ -323,3 +347,8 @@ def timed(fn: Any, *args: Any, repeats: int = 5, warmup: int = 1) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+# Offer the fused kernels to lesson 01's dispatcher (bilateral.slice_apply(impl="auto")).
+register_fast_impl("cpu", slice_apply_cpu, lambda: "cpu" in available_impls())
+register_fast_impl("triton", slice_apply_triton, lambda: "triton" in available_impls())

@@ -9,12 +9,13 @@ never overwrites an existing file unless asked to.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .util.files import FileExists, atomic_write
 
 #: Largest image accepted by default: 64 megapixels (an 8K frame is 33 MP).
 MAX_PIXELS = 64_000_000
@@ -164,26 +165,9 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, overwrite: bool = False
     if ext not in formats:
         raise ImageError(f"{p}: unknown output format {ext!r} (use one of {', '.join(sorted(formats))})")
     img = Image.fromarray(to_uint8(x))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    kwargs = {"quality": quality} if formats[ext] in ("JPEG", "WEBP") else {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            kwargs = {"quality": quality} if formats[ext] in ("JPEG", "WEBP") else {}
-            img.save(f, format=formats[ext], **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        if not overwrite:
-            try:  # link fails if the destination appeared meanwhile: never clobber
-                os.link(tmp, p)
-            except FileExistsError:
-                raise ImageError(f"{p}: exists (use --overwrite to replace it)") from None
-            except OSError:  # filesystems without hard links
-                if p.exists():
-                    raise ImageError(f"{p}: exists (use --overwrite to replace it)") from None
-                os.replace(tmp, p)
-        else:
-            os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(p, lambda tmp: img.save(tmp, format=formats[ext], **kwargs), overwrite=overwrite)
+    except FileExists as exc:
+        raise ImageError(str(exc)) from None
     return p

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config
+from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
 from .bilateral import CurveGuide, LumaGuide, identity_grid, make_guide, slice_apply
 from .data import resize
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint

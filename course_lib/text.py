@@ -29,13 +29,13 @@ import atexit
 import hashlib
 import os
 import time
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from . import config
+from .util.files import atomic_write
 
 #: The hub-tier open_clip model: (architecture, pretrained tag, Hugging Face repo that holds it).
 OPENCLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
@@ -85,11 +85,12 @@ class TextEncoder:
         self._disk_loaded = True
         if not (self.disk_cache and self.cache_path.is_file()):
             return
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             stored = load_file(str(self.cache_path))
-        except Exception:  # a damaged cache is only a cache: start again
+        except (OSError, SafetensorError):  # a damaged cache is only a cache: start again
             return
         for k, v in stored.items():
             self._cache.setdefault(k, v.float())
@@ -97,16 +98,8 @@ class TextEncoder:
     def _save_disk(self) -> None:
         from safetensors.torch import save_file
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".text-cache.", suffix=".part", dir=self.cache_dir)
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in self._cache.items()}, tmp, metadata={"encoder": self.name})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        state = {k: v.contiguous() for k, v in self._cache.items()}
+        atomic_write(self.cache_path, lambda tmp: save_file(state, str(tmp), metadata={"encoder": self.name}))
 
     def encode(self, texts: Sequence[str] | str) -> torch.Tensor:
         """Embed instructions, using and filling the cache.
@@ -185,7 +178,7 @@ class MiniLMEncoder(TextEncoder):
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
-            except Exception:  # pragma: no cover
+            except (ImportError, AttributeError):  # pragma: no cover - older transformers
                 pass
             with config.no_network():
                 self._model = g.load_model(self.device)
@@ -243,7 +236,8 @@ class OpenCLIPTextEncoder(TextEncoder):
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except TextEncoderError:
             raise
-        except Exception as exc:  # offline cache miss, unknown tag, bad file
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # offline cache miss (hub errors are
+            # OSError/ValueError; no_network raises RuntimeError), unknown tag (RuntimeError), bad file
             msg = " ".join(str(exc).split())[:200]
             raise TextEncoderError(f"open_clip {model_name} ({pretrained}) weights are not available on this "
                                    f"machine ({type(exc).__name__}: {msg}); set COURSE_ONLINE=1 to download, "

@@ -43,7 +43,7 @@ def tiny_teacher():
 def tiny_hub(tmp_path_factory):
     """A tiny InstructPix2Pix pipeline built from configs, saved and loaded offline: (teacher, folder)."""
     from course_lib import config
-    from course_lib.teacher_hub import load_hub_teacher, make_tiny_pipeline
+    from course_lib.teacher import load_hub_teacher, make_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("ip2p")
     make_tiny_pipeline(folder / "src").save_pretrained(folder / "pipe")

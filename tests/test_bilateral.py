@@ -242,24 +242,21 @@ def test_explore_and_widget():
     assert calls[-1][:4] == (16, 4, 1.0, "curve") and len(calls) == 3
 
 
-def test_dispatcher_uses_fastslice_when_available(monkeypatch):
-    import sys
-    import types
-
-    import course_lib
-
+def test_dispatcher_uses_registered_fast_kernels(monkeypatch):
+    """Lesson 01 never imports lesson 02: fastslice registers its kernels with the dispatcher."""
     called = []
-    fake = types.ModuleType("course_lib.fastslice")
-    fake.available_impls = lambda: ["cpu"]
-    fake.slice_apply_cpu = lambda grid, guide, image: called.append("cpu") or bl.slice_apply_reference(grid, guide, image)
-    fake.slice_apply_triton = lambda grid, guide, image: called.append("triton")
-    monkeypatch.setitem(sys.modules, "course_lib.fastslice", fake)
-    monkeypatch.setattr(course_lib, "fastslice", fake, raising=False)
+    available = {"cpu": True}
+    monkeypatch.setattr(bl, "_FAST", {})
     grid, guide, image = bl.identity_grid(1, 2, 2, 2), torch.rand(1, 4, 4), torch.rand(1, 3, 4, 4)
+    assert bl.available_impls() == ["reference", "grid_sample"]
+    torch.testing.assert_close(bl.slice_apply(grid, guide, image), image)  # nothing registered: grid_sample
+    bl.register_fast_impl("cpu", lambda g, gd, im: called.append("cpu") or bl.slice_apply_reference(g, gd, im),
+                          lambda: available["cpu"])
+    bl.register_fast_impl("triton", lambda g, gd, im: called.append("triton"), lambda: False)
     torch.testing.assert_close(bl.slice_apply(grid, guide, image), image)
     assert called == ["cpu"] and bl.available_impls() == ["reference", "grid_sample", "cpu"]
     with pytest.raises(RuntimeError):  # listed as unavailable: never called
         bl.slice_apply(grid, guide, image, impl="triton")
-    fake.available_impls = lambda: []
+    available["cpu"] = False
     torch.testing.assert_close(bl.slice_apply(grid, guide, image), image)  # falls back to grid_sample
     assert called == ["cpu"]

@@ -110,10 +110,7 @@ def test_cpu_4k_never_materialises_coefficients(cpu_ext):
 
 
 def test_fallback_without_compiler(monkeypatch, capsys):
-    def no_compiler(native, verbose):
-        raise RuntimeError("Error building extension: c++: command not found")
-
-    monkeypatch.setattr(fastslice, "_build", no_compiler)
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")  # a machine without a compiler
     fastslice._reset_cpu_extension()
     try:
         grid, guide, image = make_inputs(2, 8, 9, 4, 2, 3, dtype=torch.float32)
@@ -125,9 +122,31 @@ def test_fallback_without_compiler(monkeypatch, capsys):
         torch.testing.assert_close(out, bilateral.slice_apply_reference(grid, guide, image), atol=1e-5, rtol=1e-5)
         assert torch.equal(out, out2)
         assert "cpu" not in fastslice.available_impls()
-        assert "command not found" in fastslice.cpu_extension_error()
+        assert "no C++ compiler" in fastslice.cpu_extension_error()
     finally:
         fastslice._reset_cpu_extension()  # later tests load the cached build again
+
+
+def test_broken_kernel_is_an_error_not_a_silent_fallback(monkeypatch):
+    """With a working toolchain, a kernel that does not compile raises (one line), in every entry point."""
+    if fastslice.missing_toolchain() is not None:
+        pytest.skip(fastslice.missing_toolchain())
+
+    def broken(native, verbose):
+        raise RuntimeError("Error building extension 'course_bilateral_slice': error: expected ';'")
+
+    monkeypatch.setattr(fastslice, "_build", broken)
+    fastslice._reset_cpu_extension()
+    try:
+        grid, guide, image = make_inputs(1, 8, 9, 4, 2, 3, dtype=torch.float32)
+        with pytest.raises(fastslice.KernelBuildError, match="does not build") as e:
+            fastslice.slice_apply_cpu(grid, guide, image)
+        assert "\n" not in str(e.value)
+        fastslice._reset_cpu_extension()
+        with pytest.raises(fastslice.KernelBuildError):
+            bilateral.slice_apply(grid, guide, image, impl="auto")
+    finally:
+        fastslice._reset_cpu_extension()
 
 
 TRITON_SCRIPT = textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""Tests of the diffusion teacher (course_lib.teacher, teacher_hub, train_teacher, teacher_eval)."""
+"""Tests of the diffusion teacher (course_lib.teacher (both tiers), train_teacher, teacher_eval)."""
 from __future__ import annotations
 
 import dataclasses
@@ -151,7 +151,7 @@ def test_missing_or_wrong_checkpoint(tmp_path):
 
 
 def test_hub_interface_on_tiny_pipeline(tiny_hub):
-    from course_lib.teacher_hub import hub_weights_present
+    from course_lib.teacher import hub_weights_present
 
     T, folder = tiny_hub
     assert hub_weights_present(folder)
@@ -175,7 +175,7 @@ def test_hub_interface_on_tiny_pipeline(tiny_hub):
 
 
 def test_hub_missing_weights_is_one_line_error(tmp_path, monkeypatch):
-    from course_lib.teacher_hub import hub_weights_present, load_hub_teacher
+    from course_lib.teacher import hub_weights_present, load_hub_teacher
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
