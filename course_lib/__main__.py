@@ -10,9 +10,9 @@ import sys
 
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("course_lib.cli:doctor_main", "versions, device, mode and which hub weights are present (offline)"),
-    "data": ("course_lib.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
-    "notebooks": ("course_lib.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
+    "doctor": ("course_lib.apps.cli:doctor_main", "versions, device, mode and which hub weights are present (offline)"),
+    "data": ("course_lib.apps.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
+    "notebooks": ("course_lib.apps.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
     "train-teacher": ("course_lib.train_teacher:main", "train the embedded diffusion teacher (resumable, Accelerate)"),
     "teacher-eval": ("course_lib.teacher_eval:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
     "train-student": ("course_lib.train_student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
@@ -21,9 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inversion-eval": ("course_lib.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train_align:main", "train the embedded edit encoder for the prompt-alignment loss"),
     "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
-    "retouch": ("course_lib.retouch:main", "edit photos with an instruction using the shipped student"),
+    "retouch": ("course_lib.apps.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.bench:main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
-    "studio": ("course_lib.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
+    "studio": ("course_lib.apps.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
+    "gpu-check": ("course_lib.gpu_check:main", "GPU acceptance: kernels, benchmark, student, lessons 02-05 -> one report"),
 }
 
 

@@ -22,12 +22,12 @@ the perceptual metric and every table and plot labels it as such (:attr:`Percept
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from . import config
+from .util.hub import hf_file
 from .util.checkpoint import load_checkpoint, save_checkpoint
 
 #: timm's port of torchvision's ImageNet VGG-16 (safetensors) on the Hugging Face hub.
@@ -82,17 +82,7 @@ def _hub_backbone_file(repo: str = HUB_BACKBONE) -> str | None:
     """Path of the backbone's ``model.safetensors`` if cached (or downloadable with COURSE_ONLINE=1)."""
     if Path(repo).is_file():
         return str(repo)
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo, "model.safetensors")
-        if isinstance(found, str) and os.path.isfile(found):
-            return found
-        if config.online():
-            return hf_hub_download(repo, "model.safetensors")
-    except (ImportError, OSError, ValueError):  # hub errors derive from OSError/ValueError; offline: no file
-        return None
-    return None
+    return hf_file(repo, "model.safetensors")
 
 
 def load_backbone_into(net: torch.nn.Module, path: str) -> None:

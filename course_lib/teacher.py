@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .util.hub import hf_file
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_checkpoint, save_checkpoint
 
 #: Where the shipped embedded teacher lives.
@@ -429,15 +430,7 @@ HUB_REPO = "timbrooks/instruct-pix2pix"
 
 def hub_weights_present(repo: str | os.PathLike = HUB_REPO) -> bool:
     """True when ``repo`` is a local pipeline folder or is in the local Hugging Face cache (no network)."""
-    if Path(repo).is_dir():
-        return (Path(repo) / "model_index.json").is_file()
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(str(repo), "model_index.json")
-        return isinstance(found, str) and os.path.isfile(found)
-    except Exception:
-        return False
+    return hf_file(str(repo), "model_index.json", download=False) is not None
 
 
 class HubTeacher(Teacher):

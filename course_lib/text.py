@@ -36,6 +36,7 @@ import torch
 
 from . import config
 from .util.files import atomic_write
+from .util.hub import hf_cached
 
 #: The hub-tier open_clip model: (architecture, pretrained tag, Hugging Face repo that holds it).
 OPENCLIP_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
@@ -257,8 +258,6 @@ class OpenCLIPTextEncoder(TextEncoder):
 
 def openclip_weights_present() -> bool:
     """True when the hub-tier open_clip checkpoint is in the local Hugging Face cache (no network)."""
-    from .doctor import hf_cached
-
     return hf_cached(OPENCLIP_DEFAULT[2])
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import nbtools
+from course_lib.util import notebooks as nbtools
 from course_lib.__main__ import main as cli_main
 
 SOLUTION_CELL = '''def exposure(image, ev):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from course_lib import studio
+from course_lib.apps import studio
 from course_lib.__main__ import main as course_main
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -223,7 +223,7 @@ def test_studio_command_help_and_errors(capsys):
     assert capsys.readouterr().err.count("error:") == 2
     from course_lib.__main__ import COMMANDS
 
-    assert COMMANDS["studio"][0] == "course_lib.studio:main"
+    assert COMMANDS["studio"][0] == "course_lib.apps.studio:main"
 
 
 def test_voila_files(tmp_path):

@@ -1,4 +1,4 @@
-"""course_lib.video and ``retouch`` on clips: reading, EMA grids, flicker, atomic writing, the CLI."""
+"""course_lib.video, course_lib.apps.clips and ``retouch`` on clips: reading, EMA grids, flicker, atomic writing, the CLI."""
 import os
 
 import numpy as np
@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from course_lib import video
+from course_lib.apps import clips
 from course_lib.__main__ import main
 from course_lib.images import load_image
 
@@ -112,61 +113,61 @@ def test_folder_natural_order_and_errors(tmp_path, clip):
         Image.fromarray((clip[i % 6].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(d / f"f{i}.png")
     (d / ".hidden.png").write_bytes(b"x")
     (d / "notes.txt").write_text("not a frame")
-    assert [p.name for p in video.frame_files(d)] == ["f0.png", "f1.png", "f2.png", "f10.png"]
-    assert video.is_clip(d) and video.clip_info(d).n_frames == 4
-    frames, fps = video.read_clip(d)
-    assert frames.shape == (4, 3, 24, 32) and fps == video.DEFAULT_FPS
-    assert len(list(video.iter_frames(d, max_frames=2))) == 2
+    assert [p.name for p in clips.frame_files(d)] == ["f0.png", "f1.png", "f2.png", "f10.png"]
+    assert clips.is_clip(d) and clips.clip_info(d).n_frames == 4
+    frames, fps = clips.read_clip(d)
+    assert frames.shape == (4, 3, 24, 32) and fps == clips.DEFAULT_FPS
+    assert len(list(clips.iter_frames(d, max_frames=2))) == 2
     Image.new("RGB", (10, 10)).save(d / "f11.png")
-    with pytest.raises(video.VideoError, match="first frame is 32x24"):
-        video.read_clip(d)
+    with pytest.raises(clips.VideoError, match="first frame is 32x24"):
+        clips.read_clip(d)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(video.VideoError, match="no image frames"):
-        video.clip_info(empty)
+    with pytest.raises(clips.VideoError, match="no image frames"):
+        clips.clip_info(empty)
 
 
 def test_gif_roundtrip_and_bad_files(tmp_path, clip):
     gif = tmp_path / "a.gif"
-    path, n = video.write_frames(clip, gif, fps=10)
+    path, n = clips.write_frames(clip, gif, fps=10)
     assert path == gif and n == 6
-    assert video.is_clip(gif) and video.gif_frame_count(gif) == 6
-    info = video.clip_info(gif)
+    assert clips.is_clip(gif) and clips.gif_frame_count(gif) == 6
+    info = clips.clip_info(gif)
     assert info.kind == "gif" and info.n_frames == 6 and info.fps == pytest.approx(10)
-    frames, _ = video.read_clip(gif)
+    frames, _ = clips.read_clip(gif)
     assert frames.shape == clip.shape
     assert (frames - clip).abs().mean() < 0.05  # palette quantisation only
     still = tmp_path / "still.gif"
     Image.new("RGB", (8, 8)).save(still)
-    assert not video.is_clip(still)
+    assert not clips.is_clip(still)
     bad = tmp_path / "bad.gif"
     bad.write_bytes(b"GIF89a this is not a gif")
-    with pytest.raises(video.VideoError) as e:
-        list(video.iter_frames(bad))
+    with pytest.raises(clips.VideoError) as e:
+        list(clips.iter_frames(bad))
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unreadable_video_is_one_line(tmp_path):
     mp4 = tmp_path / "clip.mp4"
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
-    assert video.is_clip(mp4)
-    with pytest.raises(video.VideoError) as e:
-        list(video.iter_frames(mp4))
+    assert clips.is_clip(mp4)
+    with pytest.raises(clips.VideoError) as e:
+        list(clips.iter_frames(mp4))
     msg = str(e.value)
     assert msg.startswith(str(mp4)) and "\n" not in msg
-    with pytest.raises(video.VideoError, match="no such file"):
-        video.clip_info(tmp_path / "missing.mp4")
+    with pytest.raises(clips.VideoError, match="no such file"):
+        clips.clip_info(tmp_path / "missing.mp4")
 
 
 def test_write_is_atomic_and_never_overwrites(tmp_path, clip):
     out = tmp_path / "out"
-    video.write_frames(clip, out)
+    clips.write_frames(clip, out)
     assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:05d}.png" for i in range(6)]
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not mkdtemp's 0700
-    with pytest.raises(video.VideoError, match="exists"):
-        video.write_frames(clip, out)
+    with pytest.raises(clips.VideoError, match="exists"):
+        clips.write_frames(clip, out)
 
     def failing():
         yield clip[0]
@@ -175,10 +176,10 @@ def test_write_is_atomic_and_never_overwrites(tmp_path, clip):
     for dst in (out, tmp_path / "anim.gif"):
         before = sorted(p.name for p in tmp_path.iterdir())
         with pytest.raises(RuntimeError):
-            video.write_frames(failing(), dst, overwrite=True)
+            clips.write_frames(failing(), dst, overwrite=True)
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp left, old output intact
     assert len(list(out.iterdir())) == 6
-    video.write_frames(clip[:2], out, overwrite=True, names=["a.png", "b.png"])
+    clips.write_frames(clip[:2], out, overwrite=True, names=["a.png", "b.png"])
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -190,33 +191,33 @@ def test_write_is_atomic_and_never_overwrites(tmp_path, clip):
 def test_mp4_roundtrip(tmp_path, clip, size):
     frames = torch.nn.functional.interpolate(clip, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
     mp4 = tmp_path / "clip.mp4"
-    dst, n = video.write_frames(frames, mp4, fps=12)
+    dst, n = clips.write_frames(frames, mp4, fps=12)
     assert dst == mp4 and n == 6 and mp4.stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
-    info = video.clip_info(mp4)
+    info = clips.clip_info(mp4)
     assert info.kind == "video" and info.fps == pytest.approx(12, rel=0.01)
-    back, fps = video.read_clip(mp4)
+    back, fps = clips.read_clip(mp4)
     assert back.shape == frames.shape
     # H.264 at quality 8 is lossy: a few 8-bit levels on average on these small, smooth frames
     assert (back - frames).abs().mean() * 255 < 6
-    with pytest.raises(video.VideoError, match="exists"):
-        video.write_frames(frames, mp4)
+    with pytest.raises(clips.VideoError, match="exists"):
+        clips.write_frames(frames, mp4)
 
 
 def test_retouch_cli_mp4_to_mp4(tmp_path, clip, capsys):
     src = tmp_path / "clip.mp4"
-    video.write_frames(clip, src, fps=10)
+    clips.write_frames(clip, src, fps=10)
     code, stdout, err = _run(capsys, src, "-i", "make it warmer", "-o", tmp_path / "out.mp4")
     assert code == 0, err
     assert "6 frames" in stdout
-    before, _ = video.read_clip(src)
-    after, fps = video.read_clip(tmp_path / "out.mp4")
+    before, _ = clips.read_clip(src)
+    after, fps = clips.read_clip(tmp_path / "out.mp4")
     assert after.shape == before.shape and fps == pytest.approx(10, rel=0.01)
     assert (after[:, 0] - after[:, 2]).mean() > (before[:, 0] - before[:, 2]).mean()  # warmer
     # in a folder output a video keeps its name and kind
     code, _, err = _run(capsys, src, "-i", "make it cooler", "-o", tmp_path / "dir" / "")
     assert code == 0, err
-    assert video.clip_info(tmp_path / "dir" / "clip.mp4").kind == "video"
+    assert clips.clip_info(tmp_path / "dir" / "clip.mp4").kind == "video"
 
 
 # ----------------------------------------------------------------------------- the retouch command
@@ -224,9 +225,9 @@ def test_retouch_cli_mp4_to_mp4(tmp_path, clip, capsys):
 
 def test_retouch_cli_on_clips(tmp_path, clip, capsys):
     frames_dir = tmp_path / "in" / "shot"
-    video.write_frames(clip, frames_dir, names=[f"s{i}.png" for i in range(6)])
+    clips.write_frames(clip, frames_dir, names=[f"s{i}.png" for i in range(6)])
     gif = tmp_path / "in" / "anim.gif"
-    video.write_frames(clip, gif, fps=8)
+    clips.write_frames(clip, gif, fps=8)
     still = tmp_path / "in" / "still.png"
     Image.new("RGB", (16, 12), (120, 80, 40)).save(still)
     missing = tmp_path / "in" / "gone.mp4"
@@ -239,14 +240,14 @@ def test_retouch_cli_on_clips(tmp_path, clip, capsys):
     src = load_image(frames_dir / "s2.png")
     assert res.shape == src.shape
     assert (res[0] - res[2]).mean() > (src[0] - src[2]).mean()  # warmer
-    assert video.gif_frame_count(out / "anim.gif") == 6
-    assert video.clip_info(out / "anim.gif").fps == pytest.approx(8, rel=0.05)
+    assert clips.gif_frame_count(out / "anim.gif") == 6
+    assert clips.clip_info(out / "anim.gif").fps == pytest.approx(8, rel=0.05)
     assert load_image(out / "still.png").shape == (3, 12, 16)
     assert "6 frames" in stdout and "smoothing 0.8" in stdout
     # one clip, a .gif output; existing outputs are not replaced without --overwrite
     code, _, err = _run(capsys, frames_dir, "-i", "make it cooler", "-o", tmp_path / "one.gif", "--fps", "5")
     assert code == 0, err
-    assert video.clip_info(tmp_path / "one.gif").fps == pytest.approx(5, rel=0.05)
+    assert clips.clip_info(tmp_path / "one.gif").fps == pytest.approx(5, rel=0.05)
     code, _, err = _run(capsys, frames_dir, "-i", "make it cooler", "-o", tmp_path / "one.gif")
     assert code == 1 and "exists" in err
     code, _, err = _run(capsys, gif, "-i", "make it cooler", "-o", tmp_path / "clip.png")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
-from pathlib import Path
 
-from . import config
+from .. import config
+from ..util.hub import hf_cached, torch_hub_cached
 
 PACKAGES = ("torch", "torchvision", "triton", "diffusers", "transformers", "accelerate", "peft", "lpips",
             "open_clip_torch", "safetensors", "scikit-image", "matplotlib", "ipywidgets", "jupyterlab",
@@ -16,8 +16,7 @@ PACKAGES = ("torch", "torchvision", "triton", "diffusers", "transformers", "acce
 HUB_MODELS = (
     ("InstructPix2Pix (timbrooks/instruct-pix2pix)", "hf", "timbrooks/instruct-pix2pix"),
     ("open_clip ViT-B-32 laion2b (laion/CLIP-ViT-B-32-laion2B-s34B-b79K)", "hf", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
-    ("LPIPS alex backbone (torchvision alexnet)", "torch", "alexnet-owt-7be5be79.pth"),
-    ("LPIPS vgg backbone (torchvision vgg16)", "torch", "vgg16-397923af.pth"),
+    ("LPIPS VGG-16 ImageNet backbone (timm/vgg16.tv_in1k)", "hf", "timm/vgg16.tv_in1k"),
 )
 
 
@@ -26,20 +25,6 @@ def _version(name: str) -> str:
         return md.version(name)
     except md.PackageNotFoundError:
         return "not installed"
-
-
-def hf_cached(repo_id: str) -> bool:
-    """True when a Hugging Face model repo has a snapshot in the local cache (no network)."""
-    home = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
-    snap = home / ("models--" + repo_id.replace("/", "--")) / "snapshots"
-    return snap.is_dir() and any(snap.iterdir())
-
-
-def torch_hub_cached(filename: str) -> bool:
-    """True when a torchvision checkpoint is in torch's hub cache (no network)."""
-    import torch
-
-    return (Path(torch.hub.get_dir()) / "checkpoints" / filename).is_file()
 
 
 def hub_assets() -> dict[str, bool]:

@@ -34,7 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import config
+from .. import config
+from ..images import ImageError, load_image, save_image
+from ..student import CheckpointError, load_student, retouch
+from ..text import TextEncoderError
+from ..video import retouch_stream
+from . import clips
+from .clips import VIDEO_SUFFIXES, VIDEO_WRITABLE, is_clip
 
 WRITABLE = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
@@ -52,8 +58,6 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 
 def output_name(p: Path) -> str:
     """The name an input's result gets inside an output folder (see the module docstring)."""
-    from .video import VIDEO_SUFFIXES, VIDEO_WRITABLE, is_clip
-
     if p.is_dir():
         return p.resolve().name or "frames"  # a folder of frames -> a folder of frames
     if p.suffix.lower() == ".gif" and is_clip(p):
@@ -70,34 +74,32 @@ def retouch_clip_file(model, src: Path, dst: Path, instruction: str, strength: f
     ``.gif`` or a folder).
 
     Frames stream through :func:`course_lib.video.retouch_stream` (one in memory at a time for
-    a folder output) and are written atomically by :func:`course_lib.video.write_frames`.
+    a folder output) and are written atomically by :func:`course_lib.apps.clips.write_frames`.
 
     Returns:
         ``(number of frames, (width, height))``.
 
     Raises:
-        ImageError: (a :class:`course_lib.video.VideoError`) unreadable clip, output exists, ...
+        ImageError: (a :class:`course_lib.apps.clips.VideoError`) unreadable clip, output exists, ...
     """
-    from . import video
-
     if dst.suffix.lower() in WRITABLE and not dst.is_dir():
-        raise video.VideoError(f"{dst}: a clip is written as a video ({', '.join(video.VIDEO_WRITABLE)}), "
+        raise clips.VideoError(f"{dst}: a clip is written as a video ({', '.join(clips.VIDEO_WRITABLE)}), "
                                f"an animated .gif or a folder of frames, not {dst.suffix}")
     if (dst.exists() or dst.is_symlink()) and not overwrite:
-        raise video.VideoError(f"{dst}: exists (use --overwrite to replace it)")
-    info = video.clip_info(src)
+        raise clips.VideoError(f"{dst}: exists (use --overwrite to replace it)")
+    info = clips.clip_info(src)
     size: list[tuple[int, int]] = []
 
     def frames():
-        for f in video.iter_frames(src):
+        for f in clips.iter_frames(src):
             if not size:
                 size.append((int(f.shape[-1]), int(f.shape[-2])))
             yield f
 
-    stream = video.retouch_stream(model, frames(), instruction, strength, smoothing)
+    stream = retouch_stream(model, frames(), instruction, strength, smoothing)
     stream = config.progress(stream, total=info.n_frames, desc=src.name or "clip", unit="frame")
-    names = video.frame_names(info.n_frames or 0, video.frame_files(src)) if info.kind == "frames" else None
-    _, n = video.write_frames(stream, dst, fps=fps or info.fps, overwrite=overwrite, names=names)
+    names = clips.frame_names(info.n_frames or 0, clips.frame_files(src)) if info.kind == "frames" else None
+    _, n = clips.write_frames(stream, dst, fps=fps or info.fps, overwrite=overwrite, names=names)
     return n, size[0]
 
 
@@ -134,11 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     if not a.instruction.strip():
         print("error: --instruction is empty", file=sys.stderr)
         return 2
-
-    from .images import ImageError, load_image, save_image
-    from .student import CheckpointError, load_student, retouch
-    from .text import TextEncoderError
-    from .video import is_clip
 
     inputs = [Path(x) for x in a.inputs]
     outputs = output_paths(inputs, Path(a.output))

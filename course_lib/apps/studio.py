@@ -57,8 +57,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import config
-from .images import ImageError
+from .. import config, data
+from ..bilateral import slice_apply
+from ..data import resize
+from ..images import ImageError, load_image, save_image, to_uint8
+from ..student import load_student
+from ..teacher import load_teacher
 
 #: Default upload limit (MB = 2**20 bytes); ``python -m course_lib studio --max-upload-mb``.
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -94,8 +98,6 @@ def decode_upload(content: bytes | memoryview, name: str, max_bytes: int) -> tor
     Raises:
         StudioError: too large, empty, or not a readable image (one line, naming the file).
     """
-    from .images import load_image
-
     data = bytes(content)
     label = Path(name).name or "upload"
     if len(data) > max_bytes:
@@ -168,8 +170,6 @@ def edit_student(model, image: torch.Tensor, instruction: str, strength: float =
     Returns:
         (3, H, W) in [0, 1], on the CPU.
     """
-    from .bilateral import slice_apply
-
     if not instruction.strip():
         return image.clone()
     x = image[None].to(model.device, torch.float32)  # (1, 3, H, W)
@@ -222,9 +222,6 @@ def inversion_edit_fn() -> Callable | None:
 
 def to_preview(image: torch.Tensor, width: int) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (h, w, 3) uint8 with w <= ``width`` (aspect kept)."""
-    from .data import resize
-    from .images import to_uint8
-
     if image.shape[-1] > width:
         image = resize(image, (max(1, round(image.shape[-2] * width / image.shape[-1])), width))
     return to_uint8(image)
@@ -279,8 +276,6 @@ def download_html(image: torch.Tensor, filename: str, max_data_uri_bytes: int = 
     Returns:
         HTML: ``<a download=... href="data:image/png;base64,...">`` or the written file's path.
     """
-    from .images import save_image, to_uint8
-
     h, w = image.shape[-2:]
     data = png_bytes(to_uint8(image), compress_level=3)
     name = html.escape(filename)
@@ -330,11 +325,7 @@ class Studio:
                  inversion: Callable | None | str = "auto", preview_width: int = 512) -> None:
         import ipywidgets as W
 
-        from . import data
-
         if model is None:
-            from .student import load_student
-
             model = load_student(device=config.device())
         self.student = model
         # load the text encoder and the slicing kernels now, so that the first timing is the edit's alone
@@ -434,8 +425,6 @@ class Studio:
         self.render()
 
     def _on_photo(self, change=None) -> None:
-        from . import data
-
         if self._quiet:
             return
         name = self.photo.value
@@ -502,8 +491,6 @@ class Studio:
             if self._teacher_loader is not None:
                 self._teacher = self._teacher_loader()
             else:
-                from .teacher import load_teacher
-
                 self._teacher = load_teacher("embedded", device=config.device())
         return self._teacher
 
@@ -562,7 +549,7 @@ class Studio:
 
 # ----------------------------------------------------------------------------- the web page (Voila)
 
-NOTEBOOK_SOURCE = """from course_lib.studio import Studio
+NOTEBOOK_SOURCE = """from course_lib.apps.studio import Studio
 
 studio = Studio.from_env()
 studio.ui"""

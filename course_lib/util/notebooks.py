@@ -29,8 +29,8 @@ import json
 import re
 from pathlib import Path
 
-from . import config
-from .config import REPO_ROOT
+from .. import config
+from ..config import REPO_ROOT
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

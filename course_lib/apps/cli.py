@@ -5,15 +5,17 @@ import argparse
 import json
 import sys
 
+from .. import data
+from ..config import no_network
+from ..util.notebooks import README, NotebookError, generate
+from .doctor import report
+
 
 def doctor_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib doctor",
                                      description="Print versions, device, mode and which optional hub weights "
                                                  "are present locally. Never touches the network.")
     parser.parse_args(argv)
-    from .config import no_network
-    from .doctor import report
-
     with no_network():
         print(report())
     return 0
@@ -26,8 +28,6 @@ def data_main(argv: list[str]) -> int:
     parser.add_argument("action", choices=["prepare", "manifest"], help="prepare: write data/photos; manifest: print JSON")
     parser.add_argument("--out", default=None, help="folder for 'prepare' (default data/photos)")
     args = parser.parse_args(argv)
-    from . import data
-
     if args.action == "manifest":
         print(json.dumps(data.manifest(), indent=1))
         return 0
@@ -45,8 +45,6 @@ def notebooks_main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if any student notebook drifted from its solution")
     args = parser.parse_args(argv)
-    from .nbtools import README, NotebookError, generate
-
     try:
         results = generate(check=args.check, readme=README)
     except NotebookError as exc:
