@@ -9,12 +9,13 @@ PORT ?= 8888
 JUPYTER_FLAGS := --no-browser --ip=127.0.0.1 --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,) \
 	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None
 
-.PHONY: setup course test unit notebooks check-notebooks help
+.PHONY: setup course test unit notebooks check-notebooks help gpu-check
 
 help:
 	@echo "make course  - set up, prepare data, open JupyterLab at lesson 00 (prints the URL)"
 	@echo "make test    - set up, then unit tests + nbval over every notebook (COURSE_MODE=fast)"
 	@echo "make notebooks - regenerate notebooks/ from solutions/"
+	@echo "make gpu-check - on a CUDA machine: kernels, benchmark, student, lessons 02-05 -> outputs/gpu_check/ (ARGS=\"--skip nbval\")"
 
 setup:
 	@COURSE_VENV=$(VENV) bash scripts/setup.sh
@@ -35,3 +36,6 @@ notebooks: setup
 
 check-notebooks: setup
 	$(PY) -m course_lib notebooks --check
+
+gpu-check: setup
+	$(PY) -m course_lib gpu-check $(ARGS)

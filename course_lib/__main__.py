@@ -14,17 +14,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("course_lib.apps.cli:data_main", "prepare the embedded photos (data/photos) or print their manifest"),
     "notebooks": ("course_lib.apps.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
     "train-teacher": ("course_lib.train_teacher:main", "train the embedded diffusion teacher (resumable, Accelerate)"),
-    "teacher-eval": ("course_lib.teacher_eval:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
+    "teacher-eval": ("course_lib.eval.teacher:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
     "train-student": ("course_lib.train_student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
     "train-vsd": ("course_lib.train_vsd:main", "distil the teacher into the grid student with VSD (no paired targets)"),
     "train-inverter": ("course_lib.train_inverter:main", "cycle-consistency training of the 4-step inverter (lesson 07)"),
-    "inversion-eval": ("course_lib.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
+    "inversion-eval": ("course_lib.eval.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train_align:main", "train the embedded edit encoder for the prompt-alignment loss"),
-    "evaluate": ("course_lib.evaluate:main", "evaluate identity, global-affine oracle and the student on held-out data"),
+    "evaluate": ("course_lib.eval.student:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "retouch": ("course_lib.apps.retouch:main", "edit photos with an instruction using the shipped student"),
-    "bench": ("course_lib.bench:main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
+    "bench": ("course_lib.eval.bench_retouch:bench_main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
     "studio": ("course_lib.apps.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
-    "gpu-check": ("course_lib.gpu_check:main", "GPU acceptance: kernels, benchmark, student, lessons 02-05 -> one report"),
+    "gpu-check": ("course_lib.apps.gpu_check:main", "GPU acceptance: kernels, benchmark, student, lessons 02-05 -> one report"),
 }
 
 

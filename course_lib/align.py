@@ -21,7 +21,6 @@ Two tiers:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config
+from .text import shared_encoder
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 
 #: Where the shipped edit encoder lives.
@@ -116,8 +116,6 @@ class EditCLIP(nn.Module):
 
     def embed_instructions(self, instructions: list[str]) -> torch.Tensor:
         """Instructions -> (N, text_dim) with this model's text encoder."""
-        from .text import shared_encoder
-
         return shared_encoder(self.cfg.text_encoder).encode(instructions).to(self.logit_scale.device)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from . import config
+from .bilateral import slice_apply_grid_sample
 from .fastslice import available_impls, frame_cost, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
@@ -41,8 +42,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def implementations(device: torch.device) -> dict[str, Callable]:
     """Name -> slice-apply function for tensors on ``device``; ``naive`` is lesson 01's grid_sample."""
-    from .bilateral import slice_apply_grid_sample
-
     impls: dict[str, Callable] = {"naive": slice_apply_grid_sample}
     fused = available_impls()
     if device.type == "cuda" and "triton" in fused:
@@ -177,10 +176,8 @@ def plot(result: dict, path: Path | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else __import__("sys").argv[1:])
-    if argv and argv[0] == "retouch":  # the paper-style results table (lesson 08)
-        from .bench_retouch import main as retouch_main
-
-        return retouch_main(argv[1:])
+    # 'bench retouch' (lesson 08's results table) is course_lib.eval.bench_retouch; python -m course_lib
+    # sends it there (course_lib.eval.bench_retouch.bench_main) and only 'bench slice' here.
     parser = argparse.ArgumentParser(
         prog="python -m course_lib bench",
         description="Benchmark slice-and-apply: naive grid_sample vs the fused kernels, forward and "
@@ -200,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     parser.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
     args = parser.parse_args(argv)
+    if args.what == "retouch":
+        parser.error("run 'python -m course_lib bench retouch' (course_lib.eval.bench_retouch)")
 
     sizes = [parse_size(s) for s in (args.sizes or config.pick(fast="256,512,1080p", full="512,1080p,4k")).split(",")]
     repeats = args.repeats or config.pick(fast=2, full=5)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import save_image
+from .config import DATA_DIR
 
 # --------------------------------------------------------------------------- photos
 
@@ -153,8 +154,6 @@ def prepare(out_dir: str | Path | None = None) -> Path:
     Returns:
         The folder written (default ``data/photos``).
     """
-    from .config import DATA_DIR
-
     out = Path(out_dir) if out_dir is not None else DATA_DIR / "photos"
     out.mkdir(parents=True, exist_ok=True)
     rows = manifest()

@@ -38,8 +38,10 @@ import torch.nn.functional as F
 
 from . import config
 from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
+from .fastslice import load_cpu_extension
+from .text import shared_encoder
 from .bilateral import CurveGuide, LumaGuide, identity_grid, make_guide, slice_apply
-from .data import resize
+from .data import load_photo, resize
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
@@ -191,8 +193,6 @@ def curve_guide_fast(guide: CurveGuide, image: torch.Tensor, impl: str = "auto")
         raise ValueError(f"impl must be 'auto', 'cpu' or 'torch', not {impl!r}")
     if impl != "torch" and image.device.type == "cpu" and image.dtype in (torch.float32, torch.float16,
                                                                            torch.bfloat16):
-        from .fastslice import load_cpu_extension
-
         ext = load_cpu_extension()
         if impl == "cpu" and (ext is None or not hasattr(ext, "curve_guide")):
             raise RuntimeError("the C++ curve-guide kernel is not available (see fastslice.cpu_extension_error())")
@@ -348,8 +348,6 @@ class Student(nn.Module):
     # ------------------------------------------------------------------ text
     def embed(self, instructions: Sequence[str] | str) -> torch.Tensor:
         """Embed instructions with the encoder this student was trained with: (N, text_dim) on its device."""
-        from .text import shared_encoder
-
         enc = shared_encoder(self.cfg.text_encoder)
         if enc.dim != self.cfg.text_dim:
             raise CheckpointError(f"text encoder {enc.name} gives {enc.dim}-d embeddings, the student expects "
@@ -408,8 +406,6 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
         clipped); ``grid`` (1, 12, D, G, G); ``seconds`` (float).
     """
     import time
-
-    from .data import load_photo
 
     t0 = time.perf_counter()
     before = load_photo(photo, size) if isinstance(photo, str) else resize(photo, size)

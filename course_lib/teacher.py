@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .text import MiniLMEncoder
 from .util.hub import hf_file
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_checkpoint, save_checkpoint
 
@@ -306,8 +307,6 @@ class EmbeddedTeacher(Teacher):
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from .text import MiniLMEncoder
-
             self._text_encoder = MiniLMEncoder(disk_cache=True)
         return self._text_encoder
 

@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 
 from . import config
+from .data import FAMILIES, STRENGTHS, render, templates
 from .util.files import atomic_write
 from .util.hub import hf_cached
 
@@ -318,8 +319,6 @@ def paraphrase_neighbours(encoder: TextEncoder | None = None) -> dict:
         whose nearest training instruction has the same family / family and direction), and
         ``misses``: list of ``(held-out instruction, nearest training instruction)``.
     """
-    from .data import FAMILIES, STRENGTHS, render, templates
-
     enc = encoder or shared_encoder("minilm")
 
     def rows(split: str) -> list[tuple[str, str, int]]:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .bilateral import LumaGuide, fit_bgu, identity_grid, slice_apply
+from .data import load_photo, resize
 
 # ----------------------------------------------------------------------------- a demo clip
 
@@ -53,8 +55,6 @@ def make_demo_clip(photo_name: str = "coffee", n_frames: int = 24,
     Returns:
         (T, 3, H, W) float32 in [0, 1].
     """
-    from .data import load_photo
-
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     H, W = (size, size) if isinstance(size, int) else size
@@ -166,8 +166,6 @@ def apply_grids(model, frames: torch.Tensor, grids: torch.Tensor, impl: str = "a
     Returns:
         (T, 3, H, W) in [0, 1], on the CPU.
     """
-    from .bilateral import slice_apply
-
     outs = []
     for f, g in zip(frames, grids):
         x = f[None].to(model.device, torch.float32)
@@ -192,8 +190,6 @@ def retouch_stream(model, frames: Iterable[torch.Tensor], instruction: str, stre
     Yields:
         (3, H, W) float32 in [0, 1] on the CPU, one per input frame.
     """
-    from .bilateral import slice_apply
-
     a = check_smoothing(smoothing)
     model.eval()
     text = model.embed([instruction])  # (1, text_dim)
@@ -292,8 +288,6 @@ def grid_flicker(model, frames: torch.Tensor, grids: torch.Tensor, impl: str = "
     Returns:
         (T - 1,): ``255 * mean |slice(g_t, F_t) - slice(g_{t-1}, F_t)|``, 8-bit levels.
     """
-    from .bilateral import slice_apply
-
     out = []
     for t in range(1, frames.shape[0]):
         x = frames[t:t + 1].to(model.device, torch.float32)
@@ -330,8 +324,6 @@ class TeacherGrids:
 
     def __init__(self, teacher, steps: int = 4, seed: int = 0, fresh_noise: bool = True, grid_size: int = 4,
                  luma_bins: int = 8) -> None:
-        from .bilateral import LumaGuide
-
         self.teacher, self.steps, self.seed, self.fresh_noise = teacher, int(steps), int(seed), bool(fresh_noise)
         self.grid_size, self.luma_bins = int(grid_size), int(luma_bins)
         self.guide = LumaGuide()
@@ -361,9 +353,6 @@ class TeacherGrids:
         Returns:
             (B, 12, D, G, G).
         """
-        from .bilateral import fit_bgu, identity_grid
-        from .data import resize
-
         texts = list(text)
         if len(texts) == 1:
             texts = texts * image.shape[0]

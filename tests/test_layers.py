@@ -1,0 +1,134 @@
+"""How the library is organised, checked: imports go one way and there are no cycles.
+
+Layers (README, "How the library is organised"):
+    course_lib.util.*                       machinery every layer shares (imports only config and util)
+    course_lib.<lesson modules>             what the lessons show (bilateral, student, teacher, ...)
+    course_lib.train.* / eval.* / apps.*    trainers, evaluation, applications (built on the lessons)
+A lesson module never imports train/eval/apps. Imports of course_lib modules sit at the top of
+a module; a late (function-level) import is only for an optional heavy package (ALLOWED_LATE).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from course_lib import config
+
+PKG = config.REPO_ROOT / "course_lib"
+MACHINERY = ("course_lib.train", "course_lib.eval", "course_lib.apps")
+# (importer, imported) pairs allowed inside functions: the imported module needs an optional package at import time
+ALLOWED_LATE = {("course_lib.fastslice", "course_lib.triton_slice"),  # triton: only where it is installed
+                ("course_lib.gpu_check", "course_lib.triton_slice"),
+                ("course_lib.apps.gpu_check", "course_lib.triton_slice")}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[str, bool, int]]:
+    """(imported course_lib module, is_late, line) for every import in a file."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(n) for n in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            if t == "course_lib" or t.startswith("course_lib."):
+                found.append((t, id(node) not in top, node.lineno))
+    return found
+
+
+def graph() -> tuple[dict[str, set[str]], list[str]]:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    edges: dict[str, set[str]] = {m: set() for m in files}
+    late = []
+    for m, path in files.items():
+        for t, is_late, line in imports(path):
+            # "from course_lib import data" names a module; "from .config import X" names one too
+            target = t if t in files else t.rsplit(".", 1)[0]
+            if target not in files or target == m or target == "course_lib":
+                continue
+            edges[m].add(target)
+            if is_late and (m, target) not in ALLOWED_LATE:
+                late.append(f"{path.relative_to(PKG.parent)}:{line} imports {target} inside a function")
+    return edges, sorted(set(late))
+
+
+def layer(m: str) -> str:
+    if m.startswith("course_lib.util"):
+        return "util"
+    if m.startswith(MACHINERY):
+        return "machinery"
+    return "lesson"
+
+
+def test_no_import_cycles():
+    edges, _ = graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                cycles.append(" -> ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_imports_go_one_way():
+    edges, _ = graph()
+    bad = []
+    for m, targets in edges.items():
+        for t in targets:
+            if layer(m) == "lesson" and layer(t) == "machinery":
+                bad.append(f"lesson module {m} imports {t}")
+            if layer(m) == "util" and layer(t) != "util" and t != "course_lib.config":
+                bad.append(f"util module {m} imports {t}")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_late_imports_of_the_course_itself():
+    _, late = graph()
+    assert not late, "\n".join(sorted(late))
+
+
+def test_the_checker_sees_cycles_and_late_imports(tmp_path, monkeypatch):
+    """The test above can fail: a fake package with a cycle and a late import is caught."""
+    pkg = tmp_path / "course_lib"
+    (pkg / "train").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    (pkg / "c.py").write_text("from .train import run\n")
+    (pkg / "train" / "run.py").write_text("from .. import a\n")
+    monkeypatch.setattr(__import__(__name__), "PKG", pkg)
+    edges, late = graph()
+    assert edges["course_lib.a"] == {"course_lib.b"} and "course_lib.a" in edges["course_lib.b"]
+    assert late and "inside a function" in late[0]
+    assert layer("course_lib.c") == "lesson" and "course_lib.train.run" in edges["course_lib.c"]
