@@ -68,6 +68,25 @@ def _inputs(B: int, H: int, W: int, grid_shape: tuple[int, int, int], device: to
     return grid, guide, image
 
 
+def pass_call(fn, ps: str, grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor,
+              dout: torch.Tensor) -> Callable[[], None]:
+    """A no-argument call that runs one benchmark pass of ``fn(grid, guide, image)``.
+
+    ``ps`` is ``"fwd"`` (no autograd) or ``"fwd+bwd"`` (the forward and the gradients of all three
+    inputs for the output gradient ``dout``).
+    """
+    if ps == "fwd":
+        def call() -> None:
+            with torch.no_grad():
+                fn(grid, guide, image)
+        return call
+    g, gd, im = (t.detach().requires_grad_(True) for t in (grid, guide, image))
+
+    def call_bwd() -> None:
+        torch.autograd.grad(fn(g, gd, im), (g, gd, im), dout)
+    return call_bwd
+
+
 def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, int] = (8, 16, 16),
         device: torch.device | None = None, impls: list[str] | None = None, backward: bool = True,
         naive_max_mp: float = 1e9) -> dict:
@@ -104,16 +123,7 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
             if name == "naive" and mp > naive_max_mp:
                 continue
             for ps in passes:
-                if ps == "fwd":
-                    def call(fn=fn):
-                        with torch.no_grad():
-                            fn(grid, guide, image)
-                else:
-                    g, gd, im = (t.detach().requires_grad_(True) for t in (grid, guide, image))
-
-                    def call(fn=fn, g=g, gd=gd, im=im):
-                        torch.autograd.grad(fn(g, gd, im), (g, gd, im), dout)
-                ms = 1e3 * timed(call, repeats=repeats, warmup=1)
+                ms = 1e3 * timed(pass_call(fn, ps, grid, guide, image, dout), repeats=repeats, warmup=1)
                 # floor: the bytes the call must move at the copy bandwidth
                 nbytes = PLANES[ps] * H * W * 4 + cost["grid_bytes"] * (1 if ps == "fwd" else 3)
                 floor_ms = 1e3 * nbytes / bandwidth

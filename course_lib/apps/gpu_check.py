@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config
-from ..bench import PLANES, _inputs, parse_size
+from ..bench import PLANES, _inputs, parse_size, pass_call
 from ..bench import copy_bandwidth as cpu_bandwidth
 from ..bilateral import slice_apply, slice_apply_grid_sample, slice_apply_reference
 from ..fastslice import frame_cost, slice_apply_triton, triton_available
@@ -300,15 +300,7 @@ def bench_slice(device, sizes: list[str], dtypes=BENCH_DTYPES, repeats: int = 20
             naive_ms: dict[str, float] = {}
             for impl, fn in impls.items():
                 for ps in ("fwd", "fwd+bwd"):
-                    if ps == "fwd":
-                        def call(fn=fn):
-                            with torch.no_grad():
-                                fn(grid, guide, image)
-                    else:
-                        g, gd, im = (t.detach().requires_grad_(True) for t in (grid, guide, image))
-
-                        def call(fn=fn, g=g, gd=gd, im=im):
-                            torch.autograd.grad(fn(g, gd, im), (g, gd, im), dout)
+                    call = pass_call(fn, ps, grid, guide, image, dout)
                     times = time_calls(call, device, repeats, warmup, before=flush)
                     ms = statistics.median(times)
                     nbytes = PLANES[ps] * H * W * item + cost["grid_bytes"] * (1 if ps == "fwd" else 3)
