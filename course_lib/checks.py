@@ -10,6 +10,10 @@ whether their gradients agree too.
 returns the *reference* function, so later cells keep working::
 
     exposure = compare(exposure, course_lib.data.exposure, cases=make_cases)
+
+Tests and checks of float32 code that is not bit-for-bit the same computation (batched vs
+unbatched, fused kernel vs reference, another CPU's kernels) take their tolerance from
+:func:`float_tol`: it scales with the size of the values and with how many roundings pile up.
 """
 from __future__ import annotations
 
@@ -20,6 +24,44 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 Cases = Callable[[torch.Generator], Sequence[Any]]
+
+FP32_EPS = torch.finfo(torch.float32).eps  # 2^-23 ~ 1.19e-7: one rounding of a float32 number near 1
+
+
+def float_tol(reference: torch.Tensor | float, depth: int | float = 1, k: float = 4.0,
+              eps: float = FP32_EPS) -> dict[str, float]:
+    """Tolerances for float32 results that another CPU (or batch size, or kernel) sums in another order.
+
+    Each float32 rounding is off by up to ``eps`` relative; summing ``depth`` terms in another
+    order (or going through ``depth`` layers that each round their sums) moves the result by
+    up to about ``depth * eps`` times the size of the values. So::
+
+        atol = k * eps * depth * max|reference|      rtol = k * eps * depth
+
+    ``depth`` is what a test should name and justify: the number of summed terms (8 tent
+    corners x 4 affine terms = 32 for slicing), or the number of layers of a network. ``k``
+    leaves room for the constant of the bound. A wrong answer (a sign, a swapped channel, a
+    missing term) is off by a fraction of ``max|reference|`` and still fails, as long as
+    ``k * eps * depth`` stays far below 1 (about 1e-4 for depth 200).
+
+    Args:
+        reference: the expected values (their largest magnitude sets the scale), or that
+            magnitude as a number.
+        depth: how many roundings can pile up between the two computations.
+        k: safety factor on the bound.
+        eps: the unit rounding of the arithmetic (``torch.finfo(dtype).eps``); float32 by default,
+            also when the reference was computed in float64.
+
+    Returns:
+        ``{"atol": ..., "rtol": ...}``, to pass to ``torch.testing.assert_close``, ``torch.allclose``
+        or :func:`compare`/:func:`check` as ``**float_tol(...)``.
+    """
+    if isinstance(reference, torch.Tensor):
+        scale = float(reference.detach().abs().max()) if reference.numel() else 0.0
+    else:
+        scale = abs(float(reference))
+    rtol = k * eps * depth
+    return {"atol": rtol * scale, "rtol": rtol}
 
 
 @dataclasses.dataclass
