@@ -15,6 +15,7 @@ help:
 	@echo "make course  - set up, prepare data, open JupyterLab at lesson 00 (prints the URL)"
 	@echo "make test    - set up, then unit tests + nbval over every notebook (COURSE_MODE=fast)"
 	@echo "make notebooks - regenerate notebooks/ from solutions/"
+	@echo "make portable - the numerically sensitive tests on PyTorch's baseline CPU kernels (ATEN_CPU_CAPABILITY=default)"
 	@echo "make gpu-check - on a CUDA machine: kernels, benchmark, student, lessons 02-05 -> outputs/gpu_check/ (ARGS=\"--skip nbval\")"
 
 setup:
@@ -30,6 +31,14 @@ test: setup
 
 unit: setup
 	COURSE_MODE=fast $(PY) -m pytest tests
+
+# Float tolerances must hold on any x86 CPU: rerun the tests that compare float32 results on
+# PyTorch's plain (non-SIMD) kernels, which sum in another order than this machine's AVX2/AVX-512 ones.
+.PHONY: portable
+portable: setup
+	ATEN_CPU_CAPABILITY=default COURSE_MODE=fast $(PY) -m pytest tests/test_teacher.py tests/test_student.py \
+		tests/test_distill.py tests/test_inversion.py tests/test_bilateral.py tests/test_fastslice.py \
+		tests/test_align.py tests/test_metrics.py tests/test_data.py tests/test_text.py tests/test_checks.py
 
 notebooks: setup
 	$(PY) -m course_lib notebooks
