@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config
+from .data import RetouchPairs, decode_edits
 from .text import shared_encoder
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 
@@ -110,6 +111,11 @@ class EditCLIP(nn.Module):
         """(B, text_dim) instruction embeddings -> (B, embed_dim), unit norm."""
         return F.normalize(self.text_proj(text_emb), dim=-1)
 
+    def forward(self, source: torch.Tensor, output: torch.Tensor,
+                text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both embeddings of a batch: ``(encode_edit(source, output), encode_text(text_emb))``."""
+        return self.encode_edit(source, output), self.encode_text(text_emb)
+
     def loss(self, source: torch.Tensor, output: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """InfoNCE between the batch's edits and their instructions (see :func:`info_nce`)."""
         return info_nce(self.encode_edit(source, output), self.encode_text(text_emb), self.logit_scale)
@@ -137,6 +143,24 @@ def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tens
     if labels is None:
         return sum(int(p == i) for i, p in enumerate(pred)) / len(pred)
     return sum(int(labels[p] == labels[i]) for i, p in enumerate(pred)) / len(pred)
+
+
+def heldout_retrieval(model: EditCLIP, n: int = 64, size: int | None = None, paraphrases: str = "heldout",
+                      seed: int = 4321) -> dict[str, float]:
+    """Top-1 instruction retrieval among ``n`` held-out-photo edits (right = same edit families and signs).
+
+    Returns:
+        ``{"accuracy": ..., "chance": ...}``; chance is the expected accuracy of a random pick,
+        ``mean_i #{j: label_j = label_i} / n`` (duplicate edits in the batch raise it above 1/n).
+    """
+    ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size or model.cfg.size, length=n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    src, tgt = torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items])
+    labels = ["|".join(sorted(f"{e.family}{'+' if e.amount > 0 else '-'}" for e in decode_edits(it["edits"])))
+              for it in items]
+    chance = sum(labels.count(lab) for lab in labels) / n ** 2
+    text = model.embed_instructions([it["instruction"] for it in items])
+    return {"accuracy": retrieval_accuracy(model, src, tgt, text, labels), "chance": chance}
 
 
 def save_edit_clip(model: EditCLIP, path: str | Path, metadata: dict | None = None) -> Path:

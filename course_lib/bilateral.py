@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import load_photo, luma, resize, shadows, highlights, temperature, tone_curve, saturation
+from . import metrics
 
 IMPLS = ("auto", "reference", "grid_sample", "triton", "cpu")
 
@@ -530,12 +531,6 @@ def make_guide(kind: str) -> nn.Module:
 # --------------------------------------------------------------------------- edits and the explorer
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of two images in [0, 1]: ``10 log10(1 / MSE)``."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
 def local_contrast(image: torch.Tensor, amount: float = 1.0, sigma_frac: float = 0.03) -> torch.Tensor:
     """A spatially varying edit: boost luma detail, ``Y' = Y + amount (Y - blur(Y))``, colour kept.
 
@@ -604,6 +599,6 @@ def explore(photo: str | torch.Tensor = "coffee", spatial_bins: int = 16, luma_b
     return {
         "before": full, "after": after, "target": target, "upsampled": upsampled,
         "difference": ((after - full).abs() * 4).clamp(0, 1), "guide": guide[0], "grid": grid,
-        "psnr_after": psnr(after, target), "psnr_upsampled": psnr(upsampled, target),
+        "psnr_after": float(metrics.psnr(after, target)), "psnr_upsampled": float(metrics.psnr(upsampled, target)),
         "seconds": time.perf_counter() - t0,
     }

@@ -196,7 +196,8 @@ def vsd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 def fake_score_loss(fake: Teacher, x0: torch.Tensor, cond: torch.Tensor, text: torch.Tensor,
-                    generator: torch.Generator | None = None, max_weight: float = 5.0) -> torch.Tensor:
+                    generator: torch.Generator | None = None, max_weight: float = 5.0,
+                    t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Denoising loss of the fake score on the student's (detached) samples.
 
     ``t ~ U{0, ..., 999}``, ε-prediction read from the fake's ``eps`` (CFG 1), weighted like
@@ -206,14 +207,17 @@ def fake_score_loss(fake: Teacher, x0: torch.Tensor, cond: torch.Tensor, text: t
     Args:
         fake: the fake score; x0: (B, C, h, w) student samples in teacher space (detached here).
         cond, text: the conditions the student was given.
+        t, noise: (B,) timesteps and (B, C, h, w) ε drawn by the caller (default: drawn here
+            from ``generator``, ``t`` first).
 
     Returns:
         scalar loss (gradients reach only the LoRA parameters).
     """
     x0 = x0.detach()
     b = x0.shape[0]
-    t = torch.randint(0, len(fake.train_scheduler.alphas_cumprod), (b,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    if t is None:
+        t = torch.randint(0, len(fake.train_scheduler.alphas_cumprod), (b,), generator=generator)
+    noise = (torch.randn(x0.shape, generator=generator) if noise is None else noise).to(x0)
     ab = fake.alpha_bar(t).to(x0).view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     eps_hat = fake.eps(x_t, t.to(x0.device), cond, text, (1.0, 1.0))

@@ -26,17 +26,22 @@ as condition, reconstruction would be trivial):
   iCD's "preserve" idea, keeps the noise near plain DDIM inversion so it stays editable).
 
 Editing (:func:`invert_and_edit`): invert under ∅ text, regenerate under the instruction with
-text guidance applied only while ``t/1000 ≤ τ`` (iCD's dynamic CFG).
+text guidance applied only while ``t/1000 ≤ τ`` (iCD's dynamic CFG). The lesson's table
+(``python -m course_lib inversion-eval``) is :mod:`course_lib.eval.inversion`.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .teacher import Teacher
+from . import config
+from .distill import load_lora_state_dict, lora_state_dict, make_fake_score
+from .teacher import Teacher, load_teacher
+from .util.checkpoint import load_checkpoint, save_checkpoint
 
 #: iCD's 4-step boundaries (forward 19→259→519→779→999; reverse the other way).
 ICD_BOUNDARIES: tuple[int, ...] = (19, 259, 519, 779, 999)
@@ -137,9 +142,41 @@ def make_forward_model(teacher: Teacher, rank: int = 8, alpha: float = 32.0) -> 
 
     The same construction as lesson 05's fake score (:func:`course_lib.distill.make_fake_score`).
     """
-    from .distill import make_fake_score
-
     return make_fake_score(teacher, rank, alpha)
+
+
+def shipped_path() -> Path:
+    """The shipped inverter LoRA (trained by ``python -m course_lib train-inverter``)."""
+    return config.WEIGHTS_DIR / "inverter_lora.safetensors"
+
+
+def save_inverter(forward: Teacher, out: str | Path, metadata: dict[str, str]) -> Path:
+    """Write the inverter's LoRA weights (safetensors, atomically) with string metadata."""
+    meta = dict(metadata)
+    rank = int(meta.pop("lora_rank", 8))
+    return save_checkpoint(out, lora_state_dict(forward), "inverter_lora", {"lora_rank": rank}, meta)
+
+
+def load_inverter(path: str | Path | None = None, teacher: Teacher | None = None) -> tuple[Teacher, dict[str, str]]:
+    """The teacher with the trained inverter LoRA: ``(forward_model, metadata)``.
+
+    Args:
+        path: a checkpoint from :func:`save_inverter` (default: the shipped one).
+        teacher: the teacher it was trained on (default: ``load_teacher("embedded")``).
+
+    Raises:
+        FileNotFoundError: one line, when the file is missing.
+    """
+    p = Path(path) if path else shipped_path()
+    if not p.is_file():
+        raise FileNotFoundError(f"no inverter checkpoint at {p} (train one: python -m course_lib train-inverter)")
+    state, info = load_checkpoint(p, "inverter_lora")
+    teacher = teacher or load_teacher("embedded")
+    rank = int(info.config["lora_rank"])
+    fwd = make_forward_model(teacher, rank, 4.0 * rank)
+    load_lora_state_dict(fwd, state)
+    fwd.unet.requires_grad_(False)
+    return fwd, info.metadata
 
 
 def cycle_loss(forward: Teacher, backward: Teacher, x0: torch.Tensor, text: torch.Tensor, perceptual,
@@ -197,26 +234,6 @@ def optimise_noise(backward: Teacher, x0: torch.Tensor, text: torch.Tensor, z_in
 # ----------------------------------------------------------------------------- reconstruction and editing
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Mean SSIM per image with a uniform window (scikit-image's default form), inputs in [0, 1].
-
-    Args:
-        x, y: (B, 3, H, W).
-
-    Returns:
-        (B,) SSIM in [-1, 1] (1 = identical).
-    """
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    pool = lambda v: F.avg_pool2d(v, window, 1)  # noqa: E731
-    mx, my = pool(x), pool(y)
-    vx, vy, cxy = pool(x * x) - mx * mx, pool(y * y) - my * my, pool(x * y) - mx * my
-    n = window * window
-    vx, vy, cxy = vx * n / (n - 1), vy * n / (n - 1), cxy * n / (n - 1)  # unbiased, as scikit-image
-    # SSIM = (2 μx μy + c1)(2 σxy + c2) / ((μx² + μy² + c1)(σx² + σy² + c2))
-    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
-
-
 @torch.no_grad()
 def reconstruct(forward: Teacher, backward: Teacher, image: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
     """Invert a photo and regenerate it (∅ text); returns ``(reconstruction in [0, 1], ms per image)``.
@@ -261,9 +278,6 @@ def shipped_models(path: str | None = None) -> tuple[Teacher, Teacher]:
     """``(forward, backward)``: the shipped cycle-trained inverter and the embedded teacher (cached)."""
     key = str(path or "")
     if key not in _MODELS:
-        from .teacher import load_teacher
-        from .train_inverter import load_inverter
-
         teacher = load_teacher("embedded")
         _MODELS[key] = (load_inverter(path, teacher)[0], teacher)
     return _MODELS[key]
@@ -299,110 +313,3 @@ def edit_image(image: torch.Tensor, source_instruction: str, instruction: str, s
     edited = gen.from_space(generate(gen, z, gen.encode_text([instruction]), steps, guidance, tau))
     delta = F.interpolate(edited - small, size=(h, w), mode="bilinear", align_corners=False)
     return (image[None].float() + delta).clamp(0, 1)[0]
-
-
-# ----------------------------------------------------------------------------- the lesson's table
-
-
-def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: int = 1234, perceptual=None,
-                       student=None, edit_steps: int = 4, guidance: float = 1.0, tau: float = 0.8) -> dict:
-    """Reconstruction and editing on held-out photos (lesson 07's table).
-
-    Reconstruction (∅ text) of ``n`` held-out 32 px photos by DDIM-50, DDIM-4 and the cycle-trained
-    4-step inverter: PSNR, SSIM, LPIPS (see ``perceptual.label``) and ms per image (one batch,
-    this machine). Editing of the same photos under their *training-phrasing* instructions,
-    scored with lesson 04's :func:`course_lib.teacher_eval.score`: Inverse-and-Edit with the
-    trained inverter (4 + 4 steps), inversion editing with DDIM-50, the teacher's own 50-step
-    edit, and (if given) the grid student.
-
-    Returns:
-        ``{"reconstruction": [row, ...], "editing": [row, ...], "perceptual": label}``.
-    """
-    from . import metrics
-    from .perceptual import load_lpips
-    from .teacher_eval import heldout_batch, score
-
-    perceptual = perceptual or load_lpips()
-    batch = heldout_batch(n, teacher.resolution, seed=seed, paraphrases="train")
-    x = batch["source"]
-    recon = []
-    for name, model, steps in [("DDIM-50", teacher, 50), ("DDIM-4", teacher, 4), ("cycle-trained 4-step", forward, 4)]:
-        rec, ms = reconstruct(model, teacher, x, steps)
-        recon.append({"method": name, "steps": f"{steps} + {steps}", "psnr": float(metrics.psnr(rec, x).mean()),
-                      "ssim": float(ssim(rec, x).mean()), "lpips": float(perceptual(rec, x).mean()), "ms": ms})
-    edits = []
-    for name, model, steps in [("Inverse-and-Edit (cycle 4-step)", forward, edit_steps),
-                               ("DDIM-50 inversion + edit", teacher, 50)]:
-        t0 = time.perf_counter()
-        out = invert_and_edit(model, teacher, x, batch["instruction"], steps, guidance, tau)
-        edits.append({"method": name, "steps": f"{steps} + {steps}", **score(out, batch),
-                      "ms": 1000 * (time.perf_counter() - t0) / n})
-    t0 = time.perf_counter()
-    out = teacher.edit(x, batch["instruction"], steps=50)
-    edits.append({"method": "teacher's own edit (lesson 04)", "steps": "50", **score(out, batch),
-                  "ms": 1000 * (time.perf_counter() - t0) / n})
-    if student is not None:
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            out = student(x, student.embed(batch["instruction"])).clamp(0, 1)
-        edits.append({"method": "grid student (lesson 03)", "steps": "1", **score(out, batch),
-                      "ms": 1000 * (time.perf_counter() - t0) / n})
-    edits.insert(0, {"method": "identity", "steps": "0", **score(x, batch), "ms": 0.0})
-    return {"reconstruction": recon, "editing": edits, "perceptual": perceptual.label}
-
-
-def tables_markdown(result: dict) -> str:
-    """The two tables of :func:`evaluate_inversion` as markdown."""
-    lines = [f"| reconstruction (held-out photos, 32 px) | steps | PSNR dB ↑ | SSIM ↑ | {result['perceptual']} ↓ | ms/img |",
-             "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['lpips']:.4f} | {r['ms']:.0f} |"
-              for r in result["reconstruction"]]
-    lines += ["", "| editing (training phrasings) | steps | PSNR dB ↑ | ΔE00 ↓ | acc. % ↑ | direction % ↑ | drift ↓ | ms/img |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['de00']:.2f} | {r['accuracy']:.0f} | "
-              f"{r['direction']:.0f} | {r['drift']:.2f} | {r['ms']:.0f} |" for r in result["editing"]]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m course_lib inversion-eval``: lesson 07's table (reconstruction and editing)."""
-    import argparse
-    import sys
-
-    from . import config
-
-    p = argparse.ArgumentParser(prog="python -m course_lib inversion-eval",
-                                description="Reconstruction (DDIM-50, DDIM-4, cycle-trained 4-step inverter) and "
-                                            "inversion editing on held-out photos, as one markdown table.")
-    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out photos")
-    p.add_argument("--inverter", default=None, help="inverter checkpoint (default: the shipped one)")
-    p.add_argument("--no-student", action="store_true", help="leave the grid student out of the editing table")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="also write the markdown here")
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    try:
-        from .teacher import load_teacher
-        from .train_inverter import load_inverter
-
-        teacher = load_teacher("embedded")
-        forward, _ = load_inverter(a.inverter, teacher)
-        student = None
-        if not a.no_student:
-            from .student import load_student
-
-            student = load_student(device="cpu").eval()
-        md = tables_markdown(evaluate_inversion(forward, teacher, n=a.n, student=student))
-    except (FileNotFoundError, RuntimeError, KeyError, ValueError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(md)
-    if a.out:
-        from pathlib import Path
-
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(a.out) + ".part")
-        tmp.write_text(md + "\n")
-        tmp.replace(a.out)
-    return 0

@@ -1,12 +1,14 @@
 """How good is a retouch? Fidelity, colour difference, instruction following, content drift, speed.
 
 * :func:`psnr` - peak signal-to-noise ratio against the ground-truth target (dB).
+* :func:`ssim` - structural similarity (mean SSIM, scikit-image's uniform-window form).
 * :func:`delta_e2000` / :func:`mean_delta_e00` - CIEDE2000 colour difference (Sharma, Wu
   & Dalal 2005) between sRGB images, via CIELAB (D65). ~1 is a just noticeable difference.
 * :func:`instruction_accuracy` - did the output do what was asked? For every edit family an
   attribute measure (:data:`ATTRIBUTES`); the instructed attribute must move in the
   instructed direction by about the right amount, the others must stay where the ground
   truth leaves them (tolerances in :data:`TOL_REL`, :data:`TOL_ABS`, :data:`TOL_OTHER`).
+  :func:`direction_accuracy` asks only the first half: did it move the right way?
 * :func:`content_drift` - change that is not a colour transform. We fit the best
   *piecewise-affine function of the source colour* (the RGB cube cut into 8x8x8 cells,
   one 3x4 affine per cell, least squares with a tiny ridge) from source to output and report
@@ -14,6 +16,7 @@
   compositions, a global affine) has drift close to 0; a blur, a shift or invented content
   leaves a residual because equal source colours then map to different outputs. A
   spatially varying grid also shows up as a small drift.
+* :func:`kid` - kernel inception distance (Bińkowski et al. 2018) between two feature sets.
 * :func:`latency_ms` - median wall time of a function on a 1080p image.
 * :func:`fit_global_affine` - the best single 3x4 colour transform from source to target
   by least squares: an *oracle* baseline (it looks at the target).
@@ -25,6 +28,7 @@ import time
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .data import FAMILY, Edit, decode_edits, luma
 
@@ -44,6 +48,26 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     mse = d.flatten(-3).mean(-1)  # (B,) or ()
     # PSNR = 10 log10(1 / MSE)
     return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp(min=1e-20)), torch.full_like(mse, math.inf))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean SSIM per image with a uniform window (scikit-image's default form), inputs in [0, 1].
+
+    Args:
+        x, y: (B, 3, H, W).
+
+    Returns:
+        (B,) SSIM in [-1, 1] (1 = identical).
+    """
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    pool = lambda v: F.avg_pool2d(v, window, 1)  # noqa: E731
+    mx, my = pool(x), pool(y)
+    vx, vy, cxy = pool(x * x) - mx * mx, pool(y * y) - my * my, pool(x * y) - mx * my
+    n = window * window
+    vx, vy, cxy = vx * n / (n - 1), vy * n / (n - 1), cxy * n / (n - 1)  # unbiased, as scikit-image
+    # SSIM = (2 μx μy + c1)(2 σxy + c2) / ((μx² + μy² + c1)(σx² + σy² + c2))
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
 
 
 # ---------------------------------------------------------------------- CIELAB and CIEDE2000
@@ -223,6 +247,39 @@ def instruction_accuracy(output: torch.Tensor, source: torch.Tensor, target: tor
     return ok
 
 
+def direction_counts(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                     edits: Sequence[Sequence[Edit] | str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: how many instructed families moved the ground truth's way, and how many were tested.
+
+    A family is tested when its ground-truth effect ``|A_f(target) - A_f(source)|`` is at least
+    :data:`MIN_EFFECT`; it is a hit when ``A_f(output) - A_f(source)`` has the same sign.
+
+    Returns:
+        ``(hits, tested)``, two (B,) int64 tensors.
+    """
+    a_out, a_src, a_tgt = (attributes(x, source) for x in (output, source, target))
+    hits, tested = torch.zeros(output.shape[0], dtype=torch.long), torch.zeros(output.shape[0], dtype=torch.long)
+    for i, enc in enumerate(edits):
+        for e in (decode_edits(enc) if isinstance(enc, str) else enc):
+            d_gt = float(a_tgt[e.family][i] - a_src[e.family][i])
+            if abs(d_gt) >= MIN_EFFECT:
+                d_out = float(a_out[e.family][i] - a_src[e.family][i])
+                hits[i] += int(d_out * d_gt > 0)
+                tested[i] += 1
+    return hits, tested
+
+
+def direction_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                       edits: Sequence[Sequence[Edit] | str]) -> float:
+    """Percentage of instructed (image, family) pairs whose attribute moved the ground truth's way.
+
+    Families whose ground-truth effect is below :data:`MIN_EFFECT` are skipped (see
+    :func:`direction_counts`). An unchanged image scores 0; a random change about 50.
+    """
+    hits, tested = direction_counts(output, source, target, edits)
+    return 100.0 * int(hits.sum()) / max(int(tested.sum()), 1)
+
+
 # ---------------------------------------------------------------------- content drift
 
 
@@ -263,6 +320,24 @@ def content_drift(output: torch.Tensor, source: torch.Tensor, cells: int = 8, ri
         result.append((pred - y[b]).pow(2).mean().sqrt() * 255)
     r = torch.stack(result).float()
     return r[0] if squeeze else r
+
+
+# ---------------------------------------------------------------------- distributions
+
+
+def kid(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD² with the cubic polynomial kernel ``k(a, b) = (a·b / d + 1)³`` (KID).
+
+    Args:
+        x: (m, d), y: (n, d) feature sets (m, n >= 2).
+    """
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    m, n = len(x), len(y)
+    # MMD² = E k(x,x') + E k(y,y') − 2 E k(x,y), diagonals excluded
+    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+                 - 2 * kxy.mean())
 
 
 # ---------------------------------------------------------------------- baselines and speed

@@ -21,7 +21,7 @@ edit, more exaggerates it (``grid = I + s (G - I)``).
 Checkpoints are ``safetensors`` files: the weights, plus the
 :class:`StudentConfig` as JSON in the file's metadata (no pickle anywhere).
 The shipped checkpoint ``data/weights/student_supervised.safetensors`` is made by
-:mod:`course_lib.train_student` (the exact command is in its docstring).
+:mod:`course_lib.train.student` (the exact command is in its docstring).
 """
 from __future__ import annotations
 

@@ -94,7 +94,8 @@ def test_directional_clip_on_a_tiny_open_clip_model():
 
 def test_train_align_resumes_exactly_and_ships(tmp_path):
     from course_lib.align import EDIT_CLIP_WEIGHTS
-    from course_lib.train_align import AlignArgs, heldout_retrieval, main, train
+    from course_lib.align import heldout_retrieval
+    from course_lib.train.align import AlignArgs, main, train
 
     def args(steps, out):
         return AlignArgs(steps=steps, batch_size=4, size=16, save_every=2, warmup=2, out=str(tmp_path / out))

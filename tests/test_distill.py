@@ -111,7 +111,7 @@ def test_bad_weighting():
 
 def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
     from course_lib.student import Student, StudentConfig, load_student, save_student
-    from course_lib.train_vsd import VSDArgs, train
+    from course_lib.train.vsd import VSDArgs, train
 
     init = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
     save_student(init, tmp_path / "init.safetensors")
@@ -137,7 +137,7 @@ def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
 
 
 def test_train_vsd_help(capsys):
-    from course_lib.train_vsd import main
+    from course_lib.train.vsd import main
 
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -148,7 +148,7 @@ def test_train_vsd_help(capsys):
 def test_train_vsd_with_alignment(tiny_teacher, tmp_path):
     from course_lib.align import EditCLIP, EditCLIPConfig, save_edit_clip
     from course_lib.student import Student, StudentConfig, save_student
-    from course_lib.train_vsd import VSDArgs, train
+    from course_lib.train.vsd import VSDArgs, train
 
     save_student(Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,))),
                  tmp_path / "init.safetensors")

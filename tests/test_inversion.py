@@ -1,4 +1,4 @@
-"""Tests of course_lib.inversion, course_lib.perceptual and course_lib.train_inverter (lesson 07)."""
+"""Tests of course_lib.inversion, course_lib.perceptual and course_lib.train.inverter (lesson 07)."""
 from __future__ import annotations
 
 import pytest
@@ -41,9 +41,9 @@ def test_invert_generate_shapes_tiny(tiny_teacher):
 
 def test_more_ddim_steps_reconstruct_better():
     """With the trained teacher, DDIM inversion error shrinks with the step count (lesson 07's first plot)."""
+    from course_lib.eval.heldout import heldout_batch
     from course_lib.metrics import psnr
     from course_lib.teacher import load_teacher
-    from course_lib.teacher_eval import heldout_batch
 
     T = load_teacher("embedded")
     x = heldout_batch(2, T.resolution, paraphrases="train")["source"]
@@ -77,8 +77,10 @@ def test_ssim_matches_scikit_image():
     y = (x + 0.1 * torch.randn(1, 3, 32, 32, generator=g)).clamp(0, 1)
     ref = structural_similarity(x[0].permute(1, 2, 0).numpy(), y[0].permute(1, 2, 0).numpy(), channel_axis=2,
                                 data_range=1.0, win_size=7)
-    assert abs(float(inv.ssim(x, y)[0]) - ref) < 2e-3
-    assert float(inv.ssim(x, x)[0]) == pytest.approx(1.0)
+    from course_lib.metrics import ssim
+
+    assert abs(float(ssim(x, y)[0]) - ref) < 2e-3
+    assert float(ssim(x, x)[0]) == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -122,7 +124,8 @@ def test_lpips_hub_backbone_loading_path(tmp_path):
 
 def test_train_inverter_resume_is_exact_and_checkpoint_loads(tiny_teacher, tmp_path):
     from course_lib.distill import lora_state_dict
-    from course_lib.train_inverter import InverterArgs, load_inverter, train
+    from course_lib.inversion import load_inverter
+    from course_lib.train.inverter import InverterArgs, train
 
     T = tiny_teacher
     a = InverterArgs(steps=2, batch_size=2, lr=1e-3, lora_rank=4, out=str(tmp_path / "full.safetensors"))
@@ -158,10 +161,10 @@ def test_hub_tier_inversion_round_trip(tiny_hub):
 
 def test_shipped_inverter_beats_plain_ddim4():
     """The claim of lesson 07 in miniature, on held-out photos (measured, can fail)."""
+    from course_lib.eval.heldout import heldout_batch
     from course_lib.metrics import psnr
     from course_lib.teacher import load_teacher
-    from course_lib.teacher_eval import heldout_batch
-    from course_lib.train_inverter import load_inverter, shipped_path
+    from course_lib.inversion import load_inverter, shipped_path
 
     if not shipped_path().is_file():
         pytest.fail(f"missing shipped inverter {shipped_path()}")
@@ -195,10 +198,14 @@ def test_optimise_noise_lowers_the_reconstruction_error(tiny_teacher):
 
 
 def test_inversion_eval_command(tmp_path, capsys):
+    from course_lib.eval.inversion import main
+
     out = tmp_path / "table.md"
-    assert inv.main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out)]) == 0
     md = out.read_text()
     for row in ("DDIM-50", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):
         assert row in md
     assert md.strip() in capsys.readouterr().out
-    assert inv.main(["--n", "2", "--inverter", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["--n", "2", "--inverter", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["--n", "2", "--no-student", "--out", str(out)]) == 2  # never replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == md

@@ -96,7 +96,7 @@ def test_latency_ms():
 
 
 def test_evaluate_table(tmp_path):
-    from course_lib.evaluate import evaluate, table_markdown, write_results
+    from course_lib.eval.student import evaluate, table_markdown, write_results
     from course_lib.student import load_student
 
     result = evaluate(load_student(), n=8, size=64, latency=False, paraphrases="train")
@@ -114,7 +114,7 @@ def test_evaluate_table(tmp_path):
 
 
 def test_compare_students_rows():
-    from course_lib.evaluate import compare_students, rows_markdown
+    from course_lib.eval.student import compare_students, rows_markdown
     from course_lib.student import load_student
 
     model = load_student()

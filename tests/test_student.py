@@ -8,6 +8,7 @@ import torch
 
 from course_lib import data
 from course_lib.bilateral import CurveGuide
+from course_lib.checks import float_tol
 from course_lib.student import (CheckpointError, Student, StudentConfig, curve_guide_fast, film, grid_from_head,
                                 load_student, n_parameters, read_metadata, retouch, save_student, shipped_path)
 
@@ -63,7 +64,9 @@ def test_conditioning_changes_the_grid():
     assert (grid[0] - grid[1]).abs().max() > 1e-3
     # same instruction, same grid
     grid_same = m.predict_grid(x, t[:1].expand(2, -1))
-    assert torch.allclose(grid_same[0], grid_same[1])
+    # two rows of one batch: kernels may block them differently; depth = the network's conv/linear layers
+    depth = sum(isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) for mod in m.modules())
+    torch.testing.assert_close(grid_same[0], grid_same[1], **float_tol(grid_same, depth))
 
 
 def test_film_and_head_reshape():
@@ -88,7 +91,8 @@ def test_curve_guide_fast_matches_module(impl, knots):
     guide = CurveGuide(n_knots=knots)
     _perturb(guide, 0.2)
     x = torch.rand(2, 3, 33, 47) * 1.2 - 0.1
-    assert torch.allclose(curve_guide_fast(guide, x, impl=impl), guide(x), atol=1e-5)
+    ref = guide(x)  # depth: 3-term colour matrix, a sum over the knots, 3-channel mix, summed in another order
+    torch.testing.assert_close(curve_guide_fast(guide, x, impl=impl), ref, **float_tol(ref, knots + 6))
     if impl == "cpu":  # half precision in, half out, same values to fp16 rounding
         half = curve_guide_fast(guide, x.half(), impl=impl)
         assert half.dtype == torch.float16 and torch.allclose(half.float(), guide(x.half().float()), atol=2e-3)
@@ -148,7 +152,8 @@ def test_shipped_checkpoint_beats_identity():
 
 
 def test_training_resumes_exactly(tmp_path):
-    from course_lib.train_student import TrainArgs, load_optimizer_tensors, optimizer_tensors, train
+    from course_lib.train.common import load_optimizer_tensors, optimizer_tensors
+    from course_lib.train.student import TrainArgs, train
 
     kw = dict(batch_size=4, size=32, net_size=32, grid_size=8, channels=16, warmup=2, lr=3e-3, seed=3)
     full, losses = train(TrainArgs(steps=6, out=str(tmp_path / "a.safetensors"), save_every=3, **kw))
@@ -197,7 +202,7 @@ def test_global_affine_student_is_one_colour_matrix():
     A = grid[:, :, 0, 0, 0].reshape(2, 3, 4)  # channel c = 4 i + j
     # out_i = sum_j A_ij x_j + A_i3 at every pixel, whatever the guide
     expected = torch.einsum("bij,bjhw->bihw", A[:, :, :3], x) + A[:, :, 3, None, None]
-    assert (expected - out).abs().max() < 1e-4
+    torch.testing.assert_close(out, expected, **float_tol(expected, 32))  # depth: 8 tent corners x 4 affine terms
     assert (out - x).abs().max() > 1e-3  # it does edit
     # the full student's grid varies over cells and bins
     full = Student(SMALL)

@@ -1,4 +1,4 @@
-"""Tests of the diffusion teacher (course_lib.teacher (both tiers), train_teacher, teacher_eval)."""
+"""Tests of the diffusion teacher (course_lib.teacher (both tiers), course_lib.train.teacher, eval.teacher)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +10,7 @@ import torch
 
 from conftest import HashText
 from course_lib import config
+from course_lib.checks import float_tol
 from course_lib.teacher import (EMBEDDED_WEIGHTS, KIND, EmbeddedTeacher, TeacherError, build_embedded_unet,
                                 cfg_combine, checkpoint_info, ddpm_config, load_embedded_teacher, load_teacher)
 
@@ -41,8 +42,11 @@ def test_eps_batches_three_conditionings(tiny_teacher):
         unc = T._unet(torch.cat([x, torch.zeros_like(src)], 1), t, T.null_text(2))
         guided = T.eps(x, t, src, txt, guidance=(1.5, 3.0))
         plain = T.eps(x, t, src, txt, guidance=(1.0, 1.0))
-    torch.testing.assert_close(guided, cfg_combine(unc, img, full, 1.5, 3.0), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(plain, full, atol=1e-5, rtol=1e-5)
+    # one batch of 6 vs three batches of 2: the CPU's conv kernels may sum in another order (a 2-core
+    # AMD EPYC: 4.2e-5 off, values up to ~160). depth: the UNet's conv/linear layers, each rounding its sums
+    depth = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in T.unet.modules())
+    torch.testing.assert_close(guided, cfg_combine(unc, img, full, 1.5, 3.0), **float_tol(full, depth))
+    torch.testing.assert_close(plain, full, atol=0, rtol=0)  # guidance (1, 1): the very same UNet call
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -190,21 +194,21 @@ def test_hub_missing_weights_is_one_line_error(tmp_path, monkeypatch):
 
 
 def test_optimizer_state_round_trip():
-    from course_lib.train_teacher import flatten_optimizer, unflatten_optimizer
+    from course_lib.train.common import load_optimizer_tensors, optimizer_tensors
 
     m = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     m(torch.randn(4, 3)).sum().backward()
     opt.step()
-    tensors, groups = flatten_optimizer(opt.state_dict())
+    tensors, meta = optimizer_tensors(opt, prefix="opt.")
     opt2 = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    opt2.load_state_dict(unflatten_optimizer(tensors, groups))
+    load_optimizer_tensors(opt2, {**tensors, "model.w": torch.zeros(1)}, meta, prefix="opt.")
     for k, v in opt.state_dict()["state"][0].items():
         torch.testing.assert_close(torch.as_tensor(opt2.state_dict()["state"][0][k]), torch.as_tensor(v))
 
 
 def test_training_is_seeded_and_resumable(tmp_path):
-    from course_lib.train_teacher import TrainConfig, train
+    from course_lib.train.teacher import TrainConfig, train
 
     def cfg(steps, out, resume=False, export=None):
         return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=2, ema_decay=0.9,
@@ -236,12 +240,13 @@ def test_quality_vs_steps_and_widget_callback(tiny_teacher):
     import matplotlib
 
     matplotlib.use("Agg")
-    from course_lib.teacher_eval import (edit_preview, format_table, heldout_batch, plot_quality_vs_steps,
-                                         teacher_quality_vs_steps, x0_trajectory)
+    from course_lib.eval.heldout import heldout_batch
+    from course_lib.eval.teacher import (edit_preview, format_table, plot_quality_vs_steps, teacher_quality_vs_steps,
+                                         x0_trajectory)
 
     batch = heldout_batch(2, 16)
     rows = teacher_quality_vs_steps(tiny_teacher, steps=(1, 2), batch=batch,
-                                    others={"oracle": lambda src, texts: batch["target"]})
+                                    others={"oracle": lambda src, texts, tgt: tgt})
     assert [r["method"] for r in rows] == ["identity", "oracle", "teacher", "teacher"]
     assert math.isinf(rows[0]["psnr"]) or rows[0]["psnr"] > 5
     assert rows[0]["direction"] == 0 and rows[1]["direction"] == 100 and rows[1]["accuracy"] == 100
@@ -256,7 +261,7 @@ def test_quality_vs_steps_and_widget_callback(tiny_teacher):
 
 def test_train_teacher_init_from_checkpoint(tmp_path):
     """``--init`` starts from an exported checkpoint's weights and records where they came from."""
-    from course_lib.train_teacher import TrainConfig, train
+    from course_lib.train.teacher import TrainConfig, train
 
     def cfg(out, export, init=None, seed=0):
         return TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out_dir=str(tmp_path / out),

@@ -4,32 +4,44 @@ Every method edits the same held-out photos under **held-out paraphrases** (the 
 photos and wordings the models never saw; ``--paraphrases train`` for new photos only) and
 is scored against the exact ground truth:
 
-* fidelity: PSNR (dB), CIEDE2000, and KID (kernel inception distance, Bińkowski et al. 2018)
-  between the set of outputs and the set of targets, on VGG-16 features - the ImageNet
+* fidelity: PSNR (dB), CIEDE2000, and KID (kernel inception distance, Bińkowski et al. 2018,
+  :func:`course_lib.metrics.kid`) between the set of outputs and the set of targets, on VGG-16 features - the ImageNet
   backbone when :mod:`course_lib.perceptual` finds it, otherwise its random-feature fallback,
   labelled as such in every header;
-* instruction accuracy and content drift (:mod:`course_lib.metrics`);
+* instruction accuracy (%) and content drift (:mod:`course_lib.eval.score`);
 * latency for one 1080p photo on this machine and the speed-up over the 50-step teacher.
 
 Diffusion methods (the teacher at 50 and 4 steps, Inverse-and-Edit) work at the teacher's
 32 x 32 px; their *change* is upsampled and added to the photo (the same low-frequency edit
 transfer as :func:`course_lib.inversion.edit_image`), so they are not penalised for blur they
 did not cause. Methods whose checkpoint is missing are listed as skipped, never invented.
+Outputs (``bench_retouch.{csv,md,png}``) replace earlier ones only with ``--overwrite``.
 """
 from __future__ import annotations
 
-import csv
-import math
+import argparse
+import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from . import config
+from .. import bench, config
+from ..inversion import invert_and_edit, shipped_models
+from ..metrics import apply_affine, fit_global_affine, kid, latency_ms
+from ..perceptual import load_lpips
+from ..student import load_student
+from ..teacher import load_teacher
+from . import score as S, tables
+from .heldout import SEED, heldout_batch
+from .student import load_baseline, student_method
 
-Method = Callable[[torch.Tensor, list[str], torch.Tensor], torch.Tensor]
+Method = S.Method
+#: Columns of ``bench_retouch.csv`` (and keys of the rows).
+COLUMNS = ("method", "psnr", "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
+#: The scores every method gets (besides the set-level KID).
+KEYS = ("psnr", "de00", "accuracy", "drift")
 
 
 def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: torch.Tensor) -> torch.Tensor:
@@ -49,27 +61,19 @@ def _small(teacher, src: torch.Tensor) -> torch.Tensor:
 
 def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, Method], list[str]]:
     """Name -> ``fn(source (B,3,H,W), instructions, target) -> output``, and notes on skipped methods."""
-    from .evaluate import load_baseline
-    from .metrics import apply_affine, fit_global_affine
-    from .student import load_student
-    from .teacher import load_teacher
-
     methods: dict[str, Method] = {"identity": lambda s, i, t: s}
     notes: list[str] = []
     methods["global affine (oracle: fitted to the target)"] = lambda s, i, t: apply_affine(fit_global_affine(s, t), s)
 
-    def student_fn(model) -> Method:
-        return lambda s, i, t: model(s, model.embed(i)).clamp(0, 1)
-
     baseline = load_baseline(device="cpu")
     if baseline is not None:
-        methods["global affine (learned)"] = student_fn(baseline.eval())
-    methods["student, supervised (lesson 03)"] = student_fn(load_student(device="cpu").eval())
+        methods["global affine (learned)"] = student_method(baseline.eval())
+    methods["student, supervised (lesson 03)"] = student_method(load_student(device="cpu").eval())
     for label, name in [("student, VSD (lesson 05)", "student_vsd.safetensors"),
                         ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors")]:
         path = config.WEIGHTS_DIR / name
         if path.is_file():
-            methods[label] = student_fn(load_student(path, device="cpu").eval())
+            methods[label] = student_method(load_student(path, device="cpu").eval())
         else:
             notes.append(f"{label}: skipped, no checkpoint at {path}")
     teacher = load_teacher("embedded")
@@ -79,8 +83,6 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, M
             return transfer_edit(s, small, teacher.edit(small, i, steps=n))
         methods[f"teacher, {n} DDIM steps (lesson 04)"] = teacher_fn
     try:
-        from .inversion import invert_and_edit, shipped_models
-
         fwd, gen = shipped_models()
 
         def ie_fn(s, i, t):
@@ -103,44 +105,23 @@ def vgg_features(perceptual, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([feats[2].mean((2, 3)), feats[3].mean((2, 3))], 1)
 
 
-def kid(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased MMD² with the cubic polynomial kernel ``k(a, b) = (a·b / d + 1)³`` (KID).
-
-    Args:
-        x: (m, d), y: (n, d) feature sets (m, n >= 2).
-    """
-    d = x.shape[1]
-    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    m, n = len(x), len(y)
-    # MMD² = E k(x,x') + E k(y,y') − 2 E k(x,y), diagonals excluded
-    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-                 - 2 * kxy.mean())
-
-
 # ----------------------------------------------------------------------------- the run
 
 
 def method_latency(fn: Method, repeats: int) -> float:
     """Median ms of ``fn`` on one random 1080p photo (``nan`` for the identity)."""
-    from .metrics import latency_ms
-
     return latency_ms(lambda im: fn(im, ["make it warmer"], im), repeats=repeats)
 
 
-def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = 1234,
+def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = SEED,
         batch_size: int = 16, repeats: int | None = None, latency: bool = True,
         methods: dict[str, Method] | None = None, notes: list[str] | None = None) -> dict:
     """Score every method (see the module docstring).
 
     Returns:
-        dict with ``rows`` (method, psnr, de00, kid, accuracy, drift, ms_1080p, speedup), ``n``,
+        dict with ``rows`` (method, psnr, de00, kid, accuracy (%), drift, ms_1080p, speedup), ``n``,
         ``size``, ``paraphrases``, ``kid_label`` and ``notes`` (skipped methods).
     """
-    from .evaluate import eval_items
-    from .metrics import content_drift, instruction_accuracy, mean_delta_e00, psnr
-    from .perceptual import load_lpips
-
     n = n or config.pick(fast=8, full=96)
     size = size or config.pick(fast=64, full=128)
     repeats = repeats or config.pick(fast=1, full=3)
@@ -148,28 +129,15 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
         methods, notes = build_methods()
     notes = list(notes or [])
     perceptual = load_lpips()
-    items = eval_items(n, size, seed, paraphrases)
-    tgt_all = torch.stack([it["target"] for it in items])
-    tgt_feats = vgg_features(perceptual, tgt_all)
+    batch = heldout_batch(n, size, seed, paraphrases)
+    tgt_feats = vgg_features(perceptual, batch["target"])
     rows = []
     bar = config.progress(total=len(methods), desc="bench retouch", disable=config.is_fast())
     for name, fn in methods.items():
-        outs = []
-        with torch.no_grad():
-            for k in range(0, n, batch_size):
-                chunk = items[k:k + batch_size]
-                src = torch.stack([it["source"] for it in chunk])
-                outs.append(fn(src, [it["instruction"] for it in chunk], torch.stack([it["target"] for it in chunk])))
-        out = torch.cat(outs).float()
-        src_all = torch.stack([it["source"] for it in items])
-        p = psnr(out, tgt_all)
-        finite = p[torch.isfinite(p)]
-        rows.append({"method": name, "psnr": float(finite.mean()) if len(finite) else math.inf,
-                     "de00": float(mean_delta_e00(out, tgt_all).mean()),
-                     "kid": 1000 * kid(vgg_features(perceptual, out), tgt_feats),
-                     "accuracy": 100 * float(instruction_accuracy(out, src_all, tgt_all,
-                                                                  [it["edits"] for it in items]).float().mean()),
-                     "drift": float(content_drift(out, src_all).mean()),
+        r = S.run(lambda s, i, t: fn(s, i, t).float(), batch, batch_size, KEYS, keep_output=True)
+        rows.append({"method": name, **{k: r["scores"][k] for k in ("psnr", "de00")},
+                     "kid": 1000 * kid(vgg_features(perceptual, r["output"]), tgt_feats),
+                     **{k: r["scores"][k] for k in ("accuracy", "drift")},
                      "ms_1080p": (method_latency(fn, repeats) if latency and name != "identity"
                                   and "oracle" not in name else float("nan"))})
         bar.update(1)
@@ -181,23 +149,12 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
     return {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes}
 
 
-def _f(v: float, fmt: str) -> str:
-    return "-" if v != v else format(v, fmt)
-
-
 def format_table(result: dict) -> str:
     """Markdown table of :func:`run`."""
     head = (f"held-out photos × {result['paraphrases']} phrasings, n = {result['n']}, {result['size']} px; "
             f"latency: one 1080p photo on this machine")
-    lines = [head, "", f"| method | PSNR dB ↑ | ΔE00 ↓ | {result['kid_label']} ↓ | instr. acc. % ↑ | drift ↓ | "
-             "ms / 1080p | speed-up vs teacher-50 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['method']} | {_f(r['psnr'], '.2f')} | {_f(r['de00'], '.2f')} | {_f(r['kid'], '.2f')} | "
-                     f"{_f(r['accuracy'], '.0f')} | {_f(r['drift'], '.2f')} | {_f(r['ms_1080p'], '.0f')} | "
-                     f"{_f(r['speedup'], '.1f')}{'×' if r['speedup'] == r['speedup'] else ''} |")
-    if result["notes"]:
-        lines += [""] + [f"- {note}" for note in result["notes"]]
-    return "\n".join(lines)
+    columns = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in COLUMNS]
+    return tables.markdown(result["rows"], columns, title=head, notes=result["notes"])
 
 
 def plot(result: dict, path: Path | None = None):
@@ -224,36 +181,25 @@ def plot(result: dict, path: Path | None = None):
     return fig
 
 
-def write(result: dict, out: Path) -> list[Path]:
-    """Write ``bench_retouch.csv``, ``.md`` and ``.png`` into ``out`` (each via a temporary file, then renamed)."""
+def output_paths(out: Path) -> list[Path]:
+    """Where :func:`write` writes: ``bench_retouch.csv``, ``.md`` and ``.png`` in ``out``."""
+    return [Path(out) / f"bench_retouch.{ext}" for ext in ("csv", "md", "png")]
+
+
+def write(result: dict, out: Path, overwrite: bool = False) -> list[Path]:
+    """Write ``bench_retouch.csv``, ``.md`` and ``.png`` into ``out`` (atomically; existing files only with ``overwrite``)."""
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    tmp = out / ".bench_retouch.csv.part"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        w.writeheader()
-        w.writerows(result["rows"])
-    tmp.replace(out / "bench_retouch.csv")
-    paths.append(out / "bench_retouch.csv")
-    tmp = out / ".bench_retouch.md.part"
-    tmp.write_text(format_table(result) + "\n")
-    tmp.replace(out / "bench_retouch.md")
-    paths.append(out / "bench_retouch.md")
+    csv_path, md_path, png_path = output_paths(out)
     fig = plot(result)
-    tmp = out / ".bench_retouch.part.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out / "bench_retouch.png")
-    paths.append(out / "bench_retouch.png")
-    return paths
+    try:
+        return tables.write({csv_path: tables.csv_text(result["rows"], COLUMNS), md_path: format_table(result) + "\n",
+                             png_path: lambda tmp: fig.savefig(tmp, dpi=120, format="png")}, overwrite=overwrite)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m course_lib bench retouch",
                                 description="The paper-style results table: every method on held-out photos x "
                                             "held-out paraphrases (fidelity, KID, accuracy, drift, 1080p latency, "
@@ -265,16 +211,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-latency", action="store_true", help="skip the 1080p timings")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
+    p.add_argument("--overwrite", action="store_true", help="replace existing bench_retouch.csv/.md/.png")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    out = Path(a.out) if a.out else config.OUTPUT_DIR
     t0 = time.perf_counter()
     try:
+        tables.check_free(output_paths(out), a.overwrite)
         result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency)
-    except (FileNotFoundError, RuntimeError, KeyError, ValueError) as exc:
+        print(format_table(result))
+        paths = write(result, out, overwrite=a.overwrite)
+    except (FileNotFoundError, FileExistsError, RuntimeError, KeyError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(format_table(result))
-    paths = write(result, Path(a.out) if a.out else config.OUTPUT_DIR)
     print(f"bench retouch: {time.perf_counter() - t0:.0f} s; wrote {', '.join(str(x) for x in paths)}")
     return 0
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib bench {slice,retouch}``: ``retouch`` is this module, ``slice`` :func:`course_lib.bench.main`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "retouch":
+        return main(argv[1:])
+    return bench.main(argv)

@@ -4,12 +4,13 @@
 
 on :class:`course_lib.data.RetouchPairs` (training photos, training paraphrases),
 with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
-``Accelerator`` wraps the model, optimiser and data loader, so the same file runs
-as one CPU process (``python -m course_lib train-student``) and on GPUs
-(``accelerate launch -m course_lib.train_student ...``).
+``Accelerator`` wraps the model and optimiser, so the same file runs as one CPU process
+(``python -m course_lib train-student``) and on GPUs (``accelerate launch -m
+course_lib.train.student ...``; ``--batch-size`` is per process and the processes split each
+step's items, see :mod:`course_lib.train.common`).
 
 Everything is seeded, and item ``i`` of the data is a pure function of
-``(seed, i)``: step ``k`` always sees items ``k B .. (k + 1) B - 1``. Training is
+``(seed, i)``: in one process step ``k`` always sees items ``k B .. (k + 1) B - 1``. Training is
 therefore resumable exactly: every ``--save-every`` steps it writes the weights
 (``OUT``, safetensors with the config in its metadata) and, next to it,
 ``OUT.state/`` with ``optimizer.safetensors`` (Adam's moments, flattened) and
@@ -30,8 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,10 +38,14 @@ from typing import Callable
 
 import torch
 
-from . import config
-from .bilateral import grid_tv
-from .data import RetouchPairs
-from .student import CheckpointError, Student, StudentConfig, load_student, save_student
+from .. import config
+from ..bilateral import grid_tv
+from ..data import RetouchPairs
+from ..student import CheckpointError, Student, StudentConfig, load_student, save_student
+from ..text import shared_encoder
+from .common import (Shard, add_run_options, end_processes, from_args, is_main_process, load_optimizer_tensors, lr_at,
+                     mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
+                     state_dir, summary, write_state)
 
 _RECIPE = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1"
 #: The shipped student: 4000 steps at lr 2e-3 (seed 0), then 4000 fine-tuning steps at lr 5e-4 on
@@ -60,7 +63,7 @@ COMMANDS = {"student_supervised.safetensors": REPRODUCE, "student_global_affine.
 
 @dataclasses.dataclass
 class TrainArgs:
-    """Hyper-parameters of :func:`train` (the command's flags)."""
+    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
 
     steps: int = 4000
     batch_size: int = 16
@@ -81,116 +84,24 @@ class TrainArgs:
     out: str | None = None
 
 
-def lr_at(step: int, args: TrainArgs) -> float:
-    """Linear warm-up then cosine decay to 5 % of ``lr``."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    t = (step - args.warmup) / max(1, args.steps - args.warmup)
-    # lr_t = lr (0.05 + 0.95 * (1 + cos(pi t)) / 2)
-    return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+def schedule(step: int, args: TrainArgs) -> float:
+    """Linear warm-up then cosine decay to 5 % of ``lr`` (:func:`course_lib.train.common.lr_at`)."""
+    return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05, rounding="student")
 
 
-class _Range(torch.utils.data.Dataset):
-    """Items ``start .. stop - 1`` of a dataset (so a resumed run sees exactly what it would have)."""
-
-    def __init__(self, ds: torch.utils.data.Dataset, start: int, stop: int) -> None:
-        self.ds, self.start, self.stop = ds, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, i: int) -> dict:
-        return self.ds[self.start + i]
-
-
-# ---------------------------------------------------------------------- optimiser state without pickle
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    """Flatten an optimiser's state for safetensors: ``{"state.<param>.<name>": tensor}`` + JSON of the rest."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for name, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"state.{pid}.{name}"] = val.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{name}"] = val
-    return tensors, json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: str) -> None:
-    """Inverse of :func:`optimizer_tensors`."""
-    info = json.loads(meta)
-    state: dict[int, dict] = {}
-    for key, val in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = val
-    for key, val in info["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = val
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-
-def add_run_options(p, seed: int, save_every: int, out: str) -> None:
-    """The options every resumable trainer shares: ``--seed --save-every --threads --out --resume``."""
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--save-every", type=int, default=save_every)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=out, help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state/")
-
-
-def parse_run_options(p, argv):
-    """``p.parse_args(argv)``, then apply ``--threads`` (0 keeps torch's default)."""
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    return a
-
-
-def state_dir(out: str | os.PathLike) -> Path:
-    """``OUT.state/``: the optimiser and progress of a run writing ``OUT``."""
-    return Path(str(out) + ".state")
-
-
-def write_state(sdir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], info: dict,
-                name: str = "optimizer.safetensors") -> None:
-    """Write a run's resumable state into ``sdir``: ``name`` (tensors + string metadata, safetensors)
-    and ``state.json`` (``info``), each to a temporary file first, then renamed."""
-    from safetensors.torch import save_file
-
-    sdir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(sdir / f"{name}.part"), metadata=metadata)
-    os.replace(sdir / f"{name}.part", sdir / name)
-    (sdir / "state.json.part").write_text(json.dumps(info))
-    os.replace(sdir / "state.json.part", sdir / "state.json")
-
-
-def read_state(sdir: Path, name: str = "optimizer.safetensors") -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
-    """Inverse of :func:`write_state`: ``(tensors, metadata, info)``.
-
-    Raises:
-        FileNotFoundError: ``sdir`` holds no complete state.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if not (sdir / "state.json").is_file() or not (sdir / name).is_file():
-        raise FileNotFoundError(f"nothing to resume: {sdir}/state.json and {sdir}/{name} are needed")
-    with safe_open(str(sdir / name), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-    return load_file(str(sdir / name)), metadata, json.loads((sdir / "state.json").read_text())
+def training_data(args: TrainArgs) -> RetouchPairs:
+    """The run's items: training photos and paraphrases, item ``i`` a pure function of ``(seed, i)``."""
+    return RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed,
+                        compose_prob=args.compose_prob, families=args.families)
 
 
 def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, step: int, losses: list[float],
-                        args: TrainArgs) -> None:
+                        args: TrainArgs, processes: int = 1) -> None:
     """Write ``out`` (weights) and ``out.state/`` (optimiser, step, losses): resumable."""
     every = max(1, len(losses) // 200)
     curve = [sum(losses[i:i + every]) / len(losses[i:i + every]) for i in range(0, len(losses), every)]
     meta = {"trained_steps": str(step), "command": COMMANDS.get(out.name, ""),
-            "train_args": json.dumps(dataclasses.asdict(args)),
+            "train_args": json.dumps(dataclasses.asdict(args)), "processes": str(processes),
             # the training MSE, averaged over groups of `loss_curve_every` steps
             "loss_curve": json.dumps([round(v, 7) for v in curve]), "loss_curve_every": str(every)}
     save_student(model, out, metadata=meta)
@@ -200,17 +111,15 @@ def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, s
 
 
 def identity_losses(args: TrainArgs, steps: int | None = None) -> list[float]:
-    """The MSE of doing nothing (output = source) on each training batch of a run with ``args``.
+    """The MSE of doing nothing (output = source) on each training batch of a one-process run with ``args``.
 
     Batches differ in difficulty (a strong exposure edit costs more than a slight tint), so
     the training loss divided by this is the fairer curve to watch: it starts at 1.
     """
-    n = args.steps if steps is None else steps
-    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=args.steps * args.batch_size,
-                      seed=args.seed, compose_prob=args.compose_prob, families=args.families)
+    ds, shard = training_data(args), Shard(args.batch_size)
     out = []
-    for k in range(n):
-        items = [ds[i] for i in range(k * args.batch_size, (k + 1) * args.batch_size)]
+    for k in range(args.steps if steps is None else steps):
+        items = [ds[i] for i in shard.items(k)]
         out.append(float(torch.stack([(it["source"] - it["target"]).pow(2).mean() for it in items]).mean()))
     return out
 
@@ -228,11 +137,9 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
 
     Returns:
         ``(model, losses)``: the trained student (unwrapped, on its device, eval mode) and the
-        per-step training losses.
+        per-step training losses (averaged over processes).
     """
     from accelerate import Accelerator
-
-    from .text import shared_encoder
 
     accelerator = Accelerator()
     config.seed_everything(args.seed)
@@ -253,39 +160,36 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     if resume:
         load_optimizer_tensors(opt, opt_tensors, opt_meta["optimizer"])
     encoder = shared_encoder(model.cfg.text_encoder)
-    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=args.steps * args.batch_size,
-                      seed=args.seed, compose_prob=args.compose_prob, families=args.families)
-    dl = torch.utils.data.DataLoader(_Range(ds, start * args.batch_size, len(ds)), batch_size=args.batch_size,
-                                     shuffle=False, num_workers=0)
-    model, opt, dl = accelerator.prepare(model, opt, dl)
-    step = start
+    ds = training_data(args)
+    # this process's share of each step: batch_size of the batch_size x num_processes items
+    shard = Shard.of(accelerator, args.batch_size)
+    model, opt = accelerator.prepare(model, opt)
     bar = config.progress(total=args.steps, initial=start, desc="train-student",
                           disable=config.is_fast() or not accelerator.is_local_main_process)
-    for batch in dl:
-        if step >= args.steps:
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
+    for step in range(start, args.steps):
+        set_lr(opt, schedule(step, args))
+        batch = shard.fetch(ds, step)
         text = encoder.encode(batch["instruction"]).to(accelerator.device)  # (B, text_dim)
-        src, tgt = batch["source"], batch["target"]  # (B, 3, S, S) each
+        src, tgt = batch["source"].to(accelerator.device), batch["target"].to(accelerator.device)  # (B, 3, S, S)
         pred, grid = model(src, text, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
         # L = mean (pred - target)^2 + lambda TV(grid)
         mse = (pred - tgt).pow(2).mean()
         loss = mse + args.tv_weight * grid_tv(grid)
         opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(loss)  # several processes: gradients averaged over them
         opt.step()
-        step += 1
-        losses.append(float(mse.detach()))
+        losses.append(mean_over_processes(accelerator, {"mse": float(mse.detach())})["mse"])
         if callback is not None:
-            callback(step, losses[-1])
+            callback(step + 1, losses[-1])
         bar.update(1)
-        if step % log_every == 0:
+        if (step + 1) % log_every == 0:
             bar.set_postfix(mse=f"{sum(losses[-log_every:]) / log_every:.5f}")
-        if out is not None and (step % args.save_every == 0 or step == args.steps) and accelerator.is_main_process:
-            save_training_state(out, accelerator.unwrap_model(model), opt, step, losses, args)
-        accelerator.wait_for_everyone()
+        if out is not None:
+            save_on_main(accelerator, step + 1, args.steps, args.save_every,
+                         lambda: save_training_state(out, accelerator.unwrap_model(model), opt, step + 1, losses,
+                                                     args, accelerator.num_processes))
     bar.close()
+    accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
     final.eval()
     return final, losses
@@ -298,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "synthetic retouch pairs (train photos, train paraphrases). Resumable; "
                                             "runs under 'accelerate launch' unchanged. The shipped checkpoint: "
                                             + REPRODUCE)
-    p.add_argument("--steps", type=int, default=config.pick(fast=40, full=d.steps), help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    add_run_options(p, steps=config.pick(fast=40, full=d.steps), batch_size=d.batch_size, seed=d.seed,
+                    save_every=d.save_every, out=str(config.OUTPUT_DIR / "student.safetensors"))
     p.add_argument("--size", type=int, default=config.pick(fast=64, full=d.size), help="training crop side (pixels)")
     p.add_argument("--net-size", type=int, default=config.pick(fast=64, full=d.net_size),
                    help="side of the low-resolution copy the network sees")
@@ -314,15 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated edit families to train on (default: all nine)")
     p.add_argument("--global-affine", action="store_true",
                    help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
-    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "student.safetensors"))
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
     a = parse_run_options(p, argv)
-    args = TrainArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, net_size=a.net_size,
-                     grid_size=a.grid_size, luma_bins=a.luma_bins, channels=a.channels, lr=a.lr, warmup=a.warmup,
-                     tv_weight=a.tv_weight, compose_prob=a.compose_prob, seed=a.seed,
-                     families=tuple(a.families.split(",")) if a.families else None, save_every=a.save_every,
-                     out=a.out, global_affine=a.global_affine)
+    args = from_args(TrainArgs, a, families=tuple(a.families.split(",")) if a.families else None)
     t0 = time.perf_counter()
     try:
         init = None
@@ -333,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    k = max(1, min(100, len(losses) // 5))
-    if losses:
-        print(f"train-student: {len(losses)} steps in {time.perf_counter() - t0:.0f} s; "
-              f"mse first {k}: {sum(losses[:k]) / k:.5f}, last {k}: {sum(losses[-k:]) / k:.5f}; wrote {args.out}")
+    finally:
+        end_processes()
+    if losses and is_main_process():
+        print(summary("train-student", losses, time.perf_counter() - t0, "mse", args.out, ".5f", most=100))
     return 0
 
 

@@ -5,79 +5,32 @@ photos x held-out paraphrases (never seen in training) and saves the plot.
 
 All numbers are computed at the teacher's working resolution (the ground truth is
 the exact edit of the same downsized source), so they measure the teacher, not
-the resizing.
+the resizing. Scores: :func:`course_lib.eval.score.score` (PSNR dB, ΔE00, instruction
+accuracy %, direction %, drift in 8-bit levels).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from typing import Callable, Sequence
+import sys
+from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from . import config
-from .teacher import Teacher
+from .. import config, metrics, student as student_lib
+from ..teacher import Teacher, load_embedded_teacher
+from ..viz import show_images
+from . import score as S, tables
+from .heldout import heldout_batch
 
-
-def heldout_batch(n: int, size: int, seed: int = 1234, paraphrases: str = "heldout") -> dict:
-    """``n`` held-out-photo pairs at ``size`` pixels, with ``"heldout"`` (default) or ``"train"`` phrasings.
-
-    Returns:
-        dict with ``source``, ``target`` (n, 3, size, size) in [0, 1], ``instruction`` and
-        ``edits`` (lists of n str).
-    """
-    from .data import RetouchPairs
-
-    ds = RetouchPairs("heldout", paraphrases, size=size, length=n, seed=seed)
-    items = [ds[i] for i in range(n)]
-    return {"source": torch.stack([it["source"] for it in items]),
-            "target": torch.stack([it["target"] for it in items]),
-            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
-
-
-def direction_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-                       edits: Sequence[str]) -> float:
-    """Percentage of instructed (image, family) pairs whose attribute moved the ground truth's way.
-
-    Uses :func:`course_lib.metrics.attributes`; families whose ground-truth effect is below
-    ``metrics.MIN_EFFECT`` are skipped. An unchanged image scores 0; a random change about 50.
-    """
-    from . import metrics
-    from .data import decode_edits
-
-    a_out, a_src, a_tgt = (metrics.attributes(x, source) for x in (output, source, target))
-    hits, total = 0, 0
-    for i, enc in enumerate(edits):
-        for e in decode_edits(enc):
-            d_gt = float(a_tgt[e.family][i] - a_src[e.family][i])
-            if abs(d_gt) >= metrics.MIN_EFFECT:
-                d_out = float(a_out[e.family][i] - a_src[e.family][i])
-                hits += int(d_out * d_gt > 0)
-                total += 1
-    return 100.0 * hits / max(total, 1)
-
-
-def score(output: torch.Tensor, batch: dict) -> dict[str, float]:
-    """Mean PSNR (dB), ΔE00, instruction accuracy and direction (%), content drift (8-bit levels).
-
-    Args:
-        output: (n, 3, r, r) in [0, 1], aligned with ``batch`` (see :func:`heldout_batch`).
-    """
-    from . import metrics
-
-    src, tgt = batch["source"], batch["target"]
-    return {"psnr": float(metrics.psnr(output, tgt).mean()),
-            "de00": float(metrics.mean_delta_e00(output, tgt).mean()),
-            "accuracy": 100 * float(metrics.instruction_accuracy(output, src, tgt, batch["edits"]).float().mean()),
-            "direction": direction_accuracy(output, src, tgt, batch["edits"]),
-            "drift": float(metrics.content_drift(output, src).mean())}
+#: Columns of the quality-vs-steps table (and keys of its rows).
+COLUMNS = ("method", "steps", *S.EDIT_KEYS, "ms_per_image")
 
 
 def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 50), n: int = 24,
                              guidance: tuple[float, float] | None = None, seed: int = 0,
                              batch: dict | None = None, chunk: int = 24,
-                             others: dict[str, Callable[[torch.Tensor, list[str]], torch.Tensor]] | None = None,
+                             others: dict[str, S.Method] | None = None,
                              paraphrases: str = "heldout") -> list[dict]:
     """Teacher edits on held-out photos x held-out paraphrases, for several DDIM step counts.
 
@@ -87,8 +40,9 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
         n: number of held-out pairs (ignored when ``batch`` is given).
         guidance: ``(s_img, s_txt)``; seed: seeds the initial noise.
         chunk: images per sampling call.
-        others: extra one-pass methods to score, name -> ``fn(sources (n, 3, r, r), instructions)``
-            (e.g. a student); they get rows with ``steps = 1``.
+        others: extra one-pass methods to score, name -> method ``fn(sources (n, 3, r, r),
+            instructions, targets)`` (:data:`course_lib.eval.score.Method`, e.g. a student); they get
+            rows with ``steps = 1``.
         paraphrases: ``"heldout"`` phrasings (default) or the ``"train"`` ones (new photos only).
 
     Returns:
@@ -96,31 +50,22 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
         ``psnr``, ``de00``, ``accuracy``, ``direction``, ``drift``, ``ms_per_image`` (wall time / n).
     """
     batch = batch or heldout_batch(n, teacher.resolution, paraphrases=paraphrases)
-    n = batch["source"].shape[0]
-    rows = [{"method": "identity", "steps": 0, **score(batch["source"], batch), "ms_per_image": 0.0}]
+    rows = [{"method": "identity", "steps": 0, **S.score(batch["source"], batch), "ms_per_image": 0.0}]
     for name, fn in (others or {}).items():
-        t0 = time.perf_counter()
-        out = fn(batch["source"], batch["instruction"])
-        ms = 1000 * (time.perf_counter() - t0) / n
-        rows.append({"method": name, "steps": 1, **score(out, batch), "ms_per_image": ms})
+        r = S.run(fn, batch)
+        rows.append({"method": name, "steps": 1, **r["scores"], "ms_per_image": r["ms_per_image"]})
     for k in config.progress(list(steps), desc="steps"):
-        t0, outs = time.perf_counter(), []
-        for i in range(0, n, chunk):
-            outs.append(teacher.edit(batch["source"][i:i + chunk], batch["instruction"][i:i + chunk],
-                                     steps=int(k), guidance=guidance, seed=seed + i))
-        ms = 1000 * (time.perf_counter() - t0) / n
-        rows.append({"method": "teacher", "steps": int(k), **score(torch.cat(outs), batch), "ms_per_image": ms})
+        def teacher_fn(src, texts, tgt, k=int(k)):
+            return torch.cat([teacher.edit(src[i:i + chunk], texts[i:i + chunk], steps=k, guidance=guidance,
+                                           seed=seed + i) for i in range(0, len(src), chunk)])
+        r = S.run(teacher_fn, batch)
+        rows.append({"method": "teacher", "steps": int(k), **r["scores"], "ms_per_image": r["ms_per_image"]})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table of :func:`teacher_quality_vs_steps` rows."""
-    lines = ["| method | steps | PSNR (dB) ↑ | ΔE00 ↓ | instruction acc. (%) ↑ | direction (%) ↑ | drift ↓ "
-             "| ms / image |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['de00']:.2f} | {r['accuracy']:.0f} "
-                     f"| {r['direction']:.0f} | {r['drift']:.2f} | {r['ms_per_image']:.0f} |")
-    return "\n".join(lines)
+    return tables.markdown(rows, COLUMNS)
 
 
 def plot_quality_vs_steps(rows: list[dict]):
@@ -172,9 +117,6 @@ def edit_preview(teacher: Teacher, source: torch.Tensor, instruction: str, steps
     Returns:
         (figure, edited image (3, r, r)).
     """
-    from . import metrics
-    from .viz import show_images
-
     out = teacher.edit(source, instruction, steps=int(steps), guidance=(float(s_img), float(s_txt)), seed=seed)
     images, titles = [source, out], ["source", f"teacher, {int(steps)} steps, s_I={s_img:g}, s_T={s_txt:g}"]
     if target is not None:
@@ -193,24 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out pairs")
     p.add_argument("--guidance", default=None, help="s_img,s_txt (default: the checkpoint's)")
     p.add_argument("--weights", default=None, help="embedded teacher checkpoint (default: shipped)")
-    p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"))
+    p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"), help="the plot (PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plot")
     p.add_argument("--student", action="store_true", help="also score the shipped student, if there is one")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
                    help="instruction phrasings: held out from training (default) or the training ones")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from .teacher import load_embedded_teacher
-
+    try:
+        tables.check_free([a.out], a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     teacher = load_embedded_teacher(a.weights)
     g = tuple(float(x) for x in a.guidance.split(",")) if a.guidance else None
     others = {}
     if a.student:
-        from . import student as student_lib
-
         if student_lib.shipped_path().is_file():
             model = student_lib.load_student()
-            others["student"] = lambda src, texts: student_lib.retouch(model, src, texts)
+            others["student"] = lambda src, texts, tgt: student_lib.retouch(model, src, texts)
         else:
             print(f"no student checkpoint at {student_lib.shipped_path()}: student row skipped")
     rows = teacher_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, others=others,
@@ -219,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
           f"at {teacher.resolution}px")
     print(format_table(rows))
     fig = plot_quality_vs_steps(rows)
-    config.OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=100)
+    fmt = Path(a.out).suffix.lstrip(".") or "png"
+    try:
+        tables.write({a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=fmt)}, overwrite=a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"plot: {a.out}")
-    print(json.dumps(rows))
+    print(tables.json_text(rows))
     return 0

@@ -17,34 +17,32 @@ generalisation to new photos from generalisation to new wording. Methods:
   and applied globally (what the student's grid amounts to without slicing).
 * ``student`` - the full student: spatial x luma grid, learned guide.
 
-Metrics (see :mod:`course_lib.metrics`): PSNR and mean CIEDE2000 against the target,
-instruction accuracy, content drift (8-bit levels) and wall time per 1080p image on
-this machine. Results go to ``OUTPUT_DIR/evaluate/results.{csv,md}``.
+Scores (:mod:`course_lib.eval.score`; formulas in :mod:`course_lib.metrics`): PSNR (dB) and mean
+CIEDE2000 against the target, instruction accuracy (%), content drift (8-bit levels) and wall
+time per 1080p image on this machine. Results go to ``OUTPUT_DIR/evaluate/results.{csv,md}``
+(an existing file is replaced only with ``--overwrite``).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import sys
 from pathlib import Path
 
 import torch
 
-from . import config
-from .data import RetouchPairs, decode_edits
-from .metrics import (apply_affine, content_drift, fit_global_affine, instruction_accuracy, latency_ms,
-                      mean_delta_e00, psnr)
+from .. import config
+from ..data import decode_edits
+from ..metrics import apply_affine, fit_global_affine, latency_ms
+from ..student import CheckpointError, load_student
+from . import score as S, tables
+from .heldout import SEED, heldout_batch
 
 METHODS = ("identity", "global affine (oracle)", "global affine (learned)", "student (grid mean)", "student")
 #: The shipped learned global-affine baseline.
 GLOBAL_BASELINE = config.WEIGHTS_DIR / "student_global_affine.safetensors"
-
-
-def eval_items(n: int, size: int, seed: int = 1234, paraphrases: str = "heldout") -> list[dict]:
-    """``n`` held-out-photo items of side ``size`` with ``"heldout"`` (default) or ``"train"`` paraphrases."""
-    ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed)
-    return [ds[i] for i in range(n)]
+#: The scores of the student tables, and the columns of ``results.csv``.
+KEYS = ("psnr", "de00", "accuracy", "drift")
+COLUMNS = ("method", *KEYS, "ms_1080p")
 
 
 def _grid_mean_affine(model, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -56,8 +54,6 @@ def _grid_mean_affine(model, image: torch.Tensor, text: torch.Tensor) -> torch.T
 def load_baseline(path: str | Path | None = None, device: str | torch.device | None = "cpu"):
     """The learned global-affine baseline (a :class:`Student` with ``global_affine=True``), or ``None``
     when its checkpoint is missing (the evaluation then says so and skips the row)."""
-    from .student import load_student
-
     p = Path(path) if path else GLOBAL_BASELINE
     if not p.is_file():
         print(f"evaluate: no global-affine baseline at {p}; its row is skipped "
@@ -69,36 +65,32 @@ def load_baseline(path: str | Path | None = None, device: str | torch.device | N
     return model
 
 
-def run_methods(model, items: list[dict], batch_size: int = 16, baseline=None) -> dict[str, dict[str, torch.Tensor]]:
-    """Outputs of every method, scored: method -> metric name -> (N,) tensor.
+def student_method(model) -> S.Method:
+    """The full student as a method: ``model(source, embed(instructions))``, clamped, on the CPU."""
+    return lambda s, i, t: model(s.to(model.device), model.embed(i)).clamp(0, 1).cpu()
 
-    ``baseline``: the learned global-affine model (see :func:`load_baseline`), optional."""
-    scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {} for m in METHODS}
-    dev = model.device if model is not None else torch.device("cpu")
-    for k in range(0, len(items), batch_size):
-        chunk = items[k:k + batch_size]
-        src = torch.stack([it["source"] for it in chunk])  # (B, 3, S, S)
-        tgt = torch.stack([it["target"] for it in chunk])
-        edits = [it["edits"] for it in chunk]
-        outs: dict[str, torch.Tensor] = {"identity": src,
-                                          "global affine (oracle)": apply_affine(fit_global_affine(src, tgt), src)}
-        if model is not None:
-            with torch.no_grad():
-                text = model.embed([it["instruction"] for it in chunk])
-                x = src.to(dev)
-                outs["student"] = model(x, text).clamp(0, 1).cpu()
-                outs["student (grid mean)"] = apply_affine(_grid_mean_affine(model, x, text), x).cpu()
-        if baseline is not None:
-            with torch.no_grad():
-                text_b = baseline.embed([it["instruction"] for it in chunk])
-                outs["global affine (learned)"] = baseline(src.to(baseline.device), text_b).clamp(0, 1).cpu()
-        for name, out in outs.items():
-            s = scores[name]
-            s.setdefault("psnr", []).append(psnr(out, tgt))
-            s.setdefault("de00", []).append(mean_delta_e00(out, tgt))
-            s.setdefault("acc", []).append(instruction_accuracy(out, src, tgt, edits).float())
-            s.setdefault("drift", []).append(content_drift(out, src))
-    return {m: {k: torch.cat(v) for k, v in s.items()} for m, s in scores.items() if s}
+
+def methods(model, baseline=None) -> dict[str, S.Method]:
+    """The methods of :data:`METHODS` that can run (``model``/``baseline`` ``None``: their rows left out)."""
+    fns: dict[str, S.Method] = {"identity": lambda s, i, t: s,
+                                "global affine (oracle)": lambda s, i, t: apply_affine(fit_global_affine(s, t), s)}
+    if baseline is not None:
+        fns["global affine (learned)"] = student_method(baseline)
+    if model is not None:
+        def grid_mean(s, i, t):
+            x = s.to(model.device)
+            return apply_affine(_grid_mean_affine(model, x, model.embed(i)), x).cpu()
+        fns["student (grid mean)"] = grid_mean
+        fns["student"] = student_method(model)
+    return {name: fns[name] for name in METHODS if name in fns}
+
+
+def run_methods(model, batch: dict, batch_size: int = 16, baseline=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-image scores of every method: method -> key (:data:`KEYS`) -> (N,) tensor.
+
+    ``batch``: a held-out batch (:func:`course_lib.eval.heldout.heldout_batch`); ``baseline``: the
+    learned global-affine model (see :func:`load_baseline`), optional."""
+    return {name: S.run(fn, batch, batch_size, KEYS)["items"] for name, fn in methods(model, baseline).items()}
 
 
 def method_latency(model, name: str, repeats: int = 3, baseline=None) -> float:
@@ -117,15 +109,7 @@ def method_latency(model, name: str, repeats: int = 3, baseline=None) -> float:
     return latency_ms(lambda im: model(im, text).clamp(0, 1), repeats=repeats, device=dev)
 
 
-def summarise(s: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per-item scores of one method (see :func:`run_methods`) -> mean PSNR over finite values,
-    mean ΔE00, accuracy (fraction) and drift."""
-    finite = s["psnr"][torch.isfinite(s["psnr"])]
-    return {"psnr": float(finite.mean()) if len(finite) else math.inf, "de00": float(s["de00"].mean()),
-            "accuracy": float(s["acc"].mean()), "drift": float(s["drift"].mean())}
-
-
-def evaluate(model=None, n: int | None = None, size: int | None = None, batch_size: int = 16, seed: int = 1234,
+def evaluate(model=None, n: int | None = None, size: int | None = None, batch_size: int = 16, seed: int = SEED,
              latency: bool = True, paraphrases: str = "heldout", baseline: object = "shipped") -> dict:
     """Score every method on held-out photos x held-out paraphrases.
 
@@ -140,38 +124,33 @@ def evaluate(model=None, n: int | None = None, size: int | None = None, batch_si
             (skipped with a notice when missing), ``None`` leaves the row out.
 
     Returns:
-        dict with ``rows`` (one dict per method: method, psnr, de00, accuracy, drift, ms_1080p),
-        ``per_family`` (family -> {method: mean PSNR} over single-edit items), ``n``, ``size``.
+        dict with ``rows`` (one dict per method: method, psnr (dB), de00, accuracy (%), drift,
+        ms_1080p), ``per_family`` (family -> {method: mean PSNR} over single-edit items), ``n``, ``size``.
     """
-    from .student import load_student
-
     if model is None:
         model = load_student(device=config.device())
     n = n or config.pick(fast=24, full=270)
     size = size or config.pick(fast=128, full=256)
     if isinstance(baseline, str):
         baseline = load_baseline(None if baseline == "shipped" else baseline, device=model.device)
-    items = eval_items(n, size, seed, paraphrases)
-    scores = run_methods(model, items, batch_size, baseline=baseline)
-    rows = []
-    for name in METHODS:
-        if name not in scores:
-            continue
-        rows.append({"method": name, **summarise(scores[name]),
-                     "ms_1080p": method_latency(model, name, baseline=baseline) if latency else float("nan")})
+    batch = heldout_batch(n, size, seed, paraphrases)
+    scores = run_methods(model, batch, batch_size, baseline=baseline)
+    rows = [{"method": name, **S.summarise(s),
+             "ms_1080p": method_latency(model, name, baseline=baseline) if latency else float("nan")}
+            for name, s in scores.items()]
     per_family: dict[str, dict[str, float]] = {}
-    singles = [i for i, it in enumerate(items) if len(decode_edits(it["edits"])) == 1]
-    for i in singles:
-        fam = decode_edits(items[i]["edits"])[0].family
-        per_family.setdefault(fam, {})
+    families = [decode_edits(e) for e in batch["edits"]]
+    singles = [i for i, f in enumerate(families) if len(f) == 1]
+    for i in singles:  # families in order of first appearance
+        per_family.setdefault(families[i][0].family, {})
     for fam in sorted(per_family):
-        idx = torch.tensor([i for i in singles if decode_edits(items[i]["edits"])[0].family == fam])
+        idx = torch.tensor([i for i in singles if families[i][0].family == fam])
         per_family[fam] = {name: float(scores[name]["psnr"][idx].clamp(max=99).mean()) for name in scores}
         per_family[fam]["count"] = len(idx)
     return {"rows": rows, "per_family": per_family, "n": n, "size": size, "paraphrases": paraphrases}
 
 
-def compare_students(models: dict, n: int | None = None, size: int | None = None, seed: int = 1234,
+def compare_students(models: dict, n: int | None = None, size: int | None = None, seed: int = SEED,
                      paraphrases: str = "heldout", batch_size: int = 16) -> list[dict]:
     """Score several students on the same held-out items (an ablation table).
 
@@ -180,60 +159,48 @@ def compare_students(models: dict, n: int | None = None, size: int | None = None
         n, size, seed, paraphrases: as in :func:`evaluate`.
 
     Returns:
-        rows ``{"method", "psnr", "de00", "accuracy", "drift"}``: ``identity`` first, then one per model.
+        rows ``{"method", "psnr", "de00", "accuracy" (%), "drift"}``: ``identity`` first, then one per model.
     """
     n = n or config.pick(fast=24, full=270)
     size = size or config.pick(fast=128, full=256)
-    items = eval_items(n, size, seed, paraphrases)
-    rows = []
-    for k, (name, model) in enumerate(models.items()):
-        scores = run_methods(model, items, batch_size)
-        picks = ([("identity", "identity")] if k == 0 else []) + [(name, "student")]
-        rows += [{"method": label, **summarise(scores[key])} for label, key in picks]
+    batch = heldout_batch(n, size, seed, paraphrases)
+    rows = [{"method": "identity", **S.run(lambda s, i, t: s, batch, batch_size, KEYS)["scores"]}] if models else []
+    rows += [{"method": name, **S.run(student_method(model), batch, batch_size, KEYS)["scores"]}
+             for name, model in models.items()]
     return rows
 
 
 def rows_markdown(rows: list[dict]) -> str:
     """Rows of :func:`compare_students` as a Markdown table."""
-    lines = ["| method | PSNR (dB) ↑ | ΔE00 ↓ | instruction acc. ↑ | drift (8-bit levels) ↓ |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['method']} | {_fmt(r['psnr'])} | {_fmt(r['de00'])} | {r['accuracy'] * 100:.0f} % | "
-              f"{_fmt(r['drift'])} |" for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(v: float, digits: int = 2) -> str:
-    return "-" if v != v else ("inf" if math.isinf(v) else f"{v:.{digits}f}")
+    return tables.markdown(rows, ("method", *KEYS))
 
 
 def table_markdown(result: dict) -> str:
     """The main table and the per-family PSNR table as Markdown."""
-    lines = [f"Held-out photos x {result.get('paraphrases', 'heldout').replace('heldout', 'held-out')} paraphrases: "
-             f"{result['n']} items at {result['size']}x{result['size']}.", "",
-             "| method | PSNR (dB) ↑ | ΔE00 ↓ | instruction acc. ↑ | drift (8-bit levels) ↓ | ms / 1080p |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
-        lines.append(f"| {r['method']} | {_fmt(r['psnr'])} | {_fmt(r['de00'])} | {r['accuracy'] * 100:.0f} % | "
-                     f"{_fmt(r['drift'])} | {_fmt(r['ms_1080p'], 1)} |")
+    title = (f"Held-out photos x {result.get('paraphrases', 'heldout').replace('heldout', 'held-out')} paraphrases: "
+             f"{result['n']} items at {result['size']}x{result['size']}.")
+    text = tables.markdown(result["rows"], COLUMNS, title=title)
     if result["per_family"]:
-        methods = [m for m in METHODS if m in next(iter(result["per_family"].values()))]
-        lines += ["", "PSNR (dB) by edit family, single-edit items:", "",
-                  "| family | n | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
-        for fam, v in result["per_family"].items():
-            lines.append(f"| {fam} | {v['count']} | " + " | ".join(_fmt(v[m]) for m in methods) + " |")
-    return "\n".join(lines)
+        methods_ = [m for m in METHODS if m in next(iter(result["per_family"].values()))]
+        fam_rows = [{"family": fam, "n": v["count"], **{m: v[m] for m in methods_}}
+                    for fam, v in result["per_family"].items()]
+        text += "\n\n" + tables.markdown(fam_rows, ["family", "n", *methods_],
+                                           title="PSNR (dB) by edit family, single-edit items:")
+    return text
 
 
-def write_results(result: dict, out_dir: str | Path | None = None) -> Path:
-    """Write ``results.csv`` and ``results.md`` (replacing earlier ones) and return the folder."""
+def output_paths(out_dir: str | Path | None = None) -> list[Path]:
+    """Where :func:`write_results` writes: ``results.csv`` and ``results.md``."""
     out = Path(out_dir) if out_dir else config.OUTPUT_DIR / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "psnr", "de00", "accuracy", "drift", "ms_1080p"])
-        w.writeheader()
-        w.writerows(result["rows"])
-    (out / "results.md").write_text(table_markdown(result) + "\n")
-    return out
+    return [out / "results.csv", out / "results.md"]
+
+
+def write_results(result: dict, out_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``results.csv`` and ``results.md`` (atomically; existing ones only with ``overwrite``); return the folder."""
+    csv_path, md_path = output_paths(out_dir)
+    tables.write({csv_path: tables.csv_text(result["rows"], COLUMNS), md_path: table_markdown(result) + "\n"},
+                 overwrite=overwrite)
+    return csv_path.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,29 +214,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="learned global-affine checkpoint (default: the shipped one; 'none' to skip)")
     p.add_argument("-n", "--items", type=int, default=None, help="evaluation items (default 24 FAST, 270 FULL)")
     p.add_argument("--size", type=int, default=None, help="image side (default 128 FAST, 256 FULL)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
                    help="instruction phrasings: held out from training (default) or the training ones")
     p.add_argument("--no-latency", action="store_true", help="skip the 1080p timings")
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/evaluate)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results.csv / results.md")
     a = p.parse_args(argv)
-    from .student import CheckpointError, load_student
-
     try:
+        tables.check_free(output_paths(a.out), a.overwrite)
         model = load_student(a.checkpoint, device=config.device())
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
         baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
                                                                   device=model.device)
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = evaluate(model, a.items, a.size, seed=a.seed, latency=not a.no_latency, paraphrases=a.paraphrases,
                       baseline=baseline)
     print(table_markdown(result))
-    print(f"\nwrote {write_results(result, a.out)}/results.csv and results.md")
+    try:
+        out = write_results(result, a.out, overwrite=a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {out}/results.csv and results.md")
     return 0
 
 

@@ -18,29 +18,39 @@ Update ratio: ``fake_steps`` fake-score updates per student update (default 1, a
 threestudio; DMD2 uses more). Seeded; item ``i`` of the data is a pure function of
 ``(seed, i)``; ``--resume`` continues exactly from ``OUT`` and ``OUT.state/`` (student
 weights, LoRA weights, both optimisers, step and logs, all safetensors/JSON, no pickle).
-Written with 🤗 Accelerate, so ``accelerate launch -m course_lib.train_vsd ...`` runs it on
-GPUs unchanged.
+Written with 🤗 Accelerate, so ``accelerate launch -m course_lib.train.vsd ...`` runs it on
+GPUs unchanged: ``--batch-size`` is per process, the processes split each step's items and
+random draws, the student's gradients are averaged by DDP and the fake score's by
+:func:`course_lib.train.common.average_gradients`, so every process keeps the same fake score.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from . import config
-from .bilateral import grid_tv
-from .distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
-                      make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
+from .. import config
+from ..align import info_nce, load_edit_clip
+from ..bilateral import grid_tv
+from ..data import RetouchPairs, resize
+from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
+                       make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
+from ..student import Student, StudentConfig, load_student, save_student, shipped_path
+from ..teacher import load_teacher
+from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, gather_with_grad,
+                     is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
+                     read_state, save_on_main, state_dir, strip_prefix, sync_parameters, with_prefix, write_state)
 
 
 @dataclasses.dataclass
 class VSDArgs:
-    """Hyper-parameters of :func:`train` (the command's flags)."""
+    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
 
     steps: int = 1000
     batch_size: int = 8
@@ -60,9 +70,7 @@ class VSDArgs:
     out: str | None = None
 
 
-def _student(args: VSDArgs):
-    from .student import Student, StudentConfig, load_student, shipped_path
-
+def _student(args: VSDArgs) -> Student:
     if args.init == "supervised":
         return load_student(shipped_path(), device="cpu")
     if args.init == "identity":
@@ -70,28 +78,22 @@ def _student(args: VSDArgs):
     return load_student(args.init, device="cpu")
 
 
-def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], args: VSDArgs) -> None:
-    from .student import save_student
-    from .train_student import optimizer_tensors, state_dir, write_state
-
+def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], args: VSDArgs,
+          processes: int = 1) -> None:
     save_student(student, out, metadata={"trained_steps": str(step), "method": "vsd",
                                          "vsd_args": json.dumps(dataclasses.asdict(args)),
-                                         "log": json.dumps(log[-200:])})
-    ts, ms = optimizer_tensors(opt_s)
-    tf, mf = optimizer_tensors(opt_f)
-    tensors = {**{f"lora.{k}": v for k, v in lora_state_dict(fake).items()},
-               **{f"opt_s.{k}": v for k, v in ts.items()}, **{f"opt_f.{k}": v for k, v in tf.items()}}
-    write_state(state_dir(out), tensors, {"opt_s": ms, "opt_f": mf}, {"step": step, "log": log},
-                name="state.safetensors")
+                                         "processes": str(processes), "log": json.dumps(log[-200:])})
+    ts, ms = optimizer_tensors(opt_s, prefix="opt_s.")
+    tf, mf = optimizer_tensors(opt_f, prefix="opt_f.")
+    write_state(state_dir(out), {**with_prefix("lora.", lora_state_dict(fake)), **ts, **tf},
+                {"opt_s": ms, "opt_f": mf}, {"step": step, "log": log}, name="state.safetensors")
 
 
 def _load_state(out: Path, fake, opt_s, opt_f) -> tuple[int, list[dict]]:
-    from .train_student import load_optimizer_tensors, read_state, state_dir
-
     tensors, meta, st = read_state(state_dir(out), name="state.safetensors")
-    load_lora_state_dict(fake, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
-    load_optimizer_tensors(opt_s, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_s.")}, meta["opt_s"])
-    load_optimizer_tensors(opt_f, {k[6:]: v for k, v in tensors.items() if k.startswith("opt_f.")}, meta["opt_f"])
+    load_lora_state_dict(fake, strip_prefix(tensors, "lora."))
+    load_optimizer_tensors(opt_s, tensors, meta["opt_s"], prefix="opt_s.")
+    load_optimizer_tensors(opt_f, tensors, meta["opt_f"], prefix="opt_f.")
     return int(st["step"]), list(st["log"])
 
 
@@ -107,13 +109,10 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         ``(student, log)``: the trained student (eval mode) and one dict per step with ``vsd``
         (``0.5 ||grad||^2`` per image), ``fake`` (fake-score loss), ``grad_rms`` and ``mse_gt``
         (the student's MSE to the *unused* ground truth: a monitor, not a loss) and ``mse_id`` (the
-        same for the unedited photos: below it, the student edits towards the truth).
+        same for the unedited photos: below it, the student edits towards the truth); averaged
+        over processes.
     """
     from accelerate import Accelerator
-
-    from .data import RetouchPairs, resize
-    from .student import load_student
-    from .teacher import load_teacher
 
     acc = Accelerator()
     config.seed_everything(args.seed)
@@ -124,27 +123,25 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
     fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
     opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
-    edit_clip = None
-    if args.align_weight > 0:
-        from .align import load_edit_clip
-
-        edit_clip = load_edit_clip(args.align_path).requires_grad_(False)
+    edit_clip = load_edit_clip(args.align_path).requires_grad_(False) if args.align_weight > 0 else None
     start, log = 0, []
     if resume:
         if out is None or not Path(f"{out}.state", "state.json").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
         start, log = _load_state(out, fake, opt_s, opt_f)
+    sync_parameters(acc, lora_parameters(fake))  # every process starts from the main one's fake score
     student.train()
     student, opt_s = acc.prepare(student, opt_s)
     model = acc.unwrap_model(student)
-    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=args.steps * args.batch_size,
-                      seed=args.seed)
+    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed)
+    shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     bar = config.progress(total=args.steps, initial=start, desc="train-vsd",
                           disable=config.is_fast() or not acc.is_local_main_process)
     for step in range(start, args.steps):
-        items = [ds[step * args.batch_size + j] for j in range(args.batch_size)]
-        src = torch.stack([it["source"] for it in items]).to(acc.device)  # (B, 3, S, S)
-        instr = [it["instruction"] for it in items]
+        batch = shard.fetch(ds, step)
+        src = batch["source"].to(acc.device)  # (B, 3, S, S)
+        instr = batch["instruction"]
+        # one generator per step, the same on every process: draws are made for the global batch
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         with torch.no_grad():
             text_s = model.embed(instr)  # (B, text_dim), the student's encoder
@@ -152,8 +149,9 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             cond = teacher.encode_source(resize(src, teacher.working_size(*src.shape[-2:])).to(teacher.device))
         out_img, grid = student(src, text_s, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
         x0 = to_teacher_space(teacher, out_img)  # (B, C, h, w)
-        t = sample_timesteps(x0.shape[0], args.vsd, gen).to(x0.device)
-        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        n = shard.global_batch
+        t = shard.take(sample_timesteps(n, args.vsd, gen)).to(x0.device)
+        noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(x0)
         grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, args.vsd)
         loss = vsd_loss(x0, grad)
         if args.tv_weight > 0:
@@ -161,9 +159,11 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             loss = loss + args.tv_weight * grid_tv(grid)
         align = torch.zeros(())
         if edit_clip is not None:
-            # L_align = InfoNCE(edit(source, output), instruction) over the batch (straight-through clamp)
+            # L_align = InfoNCE(edit(source, output), instruction) over the (global) batch (straight-through clamp)
             shown = out_img + (out_img.clamp(0, 1) - out_img).detach()
-            align = edit_clip.loss(src, shown, edit_clip.embed_instructions(instr))
+            edits = gather_with_grad(acc, edit_clip.encode_edit(src, shown))
+            texts = gather_with_grad(acc, edit_clip.encode_text(edit_clip.embed_instructions(instr)))
+            align = info_nce(edits, texts, edit_clip.logit_scale)
             loss = loss + args.align_weight * align
         opt_s.zero_grad(set_to_none=True)
         acc.backward(loss)
@@ -171,26 +171,34 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         # the fake score follows the student's current outputs
         fake_losses = []
         for _ in range(args.vsd.fake_steps):
-            lf = fake_score_loss(fake, x0.detach(), cond, text_t, gen)
+            t_f = shard.take(torch.randint(0, len(fake.train_scheduler.alphas_cumprod), (n,), generator=gen))
+            noise_f = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen))
+            lf = fake_score_loss(fake, x0.detach(), cond, text_t, t=t_f, noise=noise_f)
             opt_f.zero_grad(set_to_none=True)
             lf.backward()
+            average_gradients(acc, lora_parameters(fake))
             opt_f.step()
             fake_losses.append(float(lf.detach()))
         with torch.no_grad():
-            tgt = torch.stack([it["target"] for it in items]).to(out_img)
+            tgt = batch["target"].to(out_img)
             mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
             mse_id = float((src - tgt).pow(2).mean())  # the do-nothing edit, same batch
-        log.append({"step": step + 1, "vsd": float(vsd_loss(x0.detach(), grad)),
-                    "align": float(align.detach()), "fake": sum(fake_losses) / len(fake_losses),
-                    "grad_rms": float(grad.pow(2).mean().sqrt()), "mse_gt": mse_gt, "mse_id": mse_id})
+        rec = mean_over_processes(acc, {"vsd": float(vsd_loss(x0.detach(), grad)), "align": float(align.detach()),
+                                        "fake": sum(fake_losses) / len(fake_losses),
+                                        "grad_ms": float(grad.pow(2).mean().sqrt()) ** 2,
+                                        "mse_gt": mse_gt, "mse_id": mse_id})
+        log.append({"step": step + 1, "vsd": rec["vsd"], "align": rec["align"], "fake": rec["fake"],
+                    "grad_rms": math.sqrt(rec["grad_ms"]), "mse_gt": rec["mse_gt"], "mse_id": rec["mse_id"]})
         bar.update(1)
         if (step + 1) % log_every == 0:
             recent = log[-log_every:]
             bar.set_postfix(fake=f"{sum(r['fake'] for r in recent) / len(recent):.4f}",
                             mse_gt=f"{sum(r['mse_gt'] for r in recent) / len(recent):.5f}")
-        if out is not None and ((step + 1) % args.save_every == 0 or step + 1 == args.steps) and acc.is_main_process:
-            _save(out, model, fake, opt_s, opt_f, step + 1, log, args)
+        if out is not None:
+            save_on_main(acc, step + 1, args.steps, args.save_every,
+                         lambda: _save(out, model, fake, opt_s, opt_f, step + 1, log, args, acc.num_processes))
     bar.close()
+    acc.wait_for_everyone()
     model.eval()
     return model, log
 
@@ -201,15 +209,13 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train_student import add_run_options, parse_run_options
-
     d, v = VSDArgs(), VSDConfig()
     p = argparse.ArgumentParser(prog="python -m course_lib train-vsd",
                                 description="Distil the diffusion teacher into the grid student with Variational "
                                             "Score Distillation (no paired targets). Resumable; runs under "
                                             "'accelerate launch' unchanged.")
-    p.add_argument("--steps", type=int, default=config.pick(fast=20, full=d.steps))
-    p.add_argument("--batch-size", type=int, default=config.pick(fast=4, full=d.batch_size))
+    add_run_options(p, steps=config.pick(fast=20, full=d.steps), batch_size=config.pick(fast=4, full=d.batch_size),
+                    seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "student_vsd.safetensors"))
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--init", default=d.init, help="'supervised' (shipped student), 'identity' or a checkpoint path")
     p.add_argument("--grid-size", type=int, default=d.grid_size,
@@ -228,23 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-weight", type=float, default=d.align_weight,
                    help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
     p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
-    add_run_options(p, d.seed, d.save_every, str(config.OUTPUT_DIR / "student_vsd.safetensors"))
     a = parse_run_options(p, argv)
     t_min, t_max = (int(x) for x in a.t_range.split(","))
     vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
                     weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
                     fake_steps=a.fake_steps)
-    args = VSDArgs(steps=a.steps, batch_size=a.batch_size, size=a.size, init=a.init, grid_size=a.grid_size, lr=a.lr, fake_lr=a.fake_lr,
-                   vsd=vsd, teacher=a.teacher, teacher_path=a.teacher_path, seed=a.seed, save_every=a.save_every,
-                   align_weight=a.align_weight, align_path=a.align_path, tv_weight=a.tv_weight,
-                   out=a.out)
+    args = from_args(VSDArgs, a, vsd=vsd)
     t0 = time.perf_counter()
     try:
         _, log = train(args, resume=a.resume)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    if log:
+    finally:
+        end_processes()
+    if log and is_main_process():
         k = max(1, min(50, len(log) // 4))
         first = sum(r["mse_gt"] for r in log[:k]) / sum(r["mse_id"] for r in log[:k])
         last = sum(r["mse_gt"] for r in log[-k:]) / sum(r["mse_id"] for r in log[-k:])

@@ -1,0 +1,40 @@
+"""The held-out evaluation set: the one builder every evaluation table draws its items from.
+
+Items come from :class:`course_lib.data.RetouchPairs` on the **held-out photos** (never seen in
+training) with the **held-out paraphrases** (``paraphrases="heldout"``: wording never seen
+either) or the training ones (``"train"``: new photos only). The same ``(n, size, seed,
+paraphrases)`` always gives the same items in the same order.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data import RetouchPairs
+
+#: The evaluation-set seed every table uses unless told otherwise.
+SEED = 1234
+
+
+def heldout_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "heldout") -> dict:
+    """``n`` held-out-photo pairs at ``size`` pixels, with ``"heldout"`` (default) or ``"train"`` phrasings.
+
+    Returns:
+        dict with ``source``, ``target`` (n, 3, size, size) in [0, 1], ``instruction`` and
+        ``edits`` (lists of n str: the instruction and its edits' encoding, see
+        :func:`course_lib.data.decode_edits`).
+    """
+    ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    return {"source": torch.stack([it["source"] for it in items]),
+            "target": torch.stack([it["target"] for it in items]),
+            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
+
+
+def take(batch: dict, index: slice) -> dict:
+    """The items ``index`` of a batch (every field sliced alike)."""
+    return {k: v[index] for k, v in batch.items()}
+
+
+def size_of(batch: dict) -> int:
+    """Number of items in a batch."""
+    return len(batch["source"])

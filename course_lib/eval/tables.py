@@ -1,0 +1,123 @@
+"""The one table writer: rows of scores as markdown, CSV or JSON, written atomically.
+
+A table is a list of row dicts (keys of :data:`course_lib.eval.score.COLUMNS`, or any others)
+and a list of columns: a key, or ``(key, header)`` to override the header. Numbers are
+formatted per key (:data:`~course_lib.eval.score.COLUMNS`; other keys: 2 decimals), ``nan`` is
+"-". Files are written through :func:`course_lib.util.files.atomic_write` and an existing file
+is never replaced unless ``overwrite=True`` (the commands' ``--overwrite``); every destination
+is checked before anything is written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+from ..util.files import FileExists, atomic_write
+from .score import COLUMNS
+
+Column = Union[str, tuple]
+
+
+def _spec(column: Column) -> tuple[str, str, str]:
+    """``(key, header, format)`` of a column."""
+    key, header = (column, None) if isinstance(column, str) else (column[0], column[1])
+    label, fmt = COLUMNS.get(key, (key, None))
+    return key, header or label, fmt or ""
+
+
+def cell(value, fmt: str = "") -> str:
+    """One value as table text: ``nan`` -> "-", numbers by ``fmt`` (default 2 decimals), the rest ``str``."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not fmt:
+        fmt = "{}" if isinstance(value, int) else "{:.2f}"
+    return fmt.format(value)
+
+
+def markdown(rows: Sequence[dict], columns: Sequence[Column], title: str | None = None,
+             notes: Sequence[str] = ()) -> str:
+    """A markdown table (numeric columns right-aligned), an optional title line above and notes below."""
+    specs = [_spec(c) for c in columns]
+    numeric = [bool(rows) and isinstance(rows[0].get(k), (int, float)) and not isinstance(rows[0].get(k), bool)
+               for k, _, _ in specs]
+    lines = [title, ""] if title else []
+    lines += ["| " + " | ".join(h for _, h, _ in specs) + " |",
+              "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(k, math.nan), f) for k, _, f in specs) + " |" for r in rows]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[Column]) -> str:
+    """CSV with the column keys as header and full-precision values (``csv`` module dialect)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[_spec(c)[0] for c in columns], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def json_text(rows, indent: int | None = None) -> str:
+    """Rows (or any result dict) as JSON, full precision (``NaN``/``Infinity`` as Python writes them)."""
+    return json.dumps(rows, indent=indent)
+
+
+Content = Union[str, Callable[[Path], None]]
+
+
+def check_free(paths: Sequence[str | os.PathLike], overwrite: bool = False) -> None:
+    """Raise :class:`~course_lib.util.files.FileExists` if a destination exists and ``overwrite`` is not set.
+
+    Call it before a long evaluation so that a run is not wasted on an output it may not write.
+    """
+    if overwrite:
+        return
+    for p in map(Path, paths):
+        if p.exists() or p.is_symlink():
+            raise FileExists(f"{p}: exists (use --overwrite to replace it)")
+
+
+def write(files: dict[str | os.PathLike, Content], overwrite: bool = False) -> list[Path]:
+    """Write several outputs atomically: path -> text, or ``fn(temporary path)`` that writes the file.
+
+    Every destination is checked first (:func:`check_free`), so either all are written or none.
+
+    Returns:
+        the paths written, in order.
+    """
+    check_free(list(files), overwrite)
+    written = []
+    for path, content in files.items():
+        if isinstance(content, str):
+            def fill(tmp: Path, text: str = content) -> None:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    f.write(text)
+        else:
+            fill = content
+        written.append(atomic_write(path, fill, overwrite=overwrite))
+    return written
+
+
+def write_table(rows: Sequence[dict], columns: Sequence[Column], stem: str | os.PathLike,
+                formats: Sequence[str] = ("csv", "md"), markdown_text: str | None = None,
+                overwrite: bool = False) -> list[Path]:
+    """Write one table as ``stem.csv``, ``stem.md`` and/or ``stem.json``.
+
+    Args:
+        markdown_text: the ``.md`` content (default: :func:`markdown` of ``rows``).
+    """
+    stem = Path(stem)
+    makers = {"csv": lambda: csv_text(rows, columns), "json": lambda: json_text(list(rows), indent=1) + "\n",
+              "md": lambda: (markdown_text if markdown_text is not None else markdown(rows, columns)) + "\n"}
+    unknown = set(formats) - set(makers)
+    if unknown:
+        raise ValueError(f"unknown table format(s) {sorted(unknown)}; known: csv, md, json")
+    return write({stem.with_name(f"{stem.name}.{fmt}"): makers[fmt]() for fmt in formats}, overwrite=overwrite)

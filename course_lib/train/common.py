@@ -1,0 +1,350 @@
+"""What every trainer shares: run options, the learning-rate schedule, how a step's batch is split
+over processes, gradient and log reduction across them, and resumable state on disk.
+
+**Processes.** A trainer runs as one process (``python -m course_lib train-…``) or as several
+under ``accelerate launch`` (one per GPU, or ``ACCELERATE_USE_CPU=1 … --multi_gpu
+--num_processes 2`` on a CPU). ``--batch-size B`` is per process: with ``W`` processes, step
+``k`` trains on the global batch of items ``k·W·B … (k+1)·W·B − 1`` and process ``r`` takes
+the ``r``-th block of ``B`` of them (:class:`Shard`). Item ``i`` is a pure function of
+``(seed, i)``, so ``W`` processes × ``B`` see exactly the items of one process × ``W·B``, in
+the same order, and any random draw of a step (timesteps, noise, dropout) is made for the whole
+global batch from a generator seeded by ``(seed, step)``, each process keeping its rows
+(:meth:`Shard.take`). Gradients are averaged over processes (DDP through ``acc.prepare``, or
+:func:`average_gradients` for the LoRA side-models), so one update of ``W`` × ``B`` equals
+one of ``1`` × ``W·B`` up to float rounding. ``--steps`` counts optimiser steps whatever ``W``.
+Only the main process writes checkpoints and prints.
+
+**State.** Weights go to ``OUT``; what resuming needs goes next to it in ``OUT.state/``
+(:func:`write_state`): one safetensors file (tensors, the optimisers flattened by
+:func:`optimizer_tensors`, string metadata) and ``state.json`` (step, logs, arguments), each
+written to a temporary file and renamed. No pickle is written or read.
+
+Debugging hook: with ``COURSE_LOG_ITEMS=PATH`` in the environment, process ``r`` appends the
+global item indices of every step to ``PATH.rank<r>`` (``items STEP i i i …``) and a line
+``saved STEP`` for every checkpoint it writes; the multi-process tests read them to check that
+the processes saw disjoint items and that only one wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+#: What ``--batch-size`` means, the same for every trainer (shown by ``--help``).
+BATCH_HELP = ("items per process per step (default %(default)s); with N processes a step trains on N x this "
+              "many distinct items")
+#: What ``--steps`` means.
+STEPS_HELP = "optimiser steps, whatever the number of processes (default %(default)s)"
+
+
+# ----------------------------------------------------------------------------- run options
+
+
+def add_run_options(p: argparse.ArgumentParser, *, steps: int, batch_size: int, seed: int = 0,
+                    save_every: int = 100, out: str | None = None, threads: int = 0,
+                    resume_help: str = "continue from OUT and OUT.state/") -> None:
+    """The options every trainer shares: ``--steps --batch-size --seed --save-every --threads [--out] --resume``."""
+    p.add_argument("--steps", type=int, default=steps, help=STEPS_HELP)
+    p.add_argument("--batch-size", type=int, default=batch_size, help=BATCH_HELP)
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--save-every", type=int, default=save_every, help="checkpoint every this many steps and at the end")
+    p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per process (0: torch's default)")
+    if out is not None:
+        p.add_argument("--out", default=out, help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+
+
+def parse_run_options(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, then apply ``--threads`` (0 keeps torch's default)."""
+    a = p.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    return a
+
+
+def from_args(cls, a: argparse.Namespace, **given: Any):
+    """The dataclass ``cls`` from parsed options: each field takes the option of the same name
+    (``--batch-size`` -> ``batch_size``), unless ``given`` sets it; fields with no option keep their default."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(a).items() if k in names}
+    return cls(**{**values, **given})
+
+
+def summary(command: str, values: Sequence[float], seconds: float, what: str, out: Any, fmt: str = ".4f",
+            most: int = 50) -> str:
+    """``command: N steps in S s; WHAT first k: a, last k: b; wrote OUT`` (k: a quarter of the run, at most
+    ``most``)."""
+    n = len(values)
+    k = max(1, min(most, n // 4))
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    return (f"{command}: {n} steps in {seconds:.0f} s; {what} first {k}: {first:{fmt}}, last {k}: {last:{fmt}}; "
+            f"wrote {out}")
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes and prints (the only one outside ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+# ----------------------------------------------------------------------------- the learning rate
+
+
+def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "constant", floor: float = 0.0,
+          rounding: str = "") -> float:
+    """The learning rate of optimiser step ``step`` (0-based): THE schedule of every trainer.
+
+    ``lr · (step + 1) / warmup`` during the warm-up, then ``lr`` (``decay="constant"``) or a
+    cosine from ``lr`` down to ``floor · lr`` at the last step (``decay="cosine"``):
+    ``lr · (floor + (1 − floor) · ½ (1 + cos(π t)))``, ``t = (step − warmup) / (steps − warmup)``.
+
+    ``rounding`` keeps the float rounding of the recipes the shipped checkpoints were made with,
+    so that they reproduce bit for bit: ``"student"`` multiplies ``lr · (step + 1)`` before
+    dividing by ``warmup``; ``"align"`` evaluates the cosine in float32.
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup if rounding == "student" else lr * ((step + 1) / max(1, warmup))
+    if decay == "constant":
+        return lr * 1.0
+    if decay != "cosine":
+        raise ValueError(f"decay must be 'constant' or 'cosine', not {decay!r}")
+    done, span = step - warmup, max(1, steps - warmup)
+    if rounding == "align":
+        c = torch.cos(torch.tensor(math.pi * done / span)).item()
+    else:
+        c = math.cos(math.pi * min(1.0, done / span))
+    return lr * (floor + (1 - floor) * 0.5 * (1 + c))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's share of every step: ``batch`` items of a global batch of ``world · batch``."""
+
+    batch: int
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def of(cls, acc, batch: int) -> "Shard":
+        """The shard of the process an ``accelerate.Accelerator`` runs in."""
+        return cls(batch, acc.process_index, acc.num_processes)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch * self.world
+
+    def items(self, step: int) -> list[int]:
+        """Global indices of the items this process trains on at ``step``: block ``rank`` of the step's batch."""
+        start = (step * self.world + self.rank) * self.batch
+        return list(range(start, start + self.batch))
+
+    def take(self, drawn: torch.Tensor) -> torch.Tensor:
+        """This process's rows of something drawn for the whole global batch (first dimension ``world · batch``)."""
+        return drawn[self.rank * self.batch:(self.rank + 1) * self.batch]
+
+    def fetch(self, ds, step: int) -> dict:
+        """The items of :meth:`items` from ``ds``, collated (:func:`collate`); logged if ``COURSE_LOG_ITEMS`` is set."""
+        idx = self.items(step)
+        debug_log(self.rank, f"items {step} {' '.join(map(str, idx))}")
+        return collate([ds[i] for i in idx])
+
+
+def debug_log(rank: int, line: str) -> None:
+    """Append ``line`` to ``$COURSE_LOG_ITEMS.rank<rank>`` when that variable is set (for the multi-process tests)."""
+    log = os.environ.get("COURSE_LOG_ITEMS")
+    if log:
+        with open(f"{log}.rank{rank}", "a") as f:
+            f.write(line + "\n")
+
+
+def end_processes() -> None:
+    """Wait for every process, then close the process group (none outside ``accelerate launch``).
+
+    Every trainer's command ends with this: gloo can abort a process that exits with the group open.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """A list of dataset items -> one dict: tensors stacked along a new first dimension, anything else listed."""
+    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor)
+            else [it[k] for it in items] for k in items[0]}
+
+
+def _distributed(acc) -> bool:
+    return acc is not None and acc.num_processes > 1
+
+
+def average_gradients(acc, params: Sequence[torch.nn.Parameter]) -> None:
+    """Average ``params``' gradients over the processes (for models not wrapped by ``acc.prepare``)."""
+    if not _distributed(acc):
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(v.view_as(g))
+
+
+def sync_parameters(acc, params: Sequence[torch.nn.Parameter]) -> None:
+    """Give every process the main process's values of ``params`` (what DDP does for prepared models)."""
+    if not _distributed(acc):
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def mean_over_processes(acc, values: dict[str, float]) -> dict[str, float]:
+    """The mean of each logged number over the processes (unchanged in one process)."""
+    if not _distributed(acc) or not values:
+        return values
+    t = acc.reduce(torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=acc.device),
+                   reduction="mean")
+    return dict(zip(values, t.tolist()))
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All processes' rows, concatenated; the gradient of this process's rows comes back summed over processes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every process's copy of the loss depends on these rows
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(acc, x: torch.Tensor) -> torch.Tensor:
+    """The global batch's rows of ``x`` (process order), differentiable with respect to this process's rows.
+
+    For a loss over the whole batch (InfoNCE's negatives): every process computes the same loss
+    on the gathered rows; the gradient of its own rows, summed over processes, then averaged by
+    DDP over processes, is the gradient of that one loss.
+    """
+    return _GatherWithGrad.apply(x) if _distributed(acc) else x
+
+
+# ----------------------------------------------------------------------------- optimiser state without pickle
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> tuple[dict[str, torch.Tensor], str]:
+    """Flatten an optimiser's state for safetensors: ``{"<prefix>state.<param>.<name>": tensor}`` + JSON of the rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{prefix}state.{pid}.{name}"] = val.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = val
+    return tensors, json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: str,
+                           prefix: str = "") -> None:
+    """Inverse of :func:`optimizer_tensors` (``tensors`` may hold other keys: only ``<prefix>state.*`` are read)."""
+    info = json.loads(meta)
+    state: dict[int, dict] = {}
+    for key, val in strip_prefix(tensors, prefix + "state.").items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    for key, val in info["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{prefix + key: value}``: several state dicts in one file."""
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose key starts with ``prefix``, without it (inverse of :func:`with_prefix`)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------- resumable state on disk
+
+
+def state_dir(out: str | os.PathLike) -> Path:
+    """``OUT.state/``: the optimiser and progress of a run writing ``OUT``."""
+    return Path(str(out) + ".state")
+
+
+def save_due(step: int, steps: int, every: int) -> bool:
+    """Whether a run saves after ``step`` steps: every ``every`` steps and at the last one."""
+    return step % max(1, every) == 0 or step == steps
+
+
+def save_on_main(acc, step: int, steps: int, every: int, save: Callable[[], object]) -> None:
+    """Call ``save()`` when a save is due after ``step`` steps (:func:`save_due`), in the main process only."""
+    if save_due(step, steps, every) and acc.is_main_process:
+        save()
+        debug_log(acc.process_index, f"saved {step}")
+
+
+def write_state(sdir: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], info: dict,
+                name: str = "optimizer.safetensors") -> None:
+    """Write a run's resumable state into ``sdir``: ``name`` (tensors + string metadata, safetensors)
+    and ``state.json`` (``info``), each to a temporary file first, then renamed."""
+    from safetensors.torch import save_file
+
+    sdir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(sdir / f"{name}.part"), metadata=metadata)
+    os.replace(sdir / f"{name}.part", sdir / name)
+    (sdir / "state.json.part").write_text(json.dumps(info))
+    os.replace(sdir / "state.json.part", sdir / "state.json")
+
+
+def has_state(sdir: Path, name: str = "optimizer.safetensors") -> bool:
+    """Whether ``sdir`` holds a complete state to resume from."""
+    return (sdir / "state.json").is_file() and (sdir / name).is_file()
+
+
+def read_state(sdir: Path, name: str = "optimizer.safetensors") -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """Inverse of :func:`write_state`: ``(tensors, metadata, info)``.
+
+    Raises:
+        FileNotFoundError: ``sdir`` holds no complete state.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not has_state(sdir, name):
+        raise FileNotFoundError(f"nothing to resume: {sdir}/state.json and {sdir}/{name} are needed")
+    with safe_open(str(sdir / name), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    return load_file(str(sdir / name)), metadata, json.loads((sdir / "state.json").read_text())

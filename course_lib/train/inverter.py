@@ -1,0 +1,150 @@
+"""``python -m course_lib train-inverter``: cycle-consistency fine-tuning of the 4-step inverter (lesson 07).
+
+Per step, on a batch of crops of the *training* photos (no instructions, ∅ text):
+
+1. ``z = F(x)``: 4 DDIM-inversion steps with the forward model (the teacher + a LoRA);
+2. ``x̂ = G(z)``: 4 DDIM generation steps with the frozen teacher;
+3. ``L = LPIPS(x̂, x) + λ_pix ||x̂ − x||² + λ_pres ||z − F_0(x)||²``
+   (:func:`course_lib.inversion.cycle_loss`); one Adam step on the LoRA only: gradients pass
+   through the frozen generator into the forward model.
+
+LPIPS is real when its ImageNet backbone is on disk (:mod:`course_lib.perceptual`), otherwise the
+labelled random-feature fallback; the checkpoint records which. Seeded; ``--resume`` continues
+exactly (LoRA, optimiser, step, log in ``OUT`` and ``OUT.state/``, safetensors/JSON only).
+Written with 🤗 Accelerate (``accelerate launch -m course_lib.train.inverter``): ``--batch-size``
+is per process, the processes split each step's photos and average the LoRA's gradients
+(:func:`course_lib.train.common.average_gradients`). The checkpoint format and its loader are
+the lesson's: :func:`course_lib.inversion.save_inverter`, :func:`course_lib.inversion.load_inverter`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import config
+from ..data import RetouchPairs
+from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
+from ..inversion import cycle_loss, invert, load_inverter, make_forward_model, save_inverter, shipped_path
+from ..perceptual import load_lpips
+from ..teacher import load_teacher
+from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, is_main_process,
+                     load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options, read_state,
+                     save_on_main, state_dir, strip_prefix, summary, sync_parameters, with_prefix, write_state)
+
+__all__ = ["InverterArgs", "train", "main", "load_inverter", "save_inverter", "shipped_path"]
+
+
+@dataclasses.dataclass
+class InverterArgs:
+    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
+
+    steps: int = 600
+    batch_size: int = 8
+    inversion_steps: int = 4
+    lr: float = 1e-4
+    lora_rank: int = 8
+    pixel_weight: float = 1.0
+    preserve_weight: float = 0.1
+    seed: int = 0
+    save_every: int = 100
+    out: str | None = None
+
+
+def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=None) -> tuple[object, list[dict]]:
+    """Run (or resume) cycle-consistency training of the inverter.
+
+    Returns:
+        ``(forward_model, log)``: one dict per step with ``loss``, ``lpips``, ``pixel``, ``preserve``
+        (averaged over processes).
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    config.seed_everything(args.seed)
+    teacher = teacher or load_teacher("embedded")
+    perceptual = perceptual or load_lpips()
+    fwd = make_forward_model(teacher, args.lora_rank, 4.0 * args.lora_rank)
+    opt = torch.optim.Adam(lora_parameters(fwd), lr=args.lr)
+    out = Path(args.out) if args.out else None
+    start, log = 0, []
+    if resume:
+        if out is None or not Path(f"{out}.state", "state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
+        tensors, meta, st = read_state(state_dir(out), name="state.safetensors")
+        load_lora_state_dict(fwd, strip_prefix(tensors, "lora."))
+        load_optimizer_tensors(opt, tensors, meta["opt"], prefix="opt.")
+        start, log = int(st["step"]), list(st["log"])
+    sync_parameters(acc, lora_parameters(fwd))  # every process starts from the main one's LoRA
+    ds = RetouchPairs(split="train", paraphrases="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    shard = Shard.of(acc, args.batch_size)  # this process's share of each step
+    meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
+            "args": json.dumps(dataclasses.asdict(args)), "processes": str(acc.num_processes)}
+
+    def save(step: int) -> None:
+        save_inverter(fwd, out, {**meta, "trained_steps": str(step), "log": json.dumps(log[-300:])})
+        t, m = optimizer_tensors(opt, prefix="opt.")
+        write_state(state_dir(out), {**with_prefix("lora.", lora_state_dict(fwd)), **t},
+                    {"opt": m}, {"step": step, "log": log}, name="state.safetensors")
+
+    bar = config.progress(total=args.steps, initial=start, desc="train-inverter",
+                          disable=config.is_fast() or not acc.is_local_main_process)
+    for step in range(start, args.steps):
+        src = shard.fetch(ds, step)["source"]  # (B, 3, 32, 32)
+        x0 = teacher.to_space(src.to(teacher.device))  # (B, 3, 32, 32) in [-1, 1]
+        null = teacher.null_text(x0.shape[0])
+        with torch.no_grad():
+            z_ref = invert(teacher, x0, null, args.inversion_steps)  # F_0(x): plain DDIM inversion
+        loss, parts = cycle_loss(fwd, teacher, x0, null, perceptual, args.inversion_steps, args.pixel_weight,
+                                 args.preserve_weight, z_ref)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        average_gradients(acc, lora_parameters(fwd))  # the LoRA is not DDP-wrapped: average here
+        opt.step()
+        log.append({"step": step + 1, **mean_over_processes(acc, {"loss": float(loss.detach()), **parts})})
+        bar.update(1)
+        bar.set_postfix(lpips=f"{log[-1]['lpips']:.4f}", pixel=f"{log[-1]['pixel']:.4f}")
+        if out is not None:
+            save_on_main(acc, step + 1, args.steps, args.save_every, lambda: save(step + 1))
+    bar.close()
+    acc.wait_for_everyone()
+    fwd.unet.requires_grad_(False)
+    return fwd, log
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = InverterArgs()
+    p = argparse.ArgumentParser(prog="python -m course_lib train-inverter",
+                                description="Fine-tune the few-step inverter (a LoRA on the teacher) with an LPIPS "
+                                            "cycle-consistency loss through the frozen few-step generator. "
+                                            "Resumable; runs under 'accelerate launch' unchanged.")
+    add_run_options(p, steps=config.pick(fast=10, full=d.steps), batch_size=config.pick(fast=4, full=d.batch_size),
+                    seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "inverter_lora.safetensors"))
+    p.add_argument("--inversion-steps", type=int, default=d.inversion_steps, help="forward = backward steps (4: iCD)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--pixel-weight", type=float, default=d.pixel_weight, help="weight of the pixel MSE term")
+    p.add_argument("--preserve-weight", type=float, default=d.preserve_weight,
+                   help="weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
+    a = parse_run_options(p, argv)
+    args = from_args(InverterArgs, a)
+    t0 = time.perf_counter()
+    try:
+        _, log = train(args, resume=a.resume)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    finally:
+        end_processes()
+    if log and is_main_process():
+        print(summary("train-inverter", [r["lpips"] for r in log], time.perf_counter() - t0, "cycle LPIPS", args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

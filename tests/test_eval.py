@@ -1,0 +1,59 @@
+"""Tests of the evaluation layer (course_lib.eval: heldout, score, tables); its layering: test_layers.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib.eval import score as S, tables
+from course_lib.eval.heldout import heldout_batch, take
+
+
+def test_heldout_batch_is_the_same_items_every_time():
+    a = heldout_batch(3, 32, paraphrases="train")
+    b = heldout_batch(5, 32, paraphrases="train")
+    assert a["source"].shape == (3, 3, 32, 32) and len(a["instruction"]) == len(a["edits"]) == 3
+    assert torch.equal(a["source"], b["source"][:3]) and a["instruction"] == b["instruction"][:3]
+    part = take(b, slice(1, 3))
+    assert torch.equal(part["target"], b["target"][1:3]) and part["edits"] == b["edits"][1:3]
+
+
+def test_score_keys_units_and_chunking():
+    batch = heldout_batch(4, 32, paraphrases="train")
+    s = S.score(batch["target"], batch)  # the oracle: right on target
+    assert list(s) == list(S.EDIT_KEYS)
+    assert math.isinf(s["psnr"]) and s["de00"] == 0 and s["accuracy"] == 100.0 and s["direction"] == 100.0
+    ident = S.score(batch["source"], batch)
+    assert ident["accuracy"] == 0.0 and ident["direction"] == 0.0 and ident["drift"] < 0.05
+    # chunked runs give the same numbers as one call
+    fn = lambda src, texts, tgt: (0.5 * src + 0.5 * tgt)  # noqa: E731
+    whole, chunked = S.run(fn, batch), S.run(fn, batch, batch_size=3, keep_output=True)
+    assert whole["scores"] == chunked["scores"] and chunked["output"].shape == batch["source"].shape
+    assert 0 < whole["scores"]["accuracy"] <= 100 and whole["ms_per_image"] >= 0
+    with pytest.raises(KeyError):
+        S.per_item(batch["source"], batch, keys=("nope",))
+
+
+def test_markdown_and_csv_formats():
+    rows = [{"method": "a", "steps": 4, "psnr": 21.234, "accuracy": 37.5, "ms_1080p": float("nan"), "extra": 1.0}]
+    md = tables.markdown(rows, ["method", "steps", "psnr", "accuracy", ("ms_1080p", "ms"), "extra"], title="T",
+                         notes=["skipped b"])
+    assert md.splitlines() == ["T", "", "| method | steps | PSNR (dB) ↑ | instruction acc. (%) ↑ | ms | extra |",
+                               "|---|---:|---:|---:|---:|---:|", "| a | 4 | 21.23 | 38 | - | 1.00 |", "",
+                               "- skipped b"]
+    assert tables.csv_text(rows, ["method", "psnr"]).splitlines() == ["method,psnr", "a,21.234"]
+
+
+def test_write_is_atomic_and_never_overwrites_unless_asked(tmp_path):
+    rows = [{"method": "a", "psnr": 20.0}]
+    paths = tables.write_table(rows, ["method", "psnr"], tmp_path / "t", formats=("csv", "md", "json"))
+    assert [p.name for p in paths] == ["t.csv", "t.md", "t.json"]
+    before = {p: p.read_text() for p in paths}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        tables.write_table([{"method": "b", "psnr": 1.0}], ["method", "psnr"], tmp_path / "t", formats=("md", "csv"))
+    assert {p: p.read_text() for p in paths} == before  # nothing written when one exists
+    tables.write_table([{"method": "b", "psnr": 1.0}], ["method", "psnr"], tmp_path / "t", overwrite=True)
+    assert "| b |" in (tmp_path / "t.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json", "t.md"]  # no temporary files left
+
