@@ -9,13 +9,14 @@ PORT ?= 8888
 JUPYTER_FLAGS := --no-browser --ip=127.0.0.1 --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,) \
 	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None
 
-.PHONY: setup course test unit notebooks check-notebooks help gpu-check
+.PHONY: setup course test unit notebooks check-notebooks help gpu-check hub-check
 
 help:
 	@echo "make course  - set up, prepare data, open JupyterLab at lesson 00 (prints the URL)"
 	@echo "make test    - set up, then unit tests + nbval over every notebook (COURSE_MODE=fast)"
 	@echo "make notebooks - regenerate notebooks/ from solutions/"
 	@echo "make portable - the numerically sensitive tests on PyTorch's baseline CPU kernels (ATEN_CPU_CAPABILITY=default)"
+	@echo "make hub-check - every hub-tier command, one step at 512 px, on a real-size random InstructPix2Pix (CPU ~15 min) -> outputs/hub_check/"
 	@echo "make gpu-check - on a CUDA machine: kernels, benchmark, student, lessons 02-05 -> outputs/gpu_check/ (ARGS=\"--skip nbval\")"
 
 setup:
@@ -48,3 +49,6 @@ check-notebooks: setup
 
 gpu-check: setup
 	$(PY) -m course_lib gpu-check $(ARGS)
+
+hub-check: setup
+	$(PY) -m course_lib hub-check $(ARGS)

@@ -216,14 +216,21 @@ class DirectionalCLIP(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, E) unit-norm CLIP image embeddings (differentiable)."""
-        x = F.interpolate(image, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
-        return F.normalize(self.model.encode_image((x - self.mean) / self.std), dim=-1)
+        x = F.interpolate(image.float(), size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        # the frozen CLIP may be fp16/bf16 on a GPU: its input in its dtype, the embeddings back in fp32
+        x = ((x.to(self.mean.device) - self.mean) / self.std).to(self.dtype)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the CLIP weights (fp32 on the CPU, often fp16 on GPUs)."""
+        return next(self.model.parameters()).dtype
 
     def text_direction(self, instructions: list[str]) -> torch.Tensor:
         """(N,) instructions -> (N, E) unit directions ``E_T(instruction) - E_T(neutral)``."""
         with torch.no_grad():
             tokens = self.tokenizer(list(instructions) + [self.neutral]).to(self.mean.device)
-            t = F.normalize(self.model.encode_text(tokens), dim=-1)
+            t = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return F.normalize(t[:-1] - t[-1:], dim=-1)
 
     def loss(self, source: torch.Tensor, output: torch.Tensor, instructions: list[str]) -> torch.Tensor:

@@ -92,7 +92,27 @@ def make_fake_score(teacher: Teacher, rank: int = 8, alpha: float = 32.0,
                                      target_modules=list(targets)))
     for name, p in fake.unet.named_parameters():
         p.requires_grad_("lora_" in name)
+    trainable_to_fp32(fake.unet)
     return fake
+
+
+def trainable_to_fp32(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Mixed precision done the standard way: the parameters that train are kept in fp32.
+
+    A teacher loaded in fp16 (the hub tier on GPUs) would give its LoRA fp16 weights, and Adam
+    in fp16 breaks at once: its ``eps = 1e-8`` rounds to 0, so the first update of a LoRA ``B``
+    whose gradient is 0 is 0/0 = NaN. Frozen weights stay in fp16/bf16 (half the memory and the
+    fast kernels); the trainable ones (and so the optimiser state) are cast to fp32, as diffusers'
+    ``cast_training_params`` does. peft's LoRA layers cast their input to their own dtype.
+
+    Returns:
+        The trainable parameters (now fp32), in module order.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return params
 
 
 def lora_parameters(fake: Teacher) -> list[torch.nn.Parameter]:

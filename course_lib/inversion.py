@@ -140,7 +140,8 @@ def generate(model: Teacher, z: torch.Tensor, text: torch.Tensor, steps: int = 4
 def make_forward_model(teacher: Teacher, rank: int = 8, alpha: float = 32.0) -> Teacher:
     """A LoRA copy of the teacher: the trainable few-step inverter (B = 0 at init: plain DDIM inversion).
 
-    The same construction as lesson 05's fake score (:func:`course_lib.distill.make_fake_score`).
+    The same construction as lesson 05's fake score (:func:`course_lib.distill.make_fake_score`), so
+    its LoRA is fp32 on an fp16 teacher (:func:`course_lib.distill.trainable_to_fp32`).
     """
     return make_fake_score(teacher, rank, alpha)
 
@@ -241,11 +242,11 @@ def reconstruct(forward: Teacher, backward: Teacher, image: torch.Tensor, steps:
     Args:
         image: (B, 3, h, w) in [0, 1] at the teacher's working size.
     """
-    x0 = backward.to_space(image)
+    x0 = backward.to_space(image.to(backward.device))
     null = backward.null_text(image.shape[0])
     t0 = time.perf_counter()
     z = invert(forward, x0, null, steps)
-    rec = backward.from_space(generate(backward, z, null, steps))
+    rec = backward.from_space(generate(backward, z, null, steps)).float().cpu()
     return rec, 1000 * (time.perf_counter() - t0) / image.shape[0]
 
 
@@ -264,11 +265,11 @@ def invert_and_edit(forward: Teacher, backward: Teacher, image: torch.Tensor, in
     Returns:
         (B, 3, h, w) edited, in [0, 1].
     """
-    x0 = backward.to_space(image)
+    x0 = backward.to_space(image.to(backward.device))
     null = backward.null_text(image.shape[0])
     z = invert(forward, x0, null, steps)
     text = backward.encode_text(list(instructions))
-    return backward.from_space(generate(backward, z, text, steps, guidance, tau))
+    return backward.from_space(generate(backward, z, text, steps, guidance, tau)).float().cpu()
 
 
 _MODELS: dict[str, tuple[Teacher, Teacher]] = {}
@@ -306,10 +307,10 @@ def edit_image(image: torch.Tensor, source_instruction: str, instruction: str, s
     h, w = image.shape[-2:]
     size = gen.working_size(h, w)
     small = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False,
-                          antialias=True).clamp(0, 1)
+                          antialias=True).clamp(0, 1).to(gen.device)
     x0 = gen.to_space(small)
     src_text = gen.encode_text([source_instruction]) if source_instruction.strip() else gen.null_text(1)
     z = invert(fwd, x0, src_text, steps)
     edited = gen.from_space(generate(gen, z, gen.encode_text([instruction]), steps, guidance, tau))
-    delta = F.interpolate(edited - small, size=(h, w), mode="bilinear", align_corners=False)
-    return (image[None].float() + delta).clamp(0, 1)[0]
+    delta = F.interpolate((edited - small).float().cpu(), size=(h, w), mode="bilinear", align_corners=False)
+    return (image[None].float().cpu() + delta).clamp(0, 1)[0]

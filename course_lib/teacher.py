@@ -395,13 +395,53 @@ def checkpoint_info(path: str | Path | None = None) -> dict:
     return {"kind": info.kind, "config": info.config, **info.provenance}
 
 
-def load_teacher(tier: str = "embedded", **kwargs) -> Teacher:
-    """``"embedded"`` (shipped checkpoint) or ``"hub"`` (InstructPix2Pix, :func:`load_hub_teacher`)."""
+#: The teacher tiers every command accepts (``--teacher``).
+TIERS: tuple[str, ...] = ("embedded", "hub")
+
+
+def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, **kwargs) -> Teacher:
+    """The one teacher loader every command uses.
+
+    Args:
+        tier: ``"embedded"`` (the course's checkpoint, :func:`load_embedded_teacher`) or ``"hub"``
+            (InstructPix2Pix, :func:`load_hub_teacher`).
+        path: embedded: a checkpoint file (default the shipped one); hub: a local
+            ``save_pretrained`` folder or a hub id (default :data:`HUB_REPO`).
+        device: default ``config.device()``.
+        dtype: the frozen weights' dtype (hub only; default fp16 on CUDA, fp32 elsewhere). The
+            embedded teacher (a few MB) always runs in fp32.
+
+    Raises:
+        TeacherError: missing or wrong weights (one line). ValueError: unknown tier.
+    """
     if tier == "embedded":
-        return load_embedded_teacher(**kwargs)
+        return load_embedded_teacher(path, device=device, **kwargs)
     if tier == "hub":
-        return load_hub_teacher(**kwargs)
+        return load_hub_teacher(path or HUB_REPO, device=device, dtype=dtype, **kwargs)
     raise ValueError(f"tier must be 'embedded' or 'hub', not {tier!r}")
+
+
+def add_teacher_options(parser, default: str = "embedded") -> None:
+    """Add ``--teacher embedded|hub`` and ``--teacher-path`` to an argparse parser (every teacher command)."""
+    parser.add_argument("--teacher", choices=list(TIERS), default=default,
+                        help="teacher tier: the embedded 32-px teacher or the hub InstructPix2Pix (default %(default)s)")
+    parser.add_argument("--teacher-path", default=None,
+                        help="embedded: a teacher checkpoint (default: the shipped one); hub: a local pipeline "
+                             f"folder or a hub id (default {HUB_REPO})")
+
+
+def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None) -> torch.dtype:
+    """The dtype of the frozen models (teacher, CLIP, LPIPS) for Accelerate's ``mixed_precision``.
+
+    ``"fp16"``/``"bf16"`` are honoured; otherwise fp16 on CUDA and fp32 elsewhere. Trainable
+    parameters stay fp32 whatever this says (:func:`course_lib.distill.trainable_to_fp32`).
+    """
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision == "fp16":
+        return torch.float16
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 # ----------------------------------------------------------------------------- the hub tier
@@ -455,7 +495,8 @@ class HubTeacher(Teacher):
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.resolution = int(resolution or self.unet.config.sample_size * self.vae_scale)
         # the pipeline's noise schedule, sampled with DDIM on "trailing" timesteps
-        self.scheduler_config = {**dict(pipe.scheduler.config), "timestep_spacing": "trailing",
+        # clip_sample is set explicitly: clipping x̂0 to [-1, 1] is for pixels, never for latents
+        self.scheduler_config = {**dict(pipe.scheduler.config), "timestep_spacing": "trailing", "clip_sample": False,
                                  "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon")}
         self.default_guidance = tuple(default_guidance)
         self._null: torch.Tensor | None = None
@@ -482,13 +523,19 @@ class HubTeacher(Teacher):
     def to_space(self, image: torch.Tensor) -> torch.Tensor:
         # differentiable (the VAE is frozen, not detached): distillation and the cycle loss need it
         # z = scaling_factor · mode(q(z | 2·img − 1)): (B, 4, H/8, W/8)
+        # the frozen VAE runs in the teacher's dtype (fp16 on GPUs); latents come back in fp32
         post = self.vae.encode((image * 2 - 1).to(self.device, self.dtype)).latent_dist
-        return post.mode() * self.scaling_factor
+        return post.mode().float() * self.scaling_factor
 
     @torch.no_grad()
     def encode_source(self, image: torch.Tensor) -> torch.Tensor:
         # InstructPix2Pix conditions on the *unscaled* latent mode
-        return self.vae.encode((image * 2 - 1).to(self.device, self.dtype)).latent_dist.mode()
+        return self.vae.encode((image * 2 - 1).to(self.device, self.dtype)).latent_dist.mode().float()
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # mixed precision: the UNet's frozen weights are in self.dtype (fp16 on GPUs), the latents and
+        # every loss in fp32; a LoRA's fp32 weights cast their own input (peft)
+        return self.unet(x_in.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
 
     def from_space(self, x: torch.Tensor) -> torch.Tensor:
         # differentiable, like to_space
@@ -498,7 +545,17 @@ class HubTeacher(Teacher):
     def sample(self, source, text_emb, steps=50, guidance=None, generator=None, x_T=None, callback=None):
         if x_T is None:
             x_T = torch.randn(source.shape[0], self.channels, *source.shape[-2:], generator=generator)
-        return super().sample(source, text_emb, steps, guidance, generator, x_T.to(self.dtype), callback)
+        return super().sample(source.float(), text_emb, steps, guidance, generator, x_T.float(), callback)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype=`` where diffusers has it (it deprecates
+    ``torch_dtype=`` from 0.36 on), ``torch_dtype=`` in older versions (``pyproject``: >= 0.27)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (only in versions with dtype=)
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
 
 
 def load_hub_teacher(repo: str | os.PathLike = HUB_REPO, device: torch.device | str | None = None,
@@ -520,7 +577,7 @@ def load_hub_teacher(repo: str | os.PathLike = HUB_REPO, device: torch.device | 
     local = Path(repo).is_dir()
     try:
         pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            str(repo), dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            str(repo), **_dtype_kwarg(dtype), safety_checker=None, requires_safety_checker=False,
             local_files_only=local or not config.online())
     except (OSError, ValueError, EnvironmentError) as exc:
         how = "" if local or config.online() else " (offline: set COURSE_ONLINE=1 to download about 2.6 GB)"
@@ -585,6 +642,46 @@ def make_tiny_pipeline(tmp_dir: str | Path, seed: int = 0):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         layers_per_block=1, norm_num_groups=4, sample_size=16)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                                   unet=unet, scheduler=sched, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+
+
+#: Stable Diffusion 1.5's architecture with InstructPix2Pix's 8-channel UNet input: the real sizes.
+REAL_SIZE = {
+    "unet": dict(sample_size=64, in_channels=8, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 cross_attention_dim=768, attention_head_dim=8),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, sample_size=512),
+    "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+}
+
+
+def make_real_size_pipeline(tmp_dir: str | Path, seed: int = 0):
+    """InstructPix2Pix at its real size with random weights (for the offline hub-tier smoke check).
+
+    UNet 859.5 M parameters (SD 1.5, 8 input channels), VAE 83.7 M, CLIP ViT-L/14 text encoder
+    123.1 M with the full 49 408-token tokenizer built from open_clip's bundled BPE. Nothing is
+    downloaded; the pictures it makes are noise, the costs (time, memory) are the real ones.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab, merges = write_clip_tokenizer_files(Path(tmp_dir) / "tokenizer_src", n_merges=48894)
+    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id, **REAL_SIZE["text"]))
+    unet = UNet2DConditionModel(**REAL_SIZE["unet"])
+    vae = AutoencoderKL(**REAL_SIZE["vae"])
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

@@ -21,9 +21,10 @@ Models:
   image, the convention slicing uses). Fewer cells make the edit smoother and more global
   (1 x 1: one tone curve per colour transform for the whole photo); more cells only
   interpolate the prediction - no new detail - and cost the slicing nothing extra.
-* ``teacher`` - the embedded diffusion teacher (lesson 04): DDIM with few steps at its
-  32 x 32 px working size, upscaled back (blurry: it is what the student learns from, not a
-  finished editor). ``strength`` blends: ``out = in + s (edit - in)``.
+* ``teacher`` - the diffusion teacher (lesson 04): DDIM with few steps at its working size,
+  upscaled back. The embedded teacher works at 32 x 32 px (blurry: it is what the student learns
+  from, not a finished editor); ``studio --teacher hub`` uses InstructPix2Pix at 512 px (shorter
+  side; a GPU makes it interactive). ``strength`` blends: ``out = in + s (edit - in)``.
 * ``Inverse-and-Edit`` - ``course_lib.inversion.edit_image(image, source_instruction,
   instruction)`` when that module and function exist; otherwise the option is shown
   disabled with a note.
@@ -62,12 +63,14 @@ from ..bilateral import slice_apply
 from ..data import resize
 from ..images import ImageError, load_image, save_image, to_uint8
 from ..student import load_student
-from ..teacher import load_teacher
+from ..teacher import add_teacher_options, load_teacher
 
 #: Default upload limit (MB = 2**20 bytes); ``python -m course_lib studio --max-upload-mb``.
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: Environment variable through which the command passes the limit to the served notebook.
 UPLOAD_ENV = "COURSE_STUDIO_MAX_UPLOAD_MB"
+#: The studio command passes ``--teacher`` / ``--teacher-path`` to the Voila kernel through these.
+TEACHER_ENV, TEACHER_PATH_ENV = "COURSE_STUDIO_TEACHER", "COURSE_STUDIO_TEACHER_PATH"
 #: Spatial grid cells offered (the shipped student predicts 16 x 16).
 GRID_CELLS = (1, 2, 4, 8, 16, 32, 64)
 #: DDIM steps of the teacher in the studio (few: it runs on a CPU while you wait).
@@ -308,7 +311,9 @@ class Studio:
         model: a student (default: the shipped one, loaded now).
         photo: the bundled photo shown first.
         max_upload_bytes: uploads larger than this are refused with a message.
-        teacher_loader: returns the teacher when first needed (default ``load_teacher("embedded")``).
+        teacher_loader: returns the teacher when first needed (default ``load_teacher(teacher, teacher_path)``).
+        teacher, teacher_path: the tier (``"embedded"`` or ``"hub"``) and its checkpoint / pipeline
+            folder (default: the ``studio`` command's ``--teacher`` / ``--teacher-path``, else embedded).
         teacher_steps: DDIM steps of the teacher.
         inversion: the Inverse-and-Edit function; default :func:`inversion_edit_fn` (``None`` if absent).
         preview_width: width of the on-screen picture (the edit itself is full resolution).
@@ -322,7 +327,8 @@ class Studio:
 
     def __init__(self, model=None, photo: str = "chelsea", max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
                  teacher_loader: Callable[[], Any] | None = None, teacher_steps: int = TEACHER_STEPS,
-                 inversion: Callable | None | str = "auto", preview_width: int = 512) -> None:
+                 inversion: Callable | None | str = "auto", preview_width: int = 512, teacher: str | None = None,
+                 teacher_path: str | None = None) -> None:
         import ipywidgets as W
 
         if model is None:
@@ -334,6 +340,8 @@ class Studio:
         self.teacher_steps = int(teacher_steps)
         self._teacher_loader = teacher_loader
         self._teacher = None
+        self.teacher_tier = teacher or os.environ.get(TEACHER_ENV) or "embedded"
+        self.teacher_path = teacher_path or os.environ.get(TEACHER_PATH_ENV) or None
         self.inversion = inversion_edit_fn() if inversion == "auto" else inversion
         self.preview_width = int(preview_width)
         self.sources: dict[str, torch.Tensor] = {}
@@ -468,8 +476,10 @@ class Studio:
         self.cells.disabled = m != STUDENT
         self.source_instruction.layout.display = "" if m == INVERSE else "none"
         if m == TEACHER:
-            self.note.value = (f"<i>teacher: the embedded diffusion teacher edits a <b>32 x 32 px</b> copy with "
-                               f"{self.teacher_steps} DDIM steps, upscaled back to the photo's size (blurry); "
+            what = ("the embedded diffusion teacher edits a <b>32 x 32 px</b> copy" if self.teacher_tier == "embedded"
+                    else "InstructPix2Pix (hub tier) edits a copy whose shorter side is <b>512 px</b>")
+            self.note.value = (f"<i>teacher: {what} with {self.teacher_steps} DDIM steps, upscaled back to the "
+                               f"photo's size{' (blurry)' if self.teacher_tier == 'embedded' else ''}; "
                                f"strength blends with the original. Press Apply.</i>")
         elif m == INVERSE:
             self.note.value = ("<i>Inverse-and-Edit: invert the photo to noise under the source prompt, regenerate "
@@ -491,7 +501,7 @@ class Studio:
             if self._teacher_loader is not None:
                 self._teacher = self._teacher_loader()
             else:
-                self._teacher = load_teacher("embedded", device=config.device())
+                self._teacher = load_teacher(self.teacher_tier, self.teacher_path, device=config.device())
         return self._teacher
 
     def edit(self) -> EditResult:
@@ -508,9 +518,9 @@ class Studio:
             teacher = self.teacher()  # loading is not part of the timing
             t0 = time.perf_counter()
             out = edit_teacher(teacher, self.source, text, s, steps=self.teacher_steps)
-            res = getattr(teacher, "resolution", 32)
+            th, tw = teacher.working_size(H, W) if hasattr(teacher, "working_size") else (32, 32)
             return EditResult(out, time.perf_counter() - t0, m,
-                              f"{self.teacher_steps} DDIM steps at {res} x {res} px, upscaled to {W} x {H}")
+                              f"{self.teacher_steps} DDIM steps at {tw} x {th} px, upscaled to {W} x {H}")
         if m == INVERSE:
             if self.inversion is None:
                 raise StudioError("Inverse-and-Edit is not available (needs course_lib.inversion.edit_image)")
@@ -630,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8866, help="port (default 8866)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"refuse uploaded photos larger than this many MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
+    add_teacher_options(p)
     a = p.parse_args(argv)
     if not (0 < a.port < 65536):
         print(f"error: --port must be in 1..65535, got {a.port}", file=sys.stderr)
@@ -645,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         nb = write_notebook(folder)
         write_voila_config(folder, a.max_upload_mb)
         env = voila_env(a.max_upload_mb)
+        env[TEACHER_ENV] = a.teacher
+        if a.teacher_path:
+            env[TEACHER_PATH_ENV] = str(Path(a.teacher_path).resolve()) if Path(a.teacher_path).exists() else a.teacher_path
         if a.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"studio: warning: listening on {a.host}: anyone who can reach this machine can use the studio "
                   "(there is no password)", file=sys.stderr)

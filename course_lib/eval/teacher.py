@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .. import config, metrics, student as student_lib
-from ..teacher import Teacher, load_embedded_teacher
+from ..teacher import Teacher, TeacherError, add_teacher_options, load_teacher
 from ..viz import show_images
 from . import score as S, tables
 from .heldout import heldout_batch
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="4,10,25,50", help="comma-separated DDIM step counts (default %(default)s)")
     p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out pairs")
     p.add_argument("--guidance", default=None, help="s_img,s_txt (default: the checkpoint's)")
-    p.add_argument("--weights", default=None, help="embedded teacher checkpoint (default: shipped)")
+    p.add_argument("--weights", default=None, help="the same as --teacher-path (kept for old scripts)")
+    add_teacher_options(p)
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"), help="the plot (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot")
     p.add_argument("--student", action="store_true", help="also score the shipped student, if there is one")
@@ -148,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    teacher = load_embedded_teacher(a.weights)
+    try:
+        teacher = load_teacher(a.teacher, a.teacher_path or a.weights)
+    except TeacherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     g = tuple(float(x) for x in a.guidance.split(",")) if a.guidance else None
     others = {}
     if a.student:

@@ -32,7 +32,7 @@ from ..data import RetouchPairs
 from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
 from ..inversion import cycle_loss, invert, load_inverter, make_forward_model, save_inverter, shipped_path
 from ..perceptual import load_lpips
-from ..teacher import load_teacher
+from ..teacher import add_teacher_options, frozen_dtype, load_teacher
 from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, is_main_process,
                      load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options, read_state,
                      save_on_main, state_dir, strip_prefix, summary, sync_parameters, with_prefix, write_state)
@@ -51,6 +51,8 @@ class InverterArgs:
     lora_rank: int = 8
     pixel_weight: float = 1.0
     preserve_weight: float = 0.1
+    teacher: str = "embedded"
+    teacher_path: str | None = None
     seed: int = 0
     save_every: int = 100
     out: str | None = None
@@ -67,8 +69,11 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
 
     acc = Accelerator()
     config.seed_everything(args.seed)
-    teacher = teacher or load_teacher("embedded")
-    perceptual = perceptual or load_lpips()
+    # frozen models (teacher, LPIPS) on the accelerator's device, the teacher in fp16/bf16 on GPUs;
+    # the LoRA stays fp32 (make_forward_model)
+    teacher = teacher or load_teacher(args.teacher, args.teacher_path, device=acc.device,
+                                      dtype=frozen_dtype(acc.device, acc.mixed_precision))
+    perceptual = (perceptual or load_lpips()).to(teacher.device)
     fwd = make_forward_model(teacher, args.lora_rank, 4.0 * args.lora_rank)
     opt = torch.optim.Adam(lora_parameters(fwd), lr=args.lr)
     out = Path(args.out) if args.out else None
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixel-weight", type=float, default=d.pixel_weight, help="weight of the pixel MSE term")
     p.add_argument("--preserve-weight", type=float, default=d.preserve_weight,
                    help="weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
+    add_teacher_options(p, default=d.teacher)
     a = parse_run_options(p, argv)
     args = from_args(InverterArgs, a)
     t0 = time.perf_counter()

@@ -42,7 +42,7 @@ from ..data import RetouchPairs, resize
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, load_student, save_student, shipped_path
-from ..teacher import load_teacher
+from ..teacher import add_teacher_options, frozen_dtype, load_teacher
 from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, gather_with_grad,
                      is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, state_dir, strip_prefix, sync_parameters, with_prefix, write_state)
@@ -116,14 +116,16 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
 
     acc = Accelerator()
     config.seed_everything(args.seed)
-    if teacher is None:
-        teacher = load_teacher(args.teacher, **({"path": args.teacher_path} if args.teacher_path else {}))
+    if teacher is None:  # frozen: fp16/bf16 on GPUs (Accelerate's mixed_precision), on the accelerator's device
+        teacher = load_teacher(args.teacher, args.teacher_path, device=acc.device,
+                               dtype=frozen_dtype(acc.device, acc.mixed_precision))
     out = Path(args.out) if args.out else None
     student = load_student(out, device="cpu") if resume else _student(args)
     fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
     opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
-    edit_clip = load_edit_clip(args.align_path).requires_grad_(False) if args.align_weight > 0 else None
+    edit_clip = (load_edit_clip(args.align_path, device=acc.device).requires_grad_(False)
+                 if args.align_weight > 0 else None)
     start, log = 0, []
     if resume:
         if out is None or not Path(f"{out}.state", "state.json").is_file():
@@ -227,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", default=None, help="teacher s_img,s_txt (default: the teacher's)")
     p.add_argument("--weighting", choices=["sds", "dmd"], default=v.weighting)
     p.add_argument("--lora-rank", type=int, default=v.lora_rank)
-    p.add_argument("--teacher", choices=["embedded", "hub"], default=d.teacher)
-    p.add_argument("--teacher-path", default=None, help="teacher checkpoint / pipeline folder")
+    add_teacher_options(p, default=d.teacher)
     p.add_argument("--tv-weight", type=float, default=d.tv_weight,
                    help="total-variation weight on the predicted grid (default %(default)s, as supervised; 0 = off)")
     p.add_argument("--align-weight", type=float, default=d.align_weight,
