@@ -93,7 +93,7 @@ def test_tiny_cpu_dry_run_writes_every_section(tmp_path):
     # header: device, versions, overall status
     assert "Dry run on the CPU" in text and "| device | cpu (DRY RUN" in text
     assert f"| torch | {torch.__version__} |" in text and "| triton |" in text and "| CUDA (torch build) |" in text
-    assert "| overall | **FAILED (1 of 4 steps)** |" in text
+    assert f"| overall | **FAILED (1 of {len(gpu_check.STEPS)} steps)** |" in text
     # every section, in order, with its table
     headings = ["## Summary"] + [f"## {k + 1}. {title}" for k, title in enumerate(gpu_check.STEPS.values())]
     positions = [text.index(h) for h in headings]
@@ -117,6 +117,18 @@ def test_tiny_cpu_dry_run_writes_every_section(tmp_path):
     assert "| good.ipynb | passed | 1 | 0 | 0 | 0 |" in text
     assert "| bad.ipynb | FAILED | 1 | 1 | 0 | 0 |" in text and "| Cell 1 |" in text
     assert "ValueError: boom" in text  # the tail of its output, for the failing notebook
+    assert "| 5. hub | **SKIPPED** |" in text  # the real-size hub tier: CUDA only (make hub-check on the CPU)
+
+
+def test_hub_step_reads_hub_check_lines():
+    out = ("hub-check: pipeline /x ready in 2 s\nhub-check: teacher-eval: ok in 12.5 s, peak RSS 6.19 GB\n"
+           "hub-check: train-vsd: timeout 60 s in 60.2 s, peak RSS 12.40 GB\n")
+    rows = gpu_check.parse_hub_output(out)
+    assert rows == [{"command": "teacher-eval", "status": "ok", "seconds": 12.5, "rss_gb": 6.19},
+                    {"command": "train-vsd", "status": "timeout 60 s", "seconds": 60.2, "rss_gb": 12.4}]
+    res = gpu_check.StepResult("hub", status="FAILED", reason="train-vsd: timeout 60 s", rows=rows)
+    text = gpu_check.render([res], {"device": "cuda"}, "now", 1.0, [])
+    assert "| command | status | seconds | peak RSS GB |" in text and "| train-vsd | timeout 60 s | 60.2 | 12.40 |" in text
 
 
 def test_failing_worker_step_reports_one_line(monkeypatch, tmp_path):

@@ -56,9 +56,12 @@ STEPS: dict[str, str] = {
     "bench": "Slicing benchmark vs the memory-bandwidth floor",
     "student": "Shipped student, end to end",
     "nbval": "Lessons 02-05 under nbval (FAST mode)",
+    "hub": "Hub tier at real size: InstructPix2Pix-sized random pipeline, one step at 512 px",
 }
 #: Wall-clock budget of each step in seconds (the subprocess is killed when it runs over).
-BUDGETS: dict[str, float] = {"kernels": 75.0, "bench": 90.0, "student": 60.0, "nbval": 225.0}
+BUDGETS: dict[str, float] = {"kernels": 60.0, "bench": 75.0, "student": 45.0, "nbval": 190.0, "hub": 98.0}
+#: The hub-tier commands step 5 runs (``python -m course_lib hub-check --only ...``; all of them: make hub-check).
+HUB_COMMANDS = ("teacher-eval", "train-vsd")
 #: The whole run stays under this (8 minutes), whatever ``--budget`` says.
 TOTAL_BUDGET_S = 480.0
 #: Seconds kept back at the end of the total budget (writing the report, process start-up).
@@ -588,6 +591,43 @@ def parse_pytest(out: str) -> dict:
     return row
 
 
+_HUB_LINE = re.compile(r"^hub-check: (?P<name>[\w-]+): (?P<status>.+?) in (?P<s>[\d.]+) s, peak RSS (?P<gb>[\d.]+) GB$")
+
+
+def parse_hub_output(text: str) -> list[dict]:
+    """The per-command lines ``hub-check: NAME: STATUS in S s, peak RSS G GB`` as rows."""
+    rows = []
+    for line in ANSI.sub("", text).splitlines():
+        m = _HUB_LINE.match(line.strip())
+        if m:
+            rows.append({"command": m["name"], "status": m["status"], "seconds": float(m["s"]), "rss_gb": float(m["gb"])})
+    return rows
+
+
+def run_hub(device: str, tiny: bool, timeout: float) -> StepResult:
+    """Step 5: the hub-tier commands of :data:`HUB_COMMANDS` through ``hub-check`` on the device
+    (the real-size random pipeline is built once, about 4 GB on disk, and reused)."""
+    res = StepResult("hub", budget_s=timeout)
+    cmd = [sys.executable, "-m", "course_lib", "hub-check", "--only", ",".join(HUB_COMMANDS),
+           "--limit", f"{max(10.0, timeout - 45):.0f}"] + (["--tiny"] if tiny else [])
+    res.command = "python -m course_lib hub-check " + " ".join(cmd[4:])
+    t0 = time.perf_counter()
+    rc, out, err, timed_out = _run(cmd, timeout, _step_env(device, tiny), config.REPO_ROOT)
+    res.wall_s = time.perf_counter() - t0
+    res.rows = parse_hub_output(out)
+    bad = [r for r in res.rows if r["status"] != "ok"]
+    if timed_out:
+        res.status, res.reason = "FAILED", f"timed out after {timeout:.0f} s ({len(res.rows)} commands done)"
+    elif rc != 0 or bad or len(res.rows) < len(HUB_COMMANDS):
+        why = f"{bad[0]['command']}: {bad[0]['status']}" if bad else f"hub-check exited with code {rc}"
+        res.status, res.reason = "FAILED", why
+    else:
+        res.status = "PASSED"
+    if res.status == "FAILED":
+        res.log_tail = "\n".join((out + err).strip().splitlines()[-15:])
+    return res
+
+
 def run_nbval(paths: list[Path], device: str, tiny: bool, timeout: float) -> StepResult:
     """Step 4: ``COURSE_MODE=fast COURSE_DEVICE=<device> python -m pytest <notebook>``, one notebook after
     the other, all within ``timeout`` seconds; cell counts and wall time per notebook.
@@ -754,6 +794,11 @@ def _step_tables(res: StepResult) -> list[str]:
                          _f(sum(secs) if secs else None, ".1f"), "", ""])
         return lines + _table(["notebook", "status", "cells passed", "failed", "errors", "skipped", "wall s",
                                "first failing cell", "pytest says"], "llrrrrrll", rows)
+    if res.name == "hub":
+        lines = [f"Command: `{res.command}` (every hub command on the CPU: `make hub-check`)", ""]
+        return lines + _table(["command", "status", "seconds", "peak RSS GB"], "llrr",
+                              [[r["command"], r["status"], f"{r['seconds']:.1f}", f"{r['rss_gb']:.2f}"]
+                               for r in res.rows])
     return []
 
 
@@ -889,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
             res.status, res.reason, res.budget_s = "SKIPPED", "--skip", 0.0
         elif name == "nbval" and args.device == "cpu" and nb_paths is None:
             res.status, res.reason, res.budget_s = "SKIPPED", "CPU dry run: the lessons need CUDA (--nbval-paths to test)", 0.0
+        elif name == "hub" and args.device == "cpu":
+            res.status, res.reason, res.budget_s = "SKIPPED", "CPU dry run: on the CPU run make hub-check", 0.0
         else:
             timeout = min(budgets[name], deadline - time.perf_counter())
             if timeout < 5:
@@ -897,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"gpu-check: [{k + 1}/{len(STEPS)}] {name} (budget {timeout:.0f} s) ...", flush=True)
                 if name == "nbval":
                     res = run_nbval(nb_paths if nb_paths is not None else nbval_paths(), args.device, args.tiny, timeout)
+                elif name == "hub":
+                    res = run_hub(args.device, args.tiny, timeout)
                 else:
                     res = run_worker_step(name, args.device, args.tiny, timeout)
                 results[k] = res

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from .. import config
 from ..perceptual import load_lpips
 from ..teacher import HUB_REPO, load_hub_teacher, make_real_size_pipeline, make_tiny_pipeline
@@ -193,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         status, secs, gb = run_one(args, limit, run / f"{name}.log")
         rows.append((name, status, secs, gb))
         print(f"hub-check: {name}: {status} in {secs:.1f} s, peak RSS {gb:.2f} GB", flush=True)
-    import torch
-
     head = (f"hub-check {'(tiny pipeline)' if a.tiny else '(real-size random InstructPix2Pix, 512 px)'} "
             f"{time.strftime('%Y-%m-%d %H:%M')}, device {config.device()}, torch threads {torch.get_num_threads()}, "
             f"pipeline {pipe}\n\n")

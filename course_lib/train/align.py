@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from .. import config
 from ..align import (AlignError, EditCLIP, EditCLIPConfig, heldout_retrieval, info_nce, load_edit_clip,
                      save_edit_clip)
 from ..data import RetouchPairs
-from .common import (Shard, add_run_options, end_processes, from_args, gather_with_grad, is_main_process,
+from .common import (run_command, Shard, add_run_options, from_args, gather_with_grad, is_main_process,
                      load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, set_lr, state_dir, summary, write_state)
 
@@ -119,17 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=d.lr)
     a = parse_run_options(p, argv)
     args = from_args(AlignArgs, a)
-    t0 = time.perf_counter()
-    try:
-        model, losses = train(args, resume=a.resume)
-    except (FileNotFoundError, ValueError, AlignError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        end_processes()
-    if not is_main_process():
-        return 0
-    print(summary("train-align", losses, time.perf_counter() - t0, "InfoNCE", args.out, ".3f"))
+    result, seconds, code = run_command(lambda: train(args, resume=a.resume), (FileNotFoundError, ValueError, AlignError))
+    if code or not is_main_process():
+        return code
+    model, losses = result
+    print(summary("train-align", losses, seconds, "InfoNCE", args.out, ".3f"))
     for phr in ("train", "heldout"):
         r = heldout_retrieval(model, paraphrases=phr)
         print(f"held-out photos, {phr} phrasings: top-1 retrieval among 64 = {r['accuracy']:.0%} "

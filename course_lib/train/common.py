@@ -31,6 +31,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -183,6 +185,23 @@ def end_processes() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def run_command(train_fn: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> tuple[Any, float, int]:
+    """Run a trainer from its command: ``(result, seconds, exit code)``.
+
+    The errors a trainer expects (a missing file, a bad value, ...) become one ``error:`` line and
+    exit code 2; whatever happens, the process group is closed (:func:`end_processes`).
+    """
+    t0 = time.perf_counter()
+    try:
+        return train_fn(), time.perf_counter() - t0, 0
+    except errors as exc:
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
+        return None, time.perf_counter() - t0, 2
+    finally:
+        end_processes()
 
 
 def collate(items: Sequence[dict]) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
 from ..inversion import cycle_loss, invert, load_inverter, make_forward_model, save_inverter, shipped_path
 from ..perceptual import load_lpips
 from ..teacher import add_teacher_options, frozen_dtype, load_teacher
-from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, is_main_process,
+from .common import (run_command, Shard, add_run_options, average_gradients, from_args, is_main_process,
                      load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options, read_state,
                      save_on_main, state_dir, strip_prefix, summary, sync_parameters, with_prefix, write_state)
 
@@ -139,16 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     add_teacher_options(p, default=d.teacher)
     a = parse_run_options(p, argv)
     args = from_args(InverterArgs, a)
-    t0 = time.perf_counter()
-    try:
-        _, log = train(args, resume=a.resume)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    finally:
-        end_processes()
+    result, seconds, code = run_command(lambda: train(args, resume=a.resume),
+                                        (FileNotFoundError, ValueError, RuntimeError, KeyError))
+    if code:
+        return code
+    log = result[1]
     if log and is_main_process():
-        print(summary("train-inverter", [r["lpips"] for r in log], time.perf_counter() - t0, "cycle LPIPS", args.out))
+        print(summary("train-inverter", [r["lpips"] for r in log], seconds, "cycle LPIPS", args.out))
     return 0
 
 

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +42,7 @@ from ..bilateral import grid_tv
 from ..data import RetouchPairs
 from ..student import CheckpointError, Student, StudentConfig, load_student, save_student
 from ..text import shared_encoder
-from .common import (Shard, add_run_options, end_processes, from_args, is_main_process, load_optimizer_tensors, lr_at,
+from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
                      state_dir, summary, write_state)
 
@@ -222,20 +221,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
     a = parse_run_options(p, argv)
     args = from_args(TrainArgs, a, families=tuple(a.families.split(",")) if a.families else None)
-    t0 = time.perf_counter()
-    try:
+    def run():
         init = None
         if a.init and not a.resume:
             init = load_student(a.init, device="cpu")
             args.global_affine = init.cfg.global_affine
-        model, losses = train(args, resume=a.resume, model=init)
-    except (FileNotFoundError, ValueError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        end_processes()
+        return train(args, resume=a.resume, model=init)
+
+    result, seconds, code = run_command(run, (FileNotFoundError, ValueError, CheckpointError))
+    if code:
+        return code
+    model, losses = result
     if losses and is_main_process():
-        print(summary("train-student", losses, time.perf_counter() - t0, "mse", args.out, ".5f", most=100))
+        print(summary("train-student", losses, seconds, "mse", args.out, ".5f", most=100))
     return 0
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_pa
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, load_student, save_student, shipped_path
 from ..teacher import add_teacher_options, frozen_dtype, load_teacher
-from .common import (Shard, add_run_options, average_gradients, end_processes, from_args, gather_with_grad,
+from .common import (run_command, Shard, add_run_options, average_gradients, from_args, gather_with_grad,
                      is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, state_dir, strip_prefix, sync_parameters, with_prefix, write_state)
 
@@ -241,19 +240,16 @@ def main(argv: list[str] | None = None) -> int:
                     weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
                     fake_steps=a.fake_steps)
     args = from_args(VSDArgs, a, vsd=vsd)
-    t0 = time.perf_counter()
-    try:
-        _, log = train(args, resume=a.resume)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    finally:
-        end_processes()
+    result, seconds, code = run_command(lambda: train(args, resume=a.resume),
+                                        (FileNotFoundError, ValueError, RuntimeError, KeyError))
+    if code:
+        return code
+    log = result[1]
     if log and is_main_process():
         k = max(1, min(50, len(log) // 4))
         first = sum(r["mse_gt"] for r in log[:k]) / sum(r["mse_id"] for r in log[:k])
         last = sum(r["mse_gt"] for r in log[-k:]) / sum(r["mse_id"] for r in log[-k:])
-        print(f"train-vsd: {len(log)} steps in {time.perf_counter() - t0:.0f} s; monitor, MSE to the unused ground "
+        print(f"train-vsd: {len(log)} steps in {seconds:.0f} s; monitor, MSE to the unused ground "
               f"truth relative to the unedited photo's: first {k} steps {first:.2f}, last {k} {last:.2f}; "
               f"wrote {args.out}")
     return 0
