@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from test_multirank import free_port
+
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -30,7 +32,8 @@ def test_two_cpu_processes_are_two_ranks(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
-    proc = subprocess.run(LAUNCH_2 + [str(script)], env=env, capture_output=True, text=True, timeout=120)
+    port = ["--main_process_port", str(free_port())]  # not the fixed default 29500: another job may hold it
+    proc = subprocess.run(LAUNCH_2 + port + [str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert lines == ["rank 0 of 2: sum 3", "rank 1 of 2: sum 3"], proc.stdout

@@ -20,6 +20,7 @@ For each of the five trainers, ``accelerate launch --multi_gpu --num_processes 2
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ STEPS = 3
 COMMON = ["--steps", str(STEPS), "--seed", "0", "--threads", "1", "--save-every", "2"]
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for the ranks' rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _lrs(lr: float, **schedule) -> float:
@@ -71,6 +79,8 @@ def _run(cmd: list[str], log: Path, tmp: Path) -> None:
     env.pop("ACCELERATE_USE_CPU", None)
     if cmd[:len(LAUNCH_2)] == LAUNCH_2:
         env["ACCELERATE_USE_CPU"] = "1"  # without it each process would believe it is alone
+        # a free port of our own, not accelerate's fixed 29500 (another job on the machine may hold it)
+        cmd = LAUNCH_2 + ["--main_process_port", str(free_port())] + cmd[len(LAUNCH_2):]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp)
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
 
