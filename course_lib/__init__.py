@@ -1,7 +1,7 @@
 """course_lib: the library the InstantRetouch course builds, lesson by lesson.
 
 Lesson ↔ module:
-    00 tour            -> config, data, images, checks, nbtools
+    00 tour            -> config, data, world, grammar, oracle, images, checks, nbtools
     01 bilateral grid  -> bilateral
     02 fast slicing    -> fastslice
 See README.md for the full map.

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import save_image
-from .config import DATA_DIR
+from .config import CACHE_DIR
 
 # --------------------------------------------------------------------------- photos
 
@@ -152,9 +152,10 @@ def prepare(out_dir: str | Path | None = None) -> Path:
     """Write every bundled photo as PNG plus ``manifest.json`` (idempotent).
 
     Returns:
-        The folder written (default ``data/photos``).
+        The folder written (default ``data/cache/photos``; ``data/photos`` holds the vendored
+        photos of the data world 2.0, see :mod:`course_lib.world`).
     """
-    out = Path(out_dir) if out_dir is not None else DATA_DIR / "photos"
+    out = Path(out_dir) if out_dir is not None else CACHE_DIR / "photos"
     out.mkdir(parents=True, exist_ok=True)
     rows = manifest()
     for row in rows:

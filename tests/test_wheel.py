@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import config
+from course_lib import config, world
 
 ROOT = config.REPO_ROOT
 
@@ -47,6 +47,9 @@ loaders = LOADERS
 for name in names:
     m = eval(loaders[name])
     print("loaded", name, type(m).__name__)
+from course_lib import world
+assert world.PHOTO_DIR.resolve().is_relative_to(site), world.PHOTO_DIR
+print("photos", len(world.photo_names()), tuple(world.load_photo(world.photo_names("test")[0], 32).shape[:1]))
 """
 
 
@@ -73,6 +76,10 @@ def test_installed_wheel_is_self_contained(tmp_path):
     for name in shipped:
         assert f"course_lib/_data/weights/{name}" in members, f"{name} is not in the wheel"
     assert "course_lib/csrc/bilateral_slice.cpp" in members
+    photos = sorted(p.name for p in (ROOT / "data" / "photos").iterdir())
+    assert "manifest.json" in photos and len(photos) > 20
+    for name in photos:
+        assert f"course_lib/_data/photos/{name}" in members, f"photo {name} is not in the wheel"
     subpackages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "course_lib").rglob("__init__.py")}
     for sub in subpackages:
         assert f"{sub}/__init__.py" in members, f"subpackage {sub} is not in the wheel"
@@ -91,6 +98,7 @@ def test_installed_wheel_is_self_contained(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for name in shipped:
         assert f"loaded {name}" in proc.stdout
+    assert f"photos {len(world.photo_names())} (3,)" in proc.stdout  # vendored + package photos
 
     # retouch a photo with the installed package's shipped student, from a folder outside the repo
     import numpy as np

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .. import data
+from .. import config, data, grammar, oracle, world
 from ..config import no_network
 from ..util.notebooks import README, NotebookError, generate
 from .doctor import report
@@ -23,18 +23,50 @@ def doctor_main(argv: list[str]) -> int:
 
 def data_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib data",
-                                     description="The embedded photos: write them as PNG with a manifest, "
-                                                 "or print the manifest.")
-    parser.add_argument("action", choices=["prepare", "manifest"], help="prepare: write data/photos; manifest: print JSON")
-    parser.add_argument("--out", default=None, help="folder for 'prepare' (default data/photos)")
+                                     description="The embedded photos. prepare: write the first world's package photos "
+                                                 "as PNG with a manifest (data/cache/photos); manifest: print that "
+                                                 "manifest; world: list the data world 2.0's collection with splits, "
+                                                 "scene counts and phrasing counts; oracle: the oracle study (global "
+                                                 "affine, luma curve and bilateral-grid fits of every edit family on "
+                                                 "the test photos) -> outputs/oracle/*.md and *.json, never "
+                                                 "overwriting a file.")
+    parser.add_argument("action", choices=["prepare", "manifest", "world", "oracle"])
+    parser.add_argument("--out", default=None,
+                        help="folder for 'prepare' (default data/cache/photos) or 'oracle' (default outputs/oracle)")
+    parser.add_argument("--photos", type=int, default=None,
+                        help="oracle: use the first N test photos (default all; FAST mode 3)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="oracle: shorter side in pixels (default 256; FAST mode 128)")
+    parser.add_argument("--fast", action="store_true", help="oracle: the FAST variant whatever COURSE_MODE says")
     args = parser.parse_args(argv)
     if args.action == "manifest":
         print(json.dumps(data.manifest(), indent=1))
         return 0
+    if args.action == "world":
+        for split in world.WORLD_SPLITS:
+            names = world.photo_names(split)
+            print(f"{split:<5} {len(names):>2} photos: {', '.join(names)}")
+            print(f"      scenes: {world.scene_counts(split)}")
+        counts = world.phrasing_counts()
+        print(f"families: {len(world.WORLD_FAMILIES)} ({len(world.NEW_FAMILIES)} new); training patterns per family "
+              f"and direction: {min(c['train'] for c in counts.values())}-{max(c['train'] for c in counts.values())}; "
+              f"held-out synonyms: {len(grammar.HELDOUT_SYNONYMS)} words")
+        return 0
+    if args.action == "oracle":
+        fast = args.fast or config.is_fast()
+        names = world.photo_names("test")
+        n = args.photos if args.photos is not None else (3 if fast else len(names))
+        size = args.size if args.size is not None else (128 if fast else 256)
+        result = oracle.oracle_study(photos=names[:n], size=size)
+        paths = oracle.write(result, args.out)
+        print(oracle.markdown(result))
+        print("wrote " + ", ".join(map(str, paths)))
+        return 0
     out = data.prepare(args.out)
     rows = data.manifest()
     print(f"data: {len(rows)} photos in {out} "
-          f"({sum(r['split'] == 'train' for r in rows)} train, {sum(r['split'] == 'heldout' for r in rows)} held out)")
+          f"({sum(r['split'] == 'train' for r in rows)} train, {sum(r['split'] == 'heldout' for r in rows)} held out); "
+          f"data world 2.0: {len(world.photo_names())} photos in {world.PHOTO_DIR}")
     return 0
 
 
