@@ -45,7 +45,9 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
         ``{"reconstruction": [row, ...], "editing": [row, ...], "perceptual": label}``; rows have the
         keys of :data:`RECONSTRUCTION_COLUMNS` and :data:`EDITING_COLUMNS`.
     """
-    perceptual = (perceptual or load_lpips()).to(teacher.device)
+    perceptual = perceptual or load_lpips()
+    if isinstance(perceptual, torch.nn.Module):  # a plain loss function (tests) has no device
+        perceptual = perceptual.to(teacher.device)
     batch = heldout_batch(n, teacher.resolution, seed=seed, paraphrases="train")
     x = batch["source"]
     same = {**batch, "target": x}  # reconstruction: the photo is its own target

@@ -72,7 +72,9 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     # the LoRA stays fp32 (make_forward_model)
     teacher = teacher or load_teacher(args.teacher, args.teacher_path, device=acc.device,
                                       dtype=frozen_dtype(acc.device, acc.mixed_precision))
-    perceptual = (perceptual or load_lpips()).to(teacher.device)
+    perceptual = perceptual or load_lpips()
+    if isinstance(perceptual, torch.nn.Module):  # a plain loss function (tests) has no device
+        perceptual = perceptual.to(teacher.device)
     fwd = make_forward_model(teacher, args.lora_rank, 4.0 * args.lora_rank)
     opt = torch.optim.Adam(lora_parameters(fwd), lr=args.lr)
     out = Path(args.out) if args.out else None
