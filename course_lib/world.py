@@ -538,11 +538,9 @@ class WorldEdit:
 
 
 def apply_world_edits(img: torch.Tensor, edits: Sequence[WorldEdit]) -> torch.Tensor:
-    """Apply edits in order to a (3, H, W) or (B, 3, H, W) image."""
-    x = img[None] if img.dim() == 3 else img
-    for e in edits:
-        x = e(x)
-    return x[0] if img.dim() == 3 else x
+    """Apply edits in order to a (3, H, W) or (B, 3, H, W) image (:func:`course_lib.data.apply_edits`:
+    any edit that maps a batch to a batch)."""
+    return data.apply_edits(img, edits)
 
 
 def encode_world_edits(edits: Sequence[WorldEdit]) -> str:
