@@ -8,6 +8,7 @@ processes believes it is alone. Every trainer is run this way, with two ranks, i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from accelerate import Accelerator
 from course_lib.train.common import end_processes
 acc = Accelerator()
 total = acc.reduce(torch.tensor([acc.process_index + 1.0]), reduction="sum")
-print(f"rank {acc.process_index} of {acc.num_processes}: sum {total.item():g}", flush=True)
+print(f"rank {acc.process_index} of {acc.num_processes}: sum {total.item():g}\\n", end="", flush=True)
 end_processes()  # as every trainer's command ends: gloo can abort a process that exits with the group open
 """
 
@@ -35,5 +36,6 @@ def test_two_cpu_processes_are_two_ranks(tmp_path):
     port = ["--main_process_port", str(free_port())]  # not the fixed default 29500: another job may hold it
     proc = subprocess.run(LAUNCH_2 + port + [str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    # the two processes share one pipe: their lines can interleave, so find the records, not the lines
+    lines = sorted(re.findall(r"rank \d of \d: sum [\d.]+", proc.stdout))
     assert lines == ["rank 0 of 2: sum 3", "rank 1 of 2: sum 3"], proc.stdout
