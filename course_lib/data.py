@@ -435,6 +435,23 @@ def sample_instruction(rng: np.random.Generator, paraphrases: str = "train",
 # --------------------------------------------------------------------------- dataset
 
 
+def random_crop(img: torch.Tensor, rng: np.random.Generator, size: int, min_side: float = 0.4) -> torch.Tensor:
+    """A random crop of (3, H, W) ``img``, resized to (3, size, size): the training augmentation.
+
+    Side ``min_side..1`` of the shorter image side, aspect 3:4..4:3, random position, a
+    horizontal flip half the time; every draw comes from ``rng`` (so an item depends only on it).
+    """
+    h, w = img.shape[-2:]
+    side = min(h, w) * rng.uniform(min_side, 1.0)
+    aspect = rng.uniform(0.75, 4 / 3)
+    ch, cw = min(h, int(side * aspect ** 0.5)), min(w, int(side / aspect ** 0.5))
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = img[:, y0:y0 + ch, x0:x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop.flip(-1)
+    return resize(crop, (size, size))
+
+
 class RetouchPairs(torch.utils.data.Dataset):
     """Synthetic (source, instruction, target) triples from the bundled photos.
 
@@ -480,16 +497,7 @@ class RetouchPairs(torch.utils.data.Dataset):
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i])
         name = self.photos[int(rng.integers(len(self.photos)))]
-        img = self._base(name)
-        h, w = img.shape[-2:]
-        side = min(h, w) * rng.uniform(0.4, 1.0)
-        aspect = rng.uniform(0.75, 4 / 3)
-        ch, cw = min(h, int(side * aspect ** 0.5)), min(w, int(side / aspect ** 0.5))
-        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = img[:, y0:y0 + ch, x0:x0 + cw]
-        if rng.random() < 0.5:
-            crop = crop.flip(-1)
-        source = resize(crop, (self.size, self.size))
+        source = random_crop(self._base(name), rng, self.size, min_side=0.4)
         instruction, edits = sample_instruction(rng, self.paraphrases, self.compose_prob, self.families)
         target = apply_edits(source, edits)
         return {"source": source, "target": target, "instruction": instruction,

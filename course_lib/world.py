@@ -659,16 +659,7 @@ class RetouchWorld(torch.utils.data.Dataset):
     def crop(self, rng: np.random.Generator) -> tuple[str, torch.Tensor]:
         """A random photo of the split and a random crop of it, (3, size, size)."""
         name = self.photos[int(rng.integers(len(self.photos)))]
-        img = self._base(name)
-        h, w = img.shape[-2:]
-        side = min(h, w) * rng.uniform(0.35, 1.0)
-        aspect = rng.uniform(0.75, 4 / 3)
-        ch, cw = min(h, int(side * aspect ** 0.5)), min(w, int(side / aspect ** 0.5))
-        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = img[:, y0:y0 + ch, x0:x0 + cw]
-        if rng.random() < 0.5:
-            crop = crop.flip(-1)
-        return name, resize(crop, (self.size, self.size))
+        return name, data.random_crop(self._base(name), rng, self.size, min_side=0.35)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
