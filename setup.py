@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 
 # Shipped, read-only files of data/ that an installed course needs (globs relative to data/).
 # Add a pattern here when the repository starts shipping a new kind of file under data/.
-SHIPPED = ["weights/*.safetensors", "weights/*.json", "weights/*.md", "photos/*.jpg", "photos/manifest.json"]
+SHIPPED = ["weights/*.safetensors", "weights/*.json", "weights/*.md", "photos/*.jpg", "photos/manifest.json", "results/*.json"]
 
 setup(
     packages=find_packages(include=["course_lib", "course_lib.*"]) + ["course_lib._data"],

@@ -48,6 +48,8 @@ DATA_DIR: Path = Path(os.environ.get("COURSE_DATA_DIR") or (
     else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instantretouch-course"))
 #: Small trained checkpoints (safetensors) shipped with the course (``COURSE_WEIGHTS_DIR`` overrides).
 WEIGHTS_DIR: Path = Path(os.environ.get("COURSE_WEIGHTS_DIR") or SHIPPED_DIR / "weights")
+#: Measured results (JSON) shipped with the course: the numbers lessons and the README quote.
+RESULTS_DIR: Path = SHIPPED_DIR / "results"
 #: Re-creatable files (prepared photos, caches); git-ignored.
 CACHE_DIR: Path = DATA_DIR / "cache"
 #: Where commands write results unless told otherwise; git-ignored. Installed: ``./outputs``.

@@ -30,7 +30,7 @@ import torch
 
 from . import grammar, metrics, world
 from .bilateral import fit_bgu, slice_apply
-from .config import OUTPUT_DIR
+from .config import OUTPUT_DIR, RESULTS_DIR
 from .data import luma
 from .util.files import atomic_write_text
 
@@ -172,6 +172,21 @@ def markdown(result: dict) -> str:
               "- The grid cannot represent well: " + (", ".join(short) if short else "none") + ".",
               f"- {result['seconds']:.0f} s."]
     return "\n".join(lines)
+
+
+def table_markdown(result: dict) -> str:
+    """Only the table of :func:`markdown` (family, kind, cases, no-op, the three oracles, verdict),
+    as the README and lesson 00 show it."""
+    lines = ["| family | kind | cases | no-op | global affine | luma curve | grid (BGU) | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['family']} | {r['kind']} | {r['cases']} | "
+              + " | ".join(f"{r[k]:.1f}" for k in ("identity",) + ORACLES) + f" | {verdict(r)} |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def shipped_result() -> dict:
+    """The full study as measured for the course (``data/results/oracle.json``, without the per-case list)."""
+    return json.loads((RESULTS_DIR / "oracle.json").read_text())
 
 
 def free_stem(folder: Path, stem: str) -> Path:

@@ -513,11 +513,11 @@ WORLD_FAMILIES: tuple[WorldFamily, ...] = tuple(
         WorldFamily("hsl_luminance", "colour", hsl_luminance, 1.2, _HUES),
         WorldFamily("hsl_hue", "colour", hsl_hue, 1.0, _HUES),
         WorldFamily("graduated_exposure", "spatial", graduated_exposure, 1.2, ("top", "bottom")),
-        WorldFamily("graduated_temperature", "spatial", graduated_temperature, 1.0, ("top", "bottom")),
+        WorldFamily("graduated_temperature", "spatial", graduated_temperature, 1.7, ("top", "bottom")),
         WorldFamily("radial_exposure", "spatial", radial_exposure, 1.2, ("centre", "edges")),
         WorldFamily("region_exposure", "region", region_exposure, 1.2, ("sky", "skin", "foliage")),
-        WorldFamily("region_temperature", "region", region_temperature, 1.0, ("sky", "skin", "foliage")),
-        WorldFamily("region_saturation", "region", region_saturation, 1.0, ("sky", "skin", "foliage")),
+        WorldFamily("region_temperature", "region", region_temperature, 2.2, ("sky", "skin", "foliage")),
+        WorldFamily("region_saturation", "region", region_saturation, 1.5, ("sky", "skin", "foliage")),
         WorldFamily("clarity", "local", clarity, 1.5),
     ])
 WORLD_FAMILY = {f.name: f for f in WORLD_FAMILIES}
@@ -606,6 +606,28 @@ def sample_world_instruction(rng: np.random.Generator, wording: str = "train", p
     return grammar.compose(parts, rng, wording), edits
 
 
+#: What the student's "understood as" heads read: one label per family and target
+#: (``"exposure"``, ``"region_temperature@sky"``, ...), in a fixed order.
+READOUT_LABELS: tuple[str, ...] = tuple(f.name + (f"@{t}" if t else "") for f in WORLD_FAMILIES for t in f.targets)
+
+
+def readout_targets(edits: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training targets of the "understood as" heads for an encoded edit list.
+
+    Args:
+        edits: :func:`encode_world_edits` string ("" for a request that names no edit).
+
+    Returns:
+        ``(present, strength)``, two (K,) float tensors over :data:`READOUT_LABELS`: 1 where the
+        instruction names that edit, and its signed strength (amount / unit; 0 where absent).
+    """
+    present, strength = torch.zeros(len(READOUT_LABELS)), torch.zeros(len(READOUT_LABELS))
+    for e in decode_world_edits(edits) if edits else []:
+        k = READOUT_LABELS.index(e.family + (f"@{e.target}" if e.target else ""))
+        present[k], strength[k] = 1.0, e.amount / WORLD_FAMILY[e.family].unit
+    return present, strength
+
+
 def phrasing_counts() -> dict[str, dict[str, int]]:
     """Per family and direction (``"exposure+"``): distinct patterns per wording and training sentences."""
     return {f"{f.name}{'+' if d > 0 else '-'}": grammar.phrasing_counts(f.name, d, f.targets)
@@ -630,6 +652,8 @@ class RetouchWorld(torch.utils.data.Dataset):
         size: output side length (square crops). length: number of items. seed: base seed.
         p2, p3: probabilities of two- and three-edit instructions.
         families: restrict to these families (default all of :data:`WORLD_FAMILIES`).
+        p_none: probability of a request that names no edit (:func:`course_lib.grammar.non_edit_text`),
+            whose target is the source itself (``edits`` is then ""). 0 keeps every item as before.
 
     Returns (per item):
         dict with ``source``, ``target`` (3, size, size) float32 in [0, 1], ``instruction``
@@ -637,7 +661,8 @@ class RetouchWorld(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: str = "train", wording: str = "train", size: int = 128, length: int = 1000,
-                 seed: int = 0, p2: float = 0.25, p3: float = 0.1, families: Sequence[str] | None = None) -> None:
+                 seed: int = 0, p2: float = 0.25, p3: float = 0.1, families: Sequence[str] | None = None,
+                 p_none: float = 0.0) -> None:
         self.photos = photo_names(split)
         if wording not in grammar.WORDINGS_KINDS:
             raise ValueError(f"wording must be one of {grammar.WORDINGS_KINDS}, not {wording!r}")
@@ -647,6 +672,7 @@ class RetouchWorld(torch.utils.data.Dataset):
         self.split, self.wording, self.size = split, wording, int(size)
         self.length, self.seed, self.p2, self.p3 = int(length), int(seed), float(p2), float(p3)
         self.families = list(families) if families else None
+        self.p_none = float(p_none)
 
     def __len__(self) -> int:
         return self.length
@@ -666,6 +692,9 @@ class RetouchWorld(torch.utils.data.Dataset):
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i])
         name, source = self.crop(rng)
+        if self.p_none and rng.random() < self.p_none:
+            return {"source": source, "target": source.clone(), "instruction": grammar.non_edit_text(rng, self.wording),
+                    "edits": "", "photo": name}
         instruction, edits = sample_world_instruction(rng, self.wording, self.p2, self.p3, self.families,
                                                       coverage=target_weights(source))
         with torch.no_grad():

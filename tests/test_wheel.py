@@ -50,6 +50,8 @@ for name in names:
 from course_lib import world
 assert world.PHOTO_DIR.resolve().is_relative_to(site), world.PHOTO_DIR
 print("photos", len(world.photo_names()), tuple(world.load_photo(world.photo_names("test")[0], 32).shape[:1]))
+from course_lib import oracle
+print("oracle rows", len(oracle.shipped_result()["rows"]))
 """
 
 
@@ -80,6 +82,8 @@ def test_installed_wheel_is_self_contained(tmp_path):
     assert "manifest.json" in photos and len(photos) > 20
     for name in photos:
         assert f"course_lib/_data/photos/{name}" in members, f"photo {name} is not in the wheel"
+    for name in sorted(p.name for p in (ROOT / "data" / "results").glob("*.json")):
+        assert f"course_lib/_data/results/{name}" in members, f"results file {name} is not in the wheel"
     subpackages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "course_lib").rglob("__init__.py")}
     for sub in subpackages:
         assert f"{sub}/__init__.py" in members, f"subpackage {sub} is not in the wheel"
@@ -99,6 +103,7 @@ def test_installed_wheel_is_self_contained(tmp_path):
     for name in shipped:
         assert f"loaded {name}" in proc.stdout
     assert f"photos {len(world.photo_names())} (3,)" in proc.stdout  # vendored + package photos
+    assert f"oracle rows {len(world.WORLD_FAMILIES)}" in proc.stdout  # measured results ship too
 
     # retouch a photo with the installed package's shipped student, from a folder outside the repo
     import numpy as np

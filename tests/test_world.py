@@ -368,3 +368,18 @@ def test_the_world_works_offline():
         world.photos.cache_clear()
         assert len(world.photos()) == len(world.read_manifest()) + len(world.PACKAGE_PHOTOS)
         assert world.RetouchWorld("val", size=32, length=2)[1]["source"].shape == (3, 32, 32)
+
+
+def test_shipped_oracle_result_is_what_the_readme_quotes():
+    """The README's oracle table is rendered from data/results/oracle.json (measured, never typed)."""
+    from course_lib import config, oracle
+
+    r = oracle.shipped_result()
+    assert [row["family"] for row in r["rows"]] == [f.name for f in world.WORLD_FAMILIES]
+    assert r["photos"] == world.photo_names("test") and r["size"] == 256
+    readme = (config.REPO_ROOT / "README.md").read_text()
+    table = "\n".join("  " + line for line in oracle.table_markdown(r).splitlines())
+    assert table in readme
+    # the verdicts the README states in words
+    verdicts = {row["family"]: oracle.verdict(row) for row in r["rows"]}
+    assert {f for f, v in verdicts.items() if v == "grid falls short"} == {"hsl_luminance", "clarity"}
