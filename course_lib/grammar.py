@@ -582,6 +582,52 @@ def compose(parts: Sequence[tuple[str, bool]], rng: np.random.Generator, wording
     return text
 
 
+# --------------------------------------------------------------------------- not an edit
+
+#: Requests that name no edit (training): vague wishes, chat, captions. Paired with the identity,
+#: they teach the student's "understood as" heads what *not* recognising an instruction looks like.
+NON_EDITS = ("make it better", "improve it", "fix it", "fix this photo", "make it nice", "make it look good",
+             "do something", "edit this", "enhance", "hello", "hi there", "thanks", "thank you", "ok",
+             "what is this?", "who took this?", "a photo of a dog", "a picture of a house", "nice photo",
+             "i like it", "whatever you think", "surprise me", "make it pop somehow", "help",
+             "is this good?", "the end", "test", "lorem ipsum dolor sit amet", "asdf", "qwerty", "123",
+             "hmm", "yes", "no", "maybe later", "my holiday", "send this to mum", "print it")
+#: Held out for evaluating the refusal (never in training).
+NON_EDITS_HELDOUT = ("make it better please", "can you improve this?", "make it great", "beautify",
+                     "good morning", "how are you?", "a cat on a sofa", "zzzz", "xxxx", "jkl;", "!!!",
+                     "just do your thing", "the weather is nice today", "blah blah", "42",
+                     "make it look professional", "edit", "perfect it", "anything", "why?")
+
+
+def non_edit_text(rng: np.random.Generator, wording: str = "train") -> str:
+    """A request that names no edit: a phrase of :data:`NON_EDITS` (held out: of
+    :data:`NON_EDITS_HELDOUT`) or, a third of the time, a random string of letters."""
+    if rng.random() < 1 / 3:
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        return " ".join("".join(rng.choice(list(letters), size=int(rng.integers(2, 8))))
+                        for _ in range(int(rng.integers(1, 4))))
+    pool = NON_EDITS if wording == "train" else NON_EDITS_HELDOUT
+    return str(rng.choice(pool))
+
+
+def describe(family: str, target: str, strength: float) -> str:
+    """A short reading of one edit, as the student's "understood as" line prints it.
+
+    Args:
+        family, target: a world family and its target ("" for a global family).
+        strength: signed strength (amount / the family's unit; +1 is "normal", -0.5 "slightly" the other way).
+
+    Returns:
+        e.g. ``"sky warmer (+1.0)"``, ``"darker (-0.5)"``, ``"greens more cyan (+1.8)"``.
+    """
+    plus = strength >= 0
+    adj = WORDINGS[family][0 if plus else 1].adjs[0]
+    if "{hue}" in adj:
+        adj = adj.format(hue=HUE_TOWARDS[target][0 if plus else 1][0])
+    what = target or {"shadows": "shadows", "highlights": "highlights", "clarity": "texture"}.get(family, "")
+    return f"{what + ' ' if what else ''}{adj} ({strength:+.1f})"
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 
@@ -606,6 +652,7 @@ def training_texts() -> Iterable[str]:
     yield from (_slot_free(w) for w in WRAPPERS)
     yield from CONNECTORS
     yield from (h for pair in HUE_TOWARDS.values() for hs in pair for h in hs)
+    yield from NON_EDITS
 
 
 @functools.lru_cache(maxsize=None)

@@ -280,6 +280,48 @@ def direction_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch
     return 100.0 * int(hits.sum()) / max(int(tested.sum()), 1)
 
 
+# ---------------------------------------------------------------------- edits of any kind
+
+
+def edit_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                  half_way: float = 0.5, floor: float = 2 / 255) -> torch.Tensor:
+    """Did each output make the edit? One boolean per image, for edits of any kind (global,
+    colour-selective, spatial, local), with no per-family attribute needed.
+
+    An output counts when it went at least half-way to the target, in RMS over the image:
+    ``rms(output - target) <= max(half_way * rms(source - target), floor)``. A target equal to
+    its source (a region the photo lacks, a request that names no edit) is met by staying within
+    ``floor`` (2 levels of 255) of the source.
+
+    Args:
+        output, source, target: (B, 3, H, W) in [0, 1].
+
+    Returns:
+        (B,) bool tensor.
+    """
+    def rms(x: torch.Tensor) -> torch.Tensor:
+        return x.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    return rms(output - target) <= torch.clamp(half_way * rms(source - target), min=floor)
+
+
+def change_locality(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Did the output change the same places as the ground truth? Pearson correlation, over
+    pixels, of the change magnitudes ``|output - source|`` and ``|target - source|`` (summed
+    over channels): 1 when the changed area matches, about 0 when it is unrelated.
+
+    Args:
+        output, source, target: (B, 3, H, W) in [0, 1].
+
+    Returns:
+        (B,) tensor in [-1, 1]; ``nan`` where either change is constant over the image (e.g. none).
+    """
+    a = (output - source).abs().sum(1).flatten(1)  # (B, P)
+    b = (target - source).abs().sum(1).flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    den = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
+    return torch.where(den > 1e-12, (a * b).sum(1) / den.clamp(min=1e-12), torch.full_like(den, math.nan))
+
+
 # ---------------------------------------------------------------------- content drift
 
 

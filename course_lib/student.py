@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from . import config
 from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
 from .fastslice import load_cpu_extension
-from .text import shared_encoder
+from .text import bag_of_words, shared_encoder
 from .bilateral import CurveGuide, LumaGuide, identity_grid, make_guide, slice_apply
 from .data import load_photo, resize
+from .grammar import describe
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
@@ -70,6 +71,17 @@ class StudentConfig:
         global_affine: ablation/baseline: average the head over all cells and bins, so the grid
             is one 3x4 colour transform for the whole photo (a *learned* global-affine model that
             reads the instruction; it keeps every other part of the network).
+        act: activation of the image pathway: ``"leaky"`` (LeakyReLU 0.1) or ``"relu"``
+            (checkpoints from before this field: with plain ReLU the first student's image
+            pathway died in training, see lesson 03).
+        readout: labels of the "understood as" heads (``"family"`` or ``"family@target"``, see
+            :data:`course_lib.world.READOUT_LABELS`); empty: no heads.
+        vocab: words whose presence the student also reads (:func:`course_lib.text.bag_of_words`),
+            appended to the sentence embedding by :meth:`Student.embed`; empty: the embedding alone.
+        text_layers: linear layers of the text MLP (the adapter between the frozen sentence
+            embedding and the FiLM layers and readout heads).
+        readout_threshold: presence probability from which an edit counts as understood (chosen on
+            validation data by :func:`calibrate_readout` at the end of training).
     """
 
     net_size: int = 256
@@ -82,9 +94,18 @@ class StudentConfig:
     film_hidden: int = 128
     guide: str = "curve"
     global_affine: bool = False
+    act: str = "leaky"
+    readout: tuple[str, ...] = ()
+    readout_threshold: float = 0.5
+    text_layers: int = 1
+    vocab: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
+        self.readout = tuple(str(v) for v in self.readout)
+        self.vocab = tuple(str(v) for v in self.vocab)
+        if self.act not in ("relu", "leaky"):
+            raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
         ratio = self.net_size // self.grid_size
         if ratio < 2 or self.net_size % self.grid_size or ratio & (ratio - 1):
             raise ValueError(f"net_size / grid_size must be a power of two >= 2, got {self.net_size}/{self.grid_size}")
@@ -101,7 +122,9 @@ class StudentConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "StudentConfig":
-        return cls(**json.loads(text))
+        d = json.loads(text)
+        d.setdefault("act", "relu")  # written before the field existed: those students used ReLU
+        return cls(**d)
 
 
 def film(features: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -164,6 +187,30 @@ class FiLM(nn.Module):
         d_gamma, beta = self.proj(text_h).chunk(2, dim=-1)  # (B, C) each
         # gamma = 1 + d_gamma, so a zero projection is the identity
         return film(features, 1.0 + d_gamma, beta)
+
+
+class SplitNorm(nn.Module):
+    """LayerNorm on the sentence embedding (the first ``dim`` features), the word indicators after it
+    passed as they are: (B, dim + V) -> (B, dim + V)."""
+
+    def __init__(self, dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.norm(text[:, :self.dim]), text[:, self.dim:]], dim=1)
+
+
+def featurise(texts: Sequence[str], cfg: "StudentConfig") -> torch.Tensor:
+    """What a student reads of its instructions: the sentence embedding of ``cfg.text_encoder``,
+    then, with a vocabulary, the word indicators: (N, text_dim + len(vocab)) on the CPU."""
+    enc = shared_encoder(cfg.text_encoder)
+    if enc.dim != cfg.text_dim:
+        raise CheckpointError(f"text encoder {enc.name} gives {enc.dim}-d embeddings, the student expects "
+                              f"{cfg.text_dim}")
+    emb = enc.encode(list(texts))  # (N, text_dim)
+    return torch.cat([emb, bag_of_words(texts, cfg.vocab)], dim=1) if cfg.vocab else emb
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -231,8 +278,16 @@ class Student(nn.Module):
         widths = [max(4, C // 2 ** (n - 1 - i)) for i in range(n)]
         self.splat = nn.ModuleList(_conv(cin, cout, 2) for cin, cout in zip([3] + widths[:-1], widths))
         # text MLP shared by the FiLM layers; LayerNorm brings unit-norm embeddings to unit scale
-        self.text_mlp = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.film_hidden), nn.ReLU())
-        self.film_splat = FiLM(cfg.film_hidden, C)
+        V = len(cfg.vocab)
+        norm = SplitNorm(cfg.text_dim, V) if V else nn.LayerNorm(cfg.text_dim)
+        layers: list[nn.Module] = [norm, nn.Linear(cfg.text_dim + V, cfg.film_hidden), nn.ReLU()]
+        for _ in range(cfg.text_layers - 1):  # a deeper adapter for open wording
+            layers += [nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU()]
+        self.text_mlp = nn.Sequential(*layers)
+        # with readout heads, the FiLM layers read the text features *and* what the heads read
+        # (presence p and p * strength per label): a code of the edit that training supervises
+        film_in = cfg.film_hidden + (2 * len(cfg.readout) if cfg.readout else 0)
+        self.film_splat = FiLM(film_in, C)
         # global path: two stride-2 convs, then fully connected layers to C
         self.global_convs = nn.ModuleList([_conv(C, C, 2), _conv(C, C, 2)])
         flat = C * (cfg.grid_size // 4) ** 2
@@ -241,7 +296,7 @@ class Student(nn.Module):
         # local path: two 3x3 convs, the second without activation or bias (as HDRNet)
         self.local1 = _conv(C, C)
         self.local2 = nn.Conv2d(C, C, 3, padding=1, bias=False)
-        self.film_fuse = FiLM(cfg.film_hidden, C)
+        self.film_fuse = FiLM(film_in, C)
         # head: 1x1 conv to 12 D coefficients, zero-initialised (the grid starts at the identity)
         self.head = nn.Conv2d(C, 12 * cfg.luma_bins, 1)
         nn.init.zeros_(self.head.weight)
@@ -249,39 +304,55 @@ class Student(nn.Module):
         self.register_buffer("identity", identity_grid(1, cfg.luma_bins, cfg.grid_size, cfg.grid_size),
                              persistent=False)  # (1, 12, D, G, G)
         self.guide = make_guide(cfg.guide)
+        # "understood as" heads on the shared text features: per label, a presence logit and a
+        # signed strength (amount / unit)
+        self.readout_head = (nn.Sequential(nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU(),
+                                           nn.Linear(cfg.film_hidden, 2 * len(cfg.readout)))
+                             if cfg.readout else None)
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """The image pathway's activation (LeakyReLU keeps a gradient where ReLU would be dead)."""
+        return F.leaky_relu(x, 0.1) if self.cfg.act == "leaky" else F.relu(x)
 
     # ------------------------------------------------------------------ the grid
-    def features(self, low: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def features(self, low: torch.Tensor, text: torch.Tensor, record: dict | None = None) -> torch.Tensor:
         """Fused, text-modulated features of the low-resolution copy.
 
         Args:
             low: (B, 3, n, n) image in [0, 1], n = ``cfg.net_size``.
-            text: (B, text_dim) instruction embeddings.
+            text: (B, text_dim [+ V]) instruction features (:meth:`embed`).
+            record: if a dict, the activations of every layer are stored in it (``splat0``, ...,
+                ``global``, ``local``, ``fused``) for :func:`pathway_report`.
 
         Returns:
             (B, C, G, G).
         """
-        th = self.text_mlp(text)  # (B, film_hidden)
+        th = self.text_features(text)  # (B, film_hidden [+ 2K])
         x = low
         for i, conv in enumerate(self.splat):
             x = conv(x)
             if i == len(self.splat) - 1:
                 # the last splat layer is conditioned on the instruction
                 x = self.film_splat(x, th)
-            x = F.relu(x)  # (B, c_i, n / 2^(i+1), ...)
+            x = self.act(x)  # (B, c_i, n / 2^(i+1), ...)
+            if record is not None:
+                record[f"splat{i}"] = x
         # global path
         g = x
         for conv in self.global_convs:
-            g = F.relu(conv(g))  # (B, C, G/2, G/2) then (B, C, G/4, G/4)
+            g = self.act(conv(g))  # (B, C, G/2, G/2) then (B, C, G/4, G/4)
         g = g.flatten(1)
         for k, fc in enumerate(self.global_fc):
             g = fc(g)
             if k < len(self.global_fc) - 1:
-                g = F.relu(g)  # (B, C) at the end, no activation
+                g = self.act(g)  # (B, C) at the end, no activation
         # local path
-        loc = self.local2(F.relu(self.local1(x)))  # (B, C, G, G)
-        # fuse: relu(FiLM(local + global))
-        return F.relu(self.film_fuse(loc + g[:, :, None, None], th))  # (B, C, G, G)
+        loc = self.local2(self.act(self.local1(x)))  # (B, C, G, G)
+        # fuse: act(FiLM(local + global))
+        fused = self.act(self.film_fuse(loc + g[:, :, None, None], th))  # (B, C, G, G)
+        if record is not None:
+            record.update({"global": g, "local": loc, "fused": fused})
+        return fused
 
     def delta(self, low: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The predicted grid minus the identity: (B, 3, n, n), (B, text_dim) -> (B, 12, D, G, G)."""
@@ -298,7 +369,7 @@ class Student(nn.Module):
 
         Args:
             image: (B, 3, H, W) in [0, 1]; resized to ``net_size``² for the network.
-            text: (B, text_dim) embeddings (see :meth:`embed`).
+            text: (B, text_dim [+ V]) instruction features (see :meth:`embed`).
             strength: float or (B,) tensor, >= 0: ``grid = I + s (G - I)``.
 
         Returns:
@@ -326,33 +397,64 @@ class Student(nn.Module):
                           for r in range(0, image.shape[-2], rows_per_chunk)], dim=-2)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, strength: float | torch.Tensor = 1.0,
-                impl: str = "auto", return_grid: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                impl: str = "auto", return_grid: bool = False, return_readout: bool = False):
         """Retouch a batch.
 
         Args:
             image: (B, 3, H, W) in [0, 1], any H, W.
-            text: (B, text_dim) instruction embeddings.
+            text: (B, text_dim [+ V]) instruction features (:meth:`embed`).
             strength: float or (B,) tensor (0: output = input).
             impl: :func:`course_lib.bilateral.slice_apply` implementation.
             return_grid: also return the grid (training regularises it).
+            return_readout: also return :meth:`understand`'s ``(logits, strength)`` (training
+                them in the same forward pass keeps multi-process gradient averaging simple).
 
         Returns:
             (B, 3, H, W), not clipped (training compares it with the target as is); with
-            ``return_grid``, ``(output, grid)`` with grid (B, 12, D, G, G).
+            ``return_grid``, ``(output, grid)`` with grid (B, 12, D, G, G); with
+            ``return_readout`` the readout is appended to the tuple.
         """
         grid = self.predict_grid(image, text, strength)  # (B, 12, D, G, G)
         guide = self.guide_map(image, rows_per_chunk=512)  # (B, H, W)
         out = slice_apply(grid, guide, image, impl=impl)  # (B, 3, H, W)
-        return (out, grid) if return_grid else out
+        extra = ((grid,) if return_grid else ()) + ((self.understand(text),) if return_readout else ())
+        return (out, *extra) if extra else out
+
+    # ------------------------------------------------------------------ understood as
+    def text_features(self, text: torch.Tensor) -> torch.Tensor:
+        """What the FiLM layers read: the text MLP's features, then (with readout heads) the edit
+        code ``[p, p * s]`` of :meth:`understand` (p = sigmoid(logits)): (B, film_hidden [+ 2K])."""
+        th = self.text_mlp(text)  # (B, film_hidden)
+        if self.readout_head is None:
+            return th
+        logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
+        p = torch.sigmoid(logits)
+        return torch.cat([th, p, p * strength], dim=-1)
+
+    def understand(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the instruction asks for, read from its embedding alone.
+
+        Args:
+            text: (B, text_dim [+ V]) instruction features (:meth:`embed`).
+
+        Returns:
+            ``(logits, strength)``: (B, K) presence logits and (B, K) signed strengths over
+            ``cfg.readout`` (K labels).
+
+        Raises:
+            RuntimeError: the student has no readout heads (``cfg.readout`` empty).
+        """
+        if self.readout_head is None:
+            raise RuntimeError("this student has no 'understood as' heads (trained before they existed)")
+        out = self.readout_head(self.text_mlp(text))  # (B, 2K)
+        logits, strength = out.chunk(2, dim=-1)
+        return logits, strength
 
     # ------------------------------------------------------------------ text
     def embed(self, instructions: Sequence[str] | str) -> torch.Tensor:
-        """Embed instructions with the encoder this student was trained with: (N, text_dim) on its device."""
-        enc = shared_encoder(self.cfg.text_encoder)
-        if enc.dim != self.cfg.text_dim:
-            raise CheckpointError(f"text encoder {enc.name} gives {enc.dim}-d embeddings, the student expects "
-                                  f"{self.cfg.text_dim}")
-        return enc.encode(instructions).to(self.identity.device)
+        """Featurise instructions as this student was trained (:func:`featurise`): (N, text_dim [+ V]) on its device."""
+        texts = [instructions] if isinstance(instructions, str) else list(instructions)
+        return featurise(texts, self.cfg).to(self.identity.device)
 
     @property
     def device(self) -> torch.device:
@@ -388,6 +490,81 @@ def retouch(model: Student, image: torch.Tensor, instruction: str | Sequence[str
     model.eval()
     out = model(x, model.embed(texts), strength, impl=impl).clamp(0, 1).cpu()
     return out[0] if squeeze else out
+
+
+@torch.no_grad()
+def pathway_report(model: Student, images: torch.Tensor, instruction: str) -> dict:
+    """Is the image pathway alive? Diagnostics of lesson 03 for one instruction over several photos.
+
+    Args:
+        images: (B, 3, n, n) photos at the network's size ``cfg.net_size``, B >= 2.
+        instruction: the text every photo is paired with.
+
+    Returns:
+        dict with ``alive`` (layer -> share of activations > 0), ``photo_std`` (layer -> std over
+        the photos, averaged over the rest: 0 means the layer ignores the photo), ``grid_photo_std``
+        and ``grid_cell_std`` (std of the predicted grid over photos, and over spatial cells,
+        largest over coefficients and bins).
+    """
+    rec: dict[str, torch.Tensor] = {}
+    text = model.embed([instruction] * images.shape[0])
+    model.features(images.to(model.device), text, record=rec)
+    d = model.delta(images.to(model.device), text)  # (B, 12, D, G, G)
+    return {"alive": {k: float((v > 0).float().mean()) for k, v in rec.items()},
+            "photo_std": {k: float(v.std(0).mean()) for k, v in rec.items()},
+            "grid_photo_std": float(d.std(0).amax()), "grid_cell_std": float(d.flatten(3).std(-1).amax())}
+
+
+def read_instruction(model: Student, instructions: str | Sequence[str]) -> list[list[dict]]:
+    """What the student understood, per instruction: the edits whose presence probability
+    reaches ``cfg.readout_threshold``, most confident first.
+
+    Returns:
+        One list per instruction of dicts ``label``, ``family``, ``target``, ``strength`` (signed,
+        +1 = "normal"), ``p`` (presence probability); an empty list means "not understood".
+    """
+    texts = [instructions] if isinstance(instructions, str) else list(instructions)
+    with torch.no_grad():
+        logits, strength = model.understand(model.embed(texts))
+    probs = torch.sigmoid(logits).cpu()
+    strength = strength.cpu()
+    out = []
+    for b in range(len(texts)):
+        found = []
+        for k in torch.nonzero(probs[b] >= model.cfg.readout_threshold).flatten().tolist():
+            fam, _, target = model.cfg.readout[k].partition("@")
+            found.append({"label": model.cfg.readout[k], "family": fam, "target": target,
+                          "strength": float(strength[b, k]), "p": float(probs[b, k])})
+        out.append(sorted(found, key=lambda r: -r["p"]))
+    return out
+
+
+def understood_line(readings: Sequence[dict]) -> str:
+    """``"understood: sky warmer (+1.0), darker (-0.5)"`` (see :func:`course_lib.grammar.describe`)."""
+    if not readings:
+        return "understood: nothing I can do"
+    return "understood: " + ", ".join(describe(r["family"], r["target"], r["strength"]) for r in readings)
+
+
+def calibrate_readout(model: Student, positives: Sequence[str], negatives: Sequence[str]) -> float:
+    """The presence threshold that best separates instructions from non-edits.
+
+    With ``m(x)`` the largest presence probability of text ``x``, the threshold ``t`` maximises
+    the balanced accuracy ``(P[m(pos) >= t] + P[m(neg) < t]) / 2`` (midpoint between neighbours).
+
+    Args:
+        positives: instructions that name edits (validation data). negatives: requests that name none.
+
+    Returns:
+        The threshold in (0, 1).
+    """
+    with torch.no_grad():
+        m_pos = torch.sigmoid(model.understand(model.embed(list(positives)))[0]).amax(1).cpu()
+        m_neg = torch.sigmoid(model.understand(model.embed(list(negatives)))[0]).amax(1).cpu()
+    cands = torch.cat([m_pos, m_neg]).sort().values
+    mids = torch.cat([cands[:1] / 2, (cands[1:] + cands[:-1]) / 2, (cands[-1:] + 1) / 2])
+    bal = torch.stack([((m_pos >= t).float().mean() + (m_neg < t).float().mean()) / 2 for t in mids])
+    return float(mids[int(bal.argmax())])
 
 
 def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: str = "make it warmer",
@@ -467,6 +644,6 @@ def load_student(path: str | os.PathLike | None = None, device: str | torch.devi
     return model.to(dev).eval()
 
 
-__all__ = ["Student", "StudentConfig", "FiLM", "film", "grid_from_head", "retouch", "curve_guide_fast", "explore", "save_student",
+__all__ = ["Student", "StudentConfig", "pathway_report", "read_instruction", "understood_line", "calibrate_readout", "FiLM", "film", "grid_from_head", "retouch", "curve_guide_fast", "explore", "save_student",
            "load_student", "read_metadata", "KIND", "shipped_path", "n_parameters", "CheckpointError",
            "CurveGuide", "LumaGuide"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -288,6 +289,29 @@ def get_text_encoder(kind: str = "auto", disk_cache: bool = False, **kwargs) -> 
 
 
 _SHARED: dict[str, TextEncoder] = {}
+
+
+def bag_of_words(texts: Sequence[str], vocab: Sequence[str]) -> torch.Tensor:
+    """Which words of a fixed vocabulary each text contains: a multi-hot vector.
+
+    A sentence embedding places antonyms close together ("warmer" and "cooler" are similar
+    sentences); the words themselves are not. The student reads both (lesson 03): the frozen
+    embedding for meaning, including words it never trained on, and this exact record of the
+    training words. Words outside ``vocab`` are ignored (a held-out synonym adds nothing here).
+
+    Args:
+        texts: N strings. vocab: V distinct lower-case words.
+
+    Returns:
+        (N, V) float32 in {0, 1}.
+    """
+    index = {w: i for i, w in enumerate(vocab)}
+    out = torch.zeros(len(texts), len(vocab))
+    for n, t in enumerate(texts):
+        for w in re.findall(r"[a-z]+(?:[-'][a-z]+)*", str(t).lower()):  # the tokens of course_lib.grammar.words
+            if w in index:
+                out[n, index[w]] = 1.0
+    return out
 
 
 def shared_encoder(name: str = "minilm") -> TextEncoder:

@@ -165,7 +165,7 @@ def test_training_resumes_exactly(tmp_path):
         assert torch.allclose(v, w, atol=1e-6), k
     # optimiser state survives the safetensors flattening
     opt = torch.optim.Adam(full.parameters())
-    full(torch.rand(1, 3, 32, 32), torch.randn(1, 384)).sum().backward()
+    full(torch.rand(1, 3, 32, 32), full.embed(["make it warmer"])).sum().backward()
     opt.step()
     tensors, meta = optimizer_tensors(opt)
     opt2 = torch.optim.Adam(full.parameters())

@@ -328,3 +328,17 @@ def test_studio_page_in_headless_chromium(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert time.time() - t0 < 120, f"took {time.time() - t0:.0f} s"
+
+
+def test_app_shows_what_the_student_understood(no_inversion):
+    """A student with "understood as" heads: the line under the instruction says what it read."""
+    from course_lib import world
+    from course_lib.student import Student, StudentConfig
+
+    m = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,),
+                              readout=world.READOUT_LABELS, readout_threshold=0.0)).eval()
+    app = studio.Studio(model=m, photo="chelsea")
+    app.instruction.value = "make the sky warmer"
+    assert "understood: " in app.understood.value
+    app.instruction.value = "   "
+    assert "understood:" not in app.understood.value

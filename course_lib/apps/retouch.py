@@ -25,6 +25,10 @@
 * Errors: every bad input (missing, truncated, not an image, output exists) gets one line
   ``error: ...`` on stderr and the **other files are still processed**; the exit code is 1
   if any file failed, 2 for a bad command line or a missing checkpoint, 0 otherwise.
+* Understood as: a student with "understood as" heads (the shipped one) first prints what it
+  read, e.g. ``understood: sky warmer (+1.0), shadows brighter (+0.5)``; when it recognises no
+  edit ("xxxx", "make it better") it writes nothing, prints one ``error:`` line naming a few
+  instructions it does understand, and exits with code 2.
 * Offline: uses the shipped checkpoint and the embedded MiniLM text encoder.
 """
 from __future__ import annotations
@@ -36,12 +40,14 @@ from pathlib import Path
 
 from .. import config
 from ..images import ImageError, load_image, save_image
-from ..student import CheckpointError, load_student, retouch
+from ..student import CheckpointError, load_student, read_instruction, retouch, understood_line
 from ..text import TextEncoderError
 from ..video import retouch_stream
 from . import clips
 from .clips import VIDEO_SUFFIXES, VIDEO_WRITABLE, is_clip
 
+#: Instructions named when one is not understood (a student with "understood as" heads refuses those).
+EXAMPLES = ("make the sky warmer", "brighten the shadows a little", "add clarity", "make it cooler")
 WRITABLE = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
 
@@ -145,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TextEncoderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if model.cfg.readout:
+        readings = read_instruction(model, a.instruction)[0]
+        if not readings:
+            print(f"error: no edit recognised in {a.instruction!r}; try e.g. " + ", ".join(f'"{x}"' for x in EXAMPLES),
+                  file=sys.stderr)
+            return 2
+        print(understood_line(readings))
     failed = 0
     for src, dst in config.progress(list(zip(inputs, outputs)), desc="retouch", unit="img",
                                     disable=len(inputs) < 2 or config.is_fast()):

@@ -62,7 +62,7 @@ from .. import config, data
 from ..bilateral import slice_apply
 from ..data import resize
 from ..images import ImageError, load_image, save_image, to_uint8
-from ..student import load_student
+from ..student import load_student, read_instruction, understood_line
 from ..teacher import add_teacher_options, load_teacher
 
 #: Default upload limit (MB = 2**20 bytes); ``python -m course_lib studio --max-upload-mb``.
@@ -377,13 +377,15 @@ class Studio:
         self.view_mode = W.ToggleButtons(options=["split", "side by side"], value="split", description="view")
         self.view = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start"))
         self.timing = W.HTML("")
+        self.understood = W.HTML("")  # what the student read from the instruction (if it has the heads)
         self.status = W.HTML("")
         self.download = W.HTML("")
         self.note = W.HTML("")
         for w, cls in ((self.photo, "photo"), (self.upload, "upload"), (self.instruction, "instruction"),
                        (self.strength, "strength"), (self.cells, "cells"), (self.model_choice, "model"),
                        (self.apply_button, "apply"), (self.view, "view"), (self.timing, "timing"),
-                       (self.status, "status"), (self.download, "download"), (self.split, "split")):
+                       (self.status, "status"), (self.download, "download"), (self.split, "split"),
+                       (self.understood, "understood")):
             w.add_class(f"studio-{cls}")
 
         self.photo.observe(self._on_photo, names="value")
@@ -398,7 +400,7 @@ class Studio:
         self.ui = W.VBox([
             W.HTML("<h3>InstantRetouch studio</h3>"),
             W.HBox([self.photo, self.upload], layout=layout),
-            self.instruction, self.source_instruction,
+            self.instruction, self.understood, self.source_instruction,
             W.HBox([self.strength, self.cells]),
             W.HBox([self.model_choice, self.inverse_unavailable, self.inverse_note]),
             self.note,
@@ -530,9 +532,18 @@ class Studio:
             return EditResult(out, time.perf_counter() - t0, m, f"{W} x {H} px")
         raise StudioError(f"unknown model {m!r}")
 
+    def understood_text(self) -> str:
+        """The student's reading of the instruction (``"understood: sky warmer (+1.0)"``), or "" when
+        the student has no "understood as" heads, another model is chosen or the instruction is empty."""
+        text = self.instruction.value
+        if self.model_choice.value != STUDENT or not text.strip() or not getattr(self.student.cfg, "readout", ()):
+            return ""
+        return understood_line(read_instruction(self.student, text)[0])
+
     def apply(self) -> EditResult | None:
         """Edit, then update the view, the timing label and the download link. Errors go to the status line."""
         try:
+            self.understood.value = f'<span class="studio-understood-text">{html.escape(self.understood_text())}</span>'
             result = self.edit()
         except Exception as exc:  # an app must survive any model's failure: one line, the picture kept
             msg = " ".join(str(exc).split())[:300] or type(exc).__name__

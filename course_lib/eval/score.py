@@ -13,6 +13,8 @@ de00       mean CIEDE2000 to the target                                     ΔE0
 accuracy   instruction accuracy (:func:`~course_lib.metrics.instruction_accuracy`) % of images
 direction  instructed attributes moved the target's way                     % of (image, family)
 drift      content drift (:func:`~course_lib.metrics.content_drift`)        8-bit levels
+edit_accuracy  went half-way to the target (:func:`~course_lib.metrics.edit_accuracy`) % of images
+locality   changed where the target changed (:func:`~course_lib.metrics.change_locality`) [-1, 1]
 ssim       SSIM to the target                                               [-1, 1]
 lpips      perceptual distance to the target (``perceptual.label`` says which) -
 kid        KID between the output and target sets, x 10³ (set-level)        -
@@ -51,6 +53,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "accuracy": ("instruction acc. (%) ↑", "{:.0f}"),
     "direction": ("direction (%) ↑", "{:.0f}"),
     "drift": ("drift (8-bit levels) ↓", "{:.2f}"),
+    "edit_accuracy": ("edit acc. (%) ↑", "{:.0f}"),
+    "locality": ("locality ↑", "{:.2f}"),
+    "understood": ("understood (%) ↑", "{:.0f}"),
+    "family_direction": ("family + direction (%) ↑", "{:.0f}"),
+    "refused": ("refused (%) ↓", "{:.0f}"),
     "ssim": ("SSIM ↑", "{:.3f}"),
     "lpips": ("LPIPS ↓", "{:.4f}"),
     "kid": ("KID×10³ ↓", "{:.2f}"),
@@ -82,6 +89,10 @@ def per_item(output: torch.Tensor, batch: dict, keys: Sequence[str] = EDIT_KEYS,
             s["direction_hits"], s["direction_tested"] = metrics.direction_counts(output, src, tgt, batch["edits"])
         elif k == "drift":
             s[k] = metrics.content_drift(output, src)
+        elif k == "edit_accuracy":
+            s[k] = metrics.edit_accuracy(output, src, tgt).float()
+        elif k == "locality":
+            s[k] = metrics.change_locality(output, src, tgt)
         elif k == "ssim":
             s[k] = metrics.ssim(output, tgt)
         elif k == "lpips":
@@ -89,7 +100,8 @@ def per_item(output: torch.Tensor, batch: dict, keys: Sequence[str] = EDIT_KEYS,
                 raise ValueError("the lpips score needs a perceptual distance")
             s[k] = perceptual(output, tgt)
         else:
-            raise KeyError(f"unknown score {k!r}; known: psnr, de00, accuracy, direction, drift, ssim, lpips")
+            raise KeyError(f"unknown score {k!r}; known: psnr, de00, accuracy, direction, drift, edit_accuracy, "
+                           "locality, ssim, lpips")
     return s
 
 
@@ -104,8 +116,11 @@ def summarise(s: dict[str, torch.Tensor]) -> dict[str, float]:
         if k == "psnr":
             finite = v[torch.isfinite(v)]
             out[k] = float(finite.mean()) if len(finite) else math.inf
-        elif k == "accuracy":
+        elif k in ("accuracy", "edit_accuracy"):
             out[k] = 100 * float(v.mean())
+        elif k == "locality":
+            finite = v[torch.isfinite(v)]
+            out[k] = float(finite.mean()) if len(finite) else math.nan
         elif k == "direction_hits":
             out["direction"] = 100.0 * int(v.sum()) / max(int(s["direction_tested"].sum()), 1)
         elif k != "direction_tested":

@@ -34,7 +34,7 @@ from .. import config
 from ..data import decode_edits
 from ..metrics import apply_affine, fit_global_affine, latency_ms
 from ..student import CheckpointError, load_student
-from . import score as S, tables
+from . import score as S, tables, world as world_eval
 from .heldout import SEED, heldout_batch
 
 METHODS = ("identity", "global affine (oracle)", "global affine (learned)", "student (grid mean)", "student")
@@ -209,11 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                                             "the student on held-out "
                                             "photos x held-out paraphrases; print a table and write CSV/Markdown "
                                             "under OUTPUT_DIR/evaluate.")
+    p.add_argument("--data", choices=["world", "pairs"], default="world",
+                   help="the data world 2.0's test photos in three wordings, global vs content-aware edits "
+                        "(default), or the first world's held-out pairs")
     p.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped one)")
     p.add_argument("--baseline", default="shipped",
                    help="learned global-affine checkpoint (default: the shipped one; 'none' to skip)")
-    p.add_argument("-n", "--items", type=int, default=None, help="evaluation items (default 24 FAST, 270 FULL)")
-    p.add_argument("--size", type=int, default=None, help="image side (default 128 FAST, 256 FULL)")
+    p.add_argument("-n", "--items", type=int, default=None,
+                   help="evaluation items (pairs: default 24 FAST, 270 FULL; world: per wording, 24 / 240)")
+    p.add_argument("--size", type=int, default=None, help="image side (pairs: default 128 / 256; world: 96 / 192)")
+    p.add_argument("--no-grid-oracle", action="store_true", help="world: skip the BGU grid oracle row")
+    p.add_argument("--latency-against", default=None, metavar="CKPT",
+                   help="world: also time the student and this other student checkpoint at 1080p, side by side")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
                    help="instruction phrasings: held out from training (default) or the training ones")
@@ -221,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/evaluate)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results.csv / results.md")
     a = p.parse_args(argv)
+    if a.data == "world":
+        return main_world(a)
     try:
         tables.check_free(output_paths(a.out), a.overwrite)
         model = load_student(a.checkpoint, device=config.device())
@@ -238,6 +247,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\nwrote {out}/results.csv and results.md")
+    return 0
+
+
+def world_paths(out_dir: str | Path | None = None) -> list[Path]:
+    """Where ``evaluate --data world`` writes: ``world.json`` and ``world.md``."""
+    out = Path(out_dir) if out_dir else config.OUTPUT_DIR / "evaluate"
+    return [out / "world.json", out / "world.md"]
+
+
+def main_world(a: argparse.Namespace) -> int:
+    """``evaluate --data world``: :func:`course_lib.eval.world.evaluate_world`, printed and written."""
+    try:
+        tables.check_free(world_paths(a.out), a.overwrite)
+        model = load_student(a.checkpoint, device=config.device())
+        baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
+                                                                  device=model.device)
+    except (CheckpointError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = world_eval.evaluate_world(model, baseline, a.items, a.size, seed=a.seed, grid_oracle=not a.no_grid_oracle)
+    result["checkpoint"] = str(a.checkpoint or "shipped")
+    if not a.no_latency:
+        timed = {"student": model, **({"global affine (learned)": baseline} if baseline is not None else {})}
+        if a.latency_against:
+            timed["other"] = load_student(a.latency_against, device=model.device)
+        result["ms_1080p"] = world_eval.latencies(timed)
+        result["latency_against"] = a.latency_against
+    text = world_eval.markdown(result)
+    print(text)
+    js, md = world_paths(a.out)
+    try:
+        tables.write({js: tables.json_text(result, indent=1) + "\n", md: text + "\n"}, overwrite=a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {js} and {md.name}")
     return 0
 
 

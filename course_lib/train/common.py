@@ -166,6 +166,41 @@ class Shard:
         debug_log(self.rank, f"items {step} {' '.join(map(str, idx))}")
         return collate([ds[i] for i in idx])
 
+    def batches(self, ds, start: int, stop: int, workers: int = 0, transform: Callable[[dict], dict] | None = None):
+        """The batches of :meth:`fetch` for steps ``start .. stop - 1``, in order, made ahead by
+        ``workers`` background processes (0: made here, one at a time, exactly like :meth:`fetch`).
+
+        Items are pure functions of their index, so a batch is the same whichever process
+        makes it; ``transform`` (e.g. embedding the instructions) runs where the batch is made.
+        """
+        if workers <= 0:
+            for step in range(start, stop):
+                batch = self.fetch(ds, step)
+                yield transform(batch) if transform else batch
+            return
+        for step in range(start, stop):
+            debug_log(self.rank, f"items {step} {' '.join(map(str, self.items(step)))}")
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=[self.items(k) for k in range(start, stop)],
+                                             num_workers=workers, collate_fn=_Collate(transform),
+                                             worker_init_fn=_one_thread, prefetch_factor=4,
+                                             persistent_workers=False)
+        yield from loader
+
+
+class _Collate:
+    """:func:`collate` then an optional transform (a class, so that worker processes can pickle it)."""
+
+    def __init__(self, transform: Callable[[dict], dict] | None = None) -> None:
+        self.transform = transform
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        batch = collate(items)
+        return self.transform(batch) if self.transform else batch
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
 
 def debug_log(rank: int, line: str) -> None:
     """Append ``line`` to ``$COURSE_LOG_ITEMS.rank<rank>`` when that variable is set (for the multi-process tests)."""

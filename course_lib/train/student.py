@@ -1,9 +1,11 @@
-"""Supervised training of the student on the synthetic retouch pairs (lesson 03).
+"""Supervised training of the student on exact (source, instruction, target) triples (lesson 03).
 
     loss = mean((student(source, embed(instruction)) - target)^2) + tv_weight * TV(grid)
+           [+ readout_weight * (BCE(presence) + squared error of the named edits' strengths)]
 
-on :class:`course_lib.data.RetouchPairs` (training photos, training paraphrases),
-with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
+on the data world 2.0 (:class:`course_lib.world.RetouchWorld`: training photos, training
+wording; the bracket when the student has "understood as" heads) or, with ``--data pairs``, the
+first world (:class:`course_lib.data.RetouchPairs`), with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
 ``Accelerator`` wraps the model and optimiser, so the same file runs as one CPU process
 (``python -m course_lib train-student``) and on GPUs (``accelerate launch -m
 course_lib.train.student ...``; ``--batch-size`` is per process and the processes split each
@@ -21,10 +23,15 @@ The shipped checkpoint ``data/weights/student_supervised.safetensors`` was made 
 stages (:data:`REPRODUCE`; about 27 + 29 min on one thread of a shared 2-core CPU)::
 
     python -m course_lib train-student --steps 4000 --batch-size 16 --size 128 --net-size 128 \\
-        --threads 1 --lr 2e-3 --seed 0 --out outputs/student_stage1.safetensors
+        --threads 1 --lr 2e-3 --seed 0 --data pairs --act relu --out outputs/student_stage1.safetensors
     python -m course_lib train-student --init outputs/student_stage1.safetensors --steps 4000 \\
         --batch-size 16 --size 128 --net-size 128 --threads 1 --lr 5e-4 --warmup 50 --seed 1 \\
-        --out data/weights/student_supervised.safetensors
+        --data pairs --act relu --out data/weights/student_supervised.safetensors
+
+(the first world's pairs and ReLU, the defaults when it was trained). New runs default to the
+data world 2.0 (:class:`course_lib.world.RetouchWorld`) with LeakyReLU, the training words as
+extra text features (``vocab``), and the "understood as" heads, whose edit code also feeds the
+FiLM layers (``--readout-weight``); ``--workers 1`` makes the batches in a second process.
 """
 from __future__ import annotations
 
@@ -35,18 +42,22 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import config
 from ..bilateral import grid_tv
 from ..data import RetouchPairs
-from ..student import CheckpointError, Student, StudentConfig, load_student, save_student
+from ..world import READOUT_LABELS, RetouchWorld, readout_targets
+from ..grammar import non_edit_text, training_vocabulary
+from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, featurise, load_student,
+                       save_student)
 from ..text import shared_encoder
 from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
                      state_dir, summary, write_state)
 
-_RECIPE = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1"
+_RECIPE = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1 --data pairs --act relu"
 #: The shipped student: 4000 steps at lr 2e-3 (seed 0), then 4000 fine-tuning steps at lr 5e-4 on
 #: fresh items (seed 1), about 27 + 29 min on one thread of a shared 2-core CPU.
 REPRODUCE = (f"python -m course_lib train-student {_RECIPE} --lr 2e-3 --seed 0 --out outputs/student_stage1.safetensors"
@@ -81,6 +92,15 @@ class TrainArgs:
     global_affine: bool = False
     save_every: int = 250
     out: str | None = None
+    data: str = "world"
+    act: str = "leaky"
+    readout_weight: float = 0.1
+    none_prob: float = 0.05
+    workers: int = 0
+    text_layers: int = 1
+    film_hidden: int = 128
+    vocab: bool = True
+    word_dropout: float = 0.3
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -88,10 +108,70 @@ def schedule(step: int, args: TrainArgs) -> float:
     return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05, rounding="student")
 
 
-def training_data(args: TrainArgs) -> RetouchPairs:
-    """The run's items: training photos and paraphrases, item ``i`` a pure function of ``(seed, i)``."""
+def training_data(args: TrainArgs) -> RetouchPairs | RetouchWorld:
+    """The run's items: training photos and wording, item ``i`` a pure function of ``(seed, i)``.
+
+    ``args.data == "world"``: the data world 2.0 (:class:`course_lib.world.RetouchWorld`, with
+    ``none_prob`` of requests that name no edit); ``"pairs"``: the first world
+    (:class:`course_lib.data.RetouchPairs`).
+    """
+    if args.data == "world":
+        return RetouchWorld(split="train", wording="train", size=args.size, length=2**31 - 1, seed=args.seed,
+                            p2=args.compose_prob * 0.7, p3=args.compose_prob * 0.3, families=args.families,
+                            p_none=args.none_prob)
+    if args.data != "pairs":
+        raise ValueError(f"--data must be 'world' or 'pairs', not {args.data!r}")
     return RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed,
                         compose_prob=args.compose_prob, families=args.families)
+
+
+class Embed:
+    """Batch transform: add ``text`` (the instructions as the student reads them,
+    :func:`course_lib.student.featurise`) and, for world items, the readout targets ``present``
+    and ``strength`` (B, K). Runs in the data workers."""
+
+    def __init__(self, cfg: StudentConfig, readout: bool) -> None:
+        self.cfg, self.readout = cfg, readout
+
+    def __call__(self, batch: dict) -> dict:
+        enc = shared_encoder(self.cfg.text_encoder)
+        enc.disk_cache = False  # training sentences are nearly all new: keep them off the disk cache
+        if len(getattr(enc, "_cache", ())) > 50_000:  # open wording: nearly every sentence is new
+            enc._cache.clear()
+        batch["text"] = featurise(batch["instruction"], self.cfg)  # (B, text_dim [+ V])
+        if self.readout:
+            present, strength = zip(*(readout_targets(e) for e in batch["edits"]))
+            batch["present"], batch["strength"] = torch.stack(present), torch.stack(strength)  # (B, K)
+        return batch
+
+
+def word_dropout(text: torch.Tensor, cfg: StudentConfig, p: float, seed: int, step: int,
+                 shard: Shard | None = None) -> torch.Tensor:
+    """Hide the word indicators of a random ``p`` of the rows, so the student also learns to read
+    the sentence embedding alone - all it has for words it never saw.
+
+    The mask is drawn for the step's whole global batch from ``(seed, step)`` and this process
+    takes its rows (``shard``), so several processes hide exactly what one process would.
+    """
+    if not cfg.vocab or p <= 0:
+        return text
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    drawn = torch.rand(shard.global_batch if shard else text.shape[0], generator=g)
+    keep = ((shard.take(drawn) if shard else drawn) >= p).to(text.dtype).to(text.device)  # (B,)
+    return torch.cat([text[:, :cfg.text_dim], text[:, cfg.text_dim:] * keep[:, None]], dim=1)
+
+
+def readout_loss(logits: torch.Tensor, pred: torch.Tensor, present: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """The "understood as" heads' loss: BCE on presence + squared error of the named edits' strengths.
+
+    Args:
+        logits, pred: (B, K) from :meth:`course_lib.student.Student.understand`.
+        present, strength: (B, K) from :func:`course_lib.world.readout_targets`.
+    """
+    # L = BCE(sigmoid(logits), present) + mean_b sum_{k named in b} (s_bk - s*_bk)^2
+    # (both are means over instructions, so several processes' average is the global batch's loss)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, present)
+    return bce + ((pred - strength).pow(2) * present).sum(1).mean()
 
 
 def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, step: int, losses: list[float],
@@ -142,9 +222,13 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
 
     accelerator = Accelerator()
     config.seed_everything(args.seed)
+    readout = args.data == "world" and args.readout_weight > 0
     cfg = StudentConfig(net_size=args.net_size, grid_size=args.grid_size, luma_bins=args.luma_bins,
                         channels=args.channels, text_encoder=args.text_encoder,
-                        global_affine=args.global_affine)
+                        global_affine=args.global_affine, act=args.act, text_layers=args.text_layers,
+                        film_hidden=args.film_hidden,
+                        vocab=tuple(sorted(training_vocabulary())) if args.vocab and args.data == "world" else (),
+                        readout=READOUT_LABELS if readout else ())
     out = Path(args.out) if args.out else None
     start, losses = 0, []
     if resume:
@@ -158,22 +242,26 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     if resume:
         load_optimizer_tensors(opt, opt_tensors, opt_meta["optimizer"])
-    encoder = shared_encoder(model.cfg.text_encoder)
+    readout = readout and bool(model.cfg.readout)
     ds = training_data(args)
     # this process's share of each step: batch_size of the batch_size x num_processes items
     shard = Shard.of(accelerator, args.batch_size)
     model, opt = accelerator.prepare(model, opt)
     bar = config.progress(total=args.steps, initial=start, desc="train-student",
                           disable=config.is_fast() or not accelerator.is_local_main_process)
-    for step in range(start, args.steps):
+    batches = shard.batches(ds, start, args.steps, args.workers, Embed(accelerator.unwrap_model(model).cfg, readout))
+    for step, batch in zip(range(start, args.steps), batches):
         set_lr(opt, schedule(step, args))
-        batch = shard.fetch(ds, step)
-        text = encoder.encode(batch["instruction"]).to(accelerator.device)  # (B, text_dim)
+        text = batch["text"].to(accelerator.device)  # (B, text_dim [+ V])
+        text = word_dropout(text, accelerator.unwrap_model(model).cfg, args.word_dropout, args.seed, step, shard)
         src, tgt = batch["source"].to(accelerator.device), batch["target"].to(accelerator.device)  # (B, 3, S, S)
-        pred, grid = model(src, text, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
-        # L = mean (pred - target)^2 + lambda TV(grid)
+        pred, grid, *read = model(src, text, return_grid=True, return_readout=readout)  # (B, 3, S, S), (B, 12, D, G, G)
+        # L = mean (pred - target)^2 + lambda TV(grid) [+ w L_readout]
         mse = (pred - tgt).pow(2).mean()
         loss = mse + args.tv_weight * grid_tv(grid)
+        if readout:
+            loss = loss + args.readout_weight * readout_loss(*read[0], batch["present"].to(text.device),
+                                                             batch["strength"].to(text.device))
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)  # several processes: gradients averaged over them
         opt.step()
@@ -191,7 +279,20 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
     final.eval()
+    if readout and accelerator.is_main_process:
+        # the "understood as" threshold, chosen on validation wording (never the test's)
+        final.cfg.readout_threshold = calibrate_readout(final, *calibration_texts(args.seed))
+        if out is not None:
+            save_training_state(out, final, opt, args.steps, losses, args, accelerator.num_processes)
     return final, losses
+
+
+def calibration_texts(seed: int = 0, n: int = 400) -> tuple[list[str], list[str]]:
+    """Validation instructions (validation photos' crops, training wording, a fresh seed) and as
+    many requests that name no edit, for :func:`course_lib.student.calibrate_readout`."""
+    pos = RetouchWorld(split="val", wording="train", size=32, length=n, seed=10_000 + seed)
+    rng = np.random.default_rng([20_000, seed])
+    return [pos[i]["instruction"] for i in range(n)], [non_edit_text(rng, "train") for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +315,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tv-weight", type=float, default=d.tv_weight)
     p.add_argument("--compose-prob", type=float, default=d.compose_prob)
     p.add_argument("--families", default=None,
-                   help="comma-separated edit families to train on (default: all nine)")
+                   help="comma-separated edit families to train on (default: all of the data world)")
+    p.add_argument("--data", choices=("world", "pairs"), default=d.data,
+                   help="the data world 2.0 (default) or the first world's retouch pairs")
+    p.add_argument("--act", choices=("leaky", "relu"), default=d.act, help="image pathway activation")
+    p.add_argument("--readout-weight", type=float, default=d.readout_weight,
+                   help="weight of the 'understood as' heads' loss (world data; 0: no heads)")
+    p.add_argument("--none-prob", type=float, default=d.none_prob,
+                   help="share of requests that name no edit (target = the photo)")
+    p.add_argument("--text-layers", type=int, default=d.text_layers, help="layers of the text adapter MLP")
+    p.add_argument("--film-hidden", type=int, default=d.film_hidden, help="width of the text adapter MLP")
+    p.add_argument("--no-vocab", dest="vocab", action="store_false",
+                   help="read the sentence embedding only (default: also the training words, world data)")
+    p.add_argument("--word-dropout", type=float, default=d.word_dropout,
+                   help="share of instructions whose word indicators are hidden in training")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="background processes that make the batches (0: none; 1 suits a 2-core CPU)")
     p.add_argument("--global-affine", action="store_true",
                    help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
     p.add_argument("--init", default=None,

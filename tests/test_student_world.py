@@ -1,0 +1,182 @@
+"""The student on the data world 2.0 (issue 18): activation, "understood as" heads, refusal,
+non-edit requests, world training and evaluation."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import grammar, metrics, world
+from course_lib.apps import retouch as retouch_app
+from course_lib.student import (Student, StudentConfig, calibrate_readout, read_instruction, save_student,
+                                understood_line)
+
+SMALL = StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,), readout=world.READOUT_LABELS)
+
+
+def test_config_act_default_and_legacy():
+    assert StudentConfig().act == "leaky"
+    legacy = json.loads(StudentConfig().to_json())
+    del legacy["act"]
+    assert StudentConfig.from_json(json.dumps(legacy)).act == "relu"  # checkpoints from before the field
+    with pytest.raises(ValueError):
+        StudentConfig(act="gelu")
+
+
+def test_leaky_activation_passes_negative_values():
+    m = Student(SMALL)
+    x = torch.tensor([-1.0, 2.0])
+    assert torch.equal(m.act(x), torch.tensor([-0.1, 2.0]))
+    assert torch.equal(Student(dataclasses.replace(SMALL, act="relu")).act(x), torch.tensor([0.0, 2.0]))
+
+
+def test_readout_heads_shapes_and_forward():
+    m = Student(SMALL)
+    text = torch.randn(3, SMALL.text_dim)
+    logits, strength = m.understand(text)
+    assert logits.shape == strength.shape == (3, len(world.READOUT_LABELS))
+    out, grid, (lg, st) = m(torch.rand(3, 3, 40, 40), text, return_grid=True, return_readout=True)
+    assert torch.equal(lg, logits) and out.shape == (3, 3, 40, 40)
+    with pytest.raises(RuntimeError):
+        Student(dataclasses.replace(SMALL, readout=())).understand(text)
+
+
+def test_read_instruction_respects_threshold():
+    m = Student(dataclasses.replace(SMALL, readout_threshold=1.01))
+    assert read_instruction(m, ["make the sky warmer", "xxxx"]) == [[], []]
+    m.cfg.readout_threshold = 0.0
+    (r,) = read_instruction(m, "make the sky warmer")
+    assert len(r) == len(world.READOUT_LABELS) and r[0]["p"] >= r[-1]["p"]
+    assert understood_line(r[:1]).startswith("understood: ")
+    assert understood_line([]) == "understood: nothing I can do"
+
+
+class _Fake:
+    """A model whose presence probability is the embedding's first value (for calibrate_readout)."""
+
+    def embed(self, texts):
+        return torch.tensor([[float(t)] for t in texts])
+
+    def understand(self, text):
+        p = text.clamp(1e-4, 1 - 1e-4)
+        return torch.log(p / (1 - p)), torch.zeros_like(p)
+
+
+def test_calibrate_readout_separates():
+    t = calibrate_readout(_Fake(), ["0.9", "0.8", "0.7"], ["0.1", "0.3", "0.2"])
+    assert 0.3 < t < 0.7
+    # overlapping: the best balanced accuracy still wins
+    t = calibrate_readout(_Fake(), ["0.9", "0.8", "0.25"], ["0.1", "0.3", "0.2"])
+    assert 0.2 < t < 0.8  # two thresholds tie at 5/6: either is right
+
+
+def test_describe_and_non_edits():
+    assert grammar.describe("region_temperature", "sky", 1.0) == "sky warmer (+1.0)"
+    assert grammar.describe("exposure", "", -0.5) == "darker (-0.5)"
+    assert grammar.describe("hsl_hue", "greens", 1.8).startswith("greens more ")
+    assert not set(grammar.NON_EDITS) & set(grammar.NON_EDITS_HELDOUT)
+    rng = np.random.default_rng(0)
+    texts = [grammar.non_edit_text(rng, "heldout") for _ in range(60)]
+    assert all(t not in grammar.NON_EDITS for t in texts)
+    assert any(t in grammar.NON_EDITS_HELDOUT for t in texts)
+
+
+def test_readout_targets_and_non_edit_items():
+    present, strength = world.readout_targets("region_temperature@sky:+2.200;exposure:-0.350")
+    k_sky = world.READOUT_LABELS.index("region_temperature@sky")
+    k_exp = world.READOUT_LABELS.index("exposure")
+    assert present.sum() == 2 and present[k_sky] == present[k_exp] == 1
+    assert math.isclose(float(strength[k_sky]), 2.2 / world.WORLD_FAMILY["region_temperature"].unit, rel_tol=1e-6)
+    assert math.isclose(float(strength[k_exp]), -0.35 / world.WORLD_FAMILY["exposure"].unit, rel_tol=1e-6)
+    assert world.readout_targets("")[0].sum() == 0
+    ds = world.RetouchWorld(size=32, length=40, p_none=0.5, seed=1)
+    items = [ds[i] for i in range(40)]
+    none = [it for it in items if it["edits"] == ""]
+    assert 5 < len(none) < 35
+    assert all(torch.equal(it["source"], it["target"]) for it in none)
+    # p_none = 0 keeps the items of the world as they were
+    a, b = world.RetouchWorld(size=32, length=3, seed=2), world.RetouchWorld(size=32, length=3, seed=2, p_none=0.0)
+    assert all(a[i]["instruction"] == b[i]["instruction"] and torch.equal(a[i]["target"], b[i]["target"]) for i in range(3))
+
+
+def test_edit_accuracy_and_locality():
+    src = torch.full((2, 3, 8, 8), 0.5)
+    tgt = src.clone()
+    tgt[:, :, :4] += 0.2  # the top half brightened
+    half = src + 0.6 * (tgt - src)
+    assert metrics.edit_accuracy(torch.stack([tgt[0], src[0]]), src, tgt).tolist() == [True, False]
+    assert metrics.edit_accuracy(half, src, tgt).all()
+    assert metrics.edit_accuracy(src, src, src).all()  # nothing to do, nothing done
+    loc = metrics.change_locality(half, src, tgt)
+    assert torch.allclose(loc, torch.ones(2))
+    elsewhere = src.clone()
+    elsewhere[:, :, 4:] += 0.2
+    assert (metrics.change_locality(elsewhere, src, tgt) < 0).all()
+    assert torch.isnan(metrics.change_locality(src, src, tgt)).all()
+
+
+def test_batches_with_workers_equal_the_plain_ones():
+    from course_lib.train.common import Shard
+    from course_lib.train.student import Embed
+
+    ds = world.RetouchWorld(size=24, length=10**6, seed=5, p_none=0.2)
+    shard = Shard(3)
+    plain = list(shard.batches(ds, 2, 5, workers=0, transform=Embed(SMALL, True)))
+    ahead = list(shard.batches(ds, 2, 5, workers=1, transform=Embed(SMALL, True)))
+    assert len(plain) == len(ahead) == 3
+    for a, b in zip(plain, ahead):
+        assert a["instruction"] == b["instruction"] and torch.equal(a["source"], b["source"])
+        assert torch.equal(a["text"], b["text"]) and torch.equal(a["present"], b["present"])
+
+
+def test_world_training_sets_threshold_and_resumes(tmp_path):
+    from course_lib.student import load_student
+    from course_lib.train.student import TrainArgs, train
+
+    kw = dict(batch_size=4, size=32, net_size=32, grid_size=8, channels=16, warmup=2, lr=3e-3, seed=3)
+    full, losses = train(TrainArgs(steps=4, out=str(tmp_path / "a.safetensors"), save_every=2, **kw))
+    assert full.cfg.readout == world.READOUT_LABELS and full.cfg.act == "leaky"
+    assert 0 < full.cfg.readout_threshold < 1
+    saved = load_student(tmp_path / "a.safetensors")
+    assert saved.cfg.readout_threshold == full.cfg.readout_threshold
+    train(TrainArgs(steps=2, out=str(tmp_path / "b.safetensors"), save_every=2, **kw))
+    resumed, losses_b = train(TrainArgs(steps=4, out=str(tmp_path / "b.safetensors"), save_every=2, **kw), resume=True)
+    assert losses_b[:2] == losses[:2]
+    for (k, v), (_, w) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(v, w, atol=1e-6), k
+
+
+def test_evaluate_world_small():
+    from course_lib.eval import world as EW
+
+    m = Student(SMALL)
+    r = EW.evaluate_world(m, None, n=6, size=32, wordings=("train", "heldout_synonym"))
+    ident = EW.row(r, "train", "identity")
+    assert ident["edit_accuracy"] == 0 and ident["n"] == 6
+    assert EW.row(r, "train", "global affine (oracle)")["psnr"] > ident["psnr"]
+    assert EW.row(r, "train", "grid (oracle)")
+    assert not EW.row(r, "heldout_synonym", "grid (oracle)")  # the oracle does not read the text: once
+    assert set(r["readout"]) == {"train", "heldout_synonym"} and 0 <= r["non_edit_refusal"] <= 100
+    assert "Wording: train" in EW.markdown(r)
+
+
+@pytest.mark.parametrize("threshold,code", [(1.01, 2), (0.0, 0)])
+def test_retouch_refuses_what_it_does_not_understand(tmp_path, capsys, threshold, code):
+    from course_lib.images import save_image
+
+    m = Student(dataclasses.replace(SMALL, readout_threshold=threshold))
+    ckpt = save_student(m, tmp_path / "s.safetensors")
+    src = tmp_path / "in.png"
+    save_image(torch.rand(3, 24, 32), src)
+    out = tmp_path / "out.png"
+    rc = retouch_app.main([str(src), "-i", "xxxx", "-o", str(out), "--checkpoint", str(ckpt)])
+    err = capsys.readouterr()
+    assert rc == code
+    if code:
+        assert not out.exists()
+        lines = [x for x in err.err.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: no edit recognised") and "make the sky warmer" in lines[0]
+    else:
+        assert out.exists() and "understood: " in err.out
