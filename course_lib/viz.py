@@ -45,3 +45,32 @@ def show_images(images: Sequence[torch.Tensor], titles: Sequence[str] | None = N
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def particle_panels(runs: dict, log_density, extent: float = 4.0, size: float = 2.4):
+    """Lesson 05's 2-D toy: one row per method, one panel per snapshot; the particles over the
+    teacher's density contours. Returns the figure.
+
+    Args:
+        runs: method name -> result of :func:`course_lib.vsd_toy.distil` (``history``: (step, (N, 2))).
+        log_density: ``(M, 2) -> (M,)`` the target's log-density (e.g. ``Mixture.log_density``).
+        extent: the panels show [-extent, extent]².
+    """
+    import matplotlib.pyplot as plt
+
+    axis = torch.linspace(-extent, extent, 120)
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    dens = log_density(torch.stack([gx.flatten(), gy.flatten()], 1)).exp().reshape(120, 120)
+    ncols = max(len(r["history"]) for r in runs.values())
+    fig, axes = plt.subplots(len(runs), ncols, figsize=(size * ncols, size * len(runs)), squeeze=False)
+    for row, (name, r) in zip(axes, runs.items()):
+        for ax, (step, x) in zip(row, r["history"]):
+            ax.contour(gx, gy, dens, levels=6, colors="0.7", linewidths=0.7)
+            ax.scatter(x[:, 0], x[:, 1], s=3, color="C3" if name.lower().startswith("sds") else "C0")
+            ax.set_xlim(-extent, extent), ax.set_ylim(-extent, extent)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{name}, step {step}", fontsize=9)
+        for ax in row[len(r["history"]):]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
