@@ -180,3 +180,19 @@ def test_retouch_refuses_what_it_does_not_understand(tmp_path, capsys, threshold
         assert len(lines) == 1 and lines[0].startswith("error: no edit recognised") and "make the sky warmer" in lines[0]
     else:
         assert out.exists() and "understood: " in err.out
+
+
+def test_text_pretraining_touches_only_the_text_pathway():
+    from course_lib.train.student import TrainArgs, pretrain_text
+
+    m = Student(dataclasses.replace(SMALL, vocab=tuple(sorted(grammar.training_vocabulary()))))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    args = TrainArgs(text_pretrain_steps=30, text_bank=96, lr=3e-3, seed=1)
+    losses = pretrain_text(m, args)
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("text_mlp.", "readout_head.")) for k in changed), changed
+    again = Student(dataclasses.replace(SMALL, vocab=m.cfg.vocab))
+    again.load_state_dict(before)
+    pretrain_text(again, args)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in again.state_dict().items())  # deterministic
