@@ -336,7 +336,7 @@ def pretrain_text(model: Student, args: TrainArgs, batch: int = 64) -> list[floa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
