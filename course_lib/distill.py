@@ -200,6 +200,53 @@ def vsd_direction(eps_real: torch.Tensor, eps_fake: torch.Tensor, x0: torch.Tens
     raise ValueError(f"weighting must be 'sds' or 'dmd', not {weighting!r}")
 
 
+@torch.no_grad()
+def gradient_alignment(teacher: Teacher, source: torch.Tensor, target: torch.Tensor, instructions: Sequence[str],
+                       t_bins: Sequence[tuple[int, int]] = ((20, 200), (200, 400), (400, 600), (600, 800), (800, 980)),
+                       draws: int = 4, guidance: Guidance = (1.0, 2.0), seed: int = 0) -> list[dict]:
+    """Does the first VSD gradient point towards the edit? Its cosine with the true edit, per timestep range.
+
+    The setting of VSD from scratch at step 0: the student is the identity (``x0`` = the source)
+    and the fake score equals the teacher (a zero LoRA), so ``grad`` is the teacher's guidance
+    direction. For each range, ``draws`` noise samples per item; the cosine between ``-grad``
+    and ``target - source`` (both in teacher space) is taken per item over all pixels
+    (``pixel``) and over the per-channel means (``colour``: the global colour change).
+
+    Args:
+        source, target: (B, 3, H, W) in [0, 1] (any size: resized to the teacher's).
+        instructions: B strings. guidance: the teacher's ``(s_img, s_txt)`` (the fake uses (1, 1)).
+
+    Returns:
+        One dict per range: ``t_lo``, ``t_hi``, ``pixel`` and ``colour`` (mean cosines), and
+        ``pixel_std`` (their spread over items and draws).
+    """
+    g = torch.Generator().manual_seed(seed)
+    size = teacher.working_size(*source.shape[-2:])
+
+    def space(img: torch.Tensor) -> torch.Tensor:
+        return teacher.to_space(F.interpolate(img, size=size, mode="bilinear", align_corners=False,
+                                              antialias=True).clamp(0, 1).to(teacher.device))
+
+    x0, edit = space(source), space(target) - space(source)  # (B, C, h, w)
+    cond, text = teacher.encode_source(F.interpolate(source, size=size, mode="bilinear", align_corners=False,
+                                                     antialias=True).to(teacher.device)), teacher.encode_text(instructions)
+    cfg = VSDConfig(guidance=guidance)
+    rows = []
+    for lo, hi in t_bins:
+        pix, col = [], []
+        for _ in range(draws):
+            t = torch.randint(lo, hi, (x0.shape[0],), generator=g)
+            noise = torch.randn(x0.shape, generator=g).to(x0)
+            # the fake score at step 0 is the teacher itself (CFG 1)
+            d = -vsd_grad(teacher, teacher, x0, cond, text, t.to(x0.device), noise, cfg)  # (B, C, h, w)
+            pix.append(F.cosine_similarity(d.flatten(1), edit.flatten(1), dim=1))
+            col.append(F.cosine_similarity(d.mean((2, 3)), edit.mean((2, 3)), dim=1))
+        pix, col = torch.cat(pix).float().cpu(), torch.cat(col).float().cpu()
+        rows.append({"t_lo": lo, "t_hi": hi, "pixel": float(pix.mean()), "colour": float(col.mean()),
+                     "pixel_std": float(pix.std())})
+    return rows
+
+
 def vsd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """The stop-gradient surrogate whose gradient with respect to ``x0`` is ``grad / B``.
 

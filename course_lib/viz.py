@@ -74,3 +74,21 @@ def particle_panels(runs: dict, log_density, extent: float = 4.0, size: float = 
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def alignment_plot(rows: Sequence[dict], title: str = "first VSD gradient vs the true edit"):
+    """Lesson 05's diagnostic: cosine of ``-grad`` with the true edit per timestep range
+    (rows of :func:`course_lib.distill.gradient_alignment`). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    mid = [(r["t_lo"] + r["t_hi"]) / 2 for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    ax.errorbar(mid, [r["pixel"] for r in rows], yerr=[r["pixel_std"] for r in rows], marker="o", capsize=3,
+                label="per pixel (± std over items, draws)")
+    ax.plot(mid, [r["colour"] for r in rows], marker="s", label="mean colour")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("timestep t"), ax.set_ylabel("cosine with target - source"), ax.set_ylim(-1, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

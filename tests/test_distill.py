@@ -200,3 +200,27 @@ def test_shipped_vsd_students_load_and_edit(name):
         out = m(src, m.embed(["make it warmer", "add contrast"]))
     assert out.shape == src.shape and torch.isfinite(out).all()
     assert float((out - src).abs().mean()) > 1e-3  # it edits
+
+
+def test_gradient_alignment_diagnostic():
+    """The first VSD gradient from the identity with the fake = teacher: zero without text
+    guidance, and pointing towards the edit with it (the shipped teacher, a few held-out items)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib import distill
+    from course_lib.eval.heldout import heldout_batch
+    from course_lib.teacher import load_teacher
+    from course_lib.viz import alignment_plot
+
+    t = load_teacher()
+    b = heldout_batch(6, 48, paraphrases="train")
+    bins = ((20, 300), (300, 700), (700, 980))
+    none = distill.gradient_alignment(t, b["source"], b["target"], b["instruction"], t_bins=bins, draws=1,
+                                      guidance=(1.0, 1.0))
+    assert all(r["pixel"] == 0 and r["colour"] == 0 for r in none)
+    rows = distill.gradient_alignment(t, b["source"], b["target"], b["instruction"], t_bins=bins, draws=2)
+    assert [(r["t_lo"], r["t_hi"]) for r in rows] == list(bins)
+    assert all(-1 <= r["pixel"] <= 1 for r in rows)
+    assert sum(r["pixel"] for r in rows) / len(rows) > 0.2  # the guidance direction points towards the edit
+    assert len(alignment_plot(rows).axes) == 1
