@@ -230,14 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.data == "world":
         return main_world(a)
-    try:
-        tables.check_free(output_paths(a.out), a.overwrite)
-        model = load_student(a.checkpoint, device=config.device())
-        baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
-                                                                  device=model.device)
-    except (CheckpointError, ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _load_models(a, output_paths(a.out))
+    if loaded is None:
         return 2
+    model, baseline = loaded
     result = evaluate(model, a.items, a.size, seed=a.seed, latency=not a.no_latency, paraphrases=a.paraphrases,
                       baseline=baseline)
     print(table_markdown(result))
@@ -250,6 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _load_models(a: argparse.Namespace, outputs: list[Path]):
+    """Check the outputs are free, load the student and the baseline: ``(model, baseline)``, or
+    ``None`` after one ``error:`` line."""
+    try:
+        tables.check_free(outputs, a.overwrite)
+        model = load_student(a.checkpoint, device=config.device())
+        baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
+                                                                  device=model.device)
+    except (CheckpointError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return model, baseline
+
+
 def world_paths(out_dir: str | Path | None = None) -> list[Path]:
     """Where ``evaluate --data world`` writes: ``world.json`` and ``world.md``."""
     out = Path(out_dir) if out_dir else config.OUTPUT_DIR / "evaluate"
@@ -258,14 +268,10 @@ def world_paths(out_dir: str | Path | None = None) -> list[Path]:
 
 def main_world(a: argparse.Namespace) -> int:
     """``evaluate --data world``: :func:`course_lib.eval.world.evaluate_world`, printed and written."""
-    try:
-        tables.check_free(world_paths(a.out), a.overwrite)
-        model = load_student(a.checkpoint, device=config.device())
-        baseline = None if a.baseline == "none" else load_baseline(None if a.baseline == "shipped" else a.baseline,
-                                                                  device=model.device)
-    except (CheckpointError, ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _load_models(a, world_paths(a.out))
+    if loaded is None:
         return 2
+    model, baseline = loaded
     result = world_eval.evaluate_world(model, baseline, a.items, a.size, seed=a.seed, grid_oracle=not a.no_grid_oracle)
     result["checkpoint"] = str(a.checkpoint or "shipped")
     if not a.no_latency:
