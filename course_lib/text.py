@@ -134,6 +134,14 @@ class TextEncoder:
             return torch.zeros(0, self.dim)
         return torch.stack([self._cache[k] for k in keys])  # (N, D)
 
+    def for_open_wording(self, max_entries: int = 50_000) -> "TextEncoder":
+        """Use this encoder for a stream of mostly new sentences (training on a grammar): keep them
+        off the disk cache and bound the memory cache to ``max_entries`` (emptied when full)."""
+        self.disk_cache = False
+        if len(self._cache) > max_entries:
+            self._cache.clear()
+        return self
+
     def flush(self) -> None:
         """Write the disk cache now if it has new entries (also done at most every
         ``save_interval`` seconds while encoding, and at interpreter exit)."""

@@ -136,10 +136,7 @@ class Embed:
         self.cfg, self.readout = cfg, readout
 
     def __call__(self, batch: dict) -> dict:
-        enc = shared_encoder(self.cfg.text_encoder)
-        enc.disk_cache = False  # training sentences are nearly all new: keep them off the disk cache
-        if len(getattr(enc, "_cache", ())) > 50_000:  # open wording: nearly every sentence is new
-            enc._cache.clear()
+        shared_encoder(self.cfg.text_encoder).for_open_wording()  # nearly every training sentence is new
         batch["text"] = featurise(batch["instruction"], self.cfg)  # (B, text_dim [+ V])
         if self.readout:
             present, strength = zip(*(readout_targets(e) for e in batch["edits"]))
@@ -306,8 +303,7 @@ def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05) ->
             t, e = sample_world_instruction(rng, "train")
             texts.append(t)
             edits.append(encode_world_edits(e))
-    enc = shared_encoder(cfg.text_encoder)
-    enc.disk_cache = False
+    shared_encoder(cfg.text_encoder).for_open_wording()
     X = torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, n, 256)])
     P, S = map(torch.stack, zip(*(readout_targets(e) for e in edits)))
     return {"X": X, "P": P, "S": S}
