@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-inverter": ("course_lib.train.inverter:main", "cycle-consistency training of the 4-step inverter (lesson 07)"),
     "inversion-eval": ("course_lib.eval.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train.align:main", "train the embedded edit encoder for the prompt-alignment loss"),
+    "wording-study": ("course_lib.eval.wording:main", "train the student's text pathway alone in variants; score unseen wording"),
     "evaluate": ("course_lib.eval.student:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "retouch": ("course_lib.apps.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.eval.bench_retouch:bench_main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),

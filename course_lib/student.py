@@ -82,6 +82,13 @@ class StudentConfig:
             embedding and the FiLM layers and readout heads).
         readout_threshold: presence probability from which an edit counts as understood (chosen on
             validation data by :func:`calibrate_readout` at the end of training).
+        film_reads: what the FiLM layers read: ``"text"`` (the text MLP's features, then the edit
+            code when there are readout heads) or ``"code"`` (the edit code ``[p, p * s]`` alone:
+            the instruction reaches the image pathway only through what the student understood;
+            training can then feed the true code, see :func:`edit_code`).
+        coords: the local path also reads three coordinate maps (y, x and the squared distance
+            from the centre, CoordConv): convolutions with zero padding hardly know *where* a cell
+            is, which graduated and radial filters need.
     """
 
     net_size: int = 256
@@ -99,6 +106,8 @@ class StudentConfig:
     readout_threshold: float = 0.5
     text_layers: int = 1
     vocab: tuple[str, ...] = ()
+    film_reads: str = "text"
+    coords: bool = False
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -106,6 +115,8 @@ class StudentConfig:
         self.vocab = tuple(str(v) for v in self.vocab)
         if self.act not in ("relu", "leaky"):
             raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
+        if self.film_reads not in ("text", "code") or (self.film_reads == "code" and not self.readout):
+            raise ValueError(f"film_reads must be 'text' or 'code' (with readout labels), got {self.film_reads!r}")
         ratio = self.net_size // self.grid_size
         if ratio < 2 or self.net_size % self.grid_size or ratio & (ratio - 1):
             raise ValueError(f"net_size / grid_size must be a power of two >= 2, got {self.net_size}/{self.grid_size}")
@@ -139,6 +150,33 @@ def film(features: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> tor
     """
     # FiLM(f) = gamma * f + beta, broadcast over (H, W)
     return gamma[:, :, None, None] * features + beta[:, :, None, None]
+
+
+def edit_code(presence: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """The edit code the FiLM layers read: ``[p, p * s]``.
+
+    Args:
+        presence: (B, K) probabilities in [0, 1] that each readout label is asked for (the
+            readout heads' sigmoid, or the 0/1 truth of :func:`course_lib.world.readout_targets`).
+        strength: (B, K) signed strengths (amount / unit).
+
+    Returns:
+        (B, 2K).
+    """
+    # c = [p, p * s]: an absent edit contributes zeros whatever its strength reads
+    return torch.cat([presence, presence * strength], dim=-1)
+
+
+def coordinate_maps(x: torch.Tensor) -> torch.Tensor:
+    """Where each cell is: (B, C, H, W) -> (B, 3, H, W) maps ``y``, ``x`` in [-1, 1] (cell centres,
+    y down) and ``r^2 = (x^2 + y^2) / 2`` in [0, 1]."""
+    B, _, H, W = x.shape
+    ys = (torch.arange(H, device=x.device, dtype=x.dtype) + 0.5) / H * 2 - 1
+    xs = (torch.arange(W, device=x.device, dtype=x.dtype) + 0.5) / W * 2 - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    # r^2 = (x^2 + y^2) / 2: 0 at the centre, 1 in the corners
+    maps = torch.stack([yy, xx, (xx ** 2 + yy ** 2) / 2])  # (3, H, W)
+    return maps[None].expand(B, -1, -1, -1)
 
 
 def grid_from_head(head_out: torch.Tensor, luma_bins: int) -> torch.Tensor:
@@ -286,7 +324,7 @@ class Student(nn.Module):
         self.text_mlp = nn.Sequential(*layers)
         # with readout heads, the FiLM layers read the text features *and* what the heads read
         # (presence p and p * strength per label): a code of the edit that training supervises
-        film_in = cfg.film_hidden + (2 * len(cfg.readout) if cfg.readout else 0)
+        film_in = (cfg.film_hidden if cfg.film_reads == "text" else 0) + (2 * len(cfg.readout) if cfg.readout else 0)
         self.film_splat = FiLM(film_in, C)
         # global path: two stride-2 convs, then fully connected layers to C
         self.global_convs = nn.ModuleList([_conv(C, C, 2), _conv(C, C, 2)])
@@ -294,7 +332,7 @@ class Student(nn.Module):
         sizes = [flat, *cfg.fc, C]
         self.global_fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         # local path: two 3x3 convs, the second without activation or bias (as HDRNet)
-        self.local1 = _conv(C, C)
+        self.local1 = _conv(C + (3 if cfg.coords else 0), C)
         self.local2 = nn.Conv2d(C, C, 3, padding=1, bias=False)
         self.film_fuse = FiLM(film_in, C)
         # head: 1x1 conv to 12 D coefficients, zero-initialised (the grid starts at the identity)
@@ -315,7 +353,8 @@ class Student(nn.Module):
         return F.leaky_relu(x, 0.1) if self.cfg.act == "leaky" else F.relu(x)
 
     # ------------------------------------------------------------------ the grid
-    def features(self, low: torch.Tensor, text: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+    def features(self, low: torch.Tensor, text: torch.Tensor, record: dict | None = None,
+                 code: torch.Tensor | None = None) -> torch.Tensor:
         """Fused, text-modulated features of the low-resolution copy.
 
         Args:
@@ -323,11 +362,12 @@ class Student(nn.Module):
             text: (B, text_dim [+ V]) instruction features (:meth:`embed`).
             record: if a dict, the activations of every layer are stored in it (``splat0``, ...,
                 ``global``, ``local``, ``fused``) for :func:`pathway_report`.
+            code: (B, 2K) edit code to use instead of the one read from ``text`` (:func:`edit_code`).
 
         Returns:
             (B, C, G, G).
         """
-        th = self.text_features(text)  # (B, film_hidden [+ 2K])
+        th = self.text_features(text, code)  # (B, [film_hidden +] 2K) or (B, film_hidden)
         x = low
         for i, conv in enumerate(self.splat):
             x = conv(x)
@@ -347,6 +387,8 @@ class Student(nn.Module):
             if k < len(self.global_fc) - 1:
                 g = self.act(g)  # (B, C) at the end, no activation
         # local path
+        if self.cfg.coords:
+            x = torch.cat([x, coordinate_maps(x)], dim=1)  # (B, C + 3, G, G)
         loc = self.local2(self.act(self.local1(x)))  # (B, C, G, G)
         # fuse: act(FiLM(local + global))
         fused = self.act(self.film_fuse(loc + g[:, :, None, None], th))  # (B, C, G, G)
@@ -354,9 +396,9 @@ class Student(nn.Module):
             record.update({"global": g, "local": loc, "fused": fused})
         return fused
 
-    def delta(self, low: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def delta(self, low: torch.Tensor, text: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted grid minus the identity: (B, 3, n, n), (B, text_dim) -> (B, 12, D, G, G)."""
-        d = grid_from_head(self.head(self.features(low, text)), self.cfg.luma_bins)  # (B, 12, D, G, G)
+        d = grid_from_head(self.head(self.features(low, text, code=code)), self.cfg.luma_bins)  # (B, 12, D, G, G)
         if self.cfg.global_affine:
             # one transform per photo: the mean over bins and cells, broadcast back (slicing a
             # constant grid returns the constant, whatever the guide)
@@ -364,13 +406,14 @@ class Student(nn.Module):
         return d
 
     def predict_grid(self, image: torch.Tensor, text: torch.Tensor,
-                     strength: float | torch.Tensor = 1.0) -> torch.Tensor:
+                     strength: float | torch.Tensor = 1.0, code: torch.Tensor | None = None) -> torch.Tensor:
         """The affine grid for an image of any size and an instruction embedding.
 
         Args:
             image: (B, 3, H, W) in [0, 1]; resized to ``net_size``² for the network.
             text: (B, text_dim [+ V]) instruction features (see :meth:`embed`).
             strength: float or (B,) tensor, >= 0: ``grid = I + s (G - I)``.
+            code: optional (B, 2K) edit code replacing the one read from the text (training).
 
         Returns:
             (B, 12, D, G, G).
@@ -379,7 +422,7 @@ class Student(nn.Module):
         low = resize(image, (n, n)) if image.shape[-2:] != (n, n) else image  # (B, 3, n, n)
         s = torch.as_tensor(strength, dtype=image.dtype, device=image.device).reshape(-1, 1, 1, 1, 1)
         # G_s = I + s (G - I)
-        return self.identity + s * self.delta(low, text)
+        return self.identity + s * self.delta(low, text, code)
 
     # ------------------------------------------------------------------ full resolution
     def guide_map(self, image: torch.Tensor, rows_per_chunk: int | None = None) -> torch.Tensor:
@@ -397,7 +440,8 @@ class Student(nn.Module):
                           for r in range(0, image.shape[-2], rows_per_chunk)], dim=-2)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, strength: float | torch.Tensor = 1.0,
-                impl: str = "auto", return_grid: bool = False, return_readout: bool = False):
+                impl: str = "auto", return_grid: bool = False, return_readout: bool = False,
+                code: torch.Tensor | None = None):
         """Retouch a batch.
 
         Args:
@@ -408,28 +452,36 @@ class Student(nn.Module):
             return_grid: also return the grid (training regularises it).
             return_readout: also return :meth:`understand`'s ``(logits, strength)`` (training
                 them in the same forward pass keeps multi-process gradient averaging simple).
+            code: optional (B, 2K) edit code (:func:`edit_code`) that the FiLM layers read instead
+                of the one the readout heads read from ``text`` (teacher forcing in training).
 
         Returns:
             (B, 3, H, W), not clipped (training compares it with the target as is); with
             ``return_grid``, ``(output, grid)`` with grid (B, 12, D, G, G); with
             ``return_readout`` the readout is appended to the tuple.
         """
-        grid = self.predict_grid(image, text, strength)  # (B, 12, D, G, G)
+        grid = self.predict_grid(image, text, strength, code)  # (B, 12, D, G, G)
         guide = self.guide_map(image, rows_per_chunk=512)  # (B, H, W)
         out = slice_apply(grid, guide, image, impl=impl)  # (B, 3, H, W)
         extra = ((grid,) if return_grid else ()) + ((self.understand(text),) if return_readout else ())
         return (out, *extra) if extra else out
 
     # ------------------------------------------------------------------ understood as
-    def text_features(self, text: torch.Tensor) -> torch.Tensor:
+    def text_features(self, text: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """What the FiLM layers read: the text MLP's features, then (with readout heads) the edit
-        code ``[p, p * s]`` of :meth:`understand` (p = sigmoid(logits)): (B, film_hidden [+ 2K])."""
-        th = self.text_mlp(text)  # (B, film_hidden)
+        code ``[p, p * s]`` of :meth:`understand` (p = sigmoid(logits)): (B, film_hidden [+ 2K]);
+        with ``cfg.film_reads == "code"`` the code alone, (B, 2K). ``code`` replaces the code read
+        from the text."""
         if self.readout_head is None:
-            return th
-        logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
-        p = torch.sigmoid(logits)
-        return torch.cat([th, p, p * strength], dim=-1)
+            return self.text_mlp(text)  # (B, film_hidden)
+        if code is None:
+            th = self.text_mlp(text)  # (B, film_hidden)
+            logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
+            code = edit_code(torch.sigmoid(logits), strength)  # (B, 2K)
+            if self.cfg.film_reads == "code":
+                return code
+            return torch.cat([th, code], dim=-1)
+        return code if self.cfg.film_reads == "code" else torch.cat([self.text_mlp(text), code], dim=-1)
 
     def understand(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the instruction asks for, read from its embedding alone.
@@ -513,6 +565,24 @@ def pathway_report(model: Student, images: torch.Tensor, instruction: str) -> di
     return {"alive": {k: float((v > 0).float().mean()) for k, v in rec.items()},
             "photo_std": {k: float(v.std(0).mean()) for k, v in rec.items()},
             "grid_photo_std": float(d.std(0).amax()), "grid_cell_std": float(d.flatten(3).std(-1).amax())}
+
+
+PATHWAY_INSTRUCTIONS = ("make it warmer", "make the sky warmer", "shade the edges of the frame")
+
+
+def pathway_study(model: Student, n: int = 8, split: str = "test",
+                  instructions: Sequence[str] = PATHWAY_INSTRUCTIONS) -> dict:
+    """:func:`pathway_report` on the first ``n`` photos of a data-world split, per instruction.
+
+    Returns:
+        dict ``photos`` (names) and ``reports`` (instruction -> :func:`pathway_report` dict).
+    """
+    from . import world
+
+    names = world.photo_names(split)[:n]
+    size = model.cfg.net_size
+    photos = torch.stack([resize(world.load_photo(k, 2 * size), (size, size)) for k in names])  # (n, 3, s, s)
+    return {"photos": names, "reports": {i: pathway_report(model, photos, i) for i in instructions}}
 
 
 def read_instruction(model: Student, instructions: str | Sequence[str]) -> list[list[dict]]:

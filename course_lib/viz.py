@@ -92,3 +92,37 @@ def alignment_plot(rows: Sequence[dict], title: str = "first VSD gradient vs the
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def change_map(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Where an edit changed the photo: ``|output - source|`` summed over channels, (3, H, W) -> (H, W)."""
+    return (output.detach().float().cpu() - source.detach().float().cpu()).abs().sum(0)
+
+
+def change_masks(source: torch.Tensor, target: torch.Tensor, outputs: dict[str, torch.Tensor],
+                 instruction: str = "", size: float = 2.4):
+    """One row of lesson 03's content-aware check: the photo, what the ground truth changed, and
+    what each method changed, drawn as change maps on one colour scale (brighter = more change).
+
+    Args:
+        source, target: (3, H, W) in [0, 1].
+        outputs: method name -> (3, H, W) output.
+        instruction: shown over the photo.
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    maps = {"ground truth": change_map(target, source)} | {k: change_map(v, source) for k, v in outputs.items()}
+    vmax = max(float(maps["ground truth"].max()), 1e-3)  # the truth's largest change sets the scale
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(size * (1 + len(maps)), size))
+    axes[0].imshow(to_hwc(source))
+    axes[0].set_title(instruction, fontsize=8, wrap=True)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        ax.imshow(m.numpy(), cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"changed: {name}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -196,3 +196,85 @@ def test_text_pretraining_touches_only_the_text_pathway():
     again.load_state_dict(before)
     pretrain_text(again, args)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in again.state_dict().items())  # deterministic
+
+
+def test_film_reads_code_uses_only_the_edit_code():
+    from course_lib.student import edit_code
+    cfg = dataclasses.replace(SMALL, film_reads="code", coords=True)
+    m = Student(cfg)
+    torch.nn.init.normal_(m.head.weight, std=0.1)  # a non-zero head, so the grid depends on the code
+    K = len(world.READOUT_LABELS)
+    img, text = torch.rand(2, 3, 32, 32), torch.randn(2, cfg.text_dim)
+    present, strength = torch.zeros(2, K), torch.zeros(2, K)
+    present[:, 3], strength[:, 3] = 1.0, torch.tensor([1.0, -0.5])
+    code = edit_code(present, strength)
+    assert code.shape == (2, 2 * K) and code[1, K + 3] == -0.5
+    # the forced code decides the grid, whatever the text says
+    g1 = m.predict_grid(img, text, code=code)
+    g2 = m.predict_grid(img, torch.randn(2, cfg.text_dim), code=code)
+    assert torch.equal(g1, g2)
+    # without a code, the text is read through the readout heads: different text, different grid
+    assert not torch.equal(m.predict_grid(img, text), m.predict_grid(img, torch.randn(2, cfg.text_dim)))
+    # gradients reach the text pathway only through the readout heads' code
+    m.zero_grad()
+    m.predict_grid(img, text).sum().backward()
+    assert m.readout_head[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        StudentConfig(film_reads="code")  # no readout labels: there is no code to read
+    assert StudentConfig.from_json(StudentConfig().to_json()).film_reads == "text"
+
+
+def test_coordinate_maps_locate_cells():
+    from course_lib.student import coordinate_maps
+    c = coordinate_maps(torch.zeros(2, 5, 4, 6))
+    assert c.shape == (2, 3, 4, 6)
+    y, x, r2 = c[0]
+    assert y[0, 0] < 0 < y[-1, 0] and x[0, 0] < 0 < x[0, -1]  # y down, x right
+    tol = 8 * torch.finfo(c.dtype).eps
+    assert torch.allclose(y.mean(), torch.tensor(0.0), atol=tol) and torch.allclose(x.mean(), torch.tensor(0.0), atol=tol)
+    assert r2.min() >= 0 and r2.max() <= 1 and r2[0, 0] > r2[2, 3]  # the corner is farther than the centre
+
+
+def test_forced_code_mixes_true_and_own_codes():
+    from course_lib.student import edit_code
+    from course_lib.train.student import forced_code
+    m = Student(dataclasses.replace(SMALL, film_reads="code"))
+    K = len(world.READOUT_LABELS)
+    text, present, strength = torch.randn(64, SMALL.text_dim), torch.zeros(64, K), torch.ones(64, K)
+    present[:, 0] = 1
+    true = edit_code(present, strength)
+    assert torch.equal(forced_code(m, text, present, strength, 1.0, 0, 3), true)
+    mixed = forced_code(m, text, present, strength, 0.5, 0, 3)
+    is_true = (mixed == true).all(1)
+    assert 0 < int(is_true.sum()) < 64  # some rows forced, some the student's own reading
+    assert torch.equal(mixed, forced_code(m, text, present, strength, 0.5, 0, 3))  # drawn from (seed, step)
+
+
+def test_change_masks_figure_renders():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib import viz
+    src = torch.rand(3, 16, 16)
+    tgt = src.clone()
+    tgt[:, :8] *= 0.5  # the top half changed
+    m = viz.change_map(tgt, src)
+    assert m.shape == (16, 16) and m[8:].abs().max() == 0 and m[:8].sum() > 0
+    fig = viz.change_masks(src, tgt, {"student": src}, "darken the top")
+    assert len(fig.axes) == 3
+
+
+def test_wording_study_runs_and_scores(tmp_path):
+    from course_lib.eval import wording
+    res = wording.study(wording.StudyArgs(bank=120, test=30, steps=20),
+                        {"reference": {}, "no word indicators (embedding only)": {"vocab": False}})
+    assert [r["variant"] for r in res["rows"]] == ["reference", "no word indicators (embedding only)"]
+    for r in res["rows"]:
+        for w in grammar.WORDINGS_KINDS:
+            s = r["scores"][w]
+            assert 0 <= s["family_direction"] <= 100 and 0 <= s["understood"] <= 100 and 0 <= s["refused"] <= 100
+    assert wording.markdown(res).count("\n") == 3
+    # an existing results file is never overwritten
+    out = tmp_path / "w.json"
+    out.write_text("{}")
+    assert wording.main(["--out", str(out)]) == 1 and out.read_text() == "{}"
+    assert wording.main(["--out", str(tmp_path / "x.json"), "--variants", "nonsense"]) == 2

@@ -50,8 +50,8 @@ from ..bilateral import grid_tv
 from ..data import RetouchPairs
 from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
 from ..grammar import non_edit_text, training_vocabulary
-from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, featurise, load_student,
-                       save_student)
+from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
+                       load_student, save_student)
 from ..text import shared_encoder
 from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
@@ -103,6 +103,9 @@ class TrainArgs:
     word_dropout: float = 0.3
     text_pretrain_steps: int = 0
     text_bank: int = 20000
+    film_reads: str = "text"
+    code_forcing: float = 1.0
+    coords: bool = False
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -158,6 +161,28 @@ def word_dropout(text: torch.Tensor, cfg: StudentConfig, p: float, seed: int, st
     drawn = torch.rand(shard.global_batch if shard else text.shape[0], generator=g)
     keep = ((shard.take(drawn) if shard else drawn) >= p).to(text.dtype).to(text.device)  # (B,)
     return torch.cat([text[:, :cfg.text_dim], text[:, cfg.text_dim:] * keep[:, None]], dim=1)
+
+
+def forced_code(model: Student, text: torch.Tensor, present: torch.Tensor, strength: torch.Tensor, p: float,
+                seed: int, step: int, shard: Shard | None = None) -> torch.Tensor:
+    """Teacher forcing of the edit code (``film_reads == "code"``): the true code
+    ``[present, present * strength]`` for a random ``p`` of the rows, the code the student reads
+    itself (detached) for the rest, so the image pathway learns edits from exact codes and still
+    sees the soft codes it will get at inference. The rows are drawn per global batch from
+    ``(seed, step)`` as in :func:`word_dropout`.
+
+    Returns:
+        (B, 2K).
+    """
+    true = edit_code(present, strength)  # (B, 2K)
+    if p >= 1:
+        return true
+    with torch.no_grad():
+        logits, s = model.understand(text)
+    g = torch.Generator().manual_seed(seed * 1_000_033 + step)
+    drawn = torch.rand(shard.global_batch if shard else text.shape[0], generator=g)
+    m = ((shard.take(drawn) if shard else drawn) < p).to(true.dtype).to(true.device)[:, None]  # (B, 1)
+    return m * true + (1 - m) * edit_code(torch.sigmoid(logits), s)
 
 
 def readout_loss(logits: torch.Tensor, pred: torch.Tensor, present: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
@@ -227,7 +252,7 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
                         global_affine=args.global_affine, act=args.act, text_layers=args.text_layers,
                         film_hidden=args.film_hidden,
                         vocab=tuple(sorted(training_vocabulary())) if args.vocab and args.data == "world" else (),
-                        readout=READOUT_LABELS if readout else ())
+                        readout=READOUT_LABELS if readout else (), film_reads=args.film_reads, coords=args.coords)
     out = Path(args.out) if args.out else None
     start, losses = 0, []
     if resume:
@@ -257,7 +282,12 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
         text = batch["text"].to(accelerator.device)  # (B, text_dim [+ V])
         text = word_dropout(text, accelerator.unwrap_model(model).cfg, args.word_dropout, args.seed, step, shard)
         src, tgt = batch["source"].to(accelerator.device), batch["target"].to(accelerator.device)  # (B, 3, S, S)
-        pred, grid, *read = model(src, text, return_grid=True, return_readout=readout)  # (B, 3, S, S), (B, 12, D, G, G)
+        code = None
+        if readout and accelerator.unwrap_model(model).cfg.film_reads == "code" and args.code_forcing > 0:
+            code = forced_code(accelerator.unwrap_model(model), text, batch["present"].to(text.device),
+                               batch["strength"].to(text.device), args.code_forcing, args.seed, step, shard)
+        pred, grid, *read = model(src, text, return_grid=True, return_readout=readout,
+                                  code=code)  # (B, 3, S, S), (B, 12, D, G, G)
         # L = mean (pred - target)^2 + lambda TV(grid) [+ w L_readout]
         mse = (pred - tgt).pow(2).mean()
         loss = mse + args.tv_weight * grid_tv(grid)
@@ -309,18 +339,19 @@ def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05) ->
     return {"X": X, "P": P, "S": S}
 
 
-def pretrain_text(model: Student, args: TrainArgs, batch: int = 64) -> list[float]:
+def pretrain_text(model: Student, args: TrainArgs, batch: int = 64, bank: dict | None = None) -> list[float]:
     """Stage 0: train the text MLP and the "understood as" heads alone on a bank of instructions.
 
     Reading the instruction is the slow part of learning the world (with the edits given as
     the text, the image network learns several times faster), and it needs no image: on a
     featurised bank (:func:`text_bank`) thousands of steps take seconds. Deterministic given
-    ``args.seed``; the other weights are untouched.
+    ``args.seed``; the other weights are untouched. ``bank``: an already featurised
+    :func:`text_bank` (the wording study trains several variants on one).
 
     Returns:
         the readout losses, one per step.
     """
-    bank = text_bank(args.text_bank, args.seed, model.cfg, args.none_prob)
+    bank = bank if bank is not None else text_bank(args.text_bank, args.seed, model.cfg, args.none_prob)
     params = list(model.text_mlp.parameters()) + list(model.readout_head.parameters())
     opt = torch.optim.Adam(params, lr=args.lr)
     g = torch.Generator().manual_seed(40_000 + args.seed)
@@ -380,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of instructions whose word indicators are hidden in training")
     p.add_argument("--text-pretrain-steps", type=int, default=d.text_pretrain_steps,
                    help="stage 0: train the text pathway alone for this many steps on a bank of instructions first")
+    p.add_argument("--film-reads", choices=("text", "code"), default=d.film_reads,
+                   help="what the image pathway reads: the text features and edit code, or the edit code alone")
+    p.add_argument("--code-forcing", type=float, default=d.code_forcing,
+                   help="with --film-reads code: share of items whose true edit code the image pathway reads "
+                        "in training (the rest read the student's own)")
+    p.add_argument("--coords", action="store_true",
+                   help="the local path also reads where each cell is (CoordConv maps y, x, r^2)")
     p.add_argument("--text-bank", type=int, default=d.text_bank, help="instructions in the stage-0 bank")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="background processes that make the batches (0: none; 1 suits a 2-core CPU)")
