@@ -470,17 +470,20 @@ class Student(nn.Module):
     def text_features(self, text: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """What the FiLM layers read: the text MLP's features, then (with readout heads) the edit
         code ``[p, p * s]`` of :meth:`understand` (p = sigmoid(logits)): (B, film_hidden [+ 2K]);
-        with ``cfg.film_reads == "code"`` the code alone, (B, 2K). ``code`` replaces the code read
-        from the text."""
+        with ``cfg.film_reads == "code"`` the code alone, (B, 2K), with ``p`` made 0/1 at
+        ``cfg.readout_threshold`` (what :func:`read_instruction` reports is what is applied).
+        ``code`` replaces the code read from the text."""
         if self.readout_head is None:
             return self.text_mlp(text)  # (B, film_hidden)
         if code is None:
             th = self.text_mlp(text)  # (B, film_hidden)
             logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
-            code = edit_code(torch.sigmoid(logits), strength)  # (B, 2K)
+            p = torch.sigmoid(logits)
             if self.cfg.film_reads == "code":
-                return code
-            return torch.cat([th, code], dim=-1)
+                # the image pathway gets exactly what the student says it understood: a 0/1
+                # presence per label (as the true codes it trained on), the strengths it read
+                return edit_code((p >= self.cfg.readout_threshold).to(p.dtype), strength)  # (B, 2K)
+            return torch.cat([th, edit_code(p, strength)], dim=-1)  # (B, film_hidden + 2K)
         return code if self.cfg.film_reads == "code" else torch.cat([self.text_mlp(text), code], dim=-1)
 
     def understand(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -643,19 +646,27 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
 
     Args:
         model: a :class:`Student`.
-        photo: a bundled photo name (see :func:`course_lib.data.photo_names`) or a (3, H, W) tensor.
+        photo: a bundled photo name (:func:`course_lib.world.photo_names` or
+            :func:`course_lib.data.photo_names`) or a (3, H, W) tensor.
         instruction: any text (empty: no edit).
         strength: >= 0.
         size: shorter side of the shown image.
 
     Returns:
         dict with (3, H, W) images ``before``, ``after``, ``difference`` (``|after - before|`` x4,
-        clipped); ``grid`` (1, 12, D, G, G); ``seconds`` (float).
+        clipped); ``grid`` (1, 12, D, G, G); ``seconds`` (float); ``understood`` (the
+        :func:`understood_line`, ``None`` for a student without readout heads or an empty instruction).
     """
     import time
 
     t0 = time.perf_counter()
-    before = load_photo(photo, size) if isinstance(photo, str) else resize(photo, size)
+    if isinstance(photo, str):
+        from . import world
+        before = world.load_photo(photo, size) if photo in world.photo_names() else load_photo(photo, size)
+    else:
+        before = resize(photo, size)
+    understood = (understood_line(read_instruction(model, instruction)[0])
+                  if model.cfg.readout and instruction.strip() else None)
     if instruction.strip():
         after = retouch(model, before, instruction, strength)
         with torch.no_grad():
@@ -663,7 +674,7 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
     else:
         after, grid = before.clone(), model.identity.cpu().clone()
     return {"before": before, "after": after, "difference": ((after - before).abs() * 4).clamp(0, 1),
-            "grid": grid, "seconds": time.perf_counter() - t0}
+            "grid": grid, "seconds": time.perf_counter() - t0, "understood": understood}
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -278,3 +278,26 @@ def test_wording_study_runs_and_scores(tmp_path):
     out.write_text("{}")
     assert wording.main(["--out", str(out)]) == 1 and out.read_text() == "{}"
     assert wording.main(["--out", str(tmp_path / "x.json"), "--variants", "nonsense"]) == 2
+
+
+def test_reader_only_keeps_the_image_pathway(tmp_path):
+    from course_lib.student import load_student, read_metadata
+    from course_lib.train import student as TS
+
+    cfg = dataclasses.replace(SMALL, film_reads="code", coords=True, vocab=tuple(sorted(grammar.training_vocabulary())))
+    m = Student(cfg)
+    torch.nn.init.normal_(m.head.weight, std=0.05)
+    src = save_student(m, tmp_path / "s.safetensors", metadata={"command": "x"})
+    out = tmp_path / "r.safetensors"
+    argv = ["--init", str(src), "--reader-only", "--film-hidden", "48", "--text-pretrain-steps", "5",
+            "--text-bank", "40", "--out", str(out)]
+    assert TS.main(argv) == 0
+    new = load_student(out)
+    assert new.cfg.film_hidden == 48 and new.text_mlp[1].out_features == 48
+    for k, v in m.state_dict().items():
+        if not k.startswith(("text_mlp.", "readout_head.")):
+            assert torch.equal(v, new.state_dict()[k]), k
+    assert json.loads(read_metadata(out)["reader"])["steps"] == 5
+    assert TS.main(argv) != 0  # never overwrites
+    plain = save_student(Student(SMALL), tmp_path / "p.safetensors")
+    assert TS.main(["--init", str(plain), "--reader-only", "--out", str(tmp_path / "q.safetensors")]) != 0

@@ -272,12 +272,23 @@ def main_world(a: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     model, baseline = loaded
+    other = None
+    if a.latency_against and not a.no_latency:
+        try:  # checked before the evaluation, so a wrong path costs nothing
+            other = load_student(a.latency_against, device=model.device)
+        except CheckpointError as exc:
+            print(f"error: --latency-against: {exc}", file=sys.stderr)
+            return 2
     result = world_eval.evaluate_world(model, baseline, a.items, a.size, seed=a.seed, grid_oracle=not a.no_grid_oracle)
     result["checkpoint"] = str(a.checkpoint or "shipped")
+    result["baseline_checkpoint"] = str(a.baseline or "shipped")
+    result["command"] = "python -m course_lib evaluate " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
+        if v not in (None, False) and k not in ("out", "overwrite"))
     if not a.no_latency:
         timed = {"student": model, **({"global affine (learned)": baseline} if baseline is not None else {})}
-        if a.latency_against:
-            timed["other"] = load_student(a.latency_against, device=model.device)
+        if other is not None:
+            timed["other"] = other
         result["ms_1080p"] = world_eval.latencies(timed)
         result["latency_against"] = a.latency_against
     text = world_eval.markdown(result)

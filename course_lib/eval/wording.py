@@ -39,7 +39,10 @@ VARIANTS: dict[str, dict] = {
     "two adapter layers": {"text_layers": 2},
     "adapter width 256": {"film_hidden": 256},
     "4x the steps": {"steps_factor": 4},
+    "width 256 + 4x steps + no word dropout": {"film_hidden": 256, "steps_factor": 4, "word_dropout": 0.0},
 }
+#: The variant the shipped student's reader uses (``train-student --reader-only``, :data:`READER_RECIPE`).
+SHIPPED_READER = "width 256 + 4x steps + no word dropout"
 
 
 @dataclasses.dataclass
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {v: VARIANTS[v] for v in names}
     torch.set_num_threads(1)
     result = study(StudyArgs(bank=a.bank, test=a.test, steps=a.steps, seed=a.seed), chosen)
+    result["command"] = (f"python -m course_lib wording-study --bank {a.bank} --test {a.test} --steps {a.steps} "
+                         f"--seed {a.seed}" + (f' --variants "{a.variants}"' if a.variants else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result) + "\n")

@@ -195,3 +195,44 @@ def markdown(result: dict) -> str:
                      + ", ".join(f"{k} {v:.1f} ms" for k, v in result["ms_1080p"].items())
                      + (f" (other = {result['latency_against']})" if result.get("latency_against") else "") + ".")
     return "\n\n".join(parts)
+
+
+def group_table(result: dict, key: str = "psnr", methods: Sequence[str] = METHODS) -> str:
+    """One compact table: methods x (wording, group) for one score (default PSNR)."""
+    cols = [(w, g) for w in dict.fromkeys(r["wording"] for r in result["rows"]) for g in ("global", "content-aware")]
+    val = {(r["method"], r["wording"], r["group"]): r[key] for r in result["rows"]}
+    head = "| method | " + " | ".join(f"{w.replace('_', ' ')}, {g}" for w, g in cols) + " |\n|---|" + "---:|" * len(cols)
+    lines = [head]
+    for m in methods:
+        cells = [val.get((m, w, g)) for w, g in cols]
+        if all(c is None for c in cells):
+            continue
+        lines.append(f"| {m} | " + " | ".join("-" if c is None or (isinstance(c, float) and math.isnan(c))
+                                               else f"{c:.2f}" if key != "edit_accuracy" else f"{c:.0f}"
+                                               for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(result: dict) -> dict[str, float]:
+    """The student issue's targets, computed from an evaluation (:func:`evaluate_world`):
+
+    - ``heldout_over_train``: the student's instruction (edit) accuracy on held-out phrasings
+      divided by its accuracy with training wording (all items; target >= 0.8);
+    - ``content_aware_gain_db``: student minus learned global-affine PSNR on content-aware
+      items with training wording (target >= 3 dB), and ``content_aware_gain_db_<wording>`` for
+      the others;
+    - ``latency_ratio``: student / ``other`` ms per 1080p when measured side by side (<= 1.2).
+    """
+    val = {(r["method"], r["wording"], r["group"]): r for r in result["rows"]}
+    out = {}
+    tr, ho = val.get(("student", "train", "all")), val.get(("student", "heldout_phrasing", "all"))
+    if tr and ho:
+        out["heldout_over_train"] = ho["edit_accuracy"] / max(tr["edit_accuracy"], 1e-9)
+    for w in dict.fromkeys(r["wording"] for r in result["rows"]):
+        s, b = val.get(("student", w, "content-aware")), val.get(("global affine (learned)", w, "content-aware"))
+        if s and b:
+            out["content_aware_gain_db" + ("" if w == "train" else f"_{w}")] = s["psnr"] - b["psnr"]
+    ms = result.get("ms_1080p") or {}
+    if "student" in ms and "other" in ms:
+        out["latency_ratio"] = ms["student"] / ms["other"]
+    return out

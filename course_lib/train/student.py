@@ -19,19 +19,22 @@ therefore resumable exactly: every ``--save-every`` steps it writes the weights
 ``state.json`` (step, loss history, arguments). ``--resume`` continues from there.
 No pickle is written or read.
 
-The shipped checkpoint ``data/weights/student_supervised.safetensors`` was made in two
-stages (:data:`REPRODUCE`; about 27 + 29 min on one thread of a shared 2-core CPU)::
+The shipped checkpoint ``data/weights/student_supervised.safetensors`` is one resumable run of
+:data:`REPRODUCE` on the data world 2.0, the learned global-affine baseline the same recipe with
+``--global-affine`` (:data:`REPRODUCE_GLOBAL`):
 
-    python -m course_lib train-student --steps 4000 --batch-size 16 --size 128 --net-size 128 \\
-        --threads 1 --lr 2e-3 --seed 0 --data pairs --act relu --out outputs/student_stage1.safetensors
-    python -m course_lib train-student --init outputs/student_stage1.safetensors --steps 4000 \\
-        --batch-size 16 --size 128 --net-size 128 --threads 1 --lr 5e-4 --warmup 50 --seed 1 \\
-        --data pairs --act relu --out data/weights/student_supervised.safetensors
+1. stage 0 (``--text-pretrain-steps``): the text pathway and the "understood as" heads alone, on
+   a featurised bank of training instructions (:func:`pretrain_text`);
+2. the image pathway reads only the *edit code* ``[p, p * s]`` of the heads
+   (``--film-reads code``), the true code for 80 % of the items (``--code-forcing``, teacher
+   forcing) and the student's own 0/1 reading for the rest; ``--coords`` lets its local path
+   know where each cell is. The heads keep training on the same batches (``--readout-weight``);
+3. at the end the presence threshold is chosen on validation wording (:func:`calibration_texts`);
+4. ``--reader-only`` (:func:`retrain_reader`): a wider reader trained alone for longer replaces
+   the first, the image pathway untouched (the wording study measured each change alone).
 
-(the first world's pairs and ReLU, the defaults when it was trained). New runs default to the
-data world 2.0 (:class:`course_lib.world.RetouchWorld`) with LeakyReLU, the training words as
-extra text features (``vocab``), and the "understood as" heads, whose edit code also feeds the
-FiLM layers (``--readout-weight``); ``--workers 1`` makes the batches in a second process.
+The first world's student (ReLU, text features straight into FiLM, :data:`REPRODUCE_V1`) is
+reproduced with ``--data pairs --act relu``.
 """
 from __future__ import annotations
 
@@ -51,23 +54,35 @@ from ..data import RetouchPairs
 from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
 from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
-                       load_student, save_student)
+                       load_student, read_metadata, save_student)
 from ..text import shared_encoder
 from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
                      state_dir, summary, write_state)
 
-_RECIPE = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1 --data pairs --act relu"
-#: The shipped student: 4000 steps at lr 2e-3 (seed 0), then 4000 fine-tuning steps at lr 5e-4 on
-#: fresh items (seed 1), about 27 + 29 min on one thread of a shared 2-core CPU.
-REPRODUCE = (f"python -m course_lib train-student {_RECIPE} --lr 2e-3 --seed 0 --out outputs/student_stage1.safetensors"
-             f" && python -m course_lib train-student --init outputs/student_stage1.safetensors {_RECIPE} --lr 5e-4 "
-             "--warmup 50 --seed 1 --out data/weights/student_supervised.safetensors")
-#: The learned global-affine baseline: the same two stages with ``--global-affine``.
-REPRODUCE_GLOBAL = (f"python -m course_lib train-student --global-affine {_RECIPE} --lr 2e-3 --seed 0 "
-                    "--out outputs/global_stage1.safetensors && python -m course_lib train-student --init "
-                    f"outputs/global_stage1.safetensors {_RECIPE} --lr 5e-4 --warmup 50 --seed 1 "
-                    "--out data/weights/student_global_affine.safetensors")
+#: The recipe of the shipped student and baseline (data world 2.0): stage 0 trains the text
+#: pathway alone on 20,000 featurised training instructions, then the image pathway reads only the
+#: edit code (the true one for 80 % of the items) and knows where each cell is (CoordConv).
+_RECIPE = ("--batch-size 16 --size 128 --net-size 128 --threads 1 --lr 1e-3 --warmup 100 --seed 0 --workers 1 "
+           "--readout-weight 1.0 --text-pretrain-steps 6000 --text-bank 20000 --save-every 250 "
+           "--film-reads code --code-forcing 0.8 --coords")
+#: A wider text reader trained alone on the frozen image pathway (``--reader-only``): the wording
+#: study's best variant (:data:`course_lib.eval.wording.SHIPPED_READER`).
+READER_RECIPE = "--reader-only --film-hidden 256 --text-pretrain-steps 24000 --text-bank 20000 --word-dropout 0 --lr 1e-3 --seed 0"
+#: The shipped student: one resumable run (add ``--resume`` to continue an interrupted one), then the reader.
+REPRODUCE = (f"python -m course_lib train-student --steps 8000 {_RECIPE} --out outputs/student_image.safetensors && "
+             f"python -m course_lib train-student --init outputs/student_image.safetensors {READER_RECIPE} "
+             "--out data/weights/student_supervised.safetensors")
+#: The learned global-affine baseline: the same recipe with ``--global-affine`` (6000 steps).
+REPRODUCE_GLOBAL = (f"python -m course_lib train-student --global-affine --steps 6000 {_RECIPE} "
+                    f"--out outputs/global_image.safetensors && python -m course_lib train-student --init "
+                    f"outputs/global_image.safetensors {READER_RECIPE} --out data/weights/student_global_affine.safetensors")
+#: The first world's student (before the data world 2.0), kept for its commands: ReLU, text
+#: features straight into FiLM, two stages (4000 steps at lr 2e-3, then 4000 at 5e-4, seed 1).
+_V1 = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1 --data pairs --act relu"
+REPRODUCE_V1 = (f"python -m course_lib train-student {_V1} --lr 2e-3 --seed 0 --out outputs/student_stage1.safetensors"
+                f" && python -m course_lib train-student --init outputs/student_stage1.safetensors {_V1} --lr 5e-4 "
+                "--warmup 50 --seed 1 --out outputs/student_v1.safetensors")
 COMMANDS = {"student_supervised.safetensors": REPRODUCE, "student_global_affine.safetensors": REPRODUCE_GLOBAL}
 
 
@@ -167,8 +182,8 @@ def forced_code(model: Student, text: torch.Tensor, present: torch.Tensor, stren
                 seed: int, step: int, shard: Shard | None = None) -> torch.Tensor:
     """Teacher forcing of the edit code (``film_reads == "code"``): the true code
     ``[present, present * strength]`` for a random ``p`` of the rows, the code the student reads
-    itself (detached) for the rest, so the image pathway learns edits from exact codes and still
-    sees the soft codes it will get at inference. The rows are drawn per global batch from
+    itself (0/1 at the readout threshold, detached) for the rest, so the image pathway learns
+    edits from exact codes and also from its own readings, mistakes included. The rows are drawn per global batch from
     ``(seed, step)`` as in :func:`word_dropout`.
 
     Returns:
@@ -182,7 +197,8 @@ def forced_code(model: Student, text: torch.Tensor, present: torch.Tensor, stren
     g = torch.Generator().manual_seed(seed * 1_000_033 + step)
     drawn = torch.rand(shard.global_batch if shard else text.shape[0], generator=g)
     m = ((shard.take(drawn) if shard else drawn) < p).to(true.dtype).to(true.device)[:, None]  # (B, 1)
-    return m * true + (1 - m) * edit_code(torch.sigmoid(logits), s)
+    own = (torch.sigmoid(logits) >= model.cfg.readout_threshold).to(true.dtype)  # as at inference
+    return m * true + (1 - m) * edit_code(own, s)
 
 
 def readout_loss(logits: torch.Tensor, pred: torch.Tensor, present: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
@@ -367,9 +383,38 @@ def pretrain_text(model: Student, args: TrainArgs, batch: int = 64, bank: dict |
     return losses
 
 
-def calibration_texts(seed: int = 0, n: int = 400) -> tuple[list[str], list[str]]:
+def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float]]:
+    """Give a student that reads the edit code (``film_reads == "code"``) a new reader.
+
+    The image pathway sees the instruction only through the code, so the text pathway (text MLP
+    and "understood as" heads) can be replaced without touching it: a fresh one with
+    ``args.film_hidden`` / ``args.text_layers`` is trained alone (:func:`pretrain_text`,
+    ``args.text_pretrain_steps`` steps on a ``args.text_bank`` bank), the image weights are copied
+    unchanged, and the threshold is calibrated again on validation wording.
+
+    Returns:
+        ``(new_student, reader_losses)``.
+    """
+    if model.cfg.film_reads != "code":
+        raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
+                         "(trained with --film-reads code)")
+    cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers)
+    config.seed_everything(args.seed)
+    new = Student(cfg)
+    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
+    missing, unexpected = new.load_state_dict(keep, strict=False)
+    assert not unexpected and all(k.startswith(("text_mlp.", "readout_head.")) for k in missing), missing
+    losses = pretrain_text(new, args)
+    new.eval()
+    new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
+    return new, losses
+
+
+def calibration_texts(seed: int = 0, n: int | None = None) -> tuple[list[str], list[str]]:
     """Validation instructions (validation photos' crops, training wording, a fresh seed) and as
-    many requests that name no edit, for :func:`course_lib.student.calibrate_readout`."""
+    many requests that name no edit, for :func:`course_lib.student.calibrate_readout` (``n``:
+    400 each, 60 in FAST mode)."""
+    n = n or config.pick(fast=60, full=400)
     pos = RetouchWorld(split="val", wording="train", size=32, length=n, seed=10_000 + seed)
     rng = np.random.default_rng([20_000, seed])
     return [pos[i]["instruction"] for i in range(n)], [non_edit_text(rng, "train") for _ in range(n)]
@@ -423,18 +468,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="background processes that make the batches (0: none; 1 suits a 2-core CPU)")
     p.add_argument("--global-affine", action="store_true",
                    help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
+    p.add_argument("--reader-only", action="store_true",
+                   help="with --init: keep its image pathway and train only a new text reader (--film-hidden, "
+                        "--text-layers, --text-pretrain-steps, --text-bank, --word-dropout); needs --film-reads code")
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
     a = parse_run_options(p, argv)
     args = from_args(TrainArgs, a, families=tuple(a.families.split(",")) if a.families else None)
     def run():
+        if a.reader_only:
+            if not a.init:
+                raise ValueError("--reader-only needs --init CHECKPOINT (the student whose reader is replaced)")
+            out = Path(args.out)
+            if out.exists():
+                raise FileExistsError(f"{out} exists; choose another --out (nothing is overwritten)")
+            src = load_student(a.init, device="cpu")
+            model, losses = retrain_reader(src, args)
+            meta = {k: v for k, v in read_metadata(a.init).items() if k not in ("format", "kind", "config")}
+            meta.update({"reader": json.dumps({"init": str(a.init), "film_hidden": args.film_hidden,
+                                               "text_layers": args.text_layers, "steps": args.text_pretrain_steps,
+                                               "bank": args.text_bank, "word_dropout": args.word_dropout,
+                                               "seed": args.seed}),
+                         "command": COMMANDS.get(out.name, meta.get("command", ""))})
+            save_student(model, out, metadata=meta)
+            return model, []
         init = None
         if a.init and not a.resume:
             init = load_student(a.init, device="cpu")
             args.global_affine = init.cfg.global_affine
         return train(args, resume=a.resume, model=init)
 
-    result, seconds, code = run_command(run, (FileNotFoundError, ValueError, CheckpointError))
+    result, seconds, code = run_command(run, (FileNotFoundError, FileExistsError, ValueError, CheckpointError))
     if code:
         return code
     model, losses = result
