@@ -139,8 +139,9 @@ def test_shipped_checkpoint_beats_identity():
     assert path.stat().st_size < 5_000_000
     assert "train-student" in read_metadata(path).get("command", "")
     m = load_student()
-    # held-out photos, training phrasings (held-out phrasings: see the lesson's evaluation)
-    ds = data.RetouchPairs(split="heldout", paraphrases="train", size=96, length=12, seed=7)
+    # the data world's test photos, training wording (held-out wording: see the lesson's evaluation)
+    from course_lib import world
+    ds = world.RetouchWorld(split="test", wording="train", size=96, length=24, seed=7)
     items = [ds[i] for i in range(len(ds))]
     src = torch.stack([it["source"] for it in items])
     tgt = torch.stack([it["target"] for it in items])
