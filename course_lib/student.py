@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import config
+from . import config, world
 from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
 from .fastslice import load_cpu_extension
 from .text import bag_of_words, shared_encoder
@@ -580,8 +580,6 @@ def pathway_study(model: Student, n: int = 8, split: str = "test",
     Returns:
         dict ``photos`` (names) and ``reports`` (instruction -> :func:`pathway_report` dict).
     """
-    from . import world
-
     names = world.photo_names(split)[:n]
     size = model.cfg.net_size
     photos = torch.stack([resize(world.load_photo(k, 2 * size), (size, size)) for k in names])  # (n, 3, s, s)
@@ -661,7 +659,6 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
 
     t0 = time.perf_counter()
     if isinstance(photo, str):
-        from . import world
         before = world.load_photo(photo, size) if photo in world.photo_names() else load_photo(photo, size)
     else:
         before = resize(photo, size)

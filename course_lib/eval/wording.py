@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from .. import config, grammar, world
-from ..student import Student, StudentConfig
+from ..grammar import training_vocabulary
+from ..student import Student, StudentConfig, featurise
+from ..train.student import TrainArgs, pretrain_text, text_bank
 
 #: The reference recipe (the shipped student's stage 0) and the one-change variants.
 VARIANTS: dict[str, dict] = {
@@ -86,8 +88,6 @@ def score_readout(model: Student, X: torch.Tensor, edits: list[str], threshold: 
 
 def run_variant(name: str, change: dict, bank: dict, evals: dict, args: StudyArgs) -> dict:
     """Train one variant's text pathway on the bank and score it on the three wordings."""
-    from ..train.student import TrainArgs, pretrain_text
-
     vocab = change.get("vocab", True)
     full_cfg = bank["cfg"]
     cfg = dataclasses.replace(full_cfg, text_layers=change.get("text_layers", 1),
@@ -109,10 +109,6 @@ def run_variant(name: str, change: dict, bank: dict, evals: dict, args: StudyArg
 
 def study(args: StudyArgs, variants: dict[str, dict] | None = None) -> dict:
     """Featurise the bank and the test instructions once, then train and score every variant."""
-    from ..grammar import training_vocabulary
-    from ..student import featurise
-    from ..train.student import text_bank
-
     cfg = StudentConfig(net_size=32, grid_size=8, channels=8, fc=(8,), readout=world.READOUT_LABELS,
                         vocab=tuple(sorted(training_vocabulary())))
     bank = text_bank(args.bank, args.seed, cfg)
