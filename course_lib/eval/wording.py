@@ -31,6 +31,7 @@ from .. import config, grammar, world
 from ..grammar import training_vocabulary
 from ..student import Student, StudentConfig, featurise
 from ..train.student import TrainArgs, pretrain_text, text_bank
+from .world import score_reads
 
 #: The reference recipe (the shipped student's stage 0) and the one-change variants.
 VARIANTS: dict[str, dict] = {
@@ -72,18 +73,9 @@ def score_readout(model: Student, X: torch.Tensor, edits: list[str], threshold: 
     with torch.no_grad():
         logits, strength = model.understand(X)
     on = torch.sigmoid(logits) >= threshold  # (N, K)
-    exact = fam_dir = total = refused = 0
-    for b, e in enumerate(edits):
-        named = {(x.family + (f"@{x.target}" if x.target else ""), x.amount > 0) for x in world.decode_world_edits(e)}
-        got = {(model.cfg.readout[k], bool(strength[b, k] > 0)) for k in torch.nonzero(on[b]).flatten().tolist()}
-        exact += got == named
-        refused += not got
-        got_fd = {(lab.partition("@")[0], s) for lab, s in got}
-        for lab, s in named:
-            total += 1
-            fam_dir += (lab.partition("@")[0], s) in got_fd
-    n = max(len(edits), 1)
-    return {"family_direction": 100 * fam_dir / max(total, 1), "understood": 100 * exact / n, "refused": 100 * refused / n}
+    reads = [{(model.cfg.readout[k], bool(strength[b, k] > 0)) for k in torch.nonzero(on[b]).flatten().tolist()}
+             for b in range(len(edits))]
+    return score_reads(reads, edits)
 
 
 def run_variant(name: str, change: dict, bank: dict, evals: dict, args: StudyArgs) -> dict:

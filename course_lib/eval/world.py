@@ -93,12 +93,16 @@ def readout_scores(model, instructions: Sequence[str], edits: Sequence[str]) -> 
         read as nothing).
     """
     reads = read_instruction(model, list(instructions))
+    return score_reads([{(x["label"], x["strength"] > 0) for x in r} for r in reads], edits)
+
+
+def score_reads(reads: Sequence[set], edits: Sequence[str]) -> dict[str, float]:
+    """:func:`readout_scores` from the read sets: one set of ``(label, positive)`` per instruction."""
     exact = fam_dir = named_total = refused = 0
-    for r, e in zip(reads, edits):
+    for got, e in zip(reads, edits):
         named = {(x.family + (f"@{x.target}" if x.target else ""), x.amount > 0) for x in world.decode_world_edits(e)}
-        got = {(x["label"], x["strength"] > 0) for x in r}
         exact += got == named
-        refused += not r
+        refused += not got
         got_fd = {(lab.partition("@")[0], sign) for lab, sign in got}
         for lab, sign in named:
             named_total += 1
