@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -89,6 +90,12 @@ class StudentConfig:
         coords: the local path also reads three coordinate maps (y, x and the squared distance
             from the centre, CoordConv): convolutions with zero padding hardly know *where* a cell
             is, which graduated and radial filters need.
+        clauses: how many clauses the reader reads one at a time (:func:`split_clauses`); 1 reads
+            the whole sentence at once. A sentence embedding and a bag of words are *bags*: in
+            "make the sky warmer and the shadows darker" nothing says which adjective goes with
+            which object. Read clause by clause, each edit is a short sentence of its own; the
+            presences of the clauses are combined by a noisy OR (:meth:`Student.understand`).
+            Needs ``film_reads == "code"`` (the image pathway reads only the combined code).
     """
 
     net_size: int = 256
@@ -108,6 +115,7 @@ class StudentConfig:
     vocab: tuple[str, ...] = ()
     film_reads: str = "text"
     coords: bool = False
+    clauses: int = 1
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -117,11 +125,19 @@ class StudentConfig:
             raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
         if self.film_reads not in ("text", "code") or (self.film_reads == "code" and not self.readout):
             raise ValueError(f"film_reads must be 'text' or 'code' (with readout labels), got {self.film_reads!r}")
+        if self.clauses < 1 or (self.clauses > 1 and self.film_reads != "code"):
+            raise ValueError(f"clauses must be >= 1, and > 1 only with film_reads='code', got {self.clauses}")
         ratio = self.net_size // self.grid_size
         if ratio < 2 or self.net_size % self.grid_size or ratio & (ratio - 1):
             raise ValueError(f"net_size / grid_size must be a power of two >= 2, got {self.net_size}/{self.grid_size}")
         if self.grid_size < 4 or self.grid_size % 4:
             raise ValueError(f"grid_size must be a multiple of 4, got {self.grid_size}")
+
+    @property
+    def slot_dim(self) -> int:
+        """Features of one clause: the sentence embedding and the word indicators (and with
+        ``clauses > 1`` a last 0/1 entry: is this slot a clause or padding)."""
+        return self.text_dim + len(self.vocab) + (1 if self.clauses > 1 else 0)
 
     @property
     def n_down(self) -> int:
@@ -229,7 +245,7 @@ class FiLM(nn.Module):
 
 class SplitNorm(nn.Module):
     """LayerNorm on the sentence embedding (the first ``dim`` features), the word indicators after it
-    passed as they are: (B, dim + V) -> (B, dim + V)."""
+    passed as they are: (..., dim + V) -> (..., dim + V)."""
 
     def __init__(self, dim: int, vocab_size: int) -> None:
         super().__init__()
@@ -237,18 +253,106 @@ class SplitNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.norm(text[:, :self.dim]), text[:, self.dim:]], dim=1)
+        return torch.cat([self.norm(text[..., :self.dim]), text[..., self.dim:]], dim=-1)
 
 
-def featurise(texts: Sequence[str], cfg: "StudentConfig") -> torch.Tensor:
+#: Where :func:`split_clauses` cuts: punctuation, and the words that join two requests.
+CLAUSE_BREAK = re.compile(r"\s*[,;.!?]+\s*|\s+(?:and|then|also|but)\s+")
+#: Joining words left at the start of a clause (", and then make ...").
+CLAUSE_LEAD = re.compile(r"^(?:(?:and|then|also|but)\s+)+")
+
+
+def split_clauses(text: str, max_clauses: int) -> list[str]:
+    """Cut an instruction into at most ``max_clauses`` clauses, one request each (usually).
+
+    A plain rule, no learning: cut at punctuation and at "and", "then", "also", "but"; drop
+    joining words left at the start of a clause and empty pieces; clauses beyond
+    ``max_clauses`` are joined into the last. Some cuts fall inside one request ("flat and
+    grey"): the reader learns that such a piece names nothing on its own, since the training
+    targets only reward the edits the whole instruction names.
+
+    Returns:
+        1 to ``max_clauses`` non-empty strings (the text itself if nothing is left).
+    """
+    parts = [CLAUSE_LEAD.sub("", p.strip()) for p in CLAUSE_BREAK.split(str(text).strip().lower())]
+    parts = [p for p in parts if p]
+    if not parts:
+        return [str(text)]
+    if len(parts) > max_clauses:
+        parts = parts[:max_clauses - 1] + [" ".join(parts[max_clauses - 1:])]
+    return parts
+
+
+def featurise(texts: Sequence[str], cfg: "StudentConfig", encode=None) -> torch.Tensor:
     """What a student reads of its instructions: the sentence embedding of ``cfg.text_encoder``,
-    then, with a vocabulary, the word indicators: (N, text_dim + len(vocab)) on the CPU."""
+    then, with a vocabulary, the word indicators: (N, text_dim + V) on the CPU.
+
+    With ``cfg.clauses = L > 1``, the same for each clause of :func:`split_clauses` in L slots,
+    each followed by a 1 (a clause) or a 0 (an empty slot, all zeros): (N, L * (text_dim + V + 1)),
+    the slots one after the other (:meth:`Student.understand` reshapes to (N, L, slot_dim)).
+
+    Args:
+        encode: texts -> (n, text_dim) embeddings; default the shared encoder with its disk cache
+            (``gpu-check`` passes the uncached one to time it).
+    """
     enc = shared_encoder(cfg.text_encoder)
     if enc.dim != cfg.text_dim:
         raise CheckpointError(f"text encoder {enc.name} gives {enc.dim}-d embeddings, the student expects "
                               f"{cfg.text_dim}")
-    emb = enc.encode(list(texts))  # (N, text_dim)
-    return torch.cat([emb, bag_of_words(texts, cfg.vocab)], dim=1) if cfg.vocab else emb
+    encode = encode or enc.encode
+
+    def read(pieces: list[str]) -> torch.Tensor:
+        emb = encode(list(pieces)).detach().float().cpu()  # (n, text_dim)
+        return torch.cat([emb, bag_of_words(pieces, cfg.vocab)], dim=1) if cfg.vocab else emb
+
+    texts = list(texts)
+    if cfg.clauses == 1:
+        return read(texts)
+    L = cfg.clauses
+    split = [split_clauses(t, L) for t in texts]
+    flat = read([c for cs in split for c in cs])  # (sum of clauses, text_dim + V)
+    out = torch.zeros(len(texts), L, cfg.slot_dim)
+    k = 0
+    for n, cs in enumerate(split):
+        out[n, :len(cs), :-1] = flat[k:k + len(cs)]
+        out[n, :len(cs), -1] = 1.0
+        k += len(cs)
+    return out.flatten(1)  # (N, L * slot_dim)
+
+
+def combine_clauses(logit_l: torch.Tensor, s_l: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a whole instruction asks for, from what each of its clauses asks for (lesson 03,
+    exercise 3.3).
+
+    An edit is asked for unless *no* clause asks for it: a noisy OR of the clauses' presences,
+    computed on logits so that it stays exact when every ``p_l`` is tiny. Its strength is the
+    clauses' strengths weighted by their presence.
+
+    Args:
+        logit_l: (B, L, K) presence logits of each clause slot.
+        s_l: (B, L, K) signed strengths of each slot.
+        valid: (B, L) 1 for a clause, 0 for an empty slot (ignored).
+
+    Returns:
+        ``(logits, strength)``, (B, K) each: ``sigmoid(logits) = 1 - prod_l (1 - p_l)`` and
+        ``strength = sum_l p_l s_l / sum_l p_l`` over the valid slots.
+    """
+    v = valid[..., None].to(logit_l.dtype)  # (B, L, 1)
+    # log(1 - p) = sum_l log(1 - p_l) = -sum_l softplus(logit_l) =: S < 0
+    S = -(F.softplus(logit_l) * v).sum(1).clamp_min(1e-30)  # (B, K)
+    # logit(p) = log(p) - log(1 - p) = log(-expm1(S)) - S
+    logits = torch.log(-torch.expm1(S)) - S  # (B, K)
+    # s = sum_l p_l s_l / sum_l p_l
+    p_l = torch.sigmoid(logit_l) * v  # (B, L, K)
+    strength = (p_l * s_l).sum(1) / p_l.sum(1).clamp_min(1e-6)  # (B, K)
+    return logits, strength
+
+
+def indicator_mask(cfg: "StudentConfig") -> torch.Tensor:
+    """(features,) bool: which entries of :func:`featurise`'s output are word indicators."""
+    slot = torch.zeros(cfg.slot_dim, dtype=torch.bool)
+    slot[cfg.text_dim:cfg.text_dim + len(cfg.vocab)] = True
+    return slot.repeat(cfg.clauses)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -476,21 +580,26 @@ class Student(nn.Module):
         if self.readout_head is None:
             return self.text_mlp(text)  # (B, film_hidden)
         if code is None:
-            th = self.text_mlp(text)  # (B, film_hidden)
-            logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
-            p = torch.sigmoid(logits)
             if self.cfg.film_reads == "code":
+                logits, strength = self.understand(text)  # (B, K) each
                 # the image pathway gets exactly what the student says it understood: a 0/1
                 # presence per label (as the true codes it trained on), the strengths it read
+                p = torch.sigmoid(logits)
                 return edit_code((p >= self.cfg.readout_threshold).to(p.dtype), strength)  # (B, 2K)
-            return torch.cat([th, edit_code(p, strength)], dim=-1)  # (B, film_hidden + 2K)
+            th = self.text_mlp(text)  # (B, film_hidden)
+            logits, strength = self.readout_head(th).chunk(2, dim=-1)  # (B, K) each
+            return torch.cat([th, edit_code(torch.sigmoid(logits), strength)], dim=-1)  # (B, film_hidden + 2K)
         return code if self.cfg.film_reads == "code" else torch.cat([self.text_mlp(text), code], dim=-1)
 
     def understand(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the instruction asks for, read from its embedding alone.
 
+        With ``cfg.clauses > 1`` every clause is read alone by the same MLP and heads, and the
+        clauses are combined: an edit is asked for unless *no* clause asks for it (noisy OR),
+        with the strength of the clauses that ask for it, weighted by their presence.
+
         Args:
-            text: (B, text_dim [+ V]) instruction features (:meth:`embed`).
+            text: (B, features) instruction features (:meth:`embed`).
 
         Returns:
             ``(logits, strength)``: (B, K) presence logits and (B, K) signed strengths over
@@ -501,9 +610,13 @@ class Student(nn.Module):
         """
         if self.readout_head is None:
             raise RuntimeError("this student has no 'understood as' heads (trained before they existed)")
-        out = self.readout_head(self.text_mlp(text))  # (B, 2K)
-        logits, strength = out.chunk(2, dim=-1)
-        return logits, strength
+        if self.cfg.clauses == 1:
+            logits, strength = self.readout_head(self.text_mlp(text)).chunk(2, dim=-1)  # (B, K) each
+            return logits, strength
+        B, L = text.shape[0], self.cfg.clauses
+        slots = text.reshape(B, L, self.cfg.slot_dim)
+        logit_l, s_l = self.readout_head(self.text_mlp(slots[..., :-1])).chunk(2, dim=-1)  # (B, L, K) each
+        return combine_clauses(logit_l, s_l, slots[..., -1])
 
     # ------------------------------------------------------------------ text
     def embed(self, instructions: Sequence[str] | str) -> torch.Tensor:

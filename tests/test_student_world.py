@@ -266,13 +266,15 @@ def test_change_masks_figure_renders():
 def test_wording_study_runs_and_scores(tmp_path):
     from course_lib.eval import wording
     res = wording.study(wording.StudyArgs(bank=120, test=30, steps=20),
-                        {"reference": {}, "no word indicators (embedding only)": {"vocab": False}})
-    assert [r["variant"] for r in res["rows"]] == ["reference", "no word indicators (embedding only)"]
+                        {"reference": {}, "no word indicators (embedding only)": {"vocab": False},
+                         "clauses": {"clauses": 3}})
+    assert [r["variant"] for r in res["rows"]] == ["reference", "no word indicators (embedding only)", "clauses"]
     for r in res["rows"]:
         for w in grammar.WORDINGS_KINDS:
             s = r["scores"][w]
             assert 0 <= s["family_direction"] <= 100 and 0 <= s["understood"] <= 100 and 0 <= s["refused"] <= 100
-    assert wording.markdown(res).count("\n") == 3
+    assert wording.markdown(res).count("\n") == 4
+    assert res["rows"][2]["scores"] != res["rows"][0]["scores"]  # the clause reader is another reader
     # an existing results file is never overwritten
     out = tmp_path / "w.json"
     out.write_text("{}")
@@ -299,5 +301,58 @@ def test_reader_only_keeps_the_image_pathway(tmp_path):
             assert torch.equal(v, new.state_dict()[k]), k
     assert json.loads(read_metadata(out)["reader"])["steps"] == 5
     assert TS.main(argv) != 0  # never overwrites
+    # a clause-by-clause reader on the same image pathway
+    clause_out = tmp_path / "c.safetensors"
+    assert TS.main(argv[:-1] + [str(clause_out), "--clauses", "3"]) == 0
+    clausal = load_student(clause_out)
+    assert clausal.cfg.clauses == 3 and json.loads(read_metadata(clause_out)["reader"])["clauses"] == 3
+    text = clausal.embed(["make it warmer and brighter"])
+    assert text.shape == (1, 3 * clausal.cfg.slot_dim) and clausal(torch.rand(1, 3, 24, 24), text).shape == (1, 3, 24, 24)
     plain = save_student(Student(SMALL), tmp_path / "p.safetensors")
     assert TS.main(["--init", str(plain), "--reader-only", "--out", str(tmp_path / "q.safetensors")]) != 0
+
+
+def test_split_clauses_cuts_at_joins_and_punctuation():
+    from course_lib.student import split_clauses
+    assert split_clauses("make the reds richer, also get the shadows darker", 4) == [
+        "make the reds richer", "get the shadows darker"]
+    assert split_clauses("the sky should be warmer and then make it brighter", 4) == [
+        "the sky should be warmer", "make it brighter"]
+    assert split_clauses("Could you make it warmer, please?", 4) == ["could you make it warmer", "please"]
+    assert split_clauses("a, b, c, d, e", 3) == ["a", "b", "c d e"]  # the tail joins the last slot
+    assert split_clauses("xxxx", 4) == ["xxxx"] and split_clauses("", 4) == [""]
+
+
+def test_clause_reader_is_a_noisy_or_of_its_clauses():
+    from course_lib.student import featurise, indicator_mask
+    from course_lib.train.student import word_dropout
+    vocab = tuple(sorted(grammar.training_vocabulary()))
+    cfg = dataclasses.replace(SMALL, film_reads="code", vocab=vocab, clauses=3)
+    m = Student(cfg)
+    texts = ["make the sky warmer and the shadows darker", "hello"]
+    X = featurise(texts, cfg)
+    slots = X.reshape(2, 3, cfg.slot_dim)
+    assert X.shape == (2, 3 * cfg.slot_dim) and slots[:, :, -1].tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert slots[0, 2].abs().sum() == 0  # an empty slot is all zeros
+    # each clause reads as it would alone
+    one = dataclasses.replace(cfg, clauses=1, film_reads="text")
+    assert torch.allclose(slots[0, 1, :-1], featurise(["the shadows darker"], one)[0])
+    logits, strength = m.understand(X)
+    lg, st = m.readout_head(m.text_mlp(slots[..., :-1])).chunk(2, dim=-1)  # (2, 3, K)
+    p_l = torch.sigmoid(lg) * slots[..., -1:]
+    # p = 1 - prod_l (1 - p_l); s = sum_l p_l s_l / sum_l p_l (over the clauses)
+    p = 1 - (1 - p_l).prod(1)
+    tol = 16 * torch.finfo(torch.float32).eps
+    assert torch.allclose(torch.sigmoid(logits), p, atol=tol)
+    assert torch.allclose(strength, (p_l * st).sum(1) / p_l.sum(1), atol=tol * st.abs().max().item())
+    # a single clause reads exactly as the whole-sentence reader with the same weights
+    assert torch.allclose(torch.sigmoid(logits[1]), torch.sigmoid(lg[1, 0]), atol=tol)
+    # word dropout hides the indicators of every slot and nothing else
+    mask = indicator_mask(cfg)
+    assert int(mask.sum()) == 3 * len(vocab)
+    hidden = word_dropout(X, cfg, 1.0, 0, 0)
+    assert hidden[:, mask].abs().sum() == 0 and torch.equal(hidden[:, ~mask], X[:, ~mask])
+    with pytest.raises(ValueError):
+        StudentConfig(clauses=2)  # the image pathway must read the combined code alone
+    # the image pathway reads the combined code
+    assert m(torch.rand(2, 3, 40, 40), X).shape == (2, 3, 40, 40)

@@ -47,8 +47,8 @@ from ..bench import PLANES, _inputs, parse_size, pass_call
 from ..bench import copy_bandwidth as cpu_bandwidth
 from ..bilateral import slice_apply, slice_apply_grid_sample, slice_apply_reference
 from ..fastslice import frame_cost, slice_apply_triton, triton_available
-from ..student import load_student, shipped_path
-from ..text import bag_of_words, shared_encoder
+from ..student import featurise, load_student, shipped_path
+from ..text import shared_encoder
 
 #: The steps, in order: name -> title in the report.
 STEPS: dict[str, str] = {
@@ -376,12 +376,8 @@ def time_student(device, size: str = "1080p", repeats: int = 10, warmup: int = 3
         guide = model.guide_map(image, rows_per_chunk=512)
 
         def encode():
-            # the sentence embedding without the cache, then the word indicators a student with a
-            # vocabulary also reads (as Student.embed does)
-            emb = enc._encode([instruction]).detach().float().cpu()
-            if model.cfg.vocab:
-                emb = torch.cat([emb, bag_of_words([instruction], model.cfg.vocab)], dim=1)
-            return emb.to(device)
+            # what Student.embed does, with the sentence embedding computed afresh (no cache)
+            return featurise([instruction], model.cfg, encode=enc._encode).to(device)
 
         def edit(img, txt):
             g = model.predict_grid(img, txt)

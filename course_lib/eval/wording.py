@@ -4,7 +4,8 @@ The text pathway (the adapter MLP on the frozen sentence embedding, and the "und
 heads) can be trained alone on a featurised bank of training instructions
 (:func:`course_lib.train.student.pretrain_text`), so each change to it can be measured alone in
 seconds instead of one training run each. Every variant below changes **one** thing of the
-reference recipe and is scored on fresh instructions in the three wordings (training grammar,
+reference recipe (the last two combine the helpful changes; the very last reads the instruction
+clause by clause, :func:`course_lib.student.split_clauses`) and is scored on fresh instructions in the three wordings (training grammar,
 held-out whole phrasings, held-out synonyms):
 
 - ``family + direction``: % of named edits read with the right family and sign;
@@ -43,9 +44,10 @@ VARIANTS: dict[str, dict] = {
     "adapter width 256": {"film_hidden": 256},
     "4x the steps": {"steps_factor": 4},
     "width 256 + 4x steps + no word dropout": {"film_hidden": 256, "steps_factor": 4, "word_dropout": 0.0},
+    "the same + read clause by clause": {"film_hidden": 256, "steps_factor": 4, "word_dropout": 0.0, "clauses": 4},
 }
 #: The variant the shipped student's reader uses (``train-student --reader-only``, :data:`READER_RECIPE`).
-SHIPPED_READER = "width 256 + 4x steps + no word dropout"
+SHIPPED_READER = "the same + read clause by clause"
 
 
 @dataclasses.dataclass
@@ -85,6 +87,8 @@ def run_variant(name: str, change: dict, bank: dict, evals: dict, args: StudyArg
     cfg = dataclasses.replace(full_cfg, text_layers=change.get("text_layers", 1),
                               film_hidden=change.get("film_hidden", 128),
                               vocab=full_cfg.vocab if vocab else ())
+    if cfg.clauses > 1 and not vocab:
+        raise ValueError("the clause variants keep the word indicators")
     cut = (lambda X: X) if vocab else (lambda X: X[:, :cfg.text_dim])
     torch.manual_seed(args.seed)
     model = Student(cfg)
@@ -95,39 +99,61 @@ def run_variant(name: str, change: dict, bank: dict, evals: dict, args: StudyArg
     seconds = time.perf_counter() - t0
     model.eval()
     scores = {w: score_readout(model, cut(X), e) for w, (X, e) in evals.items()}
+    # the same, for instructions naming one edit and naming several (where a bag of words cannot bind)
+    by_count = {}
+    for w, (X, e) in evals.items():
+        for kind, keep in (("one edit", lambda k: k == 1), ("several edits", lambda k: k > 1)):
+            idx = [i for i, x in enumerate(e) if keep(len(x.split(";")))]
+            by_count.setdefault(w, {})[kind] = score_readout(model, cut(X[idx]), [e[i] for i in idx]) if idx else {}
     return {"variant": name, "change": change, "steps": targs.text_pretrain_steps, "seconds": round(seconds, 1),
-            "final_loss": float(np.mean(losses[-200:])), "scores": scores}
+            "final_loss": float(np.mean(losses[-200:])), "scores": scores, "by_count": by_count}
 
 
-def study(args: StudyArgs, variants: dict[str, dict] | None = None) -> dict:
-    """Featurise the bank and the test instructions once, then train and score every variant."""
+def featurised(args: StudyArgs, clauses: int = 1) -> tuple[dict, dict]:
+    """The training bank and the test instructions of every wording, featurised for a reader of
+    ``clauses`` clauses: ``(bank, evals)`` with ``evals[wording] = (X, edits)``."""
     cfg = StudentConfig(net_size=32, grid_size=8, channels=8, fc=(8,), readout=world.READOUT_LABELS,
-                        vocab=tuple(sorted(training_vocabulary())))
+                        vocab=tuple(sorted(training_vocabulary())), clauses=clauses,
+                        film_reads="code" if clauses > 1 else "text")
     bank = text_bank(args.bank, args.seed, cfg)
     bank["cfg"] = cfg
     evals = {}
     for w in grammar.WORDINGS_KINDS:
         texts, edits = _eval_set(args.test, w, args.seed)
         evals[w] = (torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, len(texts), 256)]), edits)
-    rows = [run_variant(name, change, bank, evals, args)
-            for name, change in config.progress(list((variants or VARIANTS).items()), desc="wording study",
-                                                 disable=config.is_fast())]
+    return bank, evals
+
+
+def study(args: StudyArgs, variants: dict[str, dict] | None = None) -> dict:
+    """Featurise the bank and the test instructions once per clause count, then train and score every variant."""
+    cache: dict[int, tuple[dict, dict]] = {}
+    rows = []
+    for name, change in config.progress(list((variants or VARIANTS).items()), desc="wording study",
+                                        disable=config.is_fast()):
+        L = change.get("clauses", 1)
+        if L not in cache:
+            cache[L] = featurised(args, L)
+        rows.append(run_variant(name, change, *cache[L], args))
     return {"rows": rows, "args": dataclasses.asdict(args), "threshold": 0.5,
             "wordings": list(grammar.WORDINGS_KINDS)}
 
 
 def markdown(result: dict) -> str:
-    """The study as a Markdown table: family + direction and exact reads per wording, and the
-    held-out phrasing / training ratio of exact reads."""
+    """The study as a Markdown table: family + direction and exact reads per wording, exact reads
+    of training-wording instructions naming one edit / several edits, and the held-out phrasing /
+    training ratio of exact reads."""
     ws = result["wordings"]
     head = ("| variant | " + " | ".join(f"{w}: fam+dir / exact (%)" for w in ws)
-            + " | held-out phrasing / train (exact) |\n|---|" + "---:|" * (len(ws) + 1))
+            + " | train, exact: one edit / several (%) | held-out phrasing / train (exact) |\n|---|"
+            + "---:|" * (len(ws) + 2))
     lines = [head]
     for r in result["rows"]:
         s = r["scores"]
         ratio = s["heldout_phrasing"]["understood"] / max(s["train"]["understood"], 1e-9)
         cells = " | ".join(f"{s[w]['family_direction']:.0f} / {s[w]['understood']:.0f}" for w in ws)
-        lines.append(f"| {r['variant']} | {cells} | {ratio:.2f} |")
+        bc = r.get("by_count", {}).get("train", {})
+        split = " / ".join(f"{bc[k]['understood']:.0f}" if bc.get(k) else "-" for k in ("one edit", "several edits"))
+        lines.append(f"| {r['variant']} | {cells} | {split or '-'} | {ratio:.2f} |")
     return "\n".join(lines)
 
 

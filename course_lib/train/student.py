@@ -30,8 +30,10 @@ The shipped checkpoint ``data/weights/student_supervised.safetensors`` is one re
    forcing) and the student's own 0/1 reading for the rest; ``--coords`` lets its local path
    know where each cell is. The heads keep training on the same batches (``--readout-weight``);
 3. at the end the presence threshold is chosen on validation wording (:func:`calibration_texts`);
-4. ``--reader-only`` (:func:`retrain_reader`): a wider reader trained alone for longer replaces
-   the first, the image pathway untouched (the wording study measured each change alone).
+4. ``--reader-only`` (:func:`retrain_reader`): a wider reader that reads the instruction clause
+   by clause (``--clauses 4``, :func:`course_lib.student.split_clauses`), trained alone for
+   longer, replaces the first; the image pathway is untouched (the wording study measured each
+   change alone).
 
 The first world's student (ReLU, text features straight into FiLM, :data:`REPRODUCE_V1`) is
 reproduced with ``--data pairs --act relu``.
@@ -54,7 +56,7 @@ from ..data import RetouchPairs
 from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
 from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
-                       load_student, read_metadata, save_student)
+                       indicator_mask, load_student, read_metadata, save_student)
 from ..text import shared_encoder
 from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
@@ -66,9 +68,9 @@ from .common import (run_command, Shard, add_run_options, from_args, is_main_pro
 _RECIPE = ("--batch-size 16 --size 128 --net-size 128 --threads 1 --lr 1e-3 --warmup 100 --seed 0 --workers 1 "
            "--readout-weight 1.0 --text-pretrain-steps 6000 --text-bank 20000 --save-every 250 "
            "--film-reads code --code-forcing 0.8 --coords")
-#: A wider text reader trained alone on the frozen image pathway (``--reader-only``): the wording
-#: study's best variant (:data:`course_lib.eval.wording.SHIPPED_READER`).
-READER_RECIPE = "--reader-only --film-hidden 256 --text-pretrain-steps 24000 --text-bank 20000 --word-dropout 0 --lr 1e-3 --seed 0"
+#: A wider text reader that reads clause by clause, trained alone on the frozen image pathway
+#: (``--reader-only``): the wording study's best variant (:data:`course_lib.eval.wording.SHIPPED_READER`).
+READER_RECIPE = "--reader-only --film-hidden 256 --clauses 4 --text-pretrain-steps 24000 --text-bank 20000 --word-dropout 0 --lr 1e-3 --seed 0"
 #: The shipped student: one resumable run (add ``--resume`` to continue an interrupted one), then the reader.
 REPRODUCE = (f"python -m course_lib train-student --steps 8000 {_RECIPE} --out outputs/student_image.safetensors && "
              f"python -m course_lib train-student --init outputs/student_image.safetensors {READER_RECIPE} "
@@ -121,6 +123,7 @@ class TrainArgs:
     film_reads: str = "text"
     code_forcing: float = 1.0
     coords: bool = False
+    clauses: int = 1
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -175,7 +178,9 @@ def word_dropout(text: torch.Tensor, cfg: StudentConfig, p: float, seed: int, st
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     drawn = torch.rand(shard.global_batch if shard else text.shape[0], generator=g)
     keep = ((shard.take(drawn) if shard else drawn) >= p).to(text.dtype).to(text.device)  # (B,)
-    return torch.cat([text[:, :cfg.text_dim], text[:, cfg.text_dim:] * keep[:, None]], dim=1)
+    words = indicator_mask(cfg).to(text.device)  # (features,)
+    # hidden rows keep everything but their word indicators (in every clause slot)
+    return torch.where(words, text * keep[:, None], text)
 
 
 def forced_code(model: Student, text: torch.Tensor, present: torch.Tensor, strength: torch.Tensor, p: float,
@@ -268,7 +273,8 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
                         global_affine=args.global_affine, act=args.act, text_layers=args.text_layers,
                         film_hidden=args.film_hidden,
                         vocab=tuple(sorted(training_vocabulary())) if args.vocab and args.data == "world" else (),
-                        readout=READOUT_LABELS if readout else (), film_reads=args.film_reads, coords=args.coords)
+                        readout=READOUT_LABELS if readout else (), film_reads=args.film_reads, coords=args.coords,
+                        clauses=args.clauses)
     out = Path(args.out) if args.out else None
     start, losses = 0, []
     if resume:
@@ -398,7 +404,8 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     if model.cfg.film_reads != "code":
         raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
                          "(trained with --film-reads code)")
-    cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers)
+    cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers,
+                              clauses=args.clauses)
     config.seed_everything(args.seed)
     new = Student(cfg)
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
@@ -463,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
                         "in training (the rest read the student's own)")
     p.add_argument("--coords", action="store_true",
                    help="the local path also reads where each cell is (CoordConv maps y, x, r^2)")
+    p.add_argument("--clauses", type=int, default=d.clauses,
+                   help="with --film-reads code: read up to this many clauses of an instruction one at a time "
+                        "(1: the whole sentence at once)")
     p.add_argument("--text-bank", type=int, default=d.text_bank, help="instructions in the stage-0 bank")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="background processes that make the batches (0: none; 1 suits a 2-core CPU)")
@@ -470,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
     p.add_argument("--reader-only", action="store_true",
                    help="with --init: keep its image pathway and train only a new text reader (--film-hidden, "
-                        "--text-layers, --text-pretrain-steps, --text-bank, --word-dropout); needs --film-reads code")
+                        "--text-layers, --clauses, --text-pretrain-steps, --text-bank, --word-dropout); "
+                        "needs --film-reads code")
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
     a = parse_run_options(p, argv)
@@ -486,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             model, losses = retrain_reader(src, args)
             meta = {k: v for k, v in read_metadata(a.init).items() if k not in ("format", "kind", "config")}
             meta.update({"reader": json.dumps({"init": str(a.init), "film_hidden": args.film_hidden,
-                                               "text_layers": args.text_layers, "steps": args.text_pretrain_steps,
+                                               "text_layers": args.text_layers, "clauses": args.clauses,
+                                               "steps": args.text_pretrain_steps,
                                                "bank": args.text_bank, "word_dropout": args.word_dropout,
                                                "seed": args.seed}),
                          "command": COMMANDS.get(out.name, meta.get("command", ""))})
