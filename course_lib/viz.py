@@ -126,3 +126,110 @@ def change_masks(source: torch.Tensor, target: torch.Tensor, outputs: dict[str, 
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _box(ax, x: float, y: float, text: str, width: float = 1.5, height: float = 0.6, color: str = "#dde8f5"):
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.05",
+                                facecolor=color, edgecolor="#333333", linewidth=1))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+
+def _arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = "", color: str = "#333333",
+           offset: tuple[float, float] = (0.0, 0.18), style: str = "-|>"):
+    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": style, "color": color, "lw": 1.2})
+    if text:
+        ax.text((start[0] + end[0]) / 2 + offset[0], (start[1] + end[1]) / 2 + offset[1], text, ha="center",
+                va="center", fontsize=7, color=color)
+
+
+def cycle_diagram(boundaries: Sequence[int] = (19, 259, 519, 779, 999)):
+    """Lesson 07's cycle: the photo goes up the inverter's steps to noise, down the frozen
+    generator's steps back to a photo, and the loss compares the two ends.
+
+    Args:
+        boundaries: the n-step schedule's timesteps, 19 ... 999 (iCD's by default).
+
+    Returns:
+        the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    b = list(boundaries)
+    n = len(b) - 1
+    blue, green, red = "#1f5fa8", "#2e7d32", "#b22222"
+    w, gap = 1.15, 2.3
+    xs = [0.9 + gap * k for k in range(n + 1)]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    # top row: F, the inverter, steps up
+    for k, x in enumerate(xs):
+        end = k in (0, n)
+        _box(ax, x, 2.3, ("photo x" if k == 0 else "noise z") + f"\nt={b[k]}" if end else f"z\nt={b[k]}", w,
+             color="#f5e6d3" if end else "#dde8f5")
+        if k < n:
+            _arrow(ax, (x + w / 2 + 0.05, 2.3), (xs[k + 1] - w / 2 - 0.05, 2.3), f"F at t={b[k]}", blue,
+                   offset=(0, 0.22))
+    # bottom row: G, the frozen generator, steps down (x_hat under the photo)
+    for k in range(n):
+        _box(ax, xs[k], 0.7, "x̂ = G(F(x))" if k == 0 else f"z\nt={b[k]}", w,
+             color="#f5e6d3" if k == 0 else "#e6f2e0")
+    _arrow(ax, (xs[n], 2.3 - 0.35), (xs[n - 1] + w / 2 + 0.05, 0.7 + 0.1), f"G at t={b[n]}", green,
+           offset=(0.45, 0.0))
+    for k in range(n - 1, 0, -1):
+        _arrow(ax, (xs[k] - w / 2 - 0.05, 0.7), (xs[k - 1] + w / 2 + 0.05, 0.7),
+               f"G at t={b[k]}" + (" → x̂0" if k == 1 else ""), green, offset=(0, -0.3))
+    _arrow(ax, (xs[0], 0.7 + 0.35), (xs[0], 2.3 - 0.35), "", red, style="<|-|>")
+    ax.text(xs[0] + 0.15, 1.5, "cycle loss\nLPIPS + pixels", ha="left", va="center", fontsize=8, color=red)
+    ax.text((xs[0] + xs[n]) / 2, 2.95, f"trainable inverter F (the teacher + a LoRA): {n} DDIM-inversion steps up",
+            ha="center", fontsize=8, color=blue)
+    ax.text((xs[0] + xs[n - 1]) / 2, 0.05, f"frozen generator G: {n} DDIM steps down; the loss's gradient passes "
+            "through G into F's LoRA only", ha="center", fontsize=8, color=green)
+    ax.set_xlim(0, xs[-1] + 0.9)
+    ax.set_ylim(-0.1, 3.1)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def consistency_figure(boundaries: Sequence[int] = (19, 259, 519, 779, 999), fine: Sequence[int] | None = None,
+                       segment: int = 1):
+    """Lesson 07's forward consistency model on a multi-boundary schedule: every point of a
+    teacher trajectory inside one segment maps to the same point at the segment's end.
+
+    Draws a schematic trajectory (timestep on x, a 1-D stand-in for the latent on y), the segment
+    boundaries, the fine solver grid, and for one segment the arrows ``f(z_t, t) -> z_{b_{k+1}}``
+    and the consistency pair ``(z_n, z_{n+1})`` of :func:`course_lib.inversion.forward_cd_loss`.
+
+    Returns:
+        the matplotlib figure.
+    """
+    import math
+
+    import matplotlib.pyplot as plt
+    b = list(boundaries)
+    fine = list(fine) if fine is not None else [int(round(b[0] + (b[-1] - b[0]) * k / 50)) for k in range(51)]
+    traj = lambda t: 0.5 * math.sin(t / 170.0) + t / 700.0  # a schematic ODE path
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ts = list(range(b[0], b[-1] + 1, 5))
+    ax.plot(ts, [traj(t) for t in ts], color="#555555", lw=1.5, label="teacher's ODE trajectory (DDIM-inversion)")
+    for t in b:
+        ax.axvline(t, color="#1f5fa8", lw=1, ls="--")
+    ax.plot(fine, [traj(t) for t in fine], "|", color="#999999", ms=8, label="fine solver grid")
+    lo, hi = b[segment], b[segment + 1]
+    end = (hi, traj(hi))
+    pts = [t for t in fine if lo <= t < hi][::3]
+    for t in pts:
+        ax.annotate("", xy=end, xytext=(t, traj(t)),
+                    arrowprops={"arrowstyle": "-|>", "color": "#1f5fa8", "lw": 1.0})
+    inside = [t for t in fine if lo <= t < hi]
+    t_n = inside[len(inside) // 2]
+    t_next = fine[fine.index(t_n) + 1]
+    ax.plot([t_n, t_next], [traj(t_n), traj(t_next)], "o", color="#b22222", ms=5,
+            label="z_n and the teacher's step z_n+1: f must agree")
+    ax.plot(*end, "s", color="#1f5fa8", ms=7, label=f"segment end: f(z, {hi}) = z")
+    ax.set_xticks(b)
+    ax.set_xlabel("timestep t (inversion goes right)")
+    ax.set_yticks([])
+    ax.set_title(f"forward consistency model: within [{lo}, {hi}] every point maps to the segment's end", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    return fig

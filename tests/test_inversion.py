@@ -1,6 +1,8 @@
 """Tests of course_lib.inversion, course_lib.perceptual and course_lib.train.inverter (lesson 07)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -67,6 +69,10 @@ def test_cycle_loss_gradients_reach_only_the_forward_lora(tiny_teacher):
     assert all(p.grad is None for p in T.unet.parameters())  # the generator stays frozen
     assert all(p.grad is None for n, p in fwd.unet.named_parameters() if "lora_" not in n)
     assert set(parts) == {"lpips", "pixel", "preserve"} and parts["preserve"] > 0
+    # pixels alone: LPIPS is reported but adds nothing to the loss
+    pix_only, p0 = inv.cycle_loss(fwd, T, x0, null, _l2, 4, 1.0, 0.1, z_ref, perceptual_weight=0.0)
+    assert p0["lpips"] == pytest.approx(parts["lpips"], rel=1e-5)
+    assert float(pix_only.detach()) == pytest.approx(p0["pixel"] + 0.1 * p0["preserve"], rel=1e-5)
 
 
 def test_ssim_matches_scikit_image():
@@ -200,12 +206,137 @@ def test_optimise_noise_lowers_the_reconstruction_error(tiny_teacher):
 def test_inversion_eval_command(tmp_path, capsys):
     from course_lib.eval.inversion import main
 
-    out = tmp_path / "table.md"
-    assert main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out)]) == 0
+    out, js = tmp_path / "table.md", tmp_path / "table.json"
+    from course_lib.inversion import save_inverter, make_forward_model
+    from course_lib.teacher import load_teacher
+    plain = save_inverter(make_forward_model(load_teacher("embedded")), tmp_path / "plain.safetensors", {})
+    assert main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out), "--json", str(js),
+                 "--stages", f"plain={plain}", "--curve", "1,2", "--ref-steps", "10"]) == 0
     md = out.read_text()
-    for row in ("DDIM-50", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):
+    result = json.loads(js.read_text())
+    assert result["photos"] == "world" and result["n"] == 2 and "inversion-eval" in result["command"]
+    assert {r["method"] for r in result["reconstruction"]} == {"DDIM-10", "DDIM-4", "cycle-trained 4-step"}
+    # a LoRA at zero is plain DDIM inversion: its stage row equals the DDIM-4 row
+    ddim4 = next(r for r in result["reconstruction"] if r["method"] == "DDIM-4")
+    assert result["stages"][0]["psnr"] == pytest.approx(ddim4["psnr"], abs=1e-3)
+    assert [r["steps"] for r in result["steps_curve"]] == [1, 2] and set(result["targets"]) == {
+        "psnr_gap_db", "speedup", "direction_gain", "drift_excess"}
+    assert "by training stage" in md
+    for row in ("DDIM-10", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):
         assert row in md
     assert md.strip() in capsys.readouterr().out
     assert main(["--n", "2", "--inverter", str(tmp_path / "missing.safetensors")]) == 2
     assert main(["--n", "2", "--no-student", "--out", str(out)]) == 2  # never replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err and out.read_text() == md
+
+
+def test_consistency_map_boundary_and_one_invert_step(tiny_teacher):
+    T = tiny_teacher
+    x0 = T.to_space(torch.rand(2, 3, 16, 16))
+    null = T.null_text(2)
+    z = torch.randn_like(x0)
+    assert torch.equal(inv.consistency_map(T, z, 519, 519, null), z)  # f(z_s, s) = z_s
+    # from a boundary, f is one step of the 4-step inversion
+    ab = T.alpha_bar(torch.tensor([19, 259]))
+    torch.testing.assert_close(inv.consistency_map(T, x0, 19, 259, null),
+                               inv.ddim_step(x0, inv.eps_text(T, x0, 19, null), ab[0], ab[1]))
+    grid = inv.solver_grid(50, 4)
+    assert set(inv.boundaries(4)) <= set(grid) and grid[0] == 19 and grid[-1] == 999
+
+
+def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
+    T = tiny_teacher
+    fwd = inv.make_forward_model(T, rank=4, alpha=16)
+    with torch.no_grad():
+        for p in lora_parameters(fwd):
+            p.normal_(std=0.05)
+    x0 = T.to_space(torch.rand(2, 3, 16, 16))
+    null = T.null_text(2)
+    loss, parts = inv.forward_cd_loss(fwd, T, x0, null, torch.Generator().manual_seed(3))
+    again, parts2 = inv.forward_cd_loss(fwd, T, x0, null, torch.Generator().manual_seed(3))
+    assert parts == parts2 and parts["t"] in inv.solver_grid()
+    loss.backward()
+    grads = [p.grad for p in lora_parameters(fwd)]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is None for p in T.unet.parameters())
+    # the noise cycle: F(G(z)) = z is a regression; only the LoRA gets gradients
+    for p in lora_parameters(fwd):
+        p.grad = None
+    nc, part = inv.noise_cycle_loss(fwd, T, torch.randn_like(x0), null)
+    nc.backward()
+    assert part["noise_cycle"] > 0 and all(p.grad is not None for p in lora_parameters(fwd))
+    assert all(p.grad is None for p in T.unet.parameters())
+
+
+def test_forward_cm_self_consistency_improves_with_distillation(tiny_teacher):
+    """A few steps of consistency distillation make the tiny forward model map two points of one
+    teacher trajectory (z_n and the teacher's step from it) closer to the same segment end."""
+    T = tiny_teacher
+    torch.manual_seed(0)
+    fwd = inv.make_forward_model(T, rank=4, alpha=16)
+    x0 = T.to_space(torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    null = T.null_text(8)
+
+    def gap() -> float:
+        # mean over segments of |f(z_n, t_n) - f(z_{n+1}, t_{n+1})|^2 at fixed points and noise
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            return sum(float(inv.forward_cd_loss(fwd, T, x0, null, g)[0]) for _ in range(12)) / 12
+
+    before = gap()
+    opt = torch.optim.Adam(lora_parameters(fwd), lr=3e-4)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(40):
+        loss, _ = inv.forward_cd_loss(fwd, T, x0, null, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = gap()
+    assert after < 0.85 * before, (before, after)
+
+
+def test_train_inverter_stages_on_world_photos(tiny_teacher, tmp_path):
+    """Stage 1 (consistency distillation + noise cycle) on the data world's photos, then stage 2
+    (cycle) started from its checkpoint; both resumable checkpoints in the one format."""
+    from course_lib.distill import lora_state_dict
+    from course_lib.inversion import load_inverter
+    from course_lib.train.inverter import InverterArgs, train
+
+    T = tiny_teacher
+    cd = InverterArgs(steps=2, batch_size=2, lr=1e-3, lora_rank=4, stage="cd", noise_weight=0.5, data="world",
+                      out=str(tmp_path / "cd.safetensors"))
+    fwd, log = train(cd, teacher=T, perceptual=_l2)
+    assert len(log) == 2 and {"cd", "noise_cycle", "loss"} <= set(log[0]) and "lpips" not in log[0]
+    stage1, _ = load_inverter(tmp_path / "cd.safetensors", teacher=T)
+    cyc = InverterArgs(steps=1, batch_size=2, lr=0.0, lora_rank=4, data="world", init=str(tmp_path / "cd.safetensors"),
+                       out=str(tmp_path / "cycle.safetensors"))
+    fwd2, log2 = train(cyc, teacher=T, perceptual=_l2)
+    assert "lpips" in log2[0]
+    for k, v in lora_state_dict(stage1).items():  # lr 0: the cycle stage starts exactly at stage 1's LoRA
+        torch.testing.assert_close(lora_state_dict(fwd2)[k], v)
+    with pytest.raises(ValueError):
+        train(InverterArgs(steps=1, batch_size=2, stage="nonsense"), teacher=T, perceptual=_l2)
+
+
+def test_inversion_photos_are_the_world_test_photos():
+    """The inverter trains on the data world's training photos; its table uses only test photos."""
+    from course_lib import world
+    from course_lib.eval.heldout import WorldTestPairs, world_test_batch
+
+    ds = WorldTestPairs(size=16, length=24)
+    names = {ds[i]["photo"] for i in range(24)}
+    assert names <= set(world.photo_names("test")) and not names & set(world.photo_names("train"))
+    b = world_test_batch(3, 16)
+    assert b["source"].shape == (3, 3, 16, 16) and len(b["instruction"]) == 3
+    assert torch.equal(world_test_batch(3, 16)["source"], b["source"])  # the same items every time
+
+
+def test_cycle_and_consistency_figures_render():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib import viz
+
+    for fig in (viz.cycle_diagram(), viz.cycle_diagram((19, 339, 699, 999)), viz.consistency_figure()):
+        assert len(fig.axes) == 1 and fig.axes[0].texts or fig.axes[0].lines
+        plt.close(fig)

@@ -7,8 +7,11 @@ paraphrases)`` always gives the same items in the same order.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from .. import world
 from ..data import RetouchPairs
 
 #: The evaluation-set seed every table uses unless told otherwise.
@@ -24,6 +27,30 @@ def heldout_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "heldo
         :func:`course_lib.data.decode_edits`).
     """
     ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    return {"source": torch.stack([it["source"] for it in items]),
+            "target": torch.stack([it["target"] for it in items]),
+            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
+
+
+class WorldTestPairs(RetouchPairs):
+    """The first world's edits and phrasings (the ones lesson 04's teacher knows) on the data world
+    2.0's **test** photos, which no model of the course trains on (lesson 07's inversion table:
+    the inverter trains on the world's training photos, the teacher on the first world's)."""
+
+    def __init__(self, paraphrases: str = "train", size: int = 32, length: int = 16, seed: int = SEED) -> None:
+        super().__init__(split="train", paraphrases=paraphrases, size=size, length=length, seed=seed)
+        self.photos, self.split = world.photo_names("test"), "world-test"
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _base(name: str) -> torch.Tensor:
+        return world.load_photo(name, size=512)
+
+
+def world_test_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "train") -> dict:
+    """:func:`heldout_batch` on :class:`WorldTestPairs` (the data world 2.0's test photos)."""
+    ds = WorldTestPairs(paraphrases=paraphrases, size=size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     return {"source": torch.stack([it["source"] for it in items]),
             "target": torch.stack([it["target"] for it in items]),

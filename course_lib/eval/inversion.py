@@ -8,8 +8,10 @@ photos under their *training-phrasing* instructions, scored like every other edi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -19,7 +21,7 @@ from ..perceptual import load_lpips
 from ..student import load_student
 from ..teacher import Teacher, add_teacher_options, load_teacher
 from . import score as S, tables
-from .heldout import SEED, heldout_batch
+from .heldout import SEED, heldout_batch, world_test_batch
 from .student import student_method
 
 #: Columns of the two tables (and keys of their rows).
@@ -29,7 +31,8 @@ EDITING_COLUMNS = ("method", "steps", *S.EDIT_KEYS, "ms_per_image")
 
 def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: int = SEED, perceptual=None,
                        student=None, edit_steps: int = 4, guidance: float = 1.0, tau: float = 0.8,
-                       ref_steps: int = 50) -> dict:
+                       ref_steps: int = 50, photos: str = "world", stages: dict[str, Teacher] | None = None,
+                       curve_steps: Sequence[int] = ()) -> dict:
     """Reconstruction and editing on held-out photos (lesson 07's table).
 
     Reconstruction (∅ text) of ``n`` held-out 32 px photos by DDIM-50, DDIM-4 and the cycle-trained
@@ -40,15 +43,27 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
     the grid student.
 
     ``ref_steps`` (default 50) is the step count of the DDIM references (a smoke check lowers it).
+    ``photos``: ``"world"`` (default) the data world 2.0's test photos, which neither the teacher
+    nor the inverter trained on (:func:`course_lib.eval.heldout.world_test_batch`), or
+    ``"heldout"`` the first world's three held-out photos (two of them are training photos of
+    the data world 2.0, so an inverter trained there must not be scored on them).
+
+    ``stages``: more forward models (name -> model, e.g. each training stage's checkpoint) whose
+    ``edit_steps`` round trip is scored like the cycle-trained row (``result["stages"]``);
+    ``curve_steps``: step counts of plain DDIM round trips for the reconstruction-vs-steps curve
+    (``result["steps_curve"]``).
 
     Returns:
-        ``{"reconstruction": [row, ...], "editing": [row, ...], "perceptual": label}``; rows have the
-        keys of :data:`RECONSTRUCTION_COLUMNS` and :data:`EDITING_COLUMNS`.
+        ``{"reconstruction": [row, ...], "editing": [row, ...], "perceptual": label, ...}``; rows have
+        the keys of :data:`RECONSTRUCTION_COLUMNS` and :data:`EDITING_COLUMNS`.
     """
     perceptual = perceptual or load_lpips()
     if isinstance(perceptual, torch.nn.Module):  # a plain loss function (tests) has no device
         perceptual = perceptual.to(teacher.device)
-    batch = heldout_batch(n, teacher.resolution, seed=seed, paraphrases="train")
+    if photos not in ("world", "heldout"):
+        raise ValueError(f"photos must be 'world' or 'heldout', got {photos!r}")
+    make = world_test_batch if photos == "world" else heldout_batch
+    batch = make(n, teacher.resolution, seed=seed, paraphrases="train")
     x = batch["source"]
     same = {**batch, "target": x}  # reconstruction: the photo is its own target
     recon = []
@@ -57,6 +72,14 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
         r = S.run(lambda s, i, t, model=model, steps=steps: reconstruct(model, teacher, s, steps)[0], same,
                   keys=S.RECONSTRUCTION_KEYS, perceptual=perceptual)
         recon.append({"method": name, "steps": f"{steps} + {steps}", **r["scores"], "ms_per_image": r["ms_per_image"]})
+    def round_trip(model: Teacher, steps: int) -> dict:
+        r = S.run(lambda s, i, t: reconstruct(model, teacher, s, steps)[0], same, keys=S.RECONSTRUCTION_KEYS,
+                  perceptual=perceptual)
+        return {**r["scores"], "ms_per_image": r["ms_per_image"]}
+
+    stage_rows = [{"method": name, "steps": f"{edit_steps} + {edit_steps}", **round_trip(model, edit_steps)}
+                  for name, model in (stages or {}).items()]
+    curve = [{"steps": int(k), **round_trip(teacher, int(k))} for k in curve_steps]
     methods: list[tuple[str, str, S.Method]] = [
         (name, f"{steps} + {steps}",
          lambda s, i, t, model=model, steps=steps: invert_and_edit(model, teacher, s, i, steps, guidance, tau))
@@ -71,17 +94,38 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
         r = S.run(fn, batch)
         edits.append({"method": name, "steps": steps, **r["scores"], "ms_per_image": r["ms_per_image"]})
     return {"reconstruction": recon, "editing": edits, "perceptual": perceptual.label,
-            "resolution": int(teacher.resolution)}
+            "resolution": int(teacher.resolution), "photos": photos, "n": n, "stages": stage_rows,
+            "steps_curve": curve}
+
+
+def targets(result: dict) -> dict[str, float]:
+    """Issue 20's targets from :func:`evaluate_inversion`'s result: ``psnr_gap_db`` (DDIM-50 minus
+    the cycle-trained 4-step reconstruction PSNR; target <= 1), ``speedup`` (DDIM-50 round trip
+    time / 4-step; target >= 10), and for editing ``direction_gain`` (Inverse-and-Edit minus
+    DDIM-50 inversion + edit, direction %; target >= 0) and ``drift_excess`` (Inverse-and-Edit
+    minus DDIM-50, drift; target <= 0)."""
+    ref = result["reconstruction"][0]  # the DDIM reference (ref_steps + ref_steps)
+    cyc = next(r for r in result["reconstruction"] if r["method"].startswith("cycle-trained"))
+    ed = {r["method"]: r for r in result["editing"]}
+    ie = next(r for k, r in ed.items() if k.startswith("Inverse-and-Edit"))
+    dd = next(r for k, r in ed.items() if k.endswith("inversion + edit"))
+    return {"psnr_gap_db": ref["psnr"] - cyc["psnr"], "speedup": ref["ms_per_image"] / max(cyc["ms_per_image"], 1e-9),
+            "direction_gain": ie["direction"] - dd["direction"], "drift_excess": ie["drift"] - dd["drift"]}
 
 
 def tables_markdown(result: dict) -> str:
     """The two tables of :func:`evaluate_inversion` as markdown."""
     px = result.get("resolution", 32)
-    recon = [("method", f"reconstruction (held-out photos, {px} px)") if c == "method" else
+    where = "test photos" if result.get("photos", "heldout") == "world" else "held-out photos"
+    recon = [("method", f"reconstruction ({where}, {px} px)") if c == "method" else
              ("lpips", f"{result['perceptual']} ↓") if c == "lpips" else c for c in RECONSTRUCTION_COLUMNS]
     edit = [("method", "editing (training phrasings)") if c == "method" else c for c in EDITING_COLUMNS]
-    return (tables.markdown(result["reconstruction"], recon) + "\n\n"
-            + tables.markdown(result["editing"], edit))
+    out = tables.markdown(result["reconstruction"], recon) + "\n\n" + tables.markdown(result["editing"], edit)
+    if result.get("stages"):
+        stage = [("method", f"inverter, by training stage ({where})") if c == "method" else
+                 ("lpips", f"{result['perceptual']} ↓") if c == "lpips" else c for c in RECONSTRUCTION_COLUMNS]
+        out += "\n\n" + tables.markdown(result["stages"], stage)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,24 +140,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="inversion = generation steps of the inverter (default 4)")
     p.add_argument("--ref-steps", type=int, default=50, help="steps of the DDIM references (default 50)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--stages", default=None,
+                   help="more inverters scored like the shipped one: 'name=checkpoint,name=checkpoint' "
+                        "(e.g. each training stage)")
+    p.add_argument("--curve", default=None, help="comma-separated step counts of plain DDIM round trips (a curve)")
+    p.add_argument("--photos", choices=("world", "heldout"), default="world",
+                   help="the data world 2.0's test photos (default) or the first world's held-out photos")
     p.add_argument("--out", default=None, help="also write the markdown here")
+    p.add_argument("--json", default=None, help="also write the measured result (tables, command) as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:
-        if a.out:
-            tables.check_free([a.out], a.overwrite)
+        outs = [x for x in (a.out, a.json) if x]
+        if outs:
+            tables.check_free(outs, a.overwrite)
         teacher = load_teacher(a.teacher, a.teacher_path)
         forward, _ = load_inverter(a.inverter, teacher)
         student = None
         if not a.no_student:
             student = load_student(device="cpu").eval()
-        md = tables_markdown(evaluate_inversion(forward, teacher, n=a.n, student=student, edit_steps=a.steps,
-                                                ref_steps=a.ref_steps))
+        stages = {}
+        for item in (a.stages.split(",") if a.stages else []):
+            name, _, path = item.partition("=")
+            if not path:
+                raise ValueError(f"--stages item {item!r} is not name=checkpoint")
+            stages[name.strip()] = load_inverter(path.strip(), teacher)[0]
+        curve = [int(v) for v in a.curve.split(",")] if a.curve else []
+        result = evaluate_inversion(forward, teacher, n=a.n, student=student, edit_steps=a.steps,
+                                    ref_steps=a.ref_steps, photos=a.photos, stages=stages, curve_steps=curve)
+        result["targets"] = targets(result)
+        result["command"] = "python -m course_lib inversion-eval " + " ".join(argv if argv is not None else sys.argv[1:])
+        result["inverter"] = str(a.inverter or "shipped")
+        md = tables_markdown(result)
         print(md)
+        files = {}
         if a.out:
-            tables.write({Path(a.out): md + "\n"}, overwrite=a.overwrite)
+            files[Path(a.out)] = md + "\n"
+        if a.json:
+            files[Path(a.json)] = json.dumps(result, indent=1) + "\n"
+        if files:
+            tables.write(files, overwrite=a.overwrite)
     except (FileNotFoundError, FileExistsError, RuntimeError, KeyError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

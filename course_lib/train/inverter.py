@@ -1,6 +1,15 @@
-"""``python -m course_lib train-inverter``: cycle-consistency fine-tuning of the 4-step inverter (lesson 07).
+"""``python -m course_lib train-inverter``: the 4-step inverter (lesson 07), in two stages.
 
-Per step, on a batch of crops of the *training* photos (no instructions, ∅ text):
+**Stage 1, ``--stage cd``: a forward consistency model** (iCD). Per step, one segment of the
+4-step schedule and one point of the teacher's fine DDIM grid inside it; the LoRA learns to map
+every point of a teacher inversion trajectory to the segment's end
+(:func:`course_lib.inversion.forward_cd_loss`), plus ``--noise-weight`` times iCD's
+preservation ``F(G(z)) ≈ z`` on noise the frozen generator turns into images
+(:func:`course_lib.inversion.noise_cycle_loss`).
+
+**Stage 2, ``--stage cycle`` (default): cycle consistency** (Inverse-and-Edit), usually from
+the stage-1 checkpoint (``--init``). Per step, on a batch of crops of the *training* photos
+(no instructions, ∅ text):
 
 1. ``z = F(x)``: 4 DDIM-inversion steps with the forward model (the teacher + a LoRA);
 2. ``x̂ = G(z)``: 4 DDIM generation steps with the frozen teacher;
@@ -29,7 +38,9 @@ import torch
 from .. import config
 from ..data import RetouchPairs
 from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
-from ..inversion import cycle_loss, invert, load_inverter, make_forward_model, save_inverter, shipped_path
+from ..inversion import (cycle_loss, forward_cd_loss, invert, load_inverter, make_forward_model, noise_cycle_loss,
+                         save_inverter, shipped_path)
+from ..world import RetouchWorld
 from ..perceptual import load_lpips
 from ..teacher import add_teacher_options, frozen_dtype, load_teacher
 from .common import (run_command, Shard, add_run_options, average_gradients, from_args, is_main_process,
@@ -50,6 +61,11 @@ class InverterArgs:
     lora_rank: int = 8
     pixel_weight: float = 1.0
     preserve_weight: float = 0.1
+    perceptual_weight: float = 1.0
+    stage: str = "cycle"
+    noise_weight: float = 0.0
+    data: str = "pairs"
+    init: str | None = None
     teacher: str = "embedded"
     teacher_path: str | None = None
     seed: int = 0
@@ -61,8 +77,9 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     """Run (or resume) cycle-consistency training of the inverter.
 
     Returns:
-        ``(forward_model, log)``: one dict per step with ``loss``, ``lpips``, ``pixel``, ``preserve``
-        (averaged over processes).
+        ``(forward_model, log)``: one dict per step with ``loss`` and its terms (stage cycle:
+        ``lpips``, ``pixel``, ``preserve``; stage cd: ``cd``; ``noise_cycle`` when weighted), averaged
+        over processes.
     """
     from accelerate import Accelerator
 
@@ -75,7 +92,17 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     perceptual = perceptual or load_lpips()
     if isinstance(perceptual, torch.nn.Module):  # a plain loss function (tests) has no device
         perceptual = perceptual.to(teacher.device)
+    if args.stage not in ("cycle", "cd"):
+        raise ValueError(f"--stage must be 'cycle' or 'cd', got {args.stage!r}")
+    if args.data not in ("pairs", "world"):
+        raise ValueError(f"--data must be 'pairs' or 'world', got {args.data!r}")
     fwd = make_forward_model(teacher, args.lora_rank, 4.0 * args.lora_rank)
+    if args.init and not resume:
+        # start from another inverter (stage 1's forward consistency model): its LoRA, fresh optimiser
+        start_from, _ = load_inverter(args.init, teacher)
+        if lora_state_dict(start_from).keys() != lora_state_dict(fwd).keys():
+            raise ValueError(f"{args.init} has another LoRA layout (rank {args.lora_rank} expected)")
+        load_lora_state_dict(fwd, lora_state_dict(start_from))
     opt = torch.optim.Adam(lora_parameters(fwd), lr=args.lr)
     out = Path(args.out) if args.out else None
     start, log = 0, []
@@ -87,7 +114,11 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         load_optimizer_tensors(opt, tensors, meta["opt"], prefix="opt.")
         start, log = int(st["step"]), list(st["log"])
     sync_parameters(acc, lora_parameters(fwd))  # every process starts from the main one's LoRA
-    ds = RetouchPairs(split="train", paraphrases="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    if args.data == "world":  # the data world 2.0's training photos: random crops and flips
+        ds = RetouchWorld(split="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    else:
+        ds = RetouchPairs(split="train", paraphrases="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    gen = torch.Generator().manual_seed(70_000 + args.seed)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
             "args": json.dumps(dataclasses.asdict(args)), "processes": str(acc.num_processes)}
@@ -104,17 +135,28 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         src = shard.fetch(ds, step)["source"]  # (B, 3, 32, 32)
         x0 = teacher.to_space(src.to(teacher.device))  # (B, 3, 32, 32) in [-1, 1]
         null = teacher.null_text(x0.shape[0])
-        with torch.no_grad():
-            z_ref = invert(teacher, x0, null, args.inversion_steps)  # F_0(x): plain DDIM inversion
-        loss, parts = cycle_loss(fwd, teacher, x0, null, perceptual, args.inversion_steps, args.pixel_weight,
-                                 args.preserve_weight, z_ref)
+        # the draws of the step (segment, point, noise) come from (seed, step): resumable
+        gen.manual_seed(70_000 + 1_000_003 * args.seed + step)
+        if args.stage == "cd":
+            loss, parts = forward_cd_loss(fwd, teacher, x0, null, gen, args.inversion_steps)
+            parts = {"cd": parts["cd"]}
+        else:
+            with torch.no_grad():
+                z_ref = invert(teacher, x0, null, args.inversion_steps)  # F_0(x): plain DDIM inversion
+            loss, parts = cycle_loss(fwd, teacher, x0, null, perceptual, args.inversion_steps, args.pixel_weight,
+                                     args.preserve_weight, z_ref, args.perceptual_weight)
+        if args.noise_weight > 0:
+            z = torch.randn(x0.shape, generator=gen).to(x0)  # (B, C, h, w) fresh noise
+            nc, part = noise_cycle_loss(fwd, teacher, z, null, args.inversion_steps)
+            loss = loss + args.noise_weight * nc
+            parts.update(part)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         average_gradients(acc, lora_parameters(fwd))  # the LoRA is not DDP-wrapped: average here
         opt.step()
         log.append({"step": step + 1, **mean_over_processes(acc, {"loss": float(loss.detach()), **parts})})
         bar.update(1)
-        bar.set_postfix(lpips=f"{log[-1]['lpips']:.4f}", pixel=f"{log[-1]['pixel']:.4f}")
+        bar.set_postfix({k: f"{v:.4f}" for k, v in log[-1].items() if k in ("cd", "lpips", "pixel", "noise_cycle")})
         if out is not None:
             save_on_main(acc, step + 1, args.steps, args.save_every, lambda: save(step + 1))
     bar.close()
@@ -135,8 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lora-rank", type=int, default=d.lora_rank)
     p.add_argument("--pixel-weight", type=float, default=d.pixel_weight, help="weight of the pixel MSE term")
+    p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight,
+                   help="weight of the LPIPS term (0: pixels alone; LPIPS is still logged)")
     p.add_argument("--preserve-weight", type=float, default=d.preserve_weight,
                    help="weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
+    p.add_argument("--stage", choices=("cycle", "cd"), default=d.stage,
+                   help="cd: forward consistency distillation from the teacher's DDIM inversion (stage 1); "
+                        "cycle: cycle-consistency fine-tuning through the frozen generator (stage 2)")
+    p.add_argument("--noise-weight", type=float, default=d.noise_weight,
+                   help="weight of iCD's preservation F(G(z)) = z on generated images (0: off)")
+    p.add_argument("--data", choices=("pairs", "world"), default=d.data,
+                   help="training photos: the first world's six or the data world 2.0's (random crops, flips)")
+    p.add_argument("--init", default=None, help="start from this inverter checkpoint (e.g. stage 1's)")
     add_teacher_options(p, default=d.teacher)
     a = parse_run_options(p, argv)
     args = from_args(InverterArgs, a)
@@ -146,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     log = result[1]
     if log and is_main_process():
-        print(summary("train-inverter", [r["lpips"] for r in log], seconds, "cycle LPIPS", args.out))
+        key, label = ("cd", "consistency loss") if args.stage == "cd" else ("lpips", "cycle LPIPS")
+        print(summary("train-inverter", [r[key] for r in log], seconds, label, args.out))
     return 0
 
 
