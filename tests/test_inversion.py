@@ -166,8 +166,9 @@ def test_hub_tier_inversion_round_trip(tiny_hub):
 
 
 def test_shipped_inverter_beats_plain_ddim4():
-    """The claim of lesson 07 in miniature, on held-out photos (measured, can fail)."""
-    from course_lib.eval.heldout import heldout_batch
+    """The claim of lesson 07 in miniature, on the data world's test photos (measured, can fail):
+    a regression of the inverter towards plain DDIM inversion loses the margin."""
+    from course_lib.eval.heldout import world_test_batch
     from course_lib.metrics import psnr
     from course_lib.teacher import load_teacher
     from course_lib.inversion import load_inverter, shipped_path
@@ -175,11 +176,11 @@ def test_shipped_inverter_beats_plain_ddim4():
     if not shipped_path().is_file():
         pytest.fail(f"missing shipped inverter {shipped_path()}")
     T = load_teacher("embedded")
-    x = heldout_batch(4, T.resolution, paraphrases="train")["source"]
+    x = world_test_batch(8, T.resolution)["source"]
     fwd, meta = load_inverter(teacher=T)
     plain, _ = inv.reconstruct(T, T, x, 4)
     cycle, _ = inv.reconstruct(fwd, T, x, 4)
-    assert float(psnr(cycle, x).mean()) > float(psnr(plain, x).mean()) + 1.0
+    assert float(psnr(cycle, x).mean()) > float(psnr(plain, x).mean()) + 3.0
     assert "perceptual" in meta
 
 

@@ -141,3 +141,23 @@ def test_one_constant_names_the_published_repository(tmp_path, monkeypatch):
         assert "someone/fork" in text and slug not in text, path
     with pytest.raises(ValueError):
         nbtools.publish_links("x", repo_url="https://gitlab.com/a/b")
+
+
+def test_exercise_table_follows_the_solutions(tmp_path):
+    """The README's exercise table is generated from the solutions and flagged when stale."""
+    sol, stu = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    (sol / "05_demo.ipynb").write_text(json.dumps(_nb([_code(SOLUTION_CELL)])))
+    assert nbtools.exercises(nbtools.load(sol / "05_demo.ipynb"), "5") == [("Exercise 5.1", "exposure"),
+                                                                          ("Exercise 9.9", "other")]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{nbtools.EXERCISES_BEGIN}\nold\n{nbtools.EXERCISES_END}\nrest\n")
+    nbtools.generate(solutions=sol, notebooks=stu, readme=readme)
+    text = readme.read_text()
+    assert "| 05 | 2 | `exposure`, `other` |" in text and "| all | 2 | |" in text and text.endswith("rest\n")
+    assert nbtools.generate(check=True, solutions=sol, notebooks=stu, readme=readme) == []
+    (sol / "06_more.ipynb").write_text(json.dumps(_nb([_code(SOLUTION_CELL)])))
+    nbtools.generate(solutions=sol, notebooks=stu)  # the notebooks, not the README
+    assert any("exercise table" in p for p in nbtools.generate(check=True, solutions=sol, notebooks=stu, readme=readme))
+    # the real README's table is the real solutions'
+    assert nbtools.with_exercise_table(nbtools.README.read_text()) == nbtools.README.read_text()

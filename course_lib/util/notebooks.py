@@ -150,6 +150,54 @@ def make_student(nb: dict, lesson: str, where: str = "") -> dict:
     return nb
 
 
+_DEF = re.compile(r"^\s*def\s+(\w+)\s*\(")
+#: The README's generated exercise table sits between these markers.
+EXERCISES_BEGIN, EXERCISES_END = "<!-- BEGIN EXERCISES -->", "<!-- END EXERCISES -->"
+
+
+def exercises(nb: dict, lesson: str) -> list[tuple[str, str]]:
+    """The exercises of a solution notebook, in order: ``(label, function written)``.
+
+    The function is the last ``def`` above the ``### BEGIN SOLUTION`` marker in its cell
+    (``"-"`` when there is none); labels are numbered as :func:`strip_code` numbers them.
+    """
+    out, k = [], 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        name = "-"
+        for line in _source(cell).split("\n"):
+            d = _DEF.match(line)
+            if d:
+                name = d.group(1)
+            begin = _BEGIN.match(line)
+            if begin:
+                k += 1
+                out.append((begin.group("label") or f"Exercise {lesson}.{k}", name))
+    return out
+
+
+def exercise_table(solutions: Path = SOLUTIONS_DIR) -> str:
+    """Markdown: per lesson, how many exercises and what the student writes (README)."""
+    rows, total = [], 0
+    for sol in sorted(Path(solutions).glob("[0-9]*.ipynb")):
+        found = exercises(load(sol), lesson_number(sol))
+        total += len(found)
+        what = ", ".join(f"`{name}`" for _, name in found) or "-"
+        rows.append(f"| {sol.name[:2]} | {len(found)} | {what} |")
+    return "\n".join(["| lesson | exercises | what the student writes |", "|---|---:|---|", *rows,
+                      f"| all | {total} | |"])
+
+
+def with_exercise_table(text: str, solutions: Path = SOLUTIONS_DIR) -> str:
+    """``text`` with the part between the README's exercise markers replaced by :func:`exercise_table`."""
+    if EXERCISES_BEGIN not in text or EXERCISES_END not in text:
+        return text
+    head, rest = text.split(EXERCISES_BEGIN, 1)
+    _, tail = rest.split(EXERCISES_END, 1)
+    return f"{head}{EXERCISES_BEGIN}\n{exercise_table(solutions)}\n{EXERCISES_END}{tail}"
+
+
 def dumps(nb: dict) -> str:
     """Serialise a notebook the way Jupyter does (1-space indent, trailing newline)."""
     return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
@@ -214,10 +262,12 @@ def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Pa
             results.append(f"{extra}: has no solution notebook")
     if readme is not None and Path(readme).exists():
         text = Path(readme).read_text(encoding="utf-8")
-        if publish_links(text) != text:
+        fixed = with_exercise_table(publish_links(text), solutions)
+        if fixed != text:
             if check:
-                results.append(f"{readme}: its Colab links do not name config.REPO_URL; run python -m course_lib notebooks")
+                results.append(f"{readme}: its Colab links do not name config.REPO_URL or its exercise table is "
+                               "stale; run python -m course_lib notebooks")
             else:
-                Path(readme).write_text(publish_links(text), encoding="utf-8")
+                Path(readme).write_text(fixed, encoding="utf-8")
                 results.append(str(readme))
     return results
