@@ -164,6 +164,69 @@ def _corner_list(guide: torch.Tensor, D: int, Hg: int, Wg: int, z_eps: float = 0
     return corners
 
 
+def slice_corners(guide: torch.Tensor, D: int, Hg: int, Wg: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The 8 corners of every pixel with what a backward pass needs (lesson 02, exercise 2.1).
+
+    Returns:
+        8 tuples ``(idx, w, dw)``, each (B, H, W): the flat cell index in a (D, Hg, Wg) block, the
+        weight ``w = wx wy wz``, and its derivative with respect to the guide,
+        ``dw/dguide = D wx wy dwz/dgz`` with ``dwz/dgz = sign(kz + 1/2 - gz)`` inside the tent
+        (-1 for the lower z-corner, +1 for the upper one; 0 where the weight is 0).
+    """
+    H, W = guide.shape[-2:]
+    gy, gx = pixel_grid_coords(H, W, Hg, Wg, guide.dtype, guide.device)  # (H,), (W,)
+    gz = guide * D  # (B, H, W)
+    z0, z1, wz0, wz1 = tent_corners(gz, D)  # (B, H, W)
+    y0, y1, wy0, wy1 = (t[:, None] for t in tent_corners(gy, Hg))  # (H, 1)
+    x0, x1, wx0, wx1 = tent_corners(gx, Wg)  # (W,)
+    k0 = torch.floor(gz - 0.5)  # the lower z-corner, unclamped
+    out = []
+    for kz, iz, wz in ((k0, z0, wz0), (k0 + 1, z1, wz1)):
+        # wz = tent(d) = max(1 - |d|, 0) with d = kz + 1/2 - gz: dwz/dgz = sign(d) where |d| < 1
+        d = kz + 0.5 - gz
+        dwz = torch.where(d.abs() < 1, torch.sign(d), torch.zeros_like(d))
+        for (iy, wy), (ix, wx) in itertools.product(((y0, wy0), (y1, wy1)), ((x0, wx0), (x1, wx1))):
+            idx = (iz * Hg + iy) * Wg + ix  # (B, H, W)
+            # gz = D guide, so dw/dguide = D wx wy dwz/dgz
+            out.append((idx, wz * wy * wx, D * dwz * wy * wx))
+    return out
+
+
+def slice_apply_backward(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, grad_out: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward pass of :func:`slice_apply_reference`, written out (lesson 02, exercise 2.1).
+
+    With ``g_i`` the incoming gradient of output ``i`` and ``in = (r, g, b, 1)``:
+    image ``d in_j = sum_i A_ij g_i``; grid ``d grid[corner] += w d A`` with ``d A_ij = g_i in_j``
+    (a splat); guide ``d guide = sum_corners (dw/dguide) <d A, grid[corner]>``.
+
+    Args:
+        grid: (B, 12, D, Hg, Wg). guide: (B, H, W) in [0, 1]. image: (B, 3, H, W).
+        grad_out: (B, 3, H, W), the gradient of the loss with respect to the output.
+
+    Returns:
+        ``(grad_grid, grad_guide, grad_image)`` with the shapes of the inputs.
+    """
+    B, C, D, Hg, Wg = grid.shape
+    H, W = guide.shape[-2:]
+    A = slice_coeffs_reference(grid, guide).reshape(B, 3, 4, H, W)
+    # d in_j = sum_i A_ij g_i
+    grad_image = (grad_out[:, :, None] * A[:, :, :3]).sum(dim=1)  # (B, 3, H, W)
+    # d A_ij = g_i in_j, in = (r, g, b, 1)
+    inp = torch.cat([image, torch.ones_like(image[:, :1])], dim=1)  # (B, 4, H, W)
+    dA = (grad_out[:, :, None] * inp[:, None]).reshape(B, C, H * W)  # (B, 12, H*W)
+    flat = grid.reshape(B, C, D * Hg * Wg)
+    grad_flat = torch.zeros_like(flat)
+    grad_guide = guide.new_zeros(B, H * W)
+    for idx, w, dw in slice_corners(guide, D, Hg, Wg):
+        i = idx.reshape(B, 1, H * W).expand(B, C, H * W)
+        # d grid[corner] += w d A (many pixels into one cell: scatter-add)
+        grad_flat.scatter_add_(2, i, w.reshape(B, 1, H * W) * dA)
+        # d guide += dw/dguide <d A, grid[corner]>
+        grad_guide += dw.reshape(B, H * W) * (dA * flat.gather(2, i)).sum(dim=1)
+    return grad_flat.reshape(grid.shape), grad_guide.reshape(B, H, W), grad_image
+
+
 def slice_coeffs_reference(grid: torch.Tensor, guide: torch.Tensor, z_eps: float = 0.0) -> torch.Tensor:
     """Slice a grid at every pixel: the readable version, 8 explicit corners.
 
