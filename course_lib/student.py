@@ -322,7 +322,7 @@ def featurise(texts: Sequence[str], cfg: "StudentConfig", encode=None) -> torch.
 
 def combine_clauses(logit_l: torch.Tensor, s_l: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What a whole instruction asks for, from what each of its clauses asks for (lesson 03,
-    exercise 3.3).
+    exercise 3.4).
 
     An edit is asked for unless *no* clause asks for it: a noisy OR of the clauses' presences,
     computed on logits so that it stays exact when every ``p_l`` is tiny. Its strength is the
