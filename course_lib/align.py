@@ -76,6 +76,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+def temperature_sweep(a: torch.Tensor, b: torch.Tensor, log_scales: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """InfoNCE of fixed embeddings at several temperatures (lesson 06, exercise 6.2).
+
+    Args:
+        a, b: (N, E) L2-normalised matching embeddings. log_scales: (S,) values of ``log s``.
+
+    Returns:
+        ``(losses, best)``: (S,) :func:`info_nce` at each scale, and the ``log s`` with the lowest loss.
+    """
+    losses = torch.stack([info_nce(a, b, t) for t in log_scales])  # (S,)
+    return losses, float(log_scales[int(losses.argmin())])
+
+
 class EditCLIP(nn.Module):
     """Embeds an edit (source, output) and an instruction into one space.
 

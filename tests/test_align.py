@@ -112,3 +112,16 @@ def test_train_align_resumes_exactly_and_ships(tmp_path):
     assert r["accuracy"] > 3 * r["chance"]
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_temperature_sweep_finds_the_sharpest_useful_scale():
+    import math
+
+    from course_lib import align
+    eye = torch.eye(6)  # perfect, orthogonal pairs: the sharper the better
+    losses, best = align.temperature_sweep(eye, eye, torch.tensor([0.0, 2.0, 4.0]))
+    assert losses.shape == (3,) and best == 4.0 and bool((losses[1:] < losses[:-1]).all())
+    assert float(losses[0]) < math.log(6)
+    same = torch.nn.functional.normalize(torch.ones(6, 3), dim=-1)  # no information: log N at every scale
+    flat, _ = align.temperature_sweep(same, same, torch.tensor([0.0, 3.0]))
+    assert torch.allclose(flat, torch.full((2,), math.log(6)), atol=1e-5)
