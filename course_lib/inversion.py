@@ -163,7 +163,8 @@ def consistency_map(model: Teacher, z_t: torch.Tensor, t: int, s: int, text: tor
 
 
 def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: torch.Tensor,
-                    generator: torch.Generator, steps: int = 4, n_fine: int = 50) -> tuple[torch.Tensor, dict]:
+                    generator: torch.Generator, steps: int = 4, n_fine: int = 50,
+                    shard=None) -> tuple[torch.Tensor, dict]:
     """Consistency distillation of the forward (inversion) model from the teacher's DDIM solver (iCD).
 
     One segment ``[b_k, b_{k+1}]`` of the ``steps``-step schedule and one point ``t_n`` of the
@@ -183,6 +184,8 @@ def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: 
         forward: the trainable forward model (teacher + LoRA). teacher: the frozen ODE solver.
         x0: (B, C, h, w) photos in teacher space. text: (B, L, D) (∅ for inversion).
         generator: draws the segment, the point and the noise (seeded training).
+        shard: a :class:`course_lib.train.common.Shard`: the noise is drawn for its global batch and
+            this process takes its rows, so several processes use what one process would.
 
     Returns:
         ``(loss, parts)`` with ``parts = {"cd": float, "t": t_n}``.
@@ -197,7 +200,9 @@ def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: 
     if t_n == b[0]:
         z_n = x0
     else:
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        rows = shard.global_batch if shard is not None else x0.shape[0]
+        noise = torch.randn(rows, *x0.shape[1:], generator=generator)
+        noise = (shard.take(noise) if shard is not None else noise).to(x0)  # (B, C, h, w)
         # z_n = √ᾱ x0 + √(1 − ᾱ) ε
         z_n = ab[0].sqrt().to(x0) * x0 + (1 - ab[0]).sqrt().to(x0) * noise
     with torch.no_grad():

@@ -70,6 +70,12 @@ TRAINERS = {
     "inverter": (1, ["--lora-rank", "2", "--inversion-steps", "2", "--lr", "1e-3", "--out", "{d}/ckpt.safetensors"],
                  ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
                  {"ckpt.safetensors": {"": _lrs(1e-3)}}),
+    # stage 1 of the inverter: the draws of each step (segment, point, noise) are shared across ranks
+    "inverter:cd": (1, ["--stage", "cd", "--noise-weight", "1", "--data", "world", "--lora-rank", "2",
+                        "--inversion-steps", "2", "--lr", "1e-3", "--out", "{d}/ckpt.safetensors"],
+                    ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors",
+                     "ckpt.safetensors.state/state.json"],
+                    {"ckpt.safetensors": {"": _lrs(1e-3)}}),
 }
 
 
@@ -108,7 +114,7 @@ def test_two_ranks_split_the_data_write_once_and_match_one_process(name, tmp_pat
     for label, cmd, b in [("two", LAUNCH_2, batch), ("one", [sys.executable], 2 * batch)]:
         d = tmp_path / label
         d.mkdir()
-        _run(cmd + ["-m", f"course_lib.train.{name}", *COMMON, "--batch-size", str(b),
+        _run(cmd + ["-m", f"course_lib.train.{name.split(':')[0]}", *COMMON, "--batch-size", str(b),
                     *[f.format(d=d) for f in flags]], tmp_path / f"{label}.log", tmp_path)
         runs[label] = d
 

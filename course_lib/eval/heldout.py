@@ -26,8 +26,12 @@ def heldout_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "heldo
         ``edits`` (lists of n str: the instruction and its edits' encoding, see
         :func:`course_lib.data.decode_edits`).
     """
-    ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed)
-    items = [ds[i] for i in range(n)]
+    return _batch(RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed))
+
+
+def _batch(ds) -> dict:
+    """Every item of a dataset as one batch dict (``source``, ``target`` stacked; lists of the rest)."""
+    items = [ds[i] for i in range(len(ds))]
     return {"source": torch.stack([it["source"] for it in items]),
             "target": torch.stack([it["target"] for it in items]),
             "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
@@ -50,11 +54,7 @@ class WorldTestPairs(RetouchPairs):
 
 def world_test_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "train") -> dict:
     """:func:`heldout_batch` on :class:`WorldTestPairs` (the data world 2.0's test photos)."""
-    ds = WorldTestPairs(paraphrases=paraphrases, size=size, length=n, seed=seed)
-    items = [ds[i] for i in range(n)]
-    return {"source": torch.stack([it["source"] for it in items]),
-            "target": torch.stack([it["target"] for it in items]),
-            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
+    return _batch(WorldTestPairs(paraphrases=paraphrases, size=size, length=n, seed=seed))
 
 
 def take(batch: dict, index: slice) -> dict:

@@ -66,17 +66,17 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
     batch = make(n, teacher.resolution, seed=seed, paraphrases="train")
     x = batch["source"]
     same = {**batch, "target": x}  # reconstruction: the photo is its own target
-    recon = []
-    for name, model, steps in [(f"DDIM-{ref_steps}", teacher, ref_steps), (f"DDIM-{edit_steps}", teacher, edit_steps),
-                               (f"cycle-trained {edit_steps}-step", forward, edit_steps)]:
-        r = S.run(lambda s, i, t, model=model, steps=steps: reconstruct(model, teacher, s, steps)[0], same,
-                  keys=S.RECONSTRUCTION_KEYS, perceptual=perceptual)
-        recon.append({"method": name, "steps": f"{steps} + {steps}", **r["scores"], "ms_per_image": r["ms_per_image"]})
+
     def round_trip(model: Teacher, steps: int) -> dict:
+        # invert with `model`, regenerate with the teacher, both in `steps` steps: scores and time
         r = S.run(lambda s, i, t: reconstruct(model, teacher, s, steps)[0], same, keys=S.RECONSTRUCTION_KEYS,
                   perceptual=perceptual)
         return {**r["scores"], "ms_per_image": r["ms_per_image"]}
 
+    recon = [{"method": name, "steps": f"{steps} + {steps}", **round_trip(model, steps)}
+             for name, model, steps in [(f"DDIM-{ref_steps}", teacher, ref_steps),
+                                        (f"DDIM-{edit_steps}", teacher, edit_steps),
+                                        (f"cycle-trained {edit_steps}-step", forward, edit_steps)]]
     stage_rows = [{"method": name, "steps": f"{edit_steps} + {edit_steps}", **round_trip(model, edit_steps)}
                   for name, model in (stages or {}).items()]
     curve = [{"steps": int(k), **round_trip(teacher, int(k))} for k in curve_steps]

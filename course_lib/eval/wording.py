@@ -5,8 +5,8 @@ heads) can be trained alone on a featurised bank of training instructions
 (:func:`course_lib.train.student.pretrain_text`), so each change to it can be measured alone in
 seconds instead of one training run each. Every variant below changes **one** thing of the
 reference recipe (the last two combine the helpful changes; the very last reads the instruction
-clause by clause, :func:`course_lib.student.split_clauses`) and is scored on fresh instructions in the three wordings (training grammar,
-held-out whole phrasings, held-out synonyms):
+clause by clause, :func:`course_lib.student.split_clauses`) and is scored on fresh instructions in
+the three wordings (training grammar, held-out whole phrasings, held-out synonyms):
 
 - ``family + direction``: % of named edits read with the right family and sign;
 - ``understood``: % of instructions whose read set of (label, sign) is exactly the named one;

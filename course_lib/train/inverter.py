@@ -138,7 +138,7 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         # the draws of the step (segment, point, noise) come from (seed, step): resumable
         gen.manual_seed(70_000 + 1_000_003 * args.seed + step)
         if args.stage == "cd":
-            loss, parts = forward_cd_loss(fwd, teacher, x0, null, gen, args.inversion_steps)
+            loss, parts = forward_cd_loss(fwd, teacher, x0, null, gen, args.inversion_steps, shard=shard)
             parts = {"cd": parts["cd"]}
         else:
             with torch.no_grad():
@@ -146,7 +146,8 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
             loss, parts = cycle_loss(fwd, teacher, x0, null, perceptual, args.inversion_steps, args.pixel_weight,
                                      args.preserve_weight, z_ref, args.perceptual_weight)
         if args.noise_weight > 0:
-            z = torch.randn(x0.shape, generator=gen).to(x0)  # (B, C, h, w) fresh noise
+            # fresh noise drawn for the whole global batch; this process takes its own rows
+            z = shard.take(torch.randn(shard.global_batch, *x0.shape[1:], generator=gen)).to(x0)  # (B, C, h, w)
             nc, part = noise_cycle_loss(fwd, teacher, z, null, args.inversion_steps)
             loss = loss + args.noise_weight * nc
             parts.update(part)
