@@ -47,6 +47,9 @@ from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_c
 
 #: Where the shipped embedded teacher lives.
 EMBEDDED_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_embedded.safetensors"
+#: The embedded teacher of the data world 2.0 (``--teacher world``): the same network, fine-tuned on
+#: the world's training photos and families (content-aware ones included); issue 19's teacher.
+WORLD_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_world.safetensors"
 #: The checkpoint kind of an embedded teacher (:mod:`course_lib.util.checkpoint`).
 KIND = "teacher"
 
@@ -396,7 +399,7 @@ def checkpoint_info(path: str | Path | None = None) -> dict:
 
 
 #: The teacher tiers every command accepts (``--teacher``).
-TIERS: tuple[str, ...] = ("embedded", "hub")
+TIERS: tuple[str, ...] = ("embedded", "world", "hub")
 
 
 def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
@@ -404,8 +407,9 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     """The one teacher loader every command uses.
 
     Args:
-        tier: ``"embedded"`` (the course's checkpoint, :func:`load_embedded_teacher`) or ``"hub"``
-            (InstructPix2Pix, :func:`load_hub_teacher`).
+        tier: ``"embedded"`` (the course's checkpoint of the first world, :func:`load_embedded_teacher`),
+            ``"world"`` (the same network trained on the data world 2.0, :data:`WORLD_WEIGHTS`) or
+            ``"hub"`` (InstructPix2Pix, :func:`load_hub_teacher`).
         path: embedded: a checkpoint file (default the shipped one); hub: a local
             ``save_pretrained`` folder or a hub id (default :data:`HUB_REPO`).
         device: default ``config.device()``.
@@ -417,17 +421,20 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     """
     if tier == "embedded":
         return load_embedded_teacher(path, device=device, **kwargs)
+    if tier == "world":
+        return load_embedded_teacher(path or WORLD_WEIGHTS, device=device, **kwargs)
     if tier == "hub":
         return load_hub_teacher(path or HUB_REPO, device=device, dtype=dtype, **kwargs)
-    raise ValueError(f"tier must be 'embedded' or 'hub', not {tier!r}")
+    raise ValueError(f"tier must be one of {TIERS}, not {tier!r}")
 
 
 def add_teacher_options(parser, default: str = "embedded") -> None:
     """Add ``--teacher embedded|hub`` and ``--teacher-path`` to an argparse parser (every teacher command)."""
     parser.add_argument("--teacher", choices=list(TIERS), default=default,
-                        help="teacher tier: the embedded 32-px teacher or the hub InstructPix2Pix (default %(default)s)")
+                        help="teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of "
+                             "the data world 2.0 (world) or the hub InstructPix2Pix (default %(default)s)")
     parser.add_argument("--teacher-path", default=None,
-                        help="embedded: a teacher checkpoint (default: the shipped one); hub: a local pipeline "
+                        help="embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline "
                              f"folder or a hub id (default {HUB_REPO})")
 
 

@@ -233,3 +233,247 @@ def consistency_figure(boundaries: Sequence[int] = (19, 259, 519, 779, 999), fin
     ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
     fig.tight_layout()
     return fig
+
+
+def _diagram(size: tuple[float, float], xlim: tuple[float, float], ylim: tuple[float, float]):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=size)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.axis("off")
+    return fig, ax
+
+
+def bilateral_grid_3d(cells: tuple[int, int, int] = (4, 4, 4), pixel: tuple[float, float] = (0.62, 0.38),
+                      guide: float = 0.55, image=None):
+    """Lesson 01's bilateral grid in 3-D: the photo lies in the (x, y) plane, the grid's third axis
+    is the guide (luma); one pixel at ``(x, y)`` with guide value ``g`` is *lifted* to the point
+    ``(x, y, g)`` of the grid and its transform is the trilinear blend of the 8 cells around it.
+
+    Args:
+        cells: (Wg, Hg, D) grid cells per axis.
+        pixel: the pixel's (x, y) in [0, 1]; guide: its guide value in [0, 1].
+        image: optional (3, H, W) photo drawn as the floor of the grid.
+
+    Returns:
+        the matplotlib figure.
+    """
+    import itertools
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    wg, hg, d = cells
+    fig = plt.figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot(projection="3d", computed_zorder=False)  # draw order = call order: the photo first
+    if image is not None:  # the photo as the floor z = 0
+        img = to_hwc(image)
+        h, w = img.shape[:2]
+        yy, xx = np.mgrid[0:1:complex(0, h), 0:1:complex(0, w)]
+        ax.plot_surface(xx, 1 - yy, np.zeros_like(xx), facecolors=img, rstride=max(1, h // 48),
+                        cstride=max(1, w // 48), shade=False, alpha=0.85, zorder=0)
+    # the lattice of cell centres (x_i, y_j, z_k) = ((i + 0.5)/Wg, (j + 0.5)/Hg, k/(D - 1)), as lines
+    xs, ys, zs = (np.arange(wg) + 0.5) / wg, (np.arange(hg) + 0.5) / hg, np.arange(d) / (d - 1)
+    for y, z in itertools.product(ys, zs):
+        ax.plot(xs, [y] * wg, [z] * wg, color="#9aaecf", lw=0.6)
+    for x, z in itertools.product(xs, zs):
+        ax.plot([x] * hg, ys, [z] * hg, color="#9aaecf", lw=0.6)
+    for x, y in itertools.product(xs, ys):
+        ax.plot([x] * d, [y] * d, zs, color="#9aaecf", lw=0.6)
+    px, py = pixel
+    # the 8 cell centres around (x, y, g): the weights are products of (1 − distance) per axis
+    fx, fy, fz = px * wg - 0.5, py * hg - 0.5, guide * (d - 1)
+    i0, j0, k0 = (int(np.clip(np.floor(v), 0, n - 2)) for v, n in ((fx, wg), (fy, hg), (fz, d)))
+    corners = [(i0 + a, j0 + b, k0 + c) for a, b, c in itertools.product((0, 1), repeat=3)]
+    for i, j, k in corners:
+        wgt = (1 - abs(fx - i)) * (1 - abs(fy - j)) * (1 - abs(fz - k))
+        ax.scatter([xs[i]], [ys[j]], [zs[k]], s=20 + 200 * max(wgt, 0), color="#1f5fa8", depthshade=False)
+        ax.plot([xs[i], px], [ys[j], py], [zs[k], guide], color="#1f5fa8", lw=0.5, ls=":")
+    ax.scatter([px], [py], [0], s=30, color="#b22222", depthshade=False)
+    ax.plot([px, px], [py, py], [0, guide], color="#b22222", lw=1.5)
+    ax.scatter([px], [py], [guide], s=50, color="#b22222", marker="*", depthshade=False)
+    ax.text(px, py, -0.08, "pixel (x, y)", color="#b22222", fontsize=8)
+    ax.text(px + 0.03, py, guide + 0.05, f"lifted to (x, y, g = {guide:.2f})", color="#b22222", fontsize=8)
+    ax.set(xlabel="x (grid cells)", ylabel="y (grid cells)", zlabel="guide g (luma bins)",
+           xlim=(0, 1), ylim=(0, 1), zlim=(0, 1))
+    ax.set_title(f"a {wg}x{hg}x{d} bilateral grid: each dot holds a 3x4 colour transform;\n"
+                 "a pixel's transform is the trilinear blend of the 8 dots around its lifted point "
+                 "(dot size = weight)", fontsize=9)
+    ax.view_init(elev=18, azim=-60)
+    fig.tight_layout()
+    return fig
+
+
+def student_diagram(cfg=None):
+    """Lesson 03's student as a block diagram with the tensor shapes of ``cfg`` (default: the
+    shipped student's :class:`course_lib.student.StudentConfig`; any object with its fields works).
+
+    Returns:
+        the matplotlib figure.
+    """
+    n = getattr(cfg, "net_size", 128)
+    g = getattr(cfg, "grid_size", 16)
+    d = getattr(cfg, "luma_bins", 8)
+    c = getattr(cfg, "channels", 64)
+    labels = len(getattr(cfg, "readout", ()) or ()) or 49
+    fig, ax = _diagram((11, 5.0), (0, 11), (0, 5.2))
+    blue, green, orange, grey = "#dde8f5", "#e6f2e0", "#f5e6d3", "#eeeeee"
+    # text branch
+    _box(ax, 1.0, 4.5, "instruction\n(string)", 1.5, 0.6, orange)
+    _box(ax, 3.1, 4.5, "MiniLM (frozen) 384\n+ word indicators", 1.9, 0.6, grey)
+    _box(ax, 5.4, 4.5, f"text MLP -> 'understood as'\nheads: p, s  (B, {labels}) each", 2.3, 0.6, blue)
+    _box(ax, 8.0, 4.5, f"edit code c = [1(p≥τ), 1(p≥τ)·s]\n(B, {2 * labels})", 2.4, 0.6, blue)
+    _arrow(ax, (1.75, 4.5), (2.15, 4.5))
+    _arrow(ax, (4.05, 4.5), (4.25, 4.5))
+    _arrow(ax, (6.55, 4.5), (6.8, 4.5))
+    # low-resolution image branch
+    _box(ax, 1.0, 2.9, "photo\n(B, 3, H, W)", 1.5, 0.6, orange)
+    _box(ax, 3.1, 2.9, f"resize\n(B, 3, {n}, {n})", 1.5, 0.6, grey)
+    _box(ax, 5.2, 2.9, f"splat: stride-2 convs\n+ FiLM(c)  (B, {c}, {g}, {g})", 2.1, 0.6, green)
+    _box(ax, 7.3, 3.45, f"local: [feat, y, x, r²]\n3x3 convs (B, {c}, {g}, {g})", 1.9, 0.6, green)
+    _box(ax, 7.3, 2.35, f"global: convs + FC\n(B, {c})", 1.9, 0.6, green)
+    _box(ax, 9.5, 2.9, f"fuse: act(FiLM(c)(l + g))\n1x1 head -> grid\n(B, 12, {d}, {g}, {g})", 2.0, 0.8, blue)
+    _arrow(ax, (1.75, 2.9), (2.35, 2.9))
+    _arrow(ax, (3.85, 2.9), (4.15, 2.9))
+    _arrow(ax, (6.25, 3.05), (6.35, 3.35))
+    _arrow(ax, (6.25, 2.75), (6.35, 2.45))
+    _arrow(ax, (8.25, 3.4), (8.5, 3.1))
+    _arrow(ax, (8.25, 2.4), (8.5, 2.7))
+    _arrow(ax, (8.0, 4.2), (5.5, 3.2), "FiLM: scale and shift", "#555555", offset=(0.6, 0.15))
+    _arrow(ax, (8.6, 4.2), (9.4, 3.3), "", "#555555")
+    # full-resolution branch
+    _box(ax, 3.1, 1.0, "guide = curves(photo)\n(B, H, W), full res", 1.9, 0.6, blue)
+    _box(ax, 6.3, 1.0, "slice: grid at (x, y, guide)\n-> A (B, 12, H, W)", 2.2, 0.6, blue)
+    _box(ax, 9.5, 1.0, "apply: out = A·[rgb, 1]\n(B, 3, H, W)", 2.0, 0.6, orange)
+    _arrow(ax, (1.0, 2.6), (2.2, 1.2))
+    _arrow(ax, (4.05, 1.0), (5.2, 1.0))
+    _arrow(ax, (9.5, 2.5), (7.2, 1.3), "grid", "#333333", offset=(0.2, 0.15))
+    _arrow(ax, (7.4, 1.0), (8.5, 1.0))
+    ax.text(5.5, 0.25, f"the network only sees {n}x{n} pixels; at full resolution the work is the guide, the slice and "
+            "one 3x4 transform per pixel", ha="center", fontsize=8, color="#555555")
+    fig.tight_layout()
+    return fig
+
+
+def teacher_conditioning_diagram(resolution: int = 32):
+    """Lesson 04's teacher: how the photo and the instruction condition the UNet, and the
+    two-scale classifier-free guidance that combines three of its predictions.
+
+    Returns:
+        the matplotlib figure.
+    """
+    r = resolution
+    fig, ax = _diagram((11, 4.6), (0, 11), (0, 4.8))
+    blue, green, orange, grey = "#dde8f5", "#e6f2e0", "#f5e6d3", "#eeeeee"
+    _box(ax, 1.0, 4.1, f"noisy edit x_t\n(B, 3, {r}, {r})", 1.5, 0.6, orange)
+    _box(ax, 1.0, 3.1, f"source photo\n(B, 3, {r}, {r})", 1.5, 0.6, orange)
+    _box(ax, 3.0, 3.6, f"concatenate\n(B, 6, {r}, {r})", 1.5, 0.6, grey)
+    _box(ax, 1.0, 1.9, "instruction", 1.5, 0.5, orange)
+    _box(ax, 3.0, 1.9, "MiniLM (frozen)\n(B, 1, 384)", 1.5, 0.6, grey)
+    _box(ax, 1.0, 0.9, "timestep t", 1.5, 0.5, orange)
+    _box(ax, 3.0, 0.9, "sinusoid + MLP\n+ proj(text)", 1.5, 0.6, grey)
+    _box(ax, 5.6, 2.5, "UNet\nResNet blocks (t-embedding added)\ncross-attention to the text token",
+         2.6, 1.1, green)
+    _box(ax, 8.5, 3.3, "x̂0 = source + UNet(...)\n(residual x0 form)", 2.2, 0.6, blue)
+    _box(ax, 8.5, 2.2, "ε̂ = (x_t − √ᾱ_t x̂0) / √(1−ᾱ_t)", 2.4, 0.5, blue)
+    for a, b in (((1.75, 4.0), (2.25, 3.7)), ((1.75, 3.2), (2.25, 3.5)), ((3.75, 3.5), (4.3, 2.9)),
+                 ((1.75, 1.9), (2.25, 1.9)), ((3.75, 1.9), (4.3, 2.3)), ((1.75, 0.9), (2.25, 0.9)),
+                 ((3.75, 1.0), (4.3, 2.1)), ((6.9, 2.8), (7.4, 3.2)), ((8.5, 3.0), (8.5, 2.45))):
+        _arrow(ax, a, b)
+    _arrow(ax, (3.0, 2.2), (3.0, 1.2), "", "#777777")
+    ax.text(8.5, 1.2, "classifier-free guidance, three predictions per step:\n"
+            "ε = ε(∅, ∅) + s_I [ε(src, ∅) − ε(∅, ∅)] + s_T [ε(src, text) − ε(src, ∅)]\n"
+            "(s_I = s_T = 1 needs only ε(src, text): one call)", ha="center", va="center", fontsize=8,
+            bbox={"boxstyle": "round", "fc": "#fff8e1", "ec": "#999999"})
+    ax.text(5.6, 4.55, "InstructPix2Pix in pixels: the photo enters as extra input channels, the words by attention",
+            ha="center", fontsize=8, color="#555555")
+    fig.tight_layout()
+    return fig
+
+
+def vsd_loop_diagram():
+    """Lesson 05's VSD loop: the student edits, the edit is noised, the frozen teacher and the
+    fake score (trained on the student's own edits) judge it, and their difference is the
+    student's gradient; no ground truth anywhere.
+
+    Returns:
+        the matplotlib figure.
+    """
+    fig, ax = _diagram((11, 4.6), (0, 11), (0, 4.8))
+    blue, green, orange, red = "#dde8f5", "#e6f2e0", "#f5e6d3", "#f8d7d7"
+    _box(ax, 1.0, 3.6, "photo + instruction\n(training; no target)", 1.7, 0.6, orange)
+    _box(ax, 3.1, 3.6, "student G_θ\n(one pass)", 1.4, 0.6, blue)
+    _box(ax, 5.0, 3.6, "edit x0 = G_θ(photo)\n(teacher's size)", 1.8, 0.6, orange)
+    _box(ax, 7.2, 3.6, "noise it: t ~ U[t_min, t_max]\nx_t = √ᾱ_t x0 + √(1−ᾱ_t) ε", 2.3, 0.6, "#eeeeee")
+    _box(ax, 9.6, 4.3, "teacher ε_real(x_t)\nfrozen, with CFG", 1.8, 0.6, green)
+    _box(ax, 9.6, 2.9, "fake score ε_fake(x_t)\nteacher + LoRA φ", 1.8, 0.6, red)
+    _box(ax, 4.9, 1.6, "grad = w(t) (ε_real − ε_fake)\nloss = ½‖x0 − sg(x0 − grad)‖²", 2.6, 0.7, blue)
+    _box(ax, 1.6, 1.6, "Adam step on θ\n(∂loss/∂x0 = grad)", 1.9, 0.6, blue)
+    _box(ax, 9.6, 0.7, "Adam step(s) on φ: denoising loss\non the student's (detached) edits", 2.6, 0.6, red)
+    _arrow(ax, (1.85, 3.6), (2.4, 3.6))
+    _arrow(ax, (3.8, 3.6), (4.1, 3.6))
+    _arrow(ax, (5.9, 3.6), (6.05, 3.6))
+    _arrow(ax, (8.35, 3.75), (8.7, 4.2))
+    _arrow(ax, (8.35, 3.45), (8.7, 3.0))
+    _arrow(ax, (9.3, 4.0), (5.6, 1.95), "", "#2e7d32")
+    _arrow(ax, (9.3, 2.6), (6.1, 1.95), "", "#b22222")
+    _arrow(ax, (3.6, 1.6), (2.55, 1.6))
+    _arrow(ax, (1.8, 1.9), (2.9, 3.3), "update the student", "#1f5fa8", offset=(-0.8, 0.1))
+    _arrow(ax, (5.2, 3.3), (8.3, 0.95), "x0 (detached)", "#b22222", offset=(0.55, 0.0))
+    _arrow(ax, (9.6, 1.0), (9.6, 2.6), "φ tracks the student", "#b22222", offset=(0.85, 0.0))
+    ax.text(5.5, 0.15, "ε_real pulls the edit towards what the teacher would make; ε_fake pushes it away from what the "
+            "student already makes (SDS uses the sampled ε instead: mode seeking)", ha="center", fontsize=8,
+            color="#555555")
+    fig.tight_layout()
+    return fig
+
+
+#: The course map: lesson -> (library modules, shipped weights), drawn by :func:`course_map`.
+COURSE_MAP: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("00 tour", ("world", "oracle", "metrics"), ()),
+    ("01 bilateral grid", ("bilateral", "images"), ()),
+    ("02 fast slicing", ("fastslice", "triton_slice", "csrc/"), ()),
+    ("03 student", ("student", "text", "train/student", "eval/world"),
+     ("student_supervised", "student_global_affine")),
+    ("04 teacher", ("teacher", "train/teacher", "eval/teacher"), ("teacher_embedded", "teacher_world")),
+    ("05 VSD", ("distill", "vsd_toy", "train/vsd"), ("student_vsd", "student_vsd_scratch")),
+    ("06 alignment", ("align", "train/align"), ("edit_clip", "student_vsd_align")),
+    ("07 inversion", ("inversion", "train/inverter", "eval/inversion"), ("inverter_lora", "lpips_vgg_lin")),
+    ("08 benchmark", ("bench", "eval/bench_retouch", "eval/score"), ()),
+    ("09 studio", ("apps/studio", "apps/retouch", "video"), ()),
+)
+
+
+def course_map(rows=COURSE_MAP, weights_dir=None):
+    """The README's one-screen course map: lessons -> library modules -> shipped weights.
+
+    Args:
+        rows: ``(lesson, modules, weights)`` triples (default :data:`COURSE_MAP`).
+        weights_dir: if given, weights missing there are drawn greyed and marked "(not shipped)".
+
+    Returns:
+        the matplotlib figure.
+    """
+    from pathlib import Path
+
+    n = len(rows)
+    fig, ax = _diagram((11, 0.55 * n + 1.0), (0, 11), (-0.6, n + 0.2))
+    ax.text(1.2, n - 0.05, "lesson (notebooks/)", ha="center", fontsize=9, weight="bold")
+    ax.text(5.0, n - 0.05, "library (course_lib/)", ha="center", fontsize=9, weight="bold")
+    ax.text(9.0, n - 0.05, "shipped weights (data/weights/)", ha="center", fontsize=9, weight="bold")
+    for k, (lesson, modules, weights) in enumerate(rows):
+        y = n - 1 - k
+        _box(ax, 1.2, y, lesson, 1.9, 0.5, "#f5e6d3")
+        _box(ax, 5.0, y, ", ".join(modules), 3.8, 0.5, "#dde8f5")
+        _arrow(ax, (2.2, y), (3.05, y))
+        if weights:
+            names = []
+            for w in weights:
+                missing = weights_dir is not None and not (Path(weights_dir) / f"{w}.safetensors").is_file()
+                names.append(w + (" (not shipped)" if missing else ""))
+            _box(ax, 9.0, y, ", ".join(names), 3.4, 0.5, "#e6f2e0")
+            _arrow(ax, (6.95, y), (7.25, y))
+    ax.text(5.5, -0.5, "solutions/ is the single source: `python -m course_lib notebooks` writes notebooks/ from it; "
+            "every lesson imports the library it shows", ha="center", fontsize=8, color="#555555")
+    fig.tight_layout()
+    return fig

@@ -122,7 +122,7 @@ def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
                        out=str(tmp_path / out))
 
     straight, log = train(args(4, "a.safetensors"), teacher=tiny_teacher)
-    assert len(log) == 4 and all(set(r) == {"step", "vsd", "align", "fake", "grad_rms", "mse_gt", "mse_id"} for r in log)
+    assert len(log) == 4 and all(set(r) == {"step", "vsd", "align", "regress", "fake", "grad_rms", "mse_gt", "mse_id"} for r in log)
     assert log[0]["grad_rms"] > 0
     # the student moved away from the identity
     assert any((p - q).abs().max() > 0 for p, q in zip(straight.parameters(), init.parameters()))

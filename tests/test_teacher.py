@@ -278,3 +278,38 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
     info = checkpoint_info(tmp_path / "c.safetensors")["train"]
     assert info["init"]["file"] == "a.safetensors" and info["init"]["train"]["steps"] == 2
 
+
+
+def test_train_teacher_on_the_data_world(tmp_path):
+    """``--data world`` trains on the data world 2.0's training photos (content-aware edits included)
+    and records it; an unknown ``--data`` is refused."""
+    from course_lib.train.teacher import TrainConfig, train, training_data
+
+    cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out_dir=str(tmp_path / "w"),
+                      export=str(tmp_path / "w.safetensors"), data="world", save_every=10, log_every=1)
+    ds = training_data(cfg)
+    assert type(ds).__name__ == "RetouchWorld" and ds.split == "train" and ds[0]["source"].shape == (3, 16, 16)
+    out = train(cfg, text_encoder=HashText())
+    assert len(out["losses"]) == 2 and all(math.isfinite(v) for _, v in out["losses"])
+    assert checkpoint_info(tmp_path / "w.safetensors")["train"]["data"] == "world"
+    with pytest.raises(ValueError):
+        training_data(dataclasses.replace(cfg, data="nope"))
+
+
+def test_world_tier_and_world_quality_table(tiny_teacher, tmp_path):
+    """``--teacher world`` is one more tier (a missing file is one clear error); ``teacher-eval
+    --data world`` scores the data world's test photos by wording and kind of edit."""
+    from course_lib.eval.teacher import world_quality_vs_steps, world_table
+    from course_lib.teacher import TIERS, TeacherError, load_teacher
+
+    assert "world" in TIERS
+    with pytest.raises(TeacherError, match="no teacher checkpoint"):
+        load_teacher("world", tmp_path / "absent.safetensors")
+    rows = world_quality_vs_steps(tiny_teacher, steps=(1,), n=3, wordings=("train",),
+                                  others={"oracle": lambda s, i, t: t})
+    by = {(r["method"], r["group"]): r for r in rows}
+    assert by[("oracle", "all")]["edit_accuracy"] == 100 and by[("oracle", "all")]["n"] == 3
+    assert by[("identity", "all")]["edit_accuracy"] == 0
+    assert {r["method"] for r in rows} == {"identity", "oracle", "teacher"}
+    table = world_table(rows)
+    assert "| teacher | 1 |" in table and "train, content-aware" in table

@@ -478,10 +478,10 @@ class Studio:
         self.cells.disabled = m != STUDENT
         self.source_instruction.layout.display = "" if m == INVERSE else "none"
         if m == TEACHER:
-            what = ("the embedded diffusion teacher edits a <b>32 x 32 px</b> copy" if self.teacher_tier == "embedded"
+            what = ("the embedded diffusion teacher edits a <b>32 x 32 px</b> copy" if self.teacher_tier != "hub"
                     else "InstructPix2Pix (hub tier) edits a copy whose shorter side is <b>512 px</b>")
             self.note.value = (f"<i>teacher: {what} with {self.teacher_steps} DDIM steps, upscaled back to the "
-                               f"photo's size{' (blurry)' if self.teacher_tier == 'embedded' else ''}; "
+                               f"photo's size{' (blurry)' if self.teacher_tier != 'hub' else ''}; "
                                f"strength blends with the original. Press Apply.</i>")
         elif m == INVERSE:
             self.note.value = ("<i>Inverse-and-Edit: invert the photo to noise under the source prompt, regenerate "

@@ -20,7 +20,7 @@ import torch
 from .. import config, metrics, student as student_lib
 from ..teacher import Teacher, TeacherError, add_teacher_options, load_teacher
 from ..viz import show_images
-from . import score as S, tables
+from . import score as S, tables, world as W
 from .heldout import heldout_batch
 
 #: Columns of the quality-vs-steps table (and keys of its rows).
@@ -61,6 +61,57 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
         r = S.run(teacher_fn, batch)
         rows.append({"method": "teacher", "steps": int(k), **r["scores"], "ms_per_image": r["ms_per_image"]})
     return rows
+
+
+def world_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 50), n: int = 48,
+                           wordings: Sequence[str] = ("train", "heldout_phrasing"), guidance=None, seed: int = 0,
+                           others: dict[str, S.Method] | None = None, chunk: int = 48, size: int | None = None) -> list[dict]:
+    """The teacher on the data world 2.0's **test photos**, per wording and kind of edit.
+
+    Items are :func:`course_lib.eval.world.world_batch` crops at the teacher's working size (or
+    ``size``), the same items for every method; scores are the world's keys
+    (:data:`course_lib.eval.world.KEYS`) split into the groups ``all``, ``global`` and
+    ``content-aware``.
+
+    Args:
+        teacher: any :class:`Teacher`; steps: DDIM step counts; n: items per wording.
+        wordings: any of :data:`course_lib.grammar.WORDINGS_KINDS`.
+        others: extra one-pass methods (e.g. a student), scored as ``steps = 1`` rows.
+
+    Returns:
+        One dict per (wording, method, steps, group): ``wording``, ``method`` (``identity`` first),
+        ``steps`` (0 identity, 1 one-pass), ``group``, ``n``, the scores and ``ms_per_image``.
+    """
+    size = size or teacher.resolution
+    rows = []
+    for w in wordings:
+        batch = W.world_batch(n, size, w, W.SEED)
+        fns: dict[tuple[str, int], S.Method] = {("identity", 0): lambda s, i, t: s}
+        fns.update({(name, 1): fn for name, fn in (others or {}).items()})
+        for k in steps:
+            def teacher_fn(src, texts, tgt, k=int(k)):
+                return torch.cat([teacher.edit(src[i:i + chunk], texts[i:i + chunk], steps=k, guidance=guidance,
+                                               seed=seed + i).float().cpu() for i in range(0, len(src), chunk)])
+            fns[("teacher", int(k))] = teacher_fn
+        for (name, k), fn in config.progress(list(fns.items()), desc=f"teacher-eval {w}"):
+            r = S.run(fn, batch, None, W.KEYS)
+            for g, sc in W.group_scores(r["items"], batch["kind"]).items():
+                rows.append({"wording": w, "method": name, "steps": k, "group": g, **sc,
+                             "ms_per_image": r["ms_per_image"]})
+    return rows
+
+
+def world_table(rows: list[dict], key: str = "psnr") -> str:
+    """Compact Markdown: one row per (method, steps), one column per (wording, group) of ``key``."""
+    cols = [(w, g) for w in dict.fromkeys(r["wording"] for r in rows) for g in ("global", "content-aware")]
+    val = {(r["method"], r["steps"], r["wording"], r["group"]): r for r in rows}
+    out = ["| method | steps | " + " | ".join(f"{w.replace('_', ' ')}, {g}" for w, g in cols) + " | ms / image |",
+           "|---|---:|" + "---:|" * len(cols) + "---:|"]
+    for m, k in dict.fromkeys((r["method"], r["steps"]) for r in rows):
+        cells = [val.get((m, k, w, g), {}).get(key, float("nan")) for w, g in cols]
+        ms = val.get((m, k, cols[0][0], "all"), {}).get("ms_per_image", float("nan"))
+        out.append(f"| {m} | {k} | " + " | ".join(tables.cell(c, "{:.2f}") for c in cells) + f" | {tables.cell(ms, '{:.0f}')} |")
+    return "\n".join(out)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -142,10 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
                    help="instruction phrasings: held out from training (default) or the training ones")
+    p.add_argument("--data", choices=["pairs", "world"], default="pairs",
+                   help="pairs: the first world's held-out photos (lesson 04); world: the data world 2.0's test "
+                        "photos with training wording and held-out phrasings, split by kind of edit")
+    p.add_argument("--json", default=None, help="also write the rows (and the command) as JSON here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
-        tables.check_free([a.out], a.overwrite)
+        tables.check_free([a.out] + ([a.json] if a.json else []), a.overwrite)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -155,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     g = tuple(float(x) for x in a.guidance.split(",")) if a.guidance else None
+    if a.data == "world":
+        return _main_world(a, teacher, g)
     others = {}
     if a.student:
         if student_lib.shipped_path().is_file():
@@ -176,4 +233,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"plot: {a.out}")
     print(tables.json_text(rows))
+    return 0
+
+
+def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
+    """``teacher-eval --data world``: :func:`world_quality_vs_steps`, printed, plotted and (``--json``) written."""
+    rows = world_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g)
+    print(f"guidance {g or teacher.default_guidance}, {a.n} test-photo items per wording at {teacher.resolution}px "
+          f"(PSNR dB; the data world 2.0)")
+    print(world_table(rows))
+    plot_rows = [r for r in rows if r["wording"] == "train" and r["group"] == "all"]
+    fig = plot_quality_vs_steps(plot_rows)
+    command = "python -m course_lib teacher-eval " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
+        if v not in (None, False) and k not in ("out", "overwrite", "json", "weights", "student", "paraphrases"))
+    files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=Path(a.out).suffix.lstrip(".") or "png")}
+    if a.json:
+        files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
+                                          "guidance": list(g or teacher.default_guidance), "command": command},
+                                         indent=1) + "\n"
+    try:
+        tables.write(files, overwrite=a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(files)}")
     return 0

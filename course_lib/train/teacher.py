@@ -43,6 +43,7 @@ from .. import config
 from ..data import RetouchPairs
 from ..teacher import build_embedded_unet, ddpm_config, embedded_unet_config, save_embedded_teacher
 from ..text import MiniLMEncoder
+from ..world import RetouchWorld
 from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
                      load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, set_lr, strip_prefix, with_prefix, write_state)
@@ -74,10 +75,20 @@ class TrainConfig:
     init: str | None = None  # start from an exported teacher checkpoint's weights (fresh optimizer)
     default_guidance: tuple[float, float] = (1.5, 3.0)
     threads: int = 1
+    data: str = "pairs"  # "pairs": the first world (lesson 04's teacher); "world": the data world 2.0
 
 
-def training_data(cfg: TrainConfig) -> RetouchPairs:
-    """The run's items (train photos, train paraphrases): item ``i`` is a pure function of ``(seed, i)``."""
+def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
+    """The run's items (train photos, train wording): item ``i`` is a pure function of ``(seed, i)``.
+
+    ``cfg.data == "pairs"``: the first world (nine photos, global edits, :class:`RetouchPairs`);
+    ``"world"``: the data world 2.0 (its training photos, random crops, content-aware families,
+    one to three edits per instruction, :class:`course_lib.world.RetouchWorld`).
+    """
+    if cfg.data == "world":
+        return RetouchWorld("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
+    if cfg.data != "pairs":
+        raise ValueError(f"--data must be 'pairs' or 'world', got {cfg.data!r}")
     return RetouchPairs("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
 
 
@@ -149,6 +160,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
     losses = st["losses"]
     cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
+            "data": run.get("data", "pairs"),
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
@@ -248,7 +260,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     model = acc.unwrap_model(unet).eval()
     if cfg.export and acc.is_main_process:
         weights = ema if ema is not None else model.state_dict()
-        info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
+        info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr, "data": cfg.data,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
                 "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
         export_checkpoint(weights, cfg, cfg.export, info)
@@ -269,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--resolution", type=int, default=d.resolution, help="pixels (default %(default)s)")
     p.add_argument("--channels", default=",".join(map(str, d.channels)), help="UNet widths (default %(default)s)")
     p.add_argument("--out-dir", default=d.out_dir, help="resumable state (default %(default)s)")
+    p.add_argument("--data", choices=["pairs", "world"], default=d.data,
+                   help="training photos and edits: the first world (pairs, default) or the data world 2.0 (world)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")

@@ -15,7 +15,21 @@ are **not** used for training, only logged as a monitor):
    student's (detached) samples (:func:`course_lib.distill.fake_score_loss`).
 
 Update ratio: ``fake_steps`` fake-score updates per student update (default 1, as
-threestudio; DMD2 uses more). Seeded; item ``i`` of the data is a pure function of
+threestudio; DMD2 uses more).
+
+The recipe knobs for VSD **from scratch** (``--init identity``; issue 19), each off by default so
+the pure-VSD run stays the ablation: ``--noise-samples K`` (K draws of ``(t, ε)`` per item, their
+gradients averaged: less one-sample variance), ``--ema-decay`` (the checkpoint holds an EMA of the
+student), ``--t-anneal`` (``t_max`` falls linearly to a lower value over the run, as
+ProlificDreamer/DreamTime do) and ``--regress-weight λ`` (DMD's regression term:
+``λ ||student(x) − teacher_50(x)||²`` on a fixed set of the teacher's *own* 50-step edits of
+training photos, :func:`teacher_edits`: teacher outputs, never ground truth).
+
+**No paired targets**: the training items pass through :class:`WithoutTargets`, which drops the
+data's ground truth (``target``, ``edits``) before the trainer sees them. The only ground truth
+in a run is the *monitor* (``mse_gt`` / ``mse_id`` in the log): a fixed batch of validation photos
+(the data world's; the first world has no validation photos, so its monitor uses training photos
+with another seed), scored without gradients and never fed back. Seeded; item ``i`` of the data is a pure function of
 ``(seed, i)``; ``--resume`` continues exactly from ``OUT`` and ``OUT.state/`` (student
 weights, LoRA weights, both optimisers, step and logs, all safetensors/JSON, no pickle).
 Written with 🤗 Accelerate, so ``accelerate launch -m course_lib.train.vsd ...`` runs it on
@@ -26,6 +40,7 @@ random draws, the student's gradients are averaged by DDP and the fake score's b
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -38,6 +53,7 @@ from .. import config
 from ..align import info_nce, load_edit_clip
 from ..bilateral import grid_tv
 from ..data import RetouchPairs, resize
+from ..world import RetouchWorld
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, load_student, save_student, shipped_path
@@ -64,6 +80,16 @@ class VSDArgs:
     tv_weight: float = 1e-4  # total variation of the grid, as in the supervised loop (0 = off)
     align_weight: float = 0.0  # lesson 06: weight of the prompt-alignment InfoNCE (0 = VSD only)
     align_path: str | None = None  # edit encoder checkpoint (default: the shipped one)
+    data: str = "pairs"  # "pairs": the first world; "world": the data world 2.0 (with --teacher world)
+    noise_samples: int = 1  # (t, ε) draws per item, gradients averaged
+    ema_decay: float = 0.0  # 0 = no EMA; else the checkpoint holds the EMA student
+    t_anneal: int = 0  # t_max falls linearly to t_anneal_to over the run (0 = off)
+    t_anneal_to: int = 500
+    regress_weight: float = 0.0  # DMD's regression on the teacher's own edits (0 = pure VSD)
+    regress_items: int = 256  # size of the teacher-edit set
+    regress_batch: int = 8
+    regress_steps: int = 50  # the teacher's DDIM steps for its edits
+    monitor_items: int = 16
     seed: int = 0
     save_every: int = 100
     out: str | None = None
@@ -73,26 +99,115 @@ def _student(args: VSDArgs) -> Student:
     if args.init == "supervised":
         return load_student(shipped_path(), device="cpu")
     if args.init == "identity":
-        return Student(StudentConfig(net_size=128, grid_size=args.grid_size))
+        # a fresh student: its head starts at zero, so its first edit is the identity; on the
+        # data world it also reads coordinates (graduated and radial filters need them)
+        return Student(StudentConfig(net_size=128, grid_size=args.grid_size, act="leaky",
+                                     coords=args.data == "world"))
     return load_student(args.init, device="cpu")
 
 
+class WithoutTargets(torch.utils.data.Dataset):
+    """A view of a paired data set without its ground truth: items keep ``source``, ``instruction``
+    and ``photo``; ``target`` and ``edits`` (the exact edit) are dropped. VSD trains on this."""
+
+    HIDDEN = ("target", "edits")
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v for k, v in self.ds[i].items() if k not in self.HIDDEN}
+
+
+def training_items(args: VSDArgs, seed_offset: int = 0) -> WithoutTargets:
+    """The run's training photos and instructions (train wording), without targets."""
+    if args.data == "world":
+        ds = RetouchWorld("train", "train", size=args.size, length=2**31 - 1, seed=args.seed + seed_offset)
+    elif args.data == "pairs":
+        ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1,
+                          seed=args.seed + seed_offset)
+    else:
+        raise ValueError(f"--data must be 'pairs' or 'world', got {args.data!r}")
+    return WithoutTargets(ds)
+
+
+def monitor_batch(args: VSDArgs) -> dict:
+    """The monitor's fixed items (with their ground truth, used only to log ``mse_gt``): validation
+    photos of the data world, or training photos of the first world drawn with another seed."""
+    n = args.monitor_items
+    ds = (RetouchWorld("val", "train", size=args.size, length=n, seed=10_000 + args.seed) if args.data == "world"
+          else RetouchPairs("train", "train", size=args.size, length=n, seed=10_000 + args.seed))
+    items = [ds[i] for i in range(n)]
+    return {"source": torch.stack([it["source"] for it in items]), "target": torch.stack([it["target"] for it in items]),
+            "instruction": [it["instruction"] for it in items]}
+
+
+@torch.no_grad()
+def teacher_edits(teacher, args: VSDArgs) -> dict:
+    """DMD's regression set: the teacher's own ``regress_steps``-step edits of training photos.
+
+    Returns:
+        ``source`` (N, 3, size, size) training crops in [0, 1], ``instruction`` (N str), ``edit``
+        (N, 3, r, r) the teacher's output at its working size r. Teacher outputs only: the data's
+        ground truth never enters (the items come through :class:`WithoutTargets`).
+    """
+    ds = training_items(args, seed_offset=20_000)
+    items = [ds[i] for i in range(args.regress_items)]
+    src = torch.stack([it["source"] for it in items])
+    instr = [it["instruction"] for it in items]
+    small = resize(src, teacher.working_size(*src.shape[-2:]))
+    out = [teacher.edit(small[i:i + 32], instr[i:i + 32], steps=args.regress_steps, seed=30_000 + i).float().cpu()
+           for i in config.progress(range(0, len(src), 32), desc="teacher edits (regression set)")]
+    return {"source": src, "instruction": instr, "edit": torch.cat(out)}
+
+
+def t_max_at(step: int, args: VSDArgs) -> int:
+    """The timestep range's top at ``step``: ``t_max`` linearly down to ``t_anneal_to`` over
+    ``t_anneal`` steps (then constant); ``t_anneal = 0`` keeps ``t_max``."""
+    if args.t_anneal <= 0:
+        return args.vsd.t_max
+    f = min(1.0, step / args.t_anneal)
+    return int(round(args.vsd.t_max + f * (args.t_anneal_to - args.vsd.t_max)))
+
+
 def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], args: VSDArgs,
-          processes: int = 1) -> None:
-    save_student(student, out, metadata={"trained_steps": str(step), "method": "vsd",
-                                         "vsd_args": json.dumps(dataclasses.asdict(args)),
-                                         "processes": str(processes), "log": json.dumps(log[-200:])})
+          processes: int = 1, ema=None) -> None:
+    """The checkpoint (the EMA student when there is one) and ``OUT.state/`` (LoRA, optimisers,
+    the raw student when the checkpoint holds its EMA)."""
+    meta = {"trained_steps": str(step), "method": "vsd", "vsd_args": json.dumps(dataclasses.asdict(args)),
+            "processes": str(processes), "log": json.dumps(log[-200:]), "paired_targets": "none",
+            "provenance": json.dumps(provenance(args))}
+    save_student(ema if ema is not None else student, out, metadata=meta)
     ts, ms = optimizer_tensors(opt_s, prefix="opt_s.")
     tf, mf = optimizer_tensors(opt_f, prefix="opt_f.")
-    write_state(state_dir(out), {**with_prefix("lora.", lora_state_dict(fake)), **ts, **tf},
+    raw = with_prefix("student.", {k: v.detach().contiguous() for k, v in student.state_dict().items()}) \
+        if ema is not None else {}
+    write_state(state_dir(out), {**with_prefix("lora.", lora_state_dict(fake)), **ts, **tf, **raw},
                 {"opt_s": ms, "opt_f": mf}, {"step": step, "log": log}, name="state.safetensors")
 
 
-def _load_state(out: Path, fake, opt_s, opt_f) -> tuple[int, list[dict]]:
+def provenance(args: VSDArgs) -> dict:
+    """What a VSD checkpoint says of where it came from: init, teacher, data and recipe."""
+    return {"init": args.init, "teacher": args.teacher, "teacher_path": args.teacher_path, "data": args.data,
+            "targets_seen": "none (WithoutTargets); the monitor scores validation photos without gradients",
+            "regression": (f"teacher's own {args.regress_steps}-step edits of {args.regress_items} training crops"
+                           if args.regress_weight > 0 else "none"),
+            "recipe": {k: v for k, v in dataclasses.asdict(args).items()
+                       if k in ("lr", "fake_lr", "vsd", "noise_samples", "ema_decay", "t_anneal", "t_anneal_to",
+                                "regress_weight", "tv_weight", "align_weight", "batch_size", "size", "steps")}}
+
+
+def _load_state(out: Path, fake, opt_s, opt_f, student=None) -> tuple[int, list[dict]]:
     tensors, meta, st = read_state(state_dir(out), name="state.safetensors")
     load_lora_state_dict(fake, strip_prefix(tensors, "lora."))
     load_optimizer_tensors(opt_s, tensors, meta["opt_s"], prefix="opt_s.")
     load_optimizer_tensors(opt_f, tensors, meta["opt_f"], prefix="opt_f.")
+    raw = strip_prefix(tensors, "student.")
+    if student is not None and raw:  # the checkpoint holds the EMA; the state the raw student
+        student.load_state_dict(raw)
     return int(st["step"]), list(st["log"])
 
 
@@ -120,6 +235,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
                                dtype=frozen_dtype(acc.device, acc.mixed_precision))
     out = Path(args.out) if args.out else None
     student = load_student(out, device="cpu") if resume else _student(args)
+    # θ_ema: a copy of the student that follows it slowly (resumed: the checkpoint is the EMA)
+    ema = copy.deepcopy(student).requires_grad_(False) if args.ema_decay > 0 else None
     fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
     opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
@@ -129,13 +246,16 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
     if resume:
         if out is None or not Path(f"{out}.state", "state.json").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} and {out}.state/ are needed")
-        start, log = _load_state(out, fake, opt_s, opt_f)
+        start, log = _load_state(out, fake, opt_s, opt_f, student=student if ema is not None else None)
     sync_parameters(acc, lora_parameters(fake))  # every process starts from the main one's fake score
     student.train()
     student, opt_s = acc.prepare(student, opt_s)
     model = acc.unwrap_model(student)
-    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed)
+    ds = training_items(args)  # sources and instructions only: no ground truth
+    monitor = monitor_batch(args)  # validation photos: logged, never trained on
+    regress = teacher_edits(teacher, args) if args.regress_weight > 0 else None
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
+    k = max(1, args.noise_samples)
     bar = config.progress(total=args.steps, initial=start, desc="train-vsd",
                           disable=config.is_fast() or not acc.is_local_main_process)
     for step in range(start, args.steps):
@@ -150,11 +270,26 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             cond = teacher.encode_source(resize(src, teacher.working_size(*src.shape[-2:])).to(teacher.device))
         out_img, grid = student(src, text_s, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
         x0 = to_teacher_space(teacher, out_img)  # (B, C, h, w)
-        n = shard.global_batch
-        t = shard.take(sample_timesteps(n, args.vsd, gen)).to(x0.device)
-        noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(x0)
-        grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, args.vsd)
+        n, b = shard.global_batch, x0.shape[0]
+        cfg_t = dataclasses.replace(args.vsd, t_max=t_max_at(step, args))
+        # K draws of (t, ε) per item, for the global batch; this process keeps its rows
+        t = shard.take(sample_timesteps(n * k, cfg_t, gen).view(n, k)).reshape(-1).to(x0.device)  # (B·K,)
+        noise = shard.take(torch.randn((n, k, *x0.shape[1:]), generator=gen)).reshape(b * k, *x0.shape[1:]).to(x0)
+        # grad = mean over the K draws of w(t)(ε_teacher − ε_fake)
+        grad = vsd_grad(teacher, fake, x0.repeat_interleave(k, 0), cond.repeat_interleave(k, 0),
+                        text_t.repeat_interleave(k, 0), t, noise, cfg_t).view(b, k, *x0.shape[1:]).mean(1)
         loss = vsd_loss(x0, grad)
+        reg = torch.zeros(())
+        if regress is not None:
+            # DMD's regression: ‖student(x) − teacher_50(x)‖² on the teacher's own edits
+            r_shard = dataclasses.replace(shard, batch=args.regress_batch)
+            idx = r_shard.take(torch.randint(0, len(regress["source"]), (r_shard.global_batch,), generator=gen))
+            r_src = regress["source"][idx].to(acc.device)
+            r_out = student(r_src, model.embed([regress["instruction"][i] for i in idx.tolist()]))
+            r_out = torch.nn.functional.interpolate(r_out, size=regress["edit"].shape[-2:], mode="bilinear",
+                                                    align_corners=False, antialias=True)
+            reg = (r_out - regress["edit"][idx].to(r_out)).pow(2).mean()
+            loss = loss + args.regress_weight * reg
         if args.tv_weight > 0:
             # + λ_TV TV(grid): smooth grids, as the supervised loop (lesson 03)
             loss = loss + args.tv_weight * grid_tv(grid)
@@ -180,15 +315,20 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             average_gradients(acc, lora_parameters(fake))
             opt_f.step()
             fake_losses.append(float(lf.detach()))
-        with torch.no_grad():
-            tgt = batch["target"].to(out_img)
-            mse_gt = float((out_img.clamp(0, 1) - tgt).pow(2).mean())
-            mse_id = float((src - tgt).pow(2).mean())  # the do-nothing edit, same batch
+        if ema is not None:
+            # θ_ema ← d θ_ema + (1 − d) θ,  d = min(decay, (1 + n)/(10 + n))
+            d = min(args.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        mse_gt, mse_id = _monitor(ema if ema is not None else model, monitor)
         rec = mean_over_processes(acc, {"vsd": float(vsd_loss(x0.detach(), grad)), "align": float(align.detach()),
+                                        "regress": float(reg.detach()),
                                         "fake": sum(fake_losses) / len(fake_losses),
                                         "grad_ms": float(grad.pow(2).mean().sqrt()) ** 2,
                                         "mse_gt": mse_gt, "mse_id": mse_id})
-        log.append({"step": step + 1, "vsd": rec["vsd"], "align": rec["align"], "fake": rec["fake"],
+        log.append({"step": step + 1, "vsd": rec["vsd"], "align": rec["align"], "regress": rec["regress"],
+                    "fake": rec["fake"],
                     "grad_rms": math.sqrt(rec["grad_ms"]), "mse_gt": rec["mse_gt"], "mse_id": rec["mse_id"]})
         bar.update(1)
         if (step + 1) % log_every == 0:
@@ -197,11 +337,24 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
                             mse_gt=f"{sum(r['mse_gt'] for r in recent) / len(recent):.5f}")
         if out is not None:
             save_on_main(acc, step + 1, args.steps, args.save_every,
-                         lambda: _save(out, model, fake, opt_s, opt_f, step + 1, log, args, acc.num_processes))
+                         lambda: _save(out, model, fake, opt_s, opt_f, step + 1, log, args, acc.num_processes, ema))
     bar.close()
     acc.wait_for_everyone()
+    final = ema if ema is not None else model
+    final.eval()
+    return final, log
+
+
+@torch.no_grad()
+def _monitor(model, batch: dict) -> tuple[float, float]:
+    """``(MSE of the student's edits to the truth, MSE of the unedited photos)`` on the monitor's
+    fixed validation items, in eval mode, without gradients (a log, never a loss)."""
+    was = model.training
     model.eval()
-    return model, log
+    dev = next(model.parameters()).device
+    out = model(batch["source"].to(dev), model.embed(batch["instruction"])).clamp(0, 1).cpu()
+    model.train(was)
+    return float((out - batch["target"]).pow(2).mean()), float((batch["source"] - batch["target"]).pow(2).mean())
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -234,7 +387,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-weight", type=float, default=d.align_weight,
                    help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
     p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
+    p.add_argument("--data", choices=["pairs", "world"], default=d.data,
+                   help="training photos: the first world (pairs, default) or the data world 2.0 (world; use "
+                        "--teacher world)")
+    r = p.add_argument_group("recipe for VSD from scratch (each off by default: the pure-VSD ablation)")
+    r.add_argument("--noise-samples", type=int, default=d.noise_samples,
+                   help="(t, noise) draws per item, their gradients averaged (default %(default)s)")
+    r.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help="keep an EMA of the student and save it (0 = off, default)")
+    r.add_argument("--t-anneal", type=int, default=d.t_anneal,
+                   help="over this many steps t_max falls linearly to --t-anneal-to (0 = off, default)")
+    r.add_argument("--t-anneal-to", type=int, default=d.t_anneal_to)
+    r.add_argument("--regress-weight", type=float, default=d.regress_weight,
+                   help="DMD's regression on the teacher's own multi-step edits of training photos (teacher "
+                        "outputs, never ground truth; 0 = pure VSD, default)")
+    r.add_argument("--regress-items", type=int, default=d.regress_items, help="size of the teacher-edit set")
+    r.add_argument("--regress-batch", type=int, default=d.regress_batch, help="teacher edits per step and process")
+    r.add_argument("--regress-steps", type=int, default=d.regress_steps, help="the teacher's DDIM steps per edit")
     a = parse_run_options(p, argv)
+    if a.noise_samples < 1:
+        p.error("--noise-samples must be at least 1")
     t_min, t_max = (int(x) for x in a.t_range.split(","))
     vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
                     weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
