@@ -31,6 +31,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .data import RetouchPairs, resize
+from .student import Student, StudentConfig
 from .teacher import Guidance, Teacher
 
 #: LoRA target modules of a diffusers ``UNet2DConditionModel``: attention projections and
@@ -291,6 +293,83 @@ def fake_score_loss(fake: Teacher, x0: torch.Tensor, cond: torch.Tensor, text: t
     snr = ab / (1 - ab)
     w = torch.clamp(1 + snr, max=max_weight) / snr
     return (w * (eps_hat - noise) ** 2).mean()
+
+
+# ----------------------------------------------------------------------------- one step of the loop
+
+
+def vsd_step(student, fake: Teacher, teacher: Teacher, source: torch.Tensor, instructions: Sequence[str],
+             opt_s: torch.optim.Optimizer, opt_f: torch.optim.Optimizer, cfg: VSDConfig | None = None,
+             generator: torch.Generator | None = None) -> dict[str, float]:
+    """One iteration of the VSD loop (lesson 05, exercise 5.4): a student update, then the fake score's.
+
+    The trainer (:mod:`course_lib.train.vsd`) does exactly this on one process with its extras
+    off (TV, alignment, regression, several noise draws); its test checks that the two agree.
+
+    Args:
+        student: a :class:`course_lib.student.Student` (``student(source, text)`` -> edit, ``embed``).
+        fake: the fake score (:func:`make_fake_score`); teacher: the frozen teacher.
+        source: (B, 3, S, S) training photos in [0, 1]; instructions: B strings. No targets.
+        opt_s, opt_f: optimisers of the student and of the fake score's LoRA.
+        generator: draws ``t``, ``ε`` (student update), then ``t``, ``ε`` per fake-score update.
+
+    Returns:
+        ``{"vsd": 0.5 ||grad||² per image, "fake": mean fake-score loss}``.
+    """
+    cfg = cfg or VSDConfig()
+    with torch.no_grad():
+        text_s = student.embed(list(instructions))  # (B, text_dim)
+        text_t = teacher.encode_text(list(instructions))  # (B, L, D)
+        cond = teacher.encode_source(resize(source, teacher.working_size(*source.shape[-2:])).to(teacher.device))
+    # 1. the student edits; its edit in the teacher's space
+    x0 = to_teacher_space(teacher, student(source, text_s))  # (B, C, h, w)
+    b = x0.shape[0]
+    # 2. grad = w(t) (ε_teacher(x_t) − ε_fake(x_t)), applied through ½‖x0 − sg(x0 − grad)‖²
+    t = sample_timesteps(b, cfg, generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    grad = vsd_grad(teacher, fake, x0, cond, text_t, t, noise, cfg)
+    loss = vsd_loss(x0, grad)
+    opt_s.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_s.step()
+    # 3. the fake score learns the student's current edits (detached): denoising loss on x0
+    fake_losses = []
+    for _ in range(cfg.fake_steps):
+        t_f = torch.randint(0, len(fake.train_scheduler.alphas_cumprod), (b,), generator=generator)
+        noise_f = torch.randn(x0.shape, generator=generator)
+        lf = fake_score_loss(fake, x0.detach(), cond, text_t, t=t_f, noise=noise_f)
+        opt_f.zero_grad(set_to_none=True)
+        lf.backward()
+        opt_f.step()
+        fake_losses.append(float(lf.detach()))
+    return {"vsd": float(loss.detach()), "fake": sum(fake_losses) / max(len(fake_losses), 1)}
+
+
+def run_vsd_steps(step, teacher: Teacher, seed: int = 0, steps: int = 3, size: int = 32,
+                  batch: int = 2) -> list[torch.Tensor]:
+    """Exercise 5.4's check: ``steps`` iterations of ``step`` (a function like :func:`vsd_step`)
+    from the same tiny fresh student, fresh fake score and training photos (no targets).
+
+    Returns:
+        ``[student parameters, fake-score LoRA parameters, per-step losses]`` as flat tensors.
+    """
+    torch.manual_seed(seed)
+    model = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
+    torch.nn.init.normal_(model.head.weight, std=0.01)  # not the identity: the first gradient is not the guidance alone
+    fake = make_fake_score(teacher, rank=2, alpha=4)
+    opt_s = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt_f = torch.optim.Adam(lora_parameters(fake), lr=1e-3)
+    ds = RetouchPairs("train", "train", size=size, length=steps * batch, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    cfg = VSDConfig(guidance=(1.0, 2.0), fake_steps=2)
+    losses = []
+    for k in range(steps):
+        items = [ds[k * batch + i] for i in range(batch)]
+        src = torch.stack([it["source"] for it in items])
+        out = step(model, fake, teacher, src, [it["instruction"] for it in items], opt_s, opt_f, cfg, gen)
+        losses += [out["vsd"], out["fake"]]
+    flat = lambda ps: torch.cat([p.detach().flatten() for p in ps])  # noqa: E731
+    return [flat(model.parameters()), flat(lora_parameters(fake)), torch.tensor(losses)]
 
 
 # ----------------------------------------------------------------------------- student -> teacher space

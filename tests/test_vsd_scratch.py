@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from course_lib import config
 from course_lib.distill import VSDConfig
 from course_lib.student import Student, StudentConfig, save_student
 from course_lib.train import vsd as train_vsd
@@ -98,3 +99,47 @@ def test_noise_samples_average_the_gradient(tiny_teacher):
     each = sum(vsd_grad(tiny_teacher, fake, x0, cond, text, t[:, j], noise[:, j]) for j in range(k)) / k
     scale = each.abs().max().item()
     torch.testing.assert_close(both, each, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+
+
+def test_library_vsd_step_is_the_trainers_step(tiny_teacher, tmp_path):
+    """:func:`course_lib.distill.vsd_step` (exercise 5.4's reference) makes the same update as one
+    step of the trainer on one process with its extras off."""
+    from course_lib.data import RetouchPairs
+    from course_lib.distill import lora_parameters, make_fake_score, vsd_step
+    from course_lib.student import load_student
+
+    init = _tiny_init(tmp_path)
+    args = train_vsd.VSDArgs(steps=1, batch_size=2, size=24, init=init, tv_weight=0.0,
+                             vsd=VSDConfig(guidance=(1.0, 2.0), lora_rank=2, lora_alpha=4, fake_steps=2),
+                             monitor_items=2)
+    trained, log = train_vsd.train(args, teacher=tiny_teacher)
+    config.seed_everything(args.seed)  # as the trainer: the same random LoRA A matrices
+    model = load_student(init).train()
+    fake = make_fake_score(tiny_teacher, 2, 4)
+    opt_s = torch.optim.Adam(model.parameters(), lr=args.lr)
+    opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
+    items = [RetouchPairs("train", "train", size=24, length=2, seed=0)[i] for i in range(2)]
+    out = vsd_step(model, fake, tiny_teacher, torch.stack([it["source"] for it in items]),
+                   [it["instruction"] for it in items], opt_s, opt_f, args.vsd, torch.Generator().manual_seed(0))
+    for p, q in zip(trained.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q)
+    assert out["vsd"] == pytest.approx(log[0]["vsd"], rel=1e-5) and out["fake"] == pytest.approx(log[0]["fake"], rel=1e-5)
+
+
+def test_run_vsd_steps_tells_a_wrong_step_apart(tiny_teacher):
+    """Exercise 5.4's check: the reference agrees with itself and a step that forgets the fake
+    score's update (or uses SDS's ε instead of the fake's) does not."""
+    from course_lib import distill
+
+    ref = distill.run_vsd_steps(distill.vsd_step, tiny_teacher, seed=1)
+    again = distill.run_vsd_steps(distill.vsd_step, tiny_teacher, seed=1)
+    for a, b in zip(ref, again):
+        torch.testing.assert_close(a, b)
+
+    def no_fake_update(student, fake, teacher, source, instr, opt_s, opt_f, cfg, gen):
+        import dataclasses
+        return distill.vsd_step(student, fake, teacher, source, instr, opt_s, opt_f,
+                                dataclasses.replace(cfg, fake_steps=0), gen)
+
+    wrong = distill.run_vsd_steps(no_fake_update, tiny_teacher, seed=1)
+    assert not torch.allclose(wrong[0], ref[0], atol=1e-6)
