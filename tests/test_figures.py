@@ -45,3 +45,13 @@ def test_course_map_names_real_modules_and_lessons():
                 assert (ROOT / "course_lib" / m).is_dir(), m
             else:
                 importlib.import_module("course_lib." + m.replace("/", "."))
+
+
+def test_readme_shows_the_course_map_and_it_is_written(tmp_path):
+    from course_lib.apps.cli import COURSE_MAP_PNG, write_course_map
+
+    assert str(COURSE_MAP_PNG.relative_to(ROOT)) in (ROOT / "README.md").read_text()
+    assert COURSE_MAP_PNG.is_file()
+    out = tmp_path / "map.png"
+    assert write_course_map(out) is True and out.read_bytes()[:4] == b"\x89PNG"
+    assert write_course_map(out) is False  # unchanged: not rewritten

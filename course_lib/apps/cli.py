@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .. import config, data, grammar, oracle, world
 from ..config import no_network
 from ..util.notebooks import README, NotebookError, generate
+from ..viz import course_map
 from .doctor import report
 
 
@@ -87,5 +89,29 @@ def notebooks_main(argv: list[str]) -> int:
             print(r, file=sys.stderr)
         print("notebooks: in sync with solutions/" if not results else f"notebooks: {len(results)} problem(s)")
         return 1 if results else 0
+    if write_course_map():
+        results.append(str(COURSE_MAP_PNG))
     print(f"notebooks: wrote {len(results)} file(s)" + "".join(f"\n  {r}" for r in results))
     return 0
+
+
+#: The README's course map (lessons -> library modules -> shipped weights), drawn by ``viz.course_map``.
+COURSE_MAP_PNG = config.REPO_ROOT / "data" / "figures" / "course_map.png"
+
+
+def write_course_map(path: Path = COURSE_MAP_PNG) -> bool:
+    """Draw the course map and write it to ``path`` if its bytes changed; True if written."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = course_map(weights_dir=config.WEIGHTS_DIR)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    new = buf.getvalue()
+    if path.is_file() and path.read_bytes() == new:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(new)
+    return True
