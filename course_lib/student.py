@@ -41,8 +41,8 @@ from . import config, world
 from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
 from .fastslice import load_cpu_extension
 from .text import bag_of_words, shared_encoder
-from .bilateral import CurveGuide, LumaGuide, identity_grid, make_guide, slice_apply
-from .data import load_photo, resize
+from .bilateral import CurveGuide, LumaGuide, grid_tv, identity_grid, make_guide, slice_apply
+from .data import RetouchPairs, load_photo, resize
 from .grammar import describe
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
@@ -632,6 +632,47 @@ class Student(nn.Module):
 def n_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_step(model: Student, opt: torch.optim.Optimizer, source: torch.Tensor, text: torch.Tensor,
+               target: torch.Tensor, tv_weight: float = 1e-4) -> float:
+    """One supervised step of lesson 03 (exercise 3.5): forward, loss, backward, update.
+
+    ``L = mean (pred − target)² + λ_TV TV(grid)``; the trainer (:mod:`course_lib.train.student`) adds
+    the reading loss and code forcing when the student has readout heads, and averages gradients over
+    processes; without those it makes exactly this step (tested).
+
+    Args:
+        source, target: (B, 3, S, S) in [0, 1]; text: (B, text_dim) from :meth:`Student.embed`.
+
+    Returns:
+        the step's MSE (before the update).
+    """
+    pred, grid = model(source, text, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
+    # L = mean (pred − target)² + λ TV(grid)
+    mse = (pred - target).pow(2).mean()
+    loss = mse + tv_weight * grid_tv(grid)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(mse.detach())
+
+
+def run_train_steps(step, seed: int = 0, steps: int = 3, size: int = 32, batch: int = 4) -> list[torch.Tensor]:
+    """Exercise 3.5's check: ``steps`` calls of ``step`` (a function like :func:`train_step`) from the
+    same tiny fresh student and first-world training items. Returns ``[parameters, MSEs]``, flat."""
+    torch.manual_seed(seed)
+    model = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ds = RetouchPairs("train", "train", size=size, length=steps * batch, seed=seed)
+    mses = []
+    for k in range(steps):
+        items = [ds[k * batch + i] for i in range(batch)]
+        src, tgt = torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items])
+        with torch.no_grad():
+            text = model.embed([it["instruction"] for it in items])
+        mses.append(step(model, opt, src, text, tgt, 1e-4))
+    return [torch.cat([p.detach().flatten() for p in model.parameters()]), torch.tensor(mses)]
 
 
 @torch.no_grad()

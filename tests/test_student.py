@@ -211,3 +211,38 @@ def test_global_affine_student_is_one_colour_matrix():
     with torch.no_grad():
         g_full = full.predict_grid(x, text)
     assert (g_full - g_full[:, :, :1, :1, :1]).abs().max() > 1e-3
+
+
+def test_train_step_is_the_trainers_step():
+    """:func:`course_lib.student.train_step` (exercise 3.5's reference) makes the trainer's update
+    when the trainer's extras (reading loss, word dropout, several processes) are off."""
+    from course_lib import config
+    from course_lib.student import Student, StudentConfig, featurise, train_step
+    from course_lib.train.common import Shard, set_lr
+    from course_lib.train.student import TrainArgs, schedule, train, training_data
+
+    args = TrainArgs(steps=1, batch_size=2, size=24, net_size=32, grid_size=8, luma_bins=4, channels=16, lr=1e-3,
+                     warmup=1, data="pairs", word_dropout=0.0)
+    trained, losses = train(args)
+    config.seed_everything(args.seed)
+    cfg = StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, act=args.act, film_hidden=args.film_hidden)
+    model = Student(cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    set_lr(opt, schedule(0, args))
+    batch = Shard(2).fetch(training_data(args), 0)
+    mse = train_step(model, opt, batch["source"], featurise(batch["instruction"], cfg), batch["target"], args.tv_weight)
+    assert mse == pytest.approx(losses[0], rel=1e-6)
+    for p, q in zip(trained.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_run_train_steps_tells_a_wrong_step_apart():
+    from course_lib.student import run_train_steps, train_step
+
+    ref, again = run_train_steps(train_step, seed=2), run_train_steps(train_step, seed=2)
+    torch.testing.assert_close(ref[0], again[0])
+
+    def no_tv(model, opt, source, text, target, tv_weight):
+        return train_step(model, opt, source, text, target, 0.0)
+
+    assert not torch.allclose(run_train_steps(no_tv, seed=2)[0], ref[0], atol=1e-7)

@@ -109,12 +109,13 @@ def stale_quotes(text: str, root: str | Path = ".", units_needing_source: str = 
 
 
 def notebook_problems(path: str | Path, root: str | Path = ".") -> list[str]:
-    """:func:`stale_quotes` for every Markdown cell of a notebook, as ``"cell k: problem"`` lines."""
+    """:func:`stale_quotes` for every Markdown cell of a notebook, as ``"NAME cell ID: problem"`` lines
+    (``ID`` the cell's id, which stays when cells are inserted before it; its index if it has none)."""
     nb = json.loads(Path(path).read_text())
     out = []
     for k, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "markdown":
             continue
         src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        out += [f"{Path(path).name} cell {k}: {p}" for p in stale_quotes(src, root)]
+        out += [f"{Path(path).name} cell {cell.get('id', k)}: {p}" for p in stale_quotes(src, root)]
     return out
