@@ -20,6 +20,7 @@ import torch
 
 from . import config
 from .bilateral import slice_apply_grid_sample
+from .util.files import atomic_write_text
 from .fastslice import available_impls, frame_cost, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     parser.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
+    parser.add_argument("--json", default=None,
+                        help="also write the result here (e.g. data/results/bench_slice.json, which lesson 02 renders)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
     if args.what == "retouch":
         parser.error("run 'python -m course_lib bench retouch' (course_lib.eval.bench_retouch)")
@@ -218,14 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     device = config.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else config.OUTPUT_DIR
+    targets = [out / f"bench_slice.{ext}" for ext in ("json", "md", "png")] + ([Path(args.json)] if args.json else [])
+    clash = [str(t) for t in targets if t.exists() and not args.overwrite]
+    if clash:  # checked before the (long) run: nothing is lost
+        print(f"error: {clash[0]} exists (use --overwrite to replace it)", file=__import__("sys").stderr)
+        return 2
     result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
                  backward=not args.no_backward)
+    result["command"] = "python -m course_lib bench slice " + " ".join(
+        a for a in argv if a not in ("slice", "--overwrite"))
     table = format_table(result)
     print(table)
-    out = Path(args.out) if args.out else config.OUTPUT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_slice.json").write_text(json.dumps(result, indent=1))
-    (out / "bench_slice.md").write_text(table + "\n")
+    text = json.dumps(result, indent=1) + "\n"
+    atomic_write_text(out / "bench_slice.json", text, overwrite=True)
+    atomic_write_text(out / "bench_slice.md", table + "\n", overwrite=True)
+    if args.json:
+        atomic_write_text(args.json, text, overwrite=True)
     import matplotlib.pyplot as plt
 
     plt.close(plot(result, out / "bench_slice.png"))

@@ -220,5 +220,13 @@ def test_bench_command_smoke(tmp_path, capsys):
     result = json.loads((tmp_path / "bench_slice.json").read_text())
     assert {r["impl"] for r in result["rows"]} >= {"naive"} and result["bandwidth_GBps"] > 0
     assert (tmp_path / "bench_slice.png").stat().st_size > 0 and (tmp_path / "bench_slice.md").exists()
+    assert result["command"].startswith("python -m course_lib bench slice --sizes 40x24,33")
+    # an existing output is never replaced without --overwrite (checked before the run)
+    before = (tmp_path / "bench_slice.json").read_text()
+    assert main(["bench", "slice", "--sizes", "40x24", "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert "exists" in capsys.readouterr().err and (tmp_path / "bench_slice.json").read_text() == before
+    assert main(["bench", "slice", "--sizes", "40x24", "--repeats", "1", "--out", str(tmp_path), "--overwrite",
+                 "--json", str(tmp_path / "r" / "slice.json")]) == 0
+    assert json.loads((tmp_path / "r" / "slice.json").read_text())["rows"]
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
