@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teacher-eval": ("course_lib.eval.teacher:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
     "train-student": ("course_lib.train.student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
     "train-vsd": ("course_lib.train.vsd:main", "distil the teacher into the grid student with VSD (no paired targets)"),
+    "vsd-study": ("course_lib.eval.vsd_study:main", "score VSD students of the from-scratch ablation next to the identity and the teacher"),
     "train-inverter": ("course_lib.train.inverter:main", "cycle-consistency training of the 4-step inverter (lesson 07)"),
     "inversion-eval": ("course_lib.eval.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train.align:main", "train the embedded edit encoder for the prompt-alignment loss"),

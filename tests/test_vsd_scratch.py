@@ -143,3 +143,17 @@ def test_run_vsd_steps_tells_a_wrong_step_apart(tiny_teacher):
 
     wrong = distill.run_vsd_steps(no_fake_update, tiny_teacher, seed=1)
     assert not torch.allclose(wrong[0], ref[0], atol=1e-6)
+
+
+def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_path):
+    from course_lib.eval import vsd_study
+
+    student, _ = train_vsd.train(_args(tmp_path, "s.safetensors", steps=2, data="pairs"), teacher=tiny_teacher)
+    result = vsd_study.study({"from scratch": str(tmp_path / "s.safetensors"), "init": _tiny_init(tmp_path)},
+                             tiny_teacher, n=3, size=24, teacher_steps=2)
+    assert [r["method"] for r in result["rows"]] == ["identity", "teacher, 2 DDIM steps", "from scratch", "init"]
+    rec = result["records"]["from scratch"]
+    assert rec["paired_targets"] == "none" and rec["steps"] == 2 and len(rec["curve"]) == 2
+    assert result["records"]["init"]["paired_targets"] == "yes"  # no word of it in the file: assume it did
+    vsd_study.plot_curves(result)
+    assert vsd_study.main(["--students", "x=" + str(tmp_path / "absent.safetensors")]) == 2

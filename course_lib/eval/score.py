@@ -48,6 +48,7 @@ RECONSTRUCTION_KEYS = ("psnr", "ssim", "lpips")
 COLUMNS: dict[str, tuple[str, str]] = {
     "method": ("method", "{}"),
     "steps": ("steps", "{}"),
+    "paired_targets": ("paired targets", "{}"),
     "psnr": ("PSNR (dB) ↑", "{:.2f}"),
     "de00": ("ΔE00 ↓", "{:.2f}"),
     "accuracy": ("instruction acc. (%) ↑", "{:.0f}"),

@@ -1,0 +1,137 @@
+"""``python -m course_lib vsd-study``: the VSD-from-scratch recipe ablation of lesson 05.
+
+Every student named on the command line is scored on the same items - **held-out photos** x
+**training phrasings** by default (the issue's test: new photos, known wording) - next to the
+identity and the teacher's own 50-step edit (its 32 px change transferred onto the photo, as in
+``bench retouch``). For each student the table also gives what its checkpoint says of its
+training: steps, recipe (from the provenance written by ``train-vsd``) and whether it saw paired
+targets, and the curve of its monitor (MSE to a held-back truth / the identity's, from the log
+stored in the checkpoint) for the training-curve figure.
+
+Scores: :mod:`course_lib.eval.score` (PSNR dB, ΔE00, instruction accuracy %, direction %, drift).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import config
+from ..student import load_student, read_metadata
+from ..teacher import TeacherError, add_teacher_options, load_teacher
+from . import score as S, tables
+from .bench_retouch import _small, transfer_edit
+from .heldout import SEED, heldout_batch
+from .student import student_method
+
+COLUMNS = ("method", "steps", "paired_targets", *S.EDIT_KEYS)
+
+
+def checkpoint_record(path: str | Path) -> dict:
+    """What a student checkpoint says of its training: ``steps``, ``paired_targets``, ``provenance``,
+    and the monitor curve ``[(step, mse_gt / mse_id), ...]`` (empty for a supervised student)."""
+    meta = read_metadata(path)
+    log = json.loads(meta.get("log", "[]") or "[]")
+    curve = [(r["step"], r["mse_gt"] / r["mse_id"]) for r in log if r.get("mse_id")]
+    return {"steps": int(meta.get("trained_steps", 0) or 0), "paired_targets": meta.get("paired_targets", "yes"),
+            "provenance": json.loads(meta.get("provenance", "{}") or "{}"), "curve": curve}
+
+
+def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraphrases: str = "train",
+          teacher_steps: int = 50, seed: int = SEED) -> dict:
+    """Score the identity, the teacher and every student on the same held-out items.
+
+    Args:
+        students: display name -> checkpoint path.
+        teacher: the teacher the students were distilled from.
+
+    Returns:
+        ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases"}``.
+    """
+    batch = heldout_batch(n, size, seed, paraphrases)
+    rows = [{"method": "identity", "steps": 0, "paired_targets": "-", **S.score(batch["source"], batch)}]
+
+    def teacher_fn(s, i, t):
+        small = _small(teacher, s)
+        out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
+                         for k in range(0, len(i), 24)])
+        return transfer_edit(s, small, out)
+
+    rows.append({"method": f"teacher, {teacher_steps} DDIM steps", "steps": "-", "paired_targets": "yes",
+                 **S.run(teacher_fn, batch)["scores"]})
+    records = {}
+    for name, path in students.items():
+        records[name] = rec = checkpoint_record(path)
+        model = load_student(path, device="cpu").eval()
+        rows.append({"method": name, "steps": rec["steps"], "paired_targets": rec["paired_targets"],
+                     **S.run(student_method(model), batch)["scores"]})
+    return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases}
+
+
+def plot_curves(result: dict):
+    """The monitor of every VSD student against its step (1 = the identity). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for name, rec in result["records"].items():
+        if rec["curve"]:
+            steps, values = zip(*rec["curve"])
+            k = max(1, len(values) // 40)  # a running mean over k steps
+            smooth = torch.nn.functional.avg_pool1d(torch.tensor(values)[None, None], k, 1)[0, 0]
+            ax.plot(steps[k - 1:], smooth, label=name)
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="step", ylabel="monitor: MSE to truth / identity's", title="VSD from scratch: training curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_lib vsd-study",
+                                description="Score VSD students (each recipe of the ablation) next to the identity "
+                                            "and the 50-step teacher on held-out photos.")
+    p.add_argument("--students", required=True, help="comma-separated NAME=CHECKPOINT pairs")
+    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out items")
+    p.add_argument("--size", type=int, default=64, help="image side (pixels)")
+    p.add_argument("--paraphrases", choices=["train", "heldout"], default="train")
+    p.add_argument("--teacher-steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    add_teacher_options(p)
+    p.add_argument("--json", default=None, help="write the result (and the command) here")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    try:
+        students = dict(item.split("=", 1) for item in a.students.split(","))
+    except ValueError:
+        print("error: --students takes NAME=CHECKPOINT pairs separated by commas", file=sys.stderr)
+        return 2
+    missing = [path for path in students.values() if not Path(path).is_file()]
+    if missing:
+        print(f"error: no checkpoint at {missing[0]}", file=sys.stderr)
+        return 2
+    try:
+        tables.check_free([a.json] if a.json else [], a.overwrite)
+        teacher = load_teacher(a.teacher, a.teacher_path)
+    except (FileExistsError, TeacherError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps)
+    result["teacher"] = a.teacher_path or a.teacher
+    result["command"] = "python -m course_lib vsd-study " + " ".join(
+        f"--{k.replace('_', '-')} {v!r}" if isinstance(v, str) and ("," in v or " " in v) else
+        f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items())
+        if v not in (None, False) and k not in ("json", "overwrite", "threads"))
+    print(tables.markdown(result["rows"], COLUMNS, title=f"held-out photos x {a.paraphrases} phrasings, "
+                                                          f"n = {a.n}, {a.size} px"))
+    if a.json:
+        tables.write({a.json: tables.json_text(result, indent=1) + "\n"}, overwrite=a.overwrite)
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
