@@ -86,6 +86,7 @@ class VSDArgs:
     t_anneal: int = 0  # t_max falls linearly to t_anneal_to over the run (0 = off)
     t_anneal_to: int = 500
     regress_weight: float = 0.0  # DMD's regression on the teacher's own edits (0 = pure VSD)
+    vsd_weight: float = 1.0  # 0 with regress_weight > 0: the regression alone (an ablation, not VSD)
     regress_items: int = 256  # size of the teacher-edit set
     regress_batch: int = 8
     regress_steps: int = 50  # the teacher's DDIM steps for its edits
@@ -197,7 +198,7 @@ def provenance(args: VSDArgs) -> dict:
                            if args.regress_weight > 0 else "none"),
             "recipe": {k: v for k, v in dataclasses.asdict(args).items()
                        if k in ("lr", "fake_lr", "vsd", "noise_samples", "ema_decay", "t_anneal", "t_anneal_to",
-                                "regress_weight", "tv_weight", "align_weight", "batch_size", "size", "steps")}}
+                                "regress_weight", "vsd_weight", "tv_weight", "align_weight", "batch_size", "size", "steps")}}
 
 
 def _load_state(out: Path, fake, opt_s, opt_f, student=None) -> tuple[int, list[dict]]:
@@ -277,8 +278,9 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         noise = shard.take(torch.randn((n, k, *x0.shape[1:]), generator=gen)).reshape(b * k, *x0.shape[1:]).to(x0)
         # grad = mean over the K draws of w(t)(ε_teacher − ε_fake)
         grad = vsd_grad(teacher, fake, x0.repeat_interleave(k, 0), cond.repeat_interleave(k, 0),
-                        text_t.repeat_interleave(k, 0), t, noise, cfg_t).view(b, k, *x0.shape[1:]).mean(1)
-        loss = vsd_loss(x0, grad)
+                        text_t.repeat_interleave(k, 0), t, noise, cfg_t).view(b, k, *x0.shape[1:]).mean(1) \
+            if args.vsd_weight else torch.zeros_like(x0)  # the regression-alone ablation skips the teacher
+        loss = args.vsd_weight * vsd_loss(x0, grad)
         reg = torch.zeros(())
         if regress is not None:
             # DMD's regression: ‖student(x) − teacher_50(x)‖² on the teacher's own edits
@@ -401,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--regress-weight", type=float, default=d.regress_weight,
                    help="DMD's regression on the teacher's own multi-step edits of training photos (teacher "
                         "outputs, never ground truth; 0 = pure VSD, default)")
+    r.add_argument("--vsd-weight", type=float, default=d.vsd_weight,
+                   help="weight of the VSD gradient (default 1; 0 with --regress-weight: the regression alone, "
+                        "an ablation)")
     r.add_argument("--regress-items", type=int, default=d.regress_items, help="size of the teacher-edit set")
     r.add_argument("--regress-batch", type=int, default=d.regress_batch, help="teacher edits per step and process")
     r.add_argument("--regress-steps", type=int, default=d.regress_steps, help="the teacher's DDIM steps per edit")
