@@ -313,3 +313,16 @@ def test_world_tier_and_world_quality_table(tiny_teacher, tmp_path):
     assert {r["method"] for r in rows} == {"identity", "oracle", "teacher"}
     table = world_table(rows)
     assert "| teacher | 1 |" in table and "train, content-aware" in table
+
+
+def test_teacher_eval_writes_its_results(tmp_path, monkeypatch, tiny_teacher):
+    """``teacher-eval --json`` writes the rows and the command (lesson 04 renders them); never over a file."""
+    from course_lib.eval import teacher as teacher_eval
+
+    monkeypatch.setattr(teacher_eval, "load_teacher", lambda *a, **k: tiny_teacher)
+    args = ["--n", "2", "--steps", "1", "--out", str(tmp_path / "q.png"), "--json", str(tmp_path / "q.json")]
+    assert teacher_eval.main(args) == 0
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == ["identity", "teacher"]
+    assert saved["command"].startswith("python -m course_lib teacher-eval") and "--n 2" in saved["command"]
+    assert teacher_eval.main(args) == 2  # exists: refused before running

@@ -226,14 +226,27 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     fig = plot_quality_vs_steps(rows)
     fmt = Path(a.out).suffix.lstrip(".") or "png"
+    files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=fmt)}
+    if a.json:
+        files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
+                                          "paraphrases": a.paraphrases, "threads": torch.get_num_threads(),
+                                          "guidance": list(g or teacher.default_guidance),
+                                          "command": _command(a)}, indent=1) + "\n"
     try:
-        tables.write({a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=fmt)}, overwrite=a.overwrite)
+        tables.write(files, overwrite=a.overwrite)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"plot: {a.out}")
+    print(f"plot: {a.out}" + (f"; results: {a.json}" if a.json else ""))
     print(tables.json_text(rows))
     return 0
+
+
+def _command(a: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
+    """The command line that reproduces a run (output paths and the options in ``skip`` left out)."""
+    return "python -m course_lib teacher-eval " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
+        if v not in (None, False) and k not in ("out", "overwrite", "json", "weights", *skip))
 
 
 def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
@@ -244,9 +257,7 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     print(world_table(rows))
     plot_rows = [r for r in rows if r["wording"] == "train" and r["group"] == "all"]
     fig = plot_quality_vs_steps(plot_rows)
-    command = "python -m course_lib teacher-eval " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
-        if v not in (None, False) and k not in ("out", "overwrite", "json", "weights", "student", "paraphrases"))
+    command = _command(a, skip=("student", "paraphrases"))
     files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=Path(a.out).suffix.lstrip(".") or "png")}
     if a.json:
         files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
