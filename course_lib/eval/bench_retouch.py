@@ -70,6 +70,7 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, M
         methods["global affine (learned)"] = student_method(baseline.eval())
     methods["student, supervised (lesson 03)"] = student_method(load_student(device="cpu").eval())
     for label, name in [("student, VSD (lesson 05)", "student_vsd.safetensors"),
+                        ("student, VSD from scratch, no paired targets (lesson 05)", "student_vsd_scratch.safetensors"),
                         ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors")]:
         path = config.WEIGHTS_DIR / name
         if path.is_file():
@@ -212,16 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
     p.add_argument("--overwrite", action="store_true", help="replace existing bench_retouch.csv/.md/.png")
+    p.add_argument("--json", default=None, help="also write the result and its command here (e.g. under data/results/)")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     out = Path(a.out) if a.out else config.OUTPUT_DIR
     t0 = time.perf_counter()
     try:
-        tables.check_free(output_paths(out), a.overwrite)
+        tables.check_free(output_paths(out) + ([Path(a.json)] if a.json else []), a.overwrite)
         result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency)
+        result["command"] = "python -m course_lib bench retouch " + " ".join(
+            x for x in (argv if argv is not None else sys.argv[2:]) if x != "--overwrite")
+        result["threads"] = torch.get_num_threads()
         print(format_table(result))
         paths = write(result, out, overwrite=a.overwrite)
+        if a.json:
+            paths += tables.write({a.json: tables.json_text(result, indent=1) + "\n"}, overwrite=a.overwrite)
     except (FileNotFoundError, FileExistsError, RuntimeError, KeyError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
