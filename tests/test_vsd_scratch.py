@@ -157,3 +157,27 @@ def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_pat
     assert result["records"]["init"]["paired_targets"] == "yes"  # no word of it in the file: assume it did
     vsd_study.plot_curves(result)
     assert vsd_study.main(["--students", "x=" + str(tmp_path / "absent.safetensors")]) == 2
+
+
+def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path):
+    """data/weights/student_vsd_scratch.safetensors: the metadata says no paired targets and where it
+    came from, and ``retouch --checkpoint`` edits unseen photos in the asked direction."""
+    from course_lib.__main__ import main
+    from course_lib.data import load_photo, photo_names
+    from course_lib.images import load_image, save_image
+    from course_lib.student import read_metadata
+
+    path = config.WEIGHTS_DIR / "student_vsd_scratch.safetensors"
+    meta = read_metadata(path)
+    assert meta["paired_targets"] == "none"
+    prov = json.loads(meta["provenance"])
+    assert prov["init"] == "identity" and prov["teacher"] == "embedded" and "teacher's own" in prov["regression"]
+    photo = load_photo(photo_names("heldout")[0], size=96)
+    save_image(photo, tmp_path / "in.png")
+    warm, bright = tmp_path / "warm.png", tmp_path / "bright.png"
+    for instruction, out in (("make it warmer", warm), ("make it brighter", bright)):
+        assert main(["retouch", str(tmp_path / "in.png"), "--instruction", instruction, "--checkpoint", str(path),
+                     "--output", str(out)]) == 0
+    w, b = load_image(warm), load_image(bright)
+    assert (w[0] - w[2]).mean() > (photo[0] - photo[2]).mean() + 0.01  # red minus blue went up
+    assert b.mean() > photo.mean() + 0.01
