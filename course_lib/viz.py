@@ -272,8 +272,8 @@ def bilateral_grid_3d(cells: tuple[int, int, int] = (4, 4, 4), pixel: tuple[floa
         yy, xx = np.mgrid[0:1:complex(0, h), 0:1:complex(0, w)]
         ax.plot_surface(xx, 1 - yy, np.zeros_like(xx), facecolors=img, rstride=max(1, h // 48),
                         cstride=max(1, w // 48), shade=False, alpha=0.85, zorder=0)
-    # the lattice of cell centres (x_i, y_j, z_k) = ((i + 0.5)/Wg, (j + 0.5)/Hg, k/(D - 1)), as lines
-    xs, ys, zs = (np.arange(wg) + 0.5) / wg, (np.arange(hg) + 0.5) / hg, np.arange(d) / (d - 1)
+    # the lattice of cell centres ((i + 0.5)/Wg, (j + 0.5)/Hg, (k + 0.5)/D): lesson 01's convention, as lines
+    xs, ys, zs = (np.arange(wg) + 0.5) / wg, (np.arange(hg) + 0.5) / hg, (np.arange(d) + 0.5) / d
     for y, z in itertools.product(ys, zs):
         ax.plot(xs, [y] * wg, [z] * wg, color="#9aaecf", lw=0.6)
     for x, z in itertools.product(xs, zs):
@@ -282,11 +282,11 @@ def bilateral_grid_3d(cells: tuple[int, int, int] = (4, 4, 4), pixel: tuple[floa
         ax.plot([x] * d, [y] * d, zs, color="#9aaecf", lw=0.6)
     px, py = pixel
     # the 8 cell centres around (x, y, g): the weights are products of (1 − distance) per axis
-    fx, fy, fz = px * wg - 0.5, py * hg - 0.5, guide * (d - 1)
+    fx, fy, fz = px * wg - 0.5, py * hg - 0.5, guide * d - 0.5
     i0, j0, k0 = (int(np.clip(np.floor(v), 0, n - 2)) for v, n in ((fx, wg), (fy, hg), (fz, d)))
     corners = [(i0 + a, j0 + b, k0 + c) for a, b, c in itertools.product((0, 1), repeat=3)]
     for i, j, k in corners:
-        wgt = (1 - abs(fx - i)) * (1 - abs(fy - j)) * (1 - abs(fz - k))
+        wgt = max(1 - abs(fx - i), 0) * max(1 - abs(fy - j), 0) * max(1 - abs(fz - k), 0)
         ax.scatter([xs[i]], [ys[j]], [zs[k]], s=20 + 200 * max(wgt, 0), color="#1f5fa8", depthshade=False)
         ax.plot([xs[i], px], [ys[j], py], [zs[k], guide], color="#1f5fa8", lw=0.5, ls=":")
     ax.scatter([px], [py], [0], s=30, color="#b22222", depthshade=False)
@@ -297,8 +297,8 @@ def bilateral_grid_3d(cells: tuple[int, int, int] = (4, 4, 4), pixel: tuple[floa
     ax.set(xlabel="x (grid cells)", ylabel="y (grid cells)", zlabel="guide g (luma bins)",
            xlim=(0, 1), ylim=(0, 1), zlim=(0, 1))
     ax.set_title(f"a {wg}x{hg}x{d} bilateral grid: each dot holds a 3x4 colour transform;\n"
-                 "a pixel's transform is the trilinear blend of the 8 dots around its lifted point "
-                 "(dot size = weight)", fontsize=9)
+                 "a pixel's transform blends the 8 dots around its lifted point\n(trilinear weights: dot size)",
+                 fontsize=9)
     ax.view_init(elev=18, azim=-60)
     fig.tight_layout()
     return fig
