@@ -22,7 +22,7 @@ the pure-VSD run stays the ablation: ``--noise-samples K`` (K draws of ``(t, ε)
 gradients averaged: less one-sample variance), ``--ema-decay`` (the checkpoint holds an EMA of the
 student), ``--t-anneal`` (``t_max`` falls linearly to a lower value over the run, as
 ProlificDreamer/DreamTime do) and ``--regress-weight λ`` (DMD's regression term:
-``λ ||student(x) − teacher_50(x)||²`` on a fixed set of the teacher's *own* 50-step edits of
+``λ ½||student(x) − teacher_50(x)||²`` per image (the units of the VSD surrogate) on a fixed set of the teacher's *own* 50-step edits of
 training photos, :func:`teacher_edits`: teacher outputs, never ground truth).
 
 **No paired targets**: the training items pass through :class:`WithoutTargets`, which drops the
@@ -290,7 +290,9 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             r_out = student(r_src, model.embed([regress["instruction"][i] for i in idx.tolist()]))
             r_out = torch.nn.functional.interpolate(r_out, size=regress["edit"].shape[-2:], mode="bilinear",
                                                     align_corners=False, antialias=True)
-            reg = (r_out - regress["edit"][idx].to(r_out)).pow(2).mean()
+            # in the units of vsd_loss (½‖·‖² per image): its gradient per pixel is (student − teacher)/B,
+            # comparable to the VSD gradient; a mean over pixels would be ~3000x weaker at 32 x 32
+            reg = 0.5 * (r_out - regress["edit"][idx].to(r_out)).pow(2).sum() / r_out.shape[0]
             loss = loss + args.regress_weight * reg
         if args.tv_weight > 0:
             # + λ_TV TV(grid): smooth grids, as the supervised loop (lesson 03)
