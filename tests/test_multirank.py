@@ -64,6 +64,14 @@ TRAINERS = {
             ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
             {"ckpt.safetensors": {"": _lrs(1e-4)},
              "ckpt.safetensors.state/state.safetensors": {"lora.": _lrs(1e-3)}}),
+    # VSD from scratch with its recipe: K noise draws, EMA, the regression batch (per process, as --batch-size)
+    "vsd:recipe": (1, ["--size", "32", "--init", "identity", "--grid-size", "4", "--lora-rank", "2", "--lr", "1e-4",
+                       "--fake-lr", "1e-3", "--noise-samples", "2", "--ema-decay", "0.5", "--regress-weight", "1",
+                       "--regress-items", "4", "--regress-steps", "2", "--regress-batch", "{b}",
+                       "--out", "{d}/ckpt.safetensors"],
+                   ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
+                   {"ckpt.safetensors": {"": _lrs(1e-4)},
+                    "ckpt.safetensors.state/state.safetensors": {"lora.": _lrs(1e-3), "student.": _lrs(1e-4)}}),
     "align": (2, ["--size", "16", "--lr", "1e-3", "--out", "{d}/ckpt.safetensors"],
               ["ckpt.safetensors", "ckpt.safetensors.state/optimizer.safetensors", "ckpt.safetensors.state/state.json"],
               {"ckpt.safetensors": {"": _lrs(1e-3, warmup=50, decay="cosine")}}),
@@ -115,7 +123,7 @@ def test_two_ranks_split_the_data_write_once_and_match_one_process(name, tmp_pat
         d = tmp_path / label
         d.mkdir()
         _run(cmd + ["-m", f"course_lib.train.{name.split(':')[0]}", *COMMON, "--batch-size", str(b),
-                    *[f.format(d=d) for f in flags]], tmp_path / f"{label}.log", tmp_path)
+                    *[f.format(d=d, b=b) for f in flags]], tmp_path / f"{label}.log", tmp_path)
         runs[label] = d
 
     # (a) disjoint items; rank 0's then rank 1's items are the one-process batch, step by step
