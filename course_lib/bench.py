@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -186,7 +187,7 @@ def plot(result: dict, path: Path | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
     # 'bench retouch' (lesson 08's results table) is course_lib.eval.bench_retouch; python -m course_lib
     # sends it there (course_lib.eval.bench_retouch.bench_main) and only 'bench slice' here.
     parser = argparse.ArgumentParser(
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [out / f"bench_slice.{ext}" for ext in ("json", "md", "png")] + ([Path(args.json)] if args.json else [])
     clash = [str(t) for t in targets if t.exists() and not args.overwrite]
     if clash:  # checked before the (long) run: nothing is lost
-        print(f"error: {clash[0]} exists (use --overwrite to replace it)", file=__import__("sys").stderr)
+        print(f"error: {clash[0]} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
     result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
                  backward=not args.no_backward)
