@@ -54,7 +54,8 @@ def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: 
     return (source + delta).clamp(0, 1)
 
 
-def _small(teacher, src: torch.Tensor) -> torch.Tensor:
+def at_teacher_size(teacher, src: torch.Tensor) -> torch.Tensor:
+    """``src`` (B, 3, H, W) resized (antialiased) to the teacher's working size, clipped to [0, 1]."""
     size = teacher.working_size(*src.shape[-2:])
     return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
@@ -80,14 +81,14 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, M
     teacher = load_teacher("embedded")
     for n in steps_teacher:
         def teacher_fn(s, i, t, n=n):
-            small = _small(teacher, s)
+            small = at_teacher_size(teacher, s)
             return transfer_edit(s, small, teacher.edit(small, i, steps=n))
         methods[f"teacher, {n} DDIM steps (lesson 04)"] = teacher_fn
     try:
         fwd, gen = shipped_models()
 
         def ie_fn(s, i, t):
-            small = _small(gen, s)
+            small = at_teacher_size(gen, s)
             return transfer_edit(s, small, invert_and_edit(fwd, gen, small, i, 4))
         methods["Inverse-and-Edit, 4 + 4 steps (lesson 07)"] = ie_fn
     except FileNotFoundError as exc:

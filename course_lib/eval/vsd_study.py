@@ -23,7 +23,7 @@ from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from . import score as S, tables
-from .bench_retouch import _small, transfer_edit
+from .bench_retouch import at_teacher_size, transfer_edit
 from .heldout import SEED, heldout_batch
 from .student import student_method
 
@@ -55,7 +55,7 @@ def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraph
     rows = [{"method": "identity", "steps": 0, "paired_targets": "-", **S.score(batch["source"], batch)}]
 
     def teacher_fn(s, i, t):
-        small = _small(teacher, s)
+        small = at_teacher_size(teacher, s)
         out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
                          for k in range(0, len(i), 24)])
         return transfer_edit(s, small, out)
