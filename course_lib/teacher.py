@@ -265,15 +265,24 @@ class Teacher:
 # ----------------------------------------------------------------------------- embedded tier
 
 
-def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384) -> dict:
+#: The embedded teacher's output heads -> UNet output channels (see :func:`x0_from_output`).
+HEADS = {"residual": 3, "affine": 12}
+
+
+def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384,
+                         head: str = "residual") -> dict:
     """Config of the embedded teacher's ``UNet2DConditionModel`` (about 4.6 M parameters by default).
 
-    Input: noisy target ‖ source (6 channels), output ε (3 channels). The text embedding
-    enters by cross-attention in the two lower levels and, through
-    ``class_embed_type="projection"``, is added to the timestep embedding.
+    Input: noisy target ‖ source (6 channels); output: the edit as a residual (3 channels,
+    ``head="residual"``) or as a per-pixel affine colour transform plus a residual (12 channels,
+    ``head="affine"``), read by :func:`x0_from_output`. The text embedding enters by
+    cross-attention in the two lower levels and, through ``class_embed_type="projection"``, is
+    added to the timestep embedding.
     """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {sorted(HEADS)}, not {head!r}")
     n = len(channels)
-    return {"sample_size": resolution, "in_channels": 6, "out_channels": 3, "layers_per_block": 1,
+    return {"sample_size": resolution, "in_channels": 6, "out_channels": HEADS[head], "layers_per_block": 1,
             "block_out_channels": list(channels),
             "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
             "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"],
@@ -330,25 +339,68 @@ class EmbeddedTeacher(Teacher):
         return ((x + 1) / 2).clamp(0, 1)
 
     def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The network's clean-image guess: x̂0 = source + UNet output (a residual), (B, 3, h, w).
+        """The network's clean-image guess x̂0 from source and UNet output (:func:`x0_from_output`), (B, 3, h, w).
 
         Args:
             x_in: (B, 6, h, w) = x_t ‖ source (source zeroed when the image condition is dropped).
             t: (B,) timesteps; text: (B, 1, 384) (the token also enters the timestep embedding).
         """
         out = self.unet(x_in, t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
-        return x_in[:, 3:] + out
+        return x0_from_output(x_in[:, 3:], out)
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         # ε̂ = (x_t − √ᾱ_t·x̂0) / √(1−ᾱ_t): the same model, read as a noise prediction
         return x0_to_eps(self.predict_x0(x_in, t, text), x_in[:, :3], self.alpha_bar(t))
 
 
-def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128)):
+def x0_from_output(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Read the embedded UNet's output as a clean-image guess, in the teacher's space [-1, 1].
+
+    * residual head (3 channels): x̂0 = s + r;
+    * affine head (12 channels r ‖ M): x̂0 = s + r + M·s, M a 3x3 matrix per pixel: a colour
+      transform of the source, as HDRNet's affine model, so that "twice as bright" is one product
+      instead of something the convolutions must rebuild from the source's values.
+
+    Both start as "no edit" when the UNet's last convolution is zero.
+
+    Args:
+        source: (B, 3, h, w) s (zeros where the image condition is dropped); out: (B, 3 or 12, h, w).
+
+    Returns:
+        (B, 3, h, w) x̂0.
+    """
+    x0 = source + out[:, :3]
+    if out.shape[1] == 3:
+        return x0
+    if out.shape[1] != 12:
+        raise ValueError(f"the embedded UNet outputs 3 or 12 channels, not {out.shape[1]}")
+    B, _, h, w = out.shape
+    M = out[:, 3:].reshape(B, 3, 3, h, w)  # (B, 3 out, 3 in, h, w)
+    # x̂0_i = s_i + r_i + Σ_j M_ij·s_j
+    return x0 + torch.einsum("bijhw,bjhw->bihw", M, source)
+
+
+def head_of(unet) -> str:
+    """``"residual"`` or ``"affine"``: the head of an embedded UNet (from its output channels)."""
+    return {v: k for k, v in HEADS.items()}[int(unet.config.out_channels)]
+
+
+def widen_head(weights: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
+    """Weights of a residual-head UNet made to fit ``head``: the new output channels start at zero,
+    so the widened teacher makes exactly the same edits (fine-tuning starts where it was)."""
+    w, b = weights["conv_out.weight"], weights["conv_out.bias"]  # (C, k, 3, 3), (C,)
+    extra = HEADS[head] - w.shape[0]
+    if extra <= 0:
+        return weights
+    return {**weights, "conv_out.weight": torch.cat([w, w.new_zeros(extra, *w.shape[1:])]),
+            "conv_out.bias": torch.cat([b, b.new_zeros(extra)])}
+
+
+def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), head: str = "residual"):
     """A freshly initialised embedded-teacher UNet; its last conv starts at zero (x̂0 = source: no edit)."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels))
+    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head))
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return unet

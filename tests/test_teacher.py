@@ -280,6 +280,44 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
 
 
 
+def test_affine_head_formula_and_widening(tmp_path):
+    """The affine head reads x̂0 = s + r + M·s (M a 3x3 matrix per pixel); a residual checkpoint widened
+    to it makes the same edits; ``--head affine`` fine-tunes from a residual checkpoint, exports and loads."""
+    from course_lib.teacher import HEADS, head_of, widen_head, x0_from_output
+    from course_lib.train.teacher import TrainConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    s, out = torch.rand(2, 3, 4, 5, generator=g) * 2 - 1, torch.randn(2, 12, 4, 5, generator=g) * 0.1
+    M = out[:, 3:].reshape(2, 3, 3, 4, 5)
+    i, j = 1, 2  # one pixel, written out: x̂0_c = s_c + r_c + Σ_d M_cd·s_d
+    want = torch.stack([s[0, c, i, j] + out[0, c, i, j] + sum(M[0, c, d, i, j] * s[0, d, i, j] for d in range(3))
+                        for c in range(3)])
+    torch.testing.assert_close(x0_from_output(s, out)[0, :, i, j], want)
+    torch.testing.assert_close(x0_from_output(s, out[:, :3]), s + out[:, :3])
+    with pytest.raises(ValueError):
+        x0_from_output(s, out[:, :5])
+    # widening: the new channels start at zero, the edits are unchanged
+    res = build_embedded_unet(16, (8, 16))
+    torch.nn.init.normal_(res.conv_out.weight, std=0.05)
+    aff = build_embedded_unet(16, (8, 16), head="affine")
+    aff.load_state_dict(widen_head(res.state_dict(), "affine"))
+    assert (head_of(res), head_of(aff), HEADS["affine"]) == ("residual", "affine", 12)
+    x, t, e = torch.randn(2, 6, 16, 16, generator=g), torch.tensor([5, 700]), torch.randn(2, 1, 384, generator=g)
+    a = EmbeddedTeacher(res, text_encoder=HashText(), device="cpu").predict_x0(x, t, e)
+    b = EmbeddedTeacher(aff, text_encoder=HashText(), device="cpu").predict_x0(x, t, e)
+    torch.testing.assert_close(a, b)
+    # fine-tune a residual checkpoint with the affine head: trains, exports, loads with its head
+    base = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, save_every=10, log_every=1,
+                       out_dir=str(tmp_path / "r"), export=str(tmp_path / "r.safetensors"))
+    train(base, text_encoder=HashText())
+    out = train(dataclasses.replace(base, head="affine", init=str(tmp_path / "r.safetensors"), out_dir=str(tmp_path / "a"),
+                                    export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
+    assert all(math.isfinite(v) for _, v in out["losses"])
+    T = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
+    assert head_of(T.unet) == "affine" and checkpoint_info(tmp_path / "a.safetensors")["train"]["head"] == "affine"
+    assert T.edit(torch.rand(1, 3, 16, 16), "warmer", steps=2).shape == (1, 3, 16, 16)
+
+
 def test_train_teacher_on_the_data_world(tmp_path):
     """``--data world`` trains on the data world 2.0's training photos (content-aware edits included)
     and records it; an unknown ``--data`` is refused."""

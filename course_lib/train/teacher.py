@@ -41,7 +41,7 @@ import torch
 
 from .. import config
 from ..data import RetouchPairs
-from ..teacher import build_embedded_unet, ddpm_config, embedded_unet_config, save_embedded_teacher
+from ..teacher import build_embedded_unet, ddpm_config, embedded_unet_config, save_embedded_teacher, widen_head, x0_from_output
 from ..text import MiniLMEncoder
 from ..world import RetouchWorld
 from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
@@ -76,6 +76,7 @@ class TrainConfig:
     default_guidance: tuple[float, float] = (1.5, 3.0)
     threads: int = 1
     data: str = "pairs"  # "pairs": the first world (lesson 04's teacher); "world": the data world 2.0
+    head: str = "residual"  # "residual": x̂0 = s + r; "affine": x̂0 = s + r + M·s (teacher.x0_from_output)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -119,8 +120,9 @@ def diffusion_loss(unet, sched, source: torch.Tensor, target: torch.Tensor, text
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
     text = text * (1 - drop_txt)  # (B, 384)
     src = src * (1 - drop_img)  # (B, 3, r, r)
-    # x̂0 = source + UNet(x_t ‖ source, t, text): the network predicts the edit as a residual
-    x0_hat = src + unet(torch.cat([x_t, src], 1), t, encoder_hidden_states=text[:, None], class_labels=text).sample
+    # x̂0 = source + r (+ M·source with the affine head): the network predicts the edit, not the image
+    out = unet(torch.cat([x_t, src], 1), t, encoder_hidden_states=text[:, None], class_labels=text).sample
+    x0_hat = x0_from_output(src, out)
     # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
     ab = sched.alphas_cumprod.to(dev)[t]
     w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
@@ -144,7 +146,7 @@ def _init_info(init: str | None) -> dict | None:
 
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
-    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels),
+    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head),
                                  cfg.default_guidance, {"train": info})
 
 
@@ -158,9 +160,10 @@ def export_from_state(cfg: TrainConfig) -> Path:
     run = st["config"]
     weights = strip_prefix(stored, "ema.") or strip_prefix(stored, "model.")
     losses = st["losses"]
-    cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]))
+    cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]),
+                              head=run.get("head", "residual"))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
-            "data": run.get("data", "pairs"),
+            "data": run.get("data", "pairs"), "head": cfg.head,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
@@ -186,15 +189,16 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     acc = Accelerator()
     config.seed_everything(cfg.seed)
     text_encoder = text_encoder if text_encoder is not None else MiniLMEncoder()
-    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels)
+    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head)
     sdir = Path(cfg.out_dir)
     if cfg.resume and (sdir / STATE).is_file() and not has_state(sdir, STATE):
         raise ValueError(f"{sdir / STATE} has no state.json beside it (written by an older course_lib): "
                          "resume it with that version or start a new --out-dir")
     resuming = cfg.resume and has_state(sdir, STATE)
     if cfg.init and not resuming:
-        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32
-        unet.load_state_dict({k: v.float() for k, v in load_file(str(cfg.init)).items()})
+        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32; a residual
+        # checkpoint grows the affine head's channels at zero (the same edits to start with)
+        unet.load_state_dict(widen_head({k: v.float() for k, v in load_file(str(cfg.init)).items()}, cfg.head))
         acc.print(f"initialised from {cfg.init}")
     sched = DDPMScheduler.from_config(ddpm_config())
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -261,6 +265,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     if cfg.export and acc.is_main_process:
         weights = ema if ema is not None else model.state_dict()
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr, "data": cfg.data,
+                "head": cfg.head,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
                 "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
         export_checkpoint(weights, cfg, cfg.export, info)
@@ -283,6 +288,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--out-dir", default=d.out_dir, help="resumable state (default %(default)s)")
     p.add_argument("--data", choices=["pairs", "world"], default=d.data,
                    help="training photos and edits: the first world (pairs, default) or the data world 2.0 (world)")
+    p.add_argument("--head", choices=["residual", "affine"], default=d.head,
+                   help="the UNet's output: a residual edit x̂0 = s + r (default) or a per-pixel affine colour "
+                        "transform plus residual x̂0 = s + r + M·s")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
