@@ -51,3 +51,32 @@ def test_bench_retouch_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "retouch", "--help"])
     assert e.value.code == 0 and "course_lib bench retouch" in capsys.readouterr().out
+
+
+def test_papers_table_reads_every_number_from_the_results():
+    """Lesson 08's "next to the papers" table: the course's side is rendered from a bench result and
+    inversion-eval's file, so a changed result changes the table (nothing typed by hand)."""
+    import json
+
+    from course_lib import config
+
+    def row(method, psnr, ms, drift):
+        return {"method": method, "psnr": psnr, "de00": 5.0, "kid": 0.0, "accuracy": 10.0, "drift": drift,
+                "ms_1080p": ms, "speedup": 1500.0 / ms}
+    result = {"rows": [row("identity", 24.5, float("nan"), 0.0), row(br.PAPER_STUDENT, 28.88, 39.0, 0.31),
+                       row("teacher, 50 DDIM steps (lesson 04)", 27.29, 1500.0, 3.06),
+                       row("teacher, 4 DDIM steps (lesson 04)", 28.69, 167.0, 3.21),
+                       row("Inverse-and-Edit, 4 + 4 steps (lesson 07)", 21.35, 354.0, 11.92)],
+              "paraphrases": "train", "threads": 1}
+    inv = json.loads((config.RESULTS_DIR / "inversion.json").read_text())
+    md = br.papers_table(result, inv)
+    for s in ("39 ms", "38.5× over the 50-step teacher (1500 ms)", "4.3× over the 4-step teacher (167 ms)",
+              "0.31 levels", "3.06", "11.92", "28.88 dB", "27.29 dB", "45 ms"):
+        assert s in md, s
+    rec = {r["method"]: r for r in inv["reconstruction"]}
+    assert f"{rec['DDIM-50']['psnr'] - rec['cycle-trained 4-step']['psnr']:.2f} dB" in md
+    result["rows"][1]["ms_1080p"] = 78.0
+    assert "78 ms" in br.papers_table(result) and "Inverse-and-Edit reconstruction" not in br.papers_table(result)
+    # without the paper's student, the supervised one stands in, and its name is said
+    result["rows"][1]["method"] = "student, supervised (lesson 03)"
+    assert "student, supervised on" in br.papers_table(result) and "trained without pairs" not in br.papers_table(result)

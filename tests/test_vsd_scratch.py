@@ -181,3 +181,19 @@ def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_p
     w, b = load_image(warm), load_image(bright)
     assert (w[0] - w[2]).mean() > (photo[0] - photo[2]).mean() + 0.01  # red minus blue went up
     assert b.mean() > photo.mean() + 0.01
+
+
+def test_seed_summary_mean_and_spread():
+    """Lesson 06's two-seed table: the mean and half-range of each recipe's runs, never a single run shown as the recipe."""
+    from course_lib.eval import vsd_study
+
+    rows = [{"method": m, "psnr": p, "de00": 5.0, "accuracy": a, "direction": 80.0, "drift": 0.5}
+            for m, p, a in [("a0", 28.0, 10.0), ("a1", 29.0, 14.0), ("b0", 27.5, 9.0)]]
+    summ = vsd_study.seed_summary(rows, {"A": ["a0", "a1"], "B": ["b0"]})
+    assert summ[0]["seeds"] == 2 and summ[0]["psnr"] == 28.5 and summ[0]["psnr_spread"] == 0.5
+    assert summ[0]["accuracy"] == 12.0 and summ[0]["accuracy_spread"] == 2.0
+    assert summ[1]["psnr"] == 27.5 and summ[1]["psnr_spread"] == 0.0
+    md = vsd_study.seed_table(summ)
+    assert "| A | 2 | 28.50 ± 0.50 |" in md and "12 ± 2" in md
+    with pytest.raises(KeyError):
+        vsd_study.seed_summary(rows, {"C": ["c0"]})

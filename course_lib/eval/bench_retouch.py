@@ -72,7 +72,9 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, M
     methods["student, supervised (lesson 03)"] = student_method(load_student(device="cpu").eval())
     for label, name in [("student, VSD (lesson 05)", "student_vsd.safetensors"),
                         ("student, VSD from scratch, no paired targets (lesson 05)", "student_vsd_scratch.safetensors"),
-                        ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors")]:
+                        ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors"),
+                        ("student, VSD + alignment from scratch, no paired targets (lesson 06)",
+                         "student_vsd_align_scratch.safetensors")]:
         path = config.WEIGHTS_DIR / name
         if path.is_file():
             methods[label] = student_method(load_student(path, device="cpu").eval())
@@ -126,7 +128,7 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
     """
     n = n or config.pick(fast=8, full=96)
     size = size or config.pick(fast=64, full=128)
-    repeats = repeats or config.pick(fast=1, full=3)
+    repeats = repeats or config.pick(fast=1, full=7)
     if methods is None:
         methods, notes = build_methods()
     notes = list(notes or [])
@@ -157,6 +159,63 @@ def format_table(result: dict) -> str:
             f"latency: one 1080p photo on this machine")
     columns = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in COLUMNS]
     return tables.markdown(result["rows"], columns, title=head, notes=result["notes"])
+
+
+#: What the papers claim (their numbers, not measured here).
+PAPER_CLAIMS = {
+    "latency": "≈ 45 ms per 1080p photo on a GPU (InstantRetouch)",
+    "speedup": "7-10× faster than diffusion editors (InstantRetouch)",
+    "drift": "edits colour, not content (InstantRetouch, qualitative)",
+    "inversion": "4-step reconstruction ≈ 50-step DDIM, > 12× less time (Inverse-and-Edit)",
+    "no_pairs": "the grid student is trained from the teacher alone, no paired targets (InstantRetouch)",
+}
+#: The student that stands for the paper's (trained without pairs) when its checkpoint shipped.
+PAPER_STUDENT = "student, VSD from scratch, no paired targets (lesson 05)"
+
+
+def _row(result: dict, prefix: str) -> dict | None:
+    return next((r for r in result["rows"] if r["method"].startswith(prefix)), None)
+
+
+def papers_table(result: dict, inversion: dict | None = None) -> str:
+    """The papers' claims next to what this course measured, as Markdown, every number read from results.
+
+    Args:
+        result: a :func:`run` result (``data/results/bench_retouch_*.json``), with latencies.
+        inversion: ``inversion-eval``'s results (``data/results/inversion.json``), for the
+            Inverse-and-Edit row (left out when ``None``).
+
+    Returns:
+        A table ``| claim | paper | this course |``. The student row is :data:`PAPER_STUDENT` when
+        it was benchmarked, else the supervised student; CPU times are labelled as CPU times.
+    """
+    st = _row(result, PAPER_STUDENT) or _row(result, "student, supervised")
+    t50, t4, ie = _row(result, "teacher, 50"), _row(result, "teacher, 4"), _row(result, "Inverse-and-Edit")
+    if st is None or t50 is None:
+        raise KeyError("papers_table needs a student row and the 50-step teacher's row")
+    name, thr = st["method"].split(" (")[0], result.get("threads", "?")
+    lines = ["| claim | paper | this course (CPU, embedded tier) |", "|---|---|---|",
+             f"| one 1080p photo, grid student | {PAPER_CLAIMS['latency']} | {st['ms_1080p']:.0f} ms for the {name} on "
+             f"{thr} CPU thread(s) of this machine: a CPU time, not comparable with a GPU's |"]
+    cells = [f"{st['speedup']:.1f}× over the 50-step teacher ({t50['ms_1080p']:.0f} ms)"]
+    if t4 is not None:
+        cells.append(f"{t4['ms_1080p'] / st['ms_1080p']:.1f}× over the 4-step teacher ({t4['ms_1080p']:.0f} ms)")
+    lines.append(f"| speed-up over diffusion editors | {PAPER_CLAIMS['speedup']} | {', '.join(cells)}; our teacher is a toy, "
+                 "so these ratios are not the paper's |")
+    drift = [f"{st['drift']:.2f} levels ({name})", f"{t50['drift']:.2f} (teacher, 50 steps)"]
+    if ie is not None:
+        drift.append(f"{ie['drift']:.2f} (Inverse-and-Edit)")
+    lines.append(f"| no content drift | {PAPER_CLAIMS['drift']} | drift {', '.join(drift)} |")
+    if st["method"] == PAPER_STUDENT:
+        lines.append(f"| trained without pairs | {PAPER_CLAIMS['no_pairs']} | {st['psnr']:.2f} dB PSNR against the "
+                     f"50-step teacher's {t50['psnr']:.2f} dB ({result['paraphrases']} phrasings, held-out photos) |")
+    if inversion is not None:
+        rec = {r["method"]: r for r in inversion["reconstruction"]}
+        ddim, cyc = rec["DDIM-50"], rec["cycle-trained 4-step"]
+        lines.append(f"| Inverse-and-Edit reconstruction | {PAPER_CLAIMS['inversion']} | {ddim['psnr'] - cyc['psnr']:.2f} dB "
+                     f"below DDIM-50 ({cyc['psnr']:.2f} vs {ddim['psnr']:.2f} dB), "
+                     f"{ddim['ms_per_image'] / cyc['ms_per_image']:.1f}× less time (lesson 07) |")
+    return "\n".join(lines)
 
 
 def plot(result: dict, path: Path | None = None):

@@ -71,6 +71,45 @@ def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraph
     return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases}
 
 
+def seed_summary(rows: list[dict], recipes: dict[str, list[str]], keys=S.EDIT_KEYS) -> list[dict]:
+    """Mean and spread over seeds: one row per recipe, from the rows of its runs.
+
+    Args:
+        rows: :func:`study` rows (``method`` plus the scores).
+        recipes: recipe name -> the ``method`` names of its runs (one per seed).
+
+    Returns:
+        One dict per recipe: ``method``, ``seeds`` (how many runs), and for each key ``key`` (the
+        mean) and ``key_spread`` (half the range: max − min over 2; 0 for one run).
+    """
+    by = {r["method"]: r for r in rows}
+    out = []
+    for name, runs in recipes.items():
+        missing = [m for m in runs if m not in by]
+        if missing:
+            raise KeyError(f"no row for {missing[0]!r}")
+        row = {"method": name, "seeds": len(runs)}
+        for k in keys:
+            v = [float(by[m][k]) for m in runs]
+            # mean over seeds; spread = (max − min) / 2
+            row[k], row[f"{k}_spread"] = sum(v) / len(v), (max(v) - min(v)) / 2
+        out.append(row)
+    return out
+
+
+def seed_table(summary: list[dict], keys=S.EDIT_KEYS) -> str:
+    """Markdown of :func:`seed_summary`: ``mean ± half-range`` per score."""
+    fmt = {"psnr": "{:.2f}", "de00": "{:.2f}", "accuracy": "{:.0f}", "direction": "{:.0f}", "drift": "{:.2f}"}
+    head = {"psnr": "PSNR dB ↑", "de00": "ΔE00 ↓", "accuracy": "instr. acc. % ↑", "direction": "direction % ↑",
+            "drift": "drift ↓"}
+    lines = ["| recipe | seeds | " + " | ".join(head.get(k, k) for k in keys) + " |",
+             "|---|---:|" + "---:|" * len(keys)]
+    for r in summary:
+        cells = [f"{fmt.get(k, '{:.2f}').format(r[k])} ± {fmt.get(k, '{:.2f}').format(r[k + '_spread'])}" for k in keys]
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(result: dict):
     """The monitor of every VSD student against its step (1 = the identity). Returns the figure."""
     import matplotlib.pyplot as plt
