@@ -265,8 +265,11 @@ class Teacher:
 # ----------------------------------------------------------------------------- embedded tier
 
 
-#: The embedded teacher's output heads -> UNet output channels (see :func:`x0_from_output`).
-HEADS = {"residual": 3, "affine": 12}
+#: The embedded teacher's output heads -> UNet output channels (see :func:`embedded_x0`).
+HEADS = {"residual": 3, "affine": 12, "edm": 3}
+#: σ_d of the preconditioned head: the typical size of an edit x0 − source in the teacher's [-1, 1] space
+#: (an identity PSNR of about 26 dB is an RMS edit of 0.05 in [0, 1], 0.1 in [-1, 1]).
+SIGMA_DATA = 0.1
 
 
 def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384,
@@ -307,9 +310,11 @@ class EmbeddedTeacher(Teacher):
     channels = 3
 
     def __init__(self, unet: torch.nn.Module, scheduler_config: dict | None = None, text_encoder=None,
-                 default_guidance: Guidance = (1.5, 3.0), device: torch.device | str = "cpu") -> None:
+                 default_guidance: Guidance = (1.5, 3.0), device: torch.device | str = "cpu",
+                 head: str | None = None) -> None:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.head = head or head_of(unet)
         self.resolution = int(unet.config.sample_size)
         self.scheduler_config = dict(scheduler_config or ddpm_config())
         self.default_guidance = tuple(default_guidance)
@@ -339,14 +344,13 @@ class EmbeddedTeacher(Teacher):
         return ((x + 1) / 2).clamp(0, 1)
 
     def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The network's clean-image guess x̂0 from source and UNet output (:func:`x0_from_output`), (B, 3, h, w).
+        """The network's clean-image guess x̂0 (:func:`embedded_x0` with this teacher's head), (B, 3, h, w).
 
         Args:
             x_in: (B, 6, h, w) = x_t ‖ source (source zeroed when the image condition is dropped).
             t: (B,) timesteps; text: (B, 1, 384) (the token also enters the timestep embedding).
         """
-        out = self.unet(x_in, t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
-        return x0_from_output(x_in[:, 3:], out)
+        return embedded_x0(self.unet, x_in[:, :3], x_in[:, 3:], t, text, self.alpha_bar(t), self.head)
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         # ε̂ = (x_t − √ᾱ_t·x̂0) / √(1−ᾱ_t): the same model, read as a noise prediction
@@ -380,9 +384,54 @@ def x0_from_output(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return x0 + torch.einsum("bijhw,bjhw->bihw", M, source)
 
 
+def edm_coefficients(alpha_bar: torch.Tensor, sigma_data: float = SIGMA_DATA):
+    """EDM's preconditioning (Karras et al. 2022) for the edit y = x0 − source at noise level σ_t.
+
+    With x_t = √ᾱ·x0 + √(1−ᾱ)·ε, the scaled noisy edit y_t = x_t/√ᾱ − source = y + σ_t·ε,
+    σ_t² = (1 − ᾱ)/ᾱ. Returns ``(c_in, c_skip, c_out)`` (shaped like ``alpha_bar``) so that
+    ŷ = c_skip·y_t + c_out·F(c_in·y_t) keeps the network's input and target at unit variance:
+    at high noise c_skip → 0 and the output is F's, scaled to an edit's size σ_d; at low noise
+    c_skip → 1 and the noisy edit is copied.
+    """
+    # σ_t² = (1 − ᾱ)/ᾱ
+    s2 = (1 - alpha_bar) / alpha_bar
+    d2 = sigma_data ** 2
+    # c_in = 1/√(σ² + σ_d²),  c_skip = σ_d²/(σ² + σ_d²),  c_out = σ·σ_d/√(σ² + σ_d²)
+    return (s2 + d2).rsqrt(), d2 / (s2 + d2), (s2 * d2 / (s2 + d2)).sqrt()
+
+
+def embedded_x0(unet, x_t: torch.Tensor, source: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                alpha_bar: torch.Tensor, head: str = "residual") -> torch.Tensor:
+    """One call of the embedded UNet read as a clean-image guess x̂0, for each head.
+
+    * ``residual``/``affine``: the UNet sees x_t ‖ s and its output is read by :func:`x0_from_output`;
+    * ``edm``: the UNet sees c_in·y_t ‖ s and x̂0 = s + c_skip·y_t + c_out·F (:func:`edm_coefficients`).
+
+    Args:
+        x_t: (B, 3, h, w) noisy target; source: (B, 3, h, w) s (zeros when dropped); t: (B,) timesteps;
+        text: (B, 1, 384) token; alpha_bar: (B,) ᾱ_t; head: one of :data:`HEADS`.
+
+    Returns:
+        (B, 3, h, w) x̂0 in [-1, 1] space (not clipped).
+    """
+    def unet_out(x):
+        return unet(torch.cat([x, source], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
+
+    if head != "edm":
+        return x0_from_output(source, unet_out(x_t))
+    ab = alpha_bar.reshape(-1, 1, 1, 1).to(x_t)
+    c_in, c_skip, c_out = edm_coefficients(ab)
+    # y_t = x_t/√ᾱ − s: the noisy edit
+    y_t = x_t * ab.rsqrt() - source
+    # x̂0 = s + c_skip·y_t + c_out·F(c_in·y_t ‖ s)
+    return source + c_skip * y_t + c_out * unet_out(c_in * y_t)
+
+
 def head_of(unet) -> str:
-    """``"residual"`` or ``"affine"``: the head of an embedded UNet (from its output channels)."""
-    return {v: k for k, v in HEADS.items()}[int(unet.config.out_channels)]
+    """The head of an embedded UNet: ``"edm"`` when its config says so (``unet.config.head`` is not a
+    diffusers field, so the checkpoint's config carries it), else from its output channels."""
+    head = getattr(unet, "_course_head", None)
+    return head or {3: "residual", 12: "affine"}[int(unet.config.out_channels)]
 
 
 def widen_head(weights: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
@@ -401,17 +450,19 @@ def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64,
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head))
+    unet._course_head = head
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return unet
 
 
 def save_embedded_teacher(weights: dict[str, torch.Tensor], path: str | Path, unet_config: dict,
-                          default_guidance: Sequence[float], provenance: dict | None = None) -> Path:
-    """Write an embedded teacher: fp16 UNet weights, the UNet/scheduler config and the default
-    guidance, in the course's one checkpoint convention (atomically)."""
+                          default_guidance: Sequence[float], provenance: dict | None = None,
+                          head: str = "residual") -> Path:
+    """Write an embedded teacher: fp16 UNet weights, the UNet/scheduler config, the head and the
+    default guidance, in the course's one checkpoint convention (atomically)."""
     cfg = {"unet": unet_config, "scheduler": ddpm_config(), "default_guidance": [float(g) for g in default_guidance],
-           "text_encoder": "minilm"}
+           "text_encoder": "minilm", "head": head}
     return save_checkpoint(path, {k: v.detach().half() for k, v in weights.items()}, KIND, cfg, provenance)
 
 
@@ -438,9 +489,11 @@ def load_embedded_teacher(path: str | Path | None = None, device: torch.device |
         load_into(unet, {k: v.float() for k, v in tensors.items()}, p)
     except CheckpointError as exc:
         raise TeacherError(str(exc)) from None
+    head = info.config.get("head") or head_of(unet)  # checkpoints written before heads existed: residual
+    unet._course_head = head
     return EmbeddedTeacher(unet, info.config["scheduler"], text_encoder=text_encoder,
                            default_guidance=tuple(info.config.get("default_guidance", (1.5, 3.0))),
-                           device=device or config.device())
+                           device=device or config.device(), head=head)
 
 
 def checkpoint_info(path: str | Path | None = None) -> dict:

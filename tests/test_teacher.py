@@ -318,6 +318,40 @@ def test_affine_head_formula_and_widening(tmp_path):
     assert T.edit(torch.rand(1, 3, 16, 16), "warmer", steps=2).shape == (1, 3, 16, 16)
 
 
+def test_edm_head_preconditioning_and_checkpoint(tmp_path):
+    """The preconditioned head: c_skip → 0 and c_out → σ_d at high noise, c_skip → 1 at low noise; the
+    unit-variance identities hold; x̂0 = s + c_skip·y_t + c_out·F; ``--head edm`` exports a checkpoint
+    that loads with its head (the same UNet shape as the residual head, so the head is stored)."""
+    from course_lib.teacher import SIGMA_DATA, edm_coefficients, embedded_x0, head_of
+    from course_lib.train.teacher import TrainConfig, train
+
+    ab = torch.tensor([2.4e-9, 0.49, 0.99995])
+    c_in, c_skip, c_out = edm_coefficients(ab)
+    s2, d2 = (1 - ab) / ab, SIGMA_DATA ** 2
+    assert c_skip[0] < 1e-9 and abs(float(c_out[0]) - SIGMA_DATA) < 1e-6 and c_skip[2] > 0.99
+    # Var(y_t)·c_in² = 1 and c_skip²·σ² + ... : the target F* = (y − c_skip·y_t)/c_out has unit variance
+    torch.testing.assert_close((s2 + d2) * c_in ** 2, torch.ones(3))
+    torch.testing.assert_close(((1 - c_skip) ** 2 * d2 + c_skip ** 2 * s2) / c_out ** 2, torch.ones(3))
+    unet = build_embedded_unet(16, (8, 16), head="edm")
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    g = torch.Generator().manual_seed(1)
+    x_t, src = torch.randn(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    t, text, abt = torch.tensor([3, 600]), torch.randn(2, 1, 384, generator=g), torch.tensor([0.999, 0.3])
+    ci, cs, co = (c.view(-1, 1, 1, 1) for c in edm_coefficients(abt))
+    y_t = x_t / abt.sqrt().view(-1, 1, 1, 1) - src
+    F = unet(torch.cat([ci * y_t, src], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
+    torch.testing.assert_close(embedded_x0(unet, x_t, src, t, text, abt, "edm"), src + cs * y_t + co * F)
+    cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, save_every=10, log_every=1,
+                      out_dir=str(tmp_path / "e"), export=str(tmp_path / "e.safetensors"), head="edm")
+    out = train(cfg, text_encoder=HashText())
+    assert all(math.isfinite(v) for _, v in out["losses"])
+    T = load_embedded_teacher(tmp_path / "e.safetensors", device="cpu", text_encoder=HashText())
+    assert T.head == head_of(T.unet) == "edm" and checkpoint_info(tmp_path / "e.safetensors")["config"]["head"] == "edm"
+    assert torch.isfinite(T.edit(torch.rand(1, 3, 16, 16), "warmer", steps=3)).all()
+    # a checkpoint written before heads existed reads as the residual head
+    assert load_embedded_teacher(device="cpu", text_encoder=HashText()).head == "residual"
+
+
 def test_train_teacher_on_the_data_world(tmp_path):
     """``--data world`` trains on the data world 2.0's training photos (content-aware edits included)
     and records it; an unknown ``--data`` is refused."""

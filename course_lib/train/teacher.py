@@ -41,7 +41,8 @@ import torch
 
 from .. import config
 from ..data import RetouchPairs
-from ..teacher import build_embedded_unet, ddpm_config, embedded_unet_config, save_embedded_teacher, widen_head, x0_from_output
+from ..teacher import (build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config, embedded_x0,
+                       save_embedded_teacher, widen_head)
 from ..text import MiniLMEncoder
 from ..world import RetouchWorld
 from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
@@ -76,7 +77,7 @@ class TrainConfig:
     default_guidance: tuple[float, float] = (1.5, 3.0)
     threads: int = 1
     data: str = "pairs"  # "pairs": the first world (lesson 04's teacher); "world": the data world 2.0
-    head: str = "residual"  # "residual": x̂0 = s + r; "affine": x̂0 = s + r + M·s (teacher.x0_from_output)
+    head: str = "residual"  # "residual": x̂0 = s + r; "affine": + M·s; "edm": preconditioned (teacher.embedded_x0)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -120,12 +121,16 @@ def diffusion_loss(unet, sched, source: torch.Tensor, target: torch.Tensor, text
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
     text = text * (1 - drop_txt)  # (B, 384)
     src = src * (1 - drop_img)  # (B, 3, r, r)
-    # x̂0 = source + r (+ M·source with the affine head): the network predicts the edit, not the image
-    out = unet(torch.cat([x_t, src], 1), t, encoder_hidden_states=text[:, None], class_labels=text).sample
-    x0_hat = x0_from_output(src, out)
-    # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
-    ab = sched.alphas_cumprod.to(dev)[t]
-    w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
+    ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
+    # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
+    # the network predicts the edit, not the image
+    x0_hat = embedded_x0(unet, x_t, src, t, text[:, None], ab, cfg.head)
+    if cfg.head == "edm":
+        # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
+        w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
+    else:
+        # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
+        w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
     return (w * (x0_hat - x0) ** 2).mean()
 
 
@@ -147,7 +152,7 @@ def _init_info(init: str | None) -> dict | None:
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
     return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head),
-                                 cfg.default_guidance, {"train": info})
+                                 cfg.default_guidance, {"train": info}, head=cfg.head)
 
 
 def export_from_state(cfg: TrainConfig) -> Path:
@@ -288,9 +293,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--out-dir", default=d.out_dir, help="resumable state (default %(default)s)")
     p.add_argument("--data", choices=["pairs", "world"], default=d.data,
                    help="training photos and edits: the first world (pairs, default) or the data world 2.0 (world)")
-    p.add_argument("--head", choices=["residual", "affine"], default=d.head,
-                   help="the UNet's output: a residual edit x̂0 = s + r (default) or a per-pixel affine colour "
-                        "transform plus residual x̂0 = s + r + M·s")
+    p.add_argument("--head", choices=["residual", "affine", "edm"], default=d.head,
+                   help="the UNet's output: a residual edit x̂0 = s + r (default), a per-pixel affine colour "
+                        "transform plus residual x̂0 = s + r + M·s, or the residual with EDM's preconditioning "
+                        "(edm: x̂0 = s + c_skip·y_t + c_out·F(c_in·y_t))")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
