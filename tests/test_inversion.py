@@ -41,6 +41,31 @@ def test_invert_generate_shapes_tiny(tiny_teacher):
     assert z.shape == x0.shape == rec.shape and torch.isfinite(z).all() and torch.isfinite(rec).all()
 
 
+def test_residual_edit_removes_the_round_trip_error(tiny_teacher):
+    """x̃ = x + G(z; y) − G(z; ∅): with the empty instruction it returns the photo itself (whatever the
+    round trip's error), and otherwise differs from the photo by exactly the plain edit's change
+    over the reconstruction."""
+    T = tiny_teacher
+    img = torch.rand(2, 3, 16, 16)
+    plain = inv.invert_and_edit(T, T, img, ["warmer", "brighter"], 3, residual=False)
+    res = inv.invert_and_edit(T, T, img, ["warmer", "brighter"], 3, residual=True)
+    x0 = T.to_space(img)
+    z = inv.invert(T, x0, T.null_text(2), 3)
+    rec = inv.generate(T, z, T.null_text(2), 3)
+    want = T.from_space(x0 + T.to_space(plain) - rec)
+    inside = (plain > 0) & (plain < 1)  # where the plain edit was not clipped
+    torch.testing.assert_close(res[inside], want[inside], atol=1e-5, rtol=0)
+    # the tiny teacher edits, and its round trip is not exact: the residual edit is not the plain one
+    assert (res - plain).abs().max() > 1e-3
+    null = T.null_text(2)
+    orig = T.encode_text  # an instruction embedding equal to ∅: the residual edit is the photo
+    try:
+        T.encode_text = lambda texts: null
+        torch.testing.assert_close(inv.invert_and_edit(T, T, img, ["", ""], 3, residual=True), img, atol=1e-5, rtol=0)
+    finally:
+        T.encode_text = orig
+
+
 def test_more_ddim_steps_reconstruct_better():
     """With the trained teacher, DDIM inversion error shrinks with the step count (lesson 07's first plot)."""
     from course_lib.eval.heldout import heldout_batch
@@ -212,7 +237,7 @@ def test_inversion_eval_command(tmp_path, capsys):
     from course_lib.teacher import load_teacher
     plain = save_inverter(make_forward_model(load_teacher("embedded")), tmp_path / "plain.safetensors", {})
     assert main(["--n", "2", "--no-student", "--threads", "1", "--out", str(out), "--json", str(js),
-                 "--stages", f"plain={plain}", "--curve", "1,2", "--ref-steps", "10"]) == 0
+                 "--stages", f"plain={plain}", "--curve", "1,2", "--ref-steps", "10", "--residual"]) == 0
     md = out.read_text()
     result = json.loads(js.read_text())
     assert result["photos"] == "world" and result["n"] == 2 and "inversion-eval" in result["command"]
@@ -223,6 +248,7 @@ def test_inversion_eval_command(tmp_path, capsys):
     assert [r["steps"] for r in result["steps_curve"]] == [1, 2] and set(result["targets"]) == {
         "psnr_gap_db", "speedup", "direction_gain", "drift_excess"}
     assert "by training stage" in md
+    assert sum("reconstruction error removed" in r["method"] for r in result["editing"]) == 2
     for row in ("DDIM-10", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):
         assert row in md
     assert md.strip() in capsys.readouterr().out

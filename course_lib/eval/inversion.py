@@ -32,7 +32,7 @@ EDITING_COLUMNS = ("method", "steps", *S.EDIT_KEYS, "ms_per_image")
 def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: int = SEED, perceptual=None,
                        student=None, edit_steps: int = 4, guidance: float = 1.0, tau: float = 0.8,
                        ref_steps: int = 50, photos: str = "world", stages: dict[str, Teacher] | None = None,
-                       curve_steps: Sequence[int] = ()) -> dict:
+                       curve_steps: Sequence[int] = (), residual_rows: bool = False) -> dict:
     """Reconstruction and editing on held-out photos (lesson 07's table).
 
     Reconstruction (∅ text) of ``n`` held-out 32 px photos by DDIM-50, DDIM-4 and the cycle-trained
@@ -51,7 +51,8 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
     ``stages``: more forward models (name -> model, e.g. each training stage's checkpoint) whose
     ``edit_steps`` round trip is scored like the cycle-trained row (``result["stages"]``);
     ``curve_steps``: step counts of plain DDIM round trips for the reconstruction-vs-steps curve
-    (``result["steps_curve"]``).
+    (``result["steps_curve"]``). ``residual_rows``: also score both inversion editors with the
+    round trip's error removed (:func:`course_lib.inversion.invert_and_edit`, ``residual=True``).
 
     Returns:
         ``{"reconstruction": [row, ...], "editing": [row, ...], "perceptual": label, ...}``; rows have
@@ -85,6 +86,12 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
          lambda s, i, t, model=model, steps=steps: invert_and_edit(model, teacher, s, i, steps, guidance, tau))
         for name, model, steps in [(f"Inverse-and-Edit (cycle {edit_steps}-step)", forward, edit_steps),
                                    (f"DDIM-{ref_steps} inversion + edit", teacher, ref_steps)]]
+    if residual_rows:
+        methods += [(f"{name}, reconstruction error removed", f"{steps} + {2 * steps}",
+                     lambda s, i, t, model=model, steps=steps: invert_and_edit(model, teacher, s, i, steps, guidance, tau,
+                                                                               residual=True))
+                    for name, model, steps in [(f"Inverse-and-Edit (cycle {edit_steps}-step)", forward, edit_steps),
+                                               (f"DDIM-{ref_steps} inversion + edit", teacher, ref_steps)]]
     methods.append(("teacher's own edit (lesson 04)", str(ref_steps),
                     lambda s, i, t: teacher.edit(s, i, steps=ref_steps)))
     if student is not None:
@@ -146,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve", default=None, help="comma-separated step counts of plain DDIM round trips (a curve)")
     p.add_argument("--photos", choices=("world", "heldout"), default="world",
                    help="the data world 2.0's test photos (default) or the first world's held-out photos")
+    p.add_argument("--residual", action="store_true",
+                   help="also score both inversion editors with the round trip's error removed "
+                        "(x + G(z; y) - G(z; empty text))")
     p.add_argument("--out", default=None, help="also write the markdown here")
     p.add_argument("--json", default=None, help="also write the measured result (tables, command) as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -169,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             stages[name.strip()] = load_inverter(path.strip(), teacher)[0]
         curve = [int(v) for v in a.curve.split(",")] if a.curve else []
         result = evaluate_inversion(forward, teacher, n=a.n, student=student, edit_steps=a.steps,
-                                    ref_steps=a.ref_steps, photos=a.photos, stages=stages, curve_steps=curve)
+                                    ref_steps=a.ref_steps, photos=a.photos, stages=stages, curve_steps=curve,
+                                    residual_rows=a.residual)
         result["targets"] = targets(result)
         result["command"] = "python -m course_lib inversion-eval " + " ".join(argv if argv is not None else sys.argv[1:])
         result["inverter"] = str(a.inverter or "shipped")
