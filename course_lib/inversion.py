@@ -26,7 +26,9 @@ as condition, reconstruction would be trivial):
   iCD's "preserve" idea, keeps the noise near plain DDIM inversion so it stays editable).
 
 Editing (:func:`invert_and_edit`): invert under ∅ text, regenerate under the instruction with
-text guidance applied only while ``t/1000 ≤ τ`` (iCD's dynamic CFG). The lesson's table
+text guidance applied only while ``t/1000 ≤ τ`` (iCD's dynamic CFG); with ``residual=True`` the
+photo plus the instruction's change over the reconstruction from the same noise,
+x + G(z; y) − G(z; ∅), so the round trip's error stays out of the edit. The lesson's table
 (``python -m course_lib inversion-eval``) is :mod:`course_lib.eval.inversion`.
 """
 from __future__ import annotations
@@ -396,14 +398,17 @@ def shipped_models(path: str | None = None) -> tuple[Teacher, Teacher]:
 
 @torch.no_grad()
 def edit_image(image: torch.Tensor, source_instruction: str, instruction: str, steps: int = 4,
-               guidance: float = 1.0, tau: float = 0.8) -> torch.Tensor:
+               guidance: float = 1.0, tau: float = 0.8, residual: bool = True) -> torch.Tensor:
     """Inverse-and-Edit on one photo of any size (the studio's entry point).
 
     The photo is resized to the teacher's 32 x 32 working size, inverted with the shipped 4-step
     inverter under ``source_instruction`` (empty: ∅ text) and regenerated under ``instruction``.
-    The *change* the edit makes at 32 px, ``edit32 − photo32``, is upsampled and added to the
-    full-resolution photo (the diffusion model only ever sees 32 px; this keeps the photo's
-    detail and carries its low-frequency edit, reconstruction error included).
+    The *change* the edit makes at 32 px is upsampled and added to the full-resolution photo (the
+    diffusion model only ever sees 32 px; this keeps the photo's detail and carries its
+    low-frequency edit). With ``residual`` (default) the change is ``edit32 − reconstruction32``,
+    the reconstruction regenerated from the same noise under the source instruction, so the round
+    trip's error is not part of it (:func:`invert_and_edit`, lesson 07's table); otherwise
+    ``edit32 − photo32`` (reconstruction error included).
 
     Args:
         image: (3, H, W) in [0, 1].
@@ -422,5 +427,6 @@ def edit_image(image: torch.Tensor, source_instruction: str, instruction: str, s
     src_text = gen.encode_text([source_instruction]) if source_instruction.strip() else gen.null_text(1)
     z = invert(fwd, x0, src_text, steps)
     edited = gen.from_space(generate(gen, z, gen.encode_text([instruction]), steps, guidance, tau))
-    delta = F.interpolate((edited - small).float().cpu(), size=(h, w), mode="bilinear", align_corners=False)
+    base = gen.from_space(generate(gen, z, src_text, steps, 1.0, tau)) if residual else small
+    delta = F.interpolate((edited - base).float().cpu(), size=(h, w), mode="bilinear", align_corners=False)
     return (image[None].float().cpu() + delta).clamp(0, 1)[0]

@@ -215,6 +215,12 @@ def test_edit_image_any_size_keeps_shape_and_rejects_bad_input():
     out = inv.edit_image(img, "", "make it warmer")
     assert out.shape == img.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     assert float((out - img).abs().mean()) > 0  # it edits
+    # the residual change is edit − reconstruction: asking for the source instruction changes nothing,
+    # where the plain change (edit − photo) carries the round trip's error
+    same = inv.edit_image(img, "make it warmer", "make it warmer")
+    torch.testing.assert_close(same, img.clamp(0, 1), atol=1e-6, rtol=0)
+    plain = inv.edit_image(img, "make it warmer", "make it warmer", residual=False)
+    assert float((plain - img).abs().mean()) > 1e-3
     with pytest.raises(ValueError, match="expected a"):
         inv.edit_image(torch.rand(4, 50, 70), "", "make it warmer")
 
