@@ -252,7 +252,11 @@ def test_inversion_eval_command(tmp_path, capsys):
     ddim4 = next(r for r in result["reconstruction"] if r["method"] == "DDIM-4")
     assert result["stages"][0]["psnr"] == pytest.approx(ddim4["psnr"], abs=1e-3)
     assert [r["steps"] for r in result["steps_curve"]] == [1, 2] and set(result["targets"]) == {
-        "psnr_gap_db", "speedup", "direction_gain", "drift_excess"}
+        "psnr_gap_db", "speedup", "direction_gain", "drift_excess", "direction_gain_residual",
+        "drift_excess_residual", "direction_gain_vs_residual", "drift_excess_vs_residual"}
+    ed = {r["method"]: r for r in result["editing"]}
+    assert result["targets"]["drift_excess_residual"] == pytest.approx(
+        ed["Inverse-and-Edit (cycle 4-step), reconstruction error removed"]["drift"] - ed["DDIM-10 inversion + edit"]["drift"])
     assert "by training stage" in md
     assert sum("reconstruction error removed" in r["method"] for r in result["editing"]) == 2
     for row in ("DDIM-10", "DDIM-4", "cycle-trained 4-step", "Inverse-and-Edit", "teacher's own edit", "LPIPS"):

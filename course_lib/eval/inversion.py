@@ -110,14 +110,26 @@ def targets(result: dict) -> dict[str, float]:
     the cycle-trained 4-step reconstruction PSNR; target <= 1), ``speedup`` (DDIM-50 round trip
     time / 4-step; target >= 10), and for editing ``direction_gain`` (Inverse-and-Edit minus
     DDIM-50 inversion + edit, direction %; target >= 0) and ``drift_excess`` (Inverse-and-Edit
-    minus DDIM-50, drift; target <= 0)."""
+    minus DDIM-50, drift; target <= 0). With the residual rows (``--residual``) also
+    ``direction_gain_residual`` and ``drift_excess_residual``: Inverse-and-Edit with the round
+    trip's error removed against the plain DDIM-50 inversion + edit (the paper's baseline), and
+    ``..._vs_residual``: against DDIM-50 given the same correction."""
     ref = result["reconstruction"][0]  # the DDIM reference (ref_steps + ref_steps)
     cyc = next(r for r in result["reconstruction"] if r["method"].startswith("cycle-trained"))
     ed = {r["method"]: r for r in result["editing"]}
     ie = next(r for k, r in ed.items() if k.startswith("Inverse-and-Edit"))
     dd = next(r for k, r in ed.items() if k.endswith("inversion + edit"))
-    return {"psnr_gap_db": ref["psnr"] - cyc["psnr"], "speedup": ref["ms_per_image"] / max(cyc["ms_per_image"], 1e-9),
-            "direction_gain": ie["direction"] - dd["direction"], "drift_excess": ie["drift"] - dd["drift"]}
+    out = {"psnr_gap_db": ref["psnr"] - cyc["psnr"], "speedup": ref["ms_per_image"] / max(cyc["ms_per_image"], 1e-9),
+           "direction_gain": ie["direction"] - dd["direction"], "drift_excess": ie["drift"] - dd["drift"]}
+    ie_r = next((r for k, r in ed.items() if k.startswith("Inverse-and-Edit") and k.endswith("removed")), None)
+    dd_r = next((r for k, r in ed.items() if "inversion + edit" in k and k.endswith("removed")), None)
+    if ie_r is not None:
+        out.update(direction_gain_residual=ie_r["direction"] - dd["direction"],
+                   drift_excess_residual=ie_r["drift"] - dd["drift"])
+        if dd_r is not None:
+            out.update(direction_gain_vs_residual=ie_r["direction"] - dd_r["direction"],
+                       drift_excess_vs_residual=ie_r["drift"] - dd_r["drift"])
+    return out
 
 
 def tables_markdown(result: dict) -> str:
