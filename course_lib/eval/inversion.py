@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve", default=None, help="comma-separated step counts of plain DDIM round trips (a curve)")
     p.add_argument("--photos", choices=("world", "heldout"), default="world",
                    help="the data world 2.0's test photos (default) or the first world's held-out photos")
-    p.add_argument("--residual", action="store_true",
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                    help="also score both inversion editors with the round trip's error removed "
-                        "(x + G(z; y) - G(z; empty text))")
+                        "(x + G(z; y) - G(z; empty text); the studio's mode; default on)")
     p.add_argument("--out", default=None, help="also write the markdown here")
     p.add_argument("--json", default=None, help="also write the measured result (tables, command) as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
