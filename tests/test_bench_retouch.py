@@ -80,3 +80,14 @@ def test_papers_table_reads_every_number_from_the_results():
     # without the paper's student, the supervised one stands in, and its name is said
     result["rows"][1]["method"] = "student, supervised (lesson 03)"
     assert "student, supervised on" in br.papers_table(result) and "trained without pairs" not in br.papers_table(result)
+
+
+def test_latency_is_timed_round_robin():
+    """Every repeat times every method once (a slow spell hits all methods alike), after a warm-up of
+    each; the result is each method's median."""
+    calls = []
+
+    def fake(name):
+        return lambda s, i, t: calls.append(name)
+    ms = br.interleaved_latency({"a": fake("a"), "b": fake("b")}, repeats=3, size=(4, 4))
+    assert calls == ["a", "b"] * 4 and set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())

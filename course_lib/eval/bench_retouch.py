@@ -9,7 +9,8 @@ is scored against the exact ground truth:
   backbone when :mod:`course_lib.perceptual` finds it, otherwise its random-feature fallback,
   labelled as such in every header;
 * instruction accuracy (%) and content drift (:mod:`course_lib.eval.score`);
-* latency for one 1080p photo on this machine and the speed-up over the 50-step teacher.
+* latency for one 1080p photo on this machine (every method timed round-robin, median) and the
+  speed-up over the 50-step teacher.
 
 Diffusion methods (the teacher at 50 and 4 steps, Inverse-and-Edit) work at the teacher's
 32 x 32 px; their *change* is upsampled and added to the photo (the same low-frequency edit
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import bench, config
 from ..inversion import invert_and_edit, shipped_models
-from ..metrics import apply_affine, fit_global_affine, kid, latency_ms
+from ..metrics import apply_affine, fit_global_affine, kid
 from ..perceptual import load_lpips
 from ..student import load_student
 from ..teacher import load_teacher
@@ -113,9 +114,27 @@ def vgg_features(perceptual, images: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the run
 
 
-def method_latency(fn: Method, repeats: int) -> float:
-    """Median ms of ``fn`` on one random 1080p photo (``nan`` for the identity)."""
-    return latency_ms(lambda im: fn(im, ["make it warmer"], im), repeats=repeats)
+def interleaved_latency(fns: dict[str, Method], repeats: int, size: tuple[int, int] = (1080, 1920),
+                        warmup: int = 1) -> dict[str, float]:
+    """Median ms per method on one random photo, timed **round-robin**: each repeat times every
+    method once, so a slow spell of a shared machine lands on all of them instead of on whichever
+    method happened to be timed then; the ratios between methods are what the table reports.
+
+    Returns:
+        name -> median ms (CPU; nothing runs on a GPU here).
+    """
+    img = torch.rand(1, 3, *size)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn(img, ["make it warmer"], img)
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(img, ["make it warmer"], img)
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = SEED,
@@ -142,11 +161,14 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
         r = S.run(lambda s, i, t: fn(s, i, t).float(), batch, batch_size, KEYS, keep_output=True)
         rows.append({"method": name, **{k: r["scores"][k] for k in ("psnr", "de00")},
                      "kid": 1000 * kid(vgg_features(perceptual, r["output"]), tgt_feats),
-                     **{k: r["scores"][k] for k in ("accuracy", "drift")},
-                     "ms_1080p": (method_latency(fn, repeats) if latency and name != "identity"
-                                  and "oracle" not in name else float("nan"))})
+                     **{k: r["scores"][k] for k in ("accuracy", "drift")}, "ms_1080p": float("nan")})
         bar.update(1)
     bar.close()
+    if latency:
+        timed = {k: fn for k, fn in methods.items() if k != "identity" and "oracle" not in k}
+        ms = interleaved_latency(timed, repeats)
+        for r in rows:
+            r["ms_1080p"] = ms.get(r["method"], float("nan"))
     ref = next((r["ms_1080p"] for r in rows if r["method"].startswith("teacher, 50")), float("nan"))
     for r in rows:
         r["speedup"] = ref / r["ms_1080p"] if r["ms_1080p"] == r["ms_1080p"] and r["ms_1080p"] > 0 else float("nan")
@@ -269,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="items (default: 8 FAST / 96 FULL)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: 64 FAST / 128 FULL)")
     p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout")
-    p.add_argument("--repeats", type=int, default=None, help="timed 1080p calls per method (median)")
+    p.add_argument("--repeats", type=int, default=None, help="timed 1080p calls per method, round-robin over the methods (median)")
     p.add_argument("--no-latency", action="store_true", help="skip the 1080p timings")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
