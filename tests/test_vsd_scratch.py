@@ -159,19 +159,23 @@ def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_pat
     assert vsd_study.main(["--students", "x=" + str(tmp_path / "absent.safetensors")]) == 2
 
 
-def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path):
-    """data/weights/student_vsd_scratch.safetensors: the metadata says no paired targets and where it
-    came from, and ``retouch --checkpoint`` edits unseen photos in the asked direction."""
+@pytest.mark.parametrize("name, align", [("student_vsd_scratch.safetensors", 0.0),
+                                         ("student_vsd_align_scratch.safetensors", 1.0)])
+def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path, name, align):
+    """The students distilled from scratch (lesson 05; lesson 06 with the alignment loss): the metadata
+    says no paired targets and where they came from, and ``retouch --checkpoint`` edits unseen photos
+    in the asked direction."""
     from course_lib.__main__ import main
     from course_lib.data import load_photo, photo_names
     from course_lib.images import load_image, save_image
     from course_lib.student import read_metadata
 
-    path = config.WEIGHTS_DIR / "student_vsd_scratch.safetensors"
+    path = config.WEIGHTS_DIR / name
     meta = read_metadata(path)
     assert meta["paired_targets"] == "none"
     prov = json.loads(meta["provenance"])
     assert prov["init"] == "identity" and prov["teacher"] == "embedded" and "teacher's own" in prov["regression"]
+    assert prov["recipe"]["align_weight"] == align
     photo = load_photo(photo_names("heldout")[0], size=96)
     save_image(photo, tmp_path / "in.png")
     warm, bright = tmp_path / "warm.png", tmp_path / "bright.png"
