@@ -1,8 +1,8 @@
 """Numbers in the lessons' prose come from the results files they cite (issue 21, part 3).
 
 :mod:`course_lib.util.quotes` checks every Markdown cell of every lesson. ``KNOWN_STALE`` lists
-the cells still typed by hand from older runs, to be re-rendered from results files (lesson 06 with
-the alignment student's retraining, issue 19; lesson 08 from ``bench retouch --json``, issue 21). The test fails if a cell
+the cells still typed by hand from older runs, to be re-rendered from results files (empty now: lessons
+06 and 08 render theirs from ``vsd-study`` and ``bench retouch --json``). The test fails if a cell
 *not* listed quotes a number its results do not hold, **and** if a listed cell has become clean
 (then strike it from the list), so the list can only shrink.
 """
@@ -15,10 +15,7 @@ from course_lib.util import quotes
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
-KNOWN_STALE = {  # notebook -> ids of the cells still typed by hand
-    "06_alignment.ipynb": {'c06-15'},
-    "08_benchmark.ipynb": {'c08-08', 'c08-07'},
-}
+KNOWN_STALE: dict[str, set[str]] = {}  # notebook -> ids of cells still typed by hand (none left)
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
