@@ -79,7 +79,7 @@ def test_papers_table_reads_every_number_from_the_results():
     assert "78 ms" in br.papers_table(result) and "Inverse-and-Edit reconstruction" not in br.papers_table(result)
     # without the paper's student, the supervised one stands in, and its name is said
     result["rows"][1]["method"] = "student, supervised (lesson 03)"
-    assert "student, supervised on" in br.papers_table(result) and "trained without pairs" not in br.papers_table(result)
+    assert "(student, supervised)" in br.papers_table(result) and "trained without pairs" not in br.papers_table(result)
 
 
 def test_latency_is_timed_round_robin():

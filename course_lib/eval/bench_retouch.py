@@ -218,8 +218,8 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
         raise KeyError("papers_table needs a student row and the 50-step teacher's row")
     name, thr = st["method"].split(" (")[0], result.get("threads", "?")
     lines = ["| claim | paper | this course (CPU, embedded tier) |", "|---|---|---|",
-             f"| one 1080p photo, grid student | {PAPER_CLAIMS['latency']} | {st['ms_1080p']:.0f} ms for the {name} on "
-             f"{thr} CPU thread(s) of this machine: a CPU time, not comparable with a GPU's |"]
+             f"| one 1080p photo, grid student | {PAPER_CLAIMS['latency']} | {st['ms_1080p']:.0f} ms on {thr} CPU "
+             f"thread(s) of this machine ({name}): a CPU time, not comparable with a GPU's |"]
     cells = [f"{st['speedup']:.1f}× over the 50-step teacher ({t50['ms_1080p']:.0f} ms)"]
     if t4 is not None:
         cells.append(f"{t4['ms_1080p'] / st['ms_1080p']:.1f}× over the 4-step teacher ({t4['ms_1080p']:.0f} ms)")
