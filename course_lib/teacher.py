@@ -428,10 +428,9 @@ def embedded_x0(unet, x_t: torch.Tensor, source: torch.Tensor, t: torch.Tensor, 
 
 
 def head_of(unet) -> str:
-    """The head of an embedded UNet: ``"edm"`` when its config says so (``unet.config.head`` is not a
-    diffusers field, so the checkpoint's config carries it), else from its output channels."""
-    head = getattr(unet, "_course_head", None)
-    return head or {3: "residual", 12: "affine"}[int(unet.config.out_channels)]
+    """``"residual"`` or ``"affine"`` from an embedded UNet's output channels. The ``edm`` head has the
+    residual's shape, so only the checkpoint's config (``config["head"]``) can say it."""
+    return {3: "residual", 12: "affine"}[int(unet.config.out_channels)]
 
 
 def widen_head(weights: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
@@ -450,7 +449,6 @@ def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64,
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head))
-    unet._course_head = head
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return unet
@@ -490,7 +488,6 @@ def load_embedded_teacher(path: str | Path | None = None, device: torch.device |
     except CheckpointError as exc:
         raise TeacherError(str(exc)) from None
     head = info.config.get("head") or head_of(unet)  # checkpoints written before heads existed: residual
-    unet._course_head = head
     return EmbeddedTeacher(unet, info.config["scheduler"], text_encoder=text_encoder,
                            default_guidance=tuple(info.config.get("default_guidance", (1.5, 3.0))),
                            device=device or config.device(), head=head)
