@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config
-from .text import MiniLMEncoder
+from .text import MiniLMEncoder, bag_of_words
 from .util.hub import hf_file
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_checkpoint, save_checkpoint
 
@@ -293,6 +293,68 @@ def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64
             "class_embed_type": "projection", "projection_class_embeddings_input_dim": text_dim}
 
 
+class InstructionReader(torch.nn.Module):
+    """The world teacher's reading of an instruction: MiniLM's pooled vector -> ``tokens`` tokens.
+
+    One pooled vector through the class embedding and a one-token cross-attention was too weak a
+    path for the diffusion loss to learn *which* edit is asked (issue 19's study: at t = 999 the
+    predicted change had cosine 0.24 with the true one). The reader is a small MLP with
+    "understood as" heads, as the student's (lesson 03): trained with an auxiliary readout loss,
+    its tokens carry the edit code ``[p, p·s]`` (presence, signed strength of each edit) to the
+    UNet's cross-attention and (the first token) to the timestep embedding.
+
+    It reads what the student reads (:func:`course_lib.student.featurise` with one clause): the
+    sentence embedding and, with a vocabulary, the training words present (:func:`reader_features`).
+
+    Args:
+        text_dim: D, the text encoder's size (384 for MiniLM) and the UNet's ``cross_attention_dim``.
+        hidden: H, the MLP's width.
+        tokens: T, how many tokens the UNet attends over.
+        labels: K, the readout heads (0: none; the tokens read the MLP's features alone).
+        vocab: V words whose presence it also reads (``()``: the sentence embedding alone).
+    """
+
+    def __init__(self, text_dim: int = 384, hidden: int = 256, tokens: int = 4, labels: int = 0,
+                 vocab: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.text_dim, self.hidden, self.tokens, self.labels = text_dim, hidden, tokens, labels
+        self.vocab = tuple(vocab)
+        nn = torch.nn
+        self.mlp = nn.Sequential(nn.Linear(text_dim + len(self.vocab), hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                 nn.GELU())
+        self.readout = nn.Linear(hidden, 2 * labels) if labels else None
+        self.to_tokens = nn.Linear(hidden + 2 * labels, tokens * text_dim)
+        self.norm = nn.LayerNorm(text_dim)
+
+    def config(self) -> dict:
+        """What rebuilds it (stored in the checkpoint's config as ``reader``)."""
+        return {"text_dim": self.text_dim, "hidden": self.hidden, "tokens": self.tokens, "labels": self.labels,
+                "vocab": list(self.vocab)}
+
+    def forward(self, e: torch.Tensor, return_readout: bool = False):
+        """Args: e: (N, D + V) :func:`reader_features` (∅ = zero tokens is the caller's).
+
+        Returns:
+            (N, T, D) tokens; with ``return_readout`` also ``(logits, strength)``, (N, K) each (``None`` when K = 0).
+        """
+        h = self.mlp(e)  # (N, H)
+        feats, read = h, None
+        if self.readout is not None:
+            logits, strength = self.readout(h).chunk(2, dim=-1)  # (N, K) each
+            p = torch.sigmoid(logits)
+            # c = [p, p·s]: the edit code, as the student's (an absent edit contributes zeros)
+            feats, read = torch.cat([h, p, p * strength], dim=-1), (logits, strength)
+        tok = self.norm(self.to_tokens(feats).view(-1, self.tokens, self.text_dim))  # (N, T, D)
+        return (tok, read) if return_readout else tok
+
+
+def reader_features(texts: Sequence[str], encode, vocab: Sequence[str] = ()) -> torch.Tensor:
+    """What an :class:`InstructionReader` reads: the sentence embeddings ``encode(texts)`` (N, D),
+    then the word indicators of ``vocab`` (N, V) when it has one: (N, D + V) on the CPU."""
+    e = encode(list(texts)).detach().float().cpu()  # (N, D)
+    return torch.cat([e, bag_of_words(texts, vocab)], dim=1) if vocab else e
+
+
 class EmbeddedTeacher(Teacher):
     """InstructPix2Pix in pixel space at 32x32, conditioned on MiniLM embeddings.
 
@@ -305,15 +367,18 @@ class EmbeddedTeacher(Teacher):
         text_encoder: an object with ``encode(list[str]) -> (N, 384)``; default
             :class:`course_lib.text.MiniLMEncoder` (loaded on first use).
         default_guidance: ``(s_img, s_txt)``.
+        reader: an :class:`InstructionReader` (the world teacher's text path), or ``None`` (the
+            pooled MiniLM vector is the one token).
     """
 
     channels = 3
 
     def __init__(self, unet: torch.nn.Module, scheduler_config: dict | None = None, text_encoder=None,
                  default_guidance: Guidance = (1.5, 3.0), device: torch.device | str = "cpu",
-                 head: str | None = None) -> None:
+                 head: str | None = None, reader: InstructionReader | None = None) -> None:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.reader = reader.to(self.device).eval().requires_grad_(False) if reader is not None else None
         self.head = head or head_of(unet)
         self.resolution = int(unet.config.sample_size)
         self.scheduler_config = dict(scheduler_config or ddpm_config())
@@ -328,12 +393,20 @@ class EmbeddedTeacher(Teacher):
         return self._text_encoder
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        # (N, 384) unit vectors -> one token (N, 1, 384)
-        return self.text_encoder.encode(list(texts)).to(self.device)[:, None, :]
+        if self.reader is None:
+            return self.text_encoder.encode(list(texts)).to(self.device)[:, None, :]  # one token (N, 1, 384)
+        with torch.no_grad():
+            # (N, 384 + V) -> T tokens (N, T, 384)
+            return self.reader(reader_features(texts, self.text_encoder.encode, self.reader.vocab).to(self.device))
+
+    @property
+    def text_tokens(self) -> int:
+        """L, the tokens per instruction (1, or the reader's T)."""
+        return 1 if self.reader is None else self.reader.tokens
 
     def null_text(self, n: int) -> torch.Tensor:
-        # ∅ text = the zero vector (what condition dropout trains on)
-        return torch.zeros(n, 1, self.text_dim, device=self.device)
+        # ∅ text = zero tokens (what condition dropout trains on)
+        return torch.zeros(n, self.text_tokens, self.text_dim, device=self.device)
 
     def to_space(self, image: torch.Tensor) -> torch.Tensor:
         # x = 2·img − 1 ∈ [-1, 1]
@@ -456,11 +529,12 @@ def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64,
 
 def save_embedded_teacher(weights: dict[str, torch.Tensor], path: str | Path, unet_config: dict,
                           default_guidance: Sequence[float], provenance: dict | None = None,
-                          head: str = "residual") -> Path:
-    """Write an embedded teacher: fp16 UNet weights, the UNet/scheduler config, the head and the
-    default guidance, in the course's one checkpoint convention (atomically)."""
+                          head: str = "residual", reader_config: dict | None = None) -> Path:
+    """Write an embedded teacher: fp16 UNet weights (and the reader's, prefixed ``reader.``), the
+    UNet/scheduler config, the head, the reader's config and the default guidance, in the course's one
+    checkpoint convention (atomically)."""
     cfg = {"unet": unet_config, "scheduler": ddpm_config(), "default_guidance": [float(g) for g in default_guidance],
-           "text_encoder": "minilm", "head": head}
+           "text_encoder": "minilm", "head": head, "reader": reader_config}
     return save_checkpoint(path, {k: v.detach().half() for k, v in weights.items()}, KIND, cfg, provenance)
 
 
@@ -484,13 +558,17 @@ def load_embedded_teacher(path: str | Path | None = None, device: torch.device |
     try:
         tensors, info = load_checkpoint(p, KIND)
         unet = UNet2DConditionModel(**info.config["unet"])
-        load_into(unet, {k: v.float() for k, v in tensors.items()}, p)
+        load_into(unet, {k: v.float() for k, v in tensors.items() if not k.startswith("reader.")}, p)
+        reader = None
+        if info.config.get("reader"):
+            reader = InstructionReader(**info.config["reader"])
+            load_into(reader, {k[len("reader."):]: v.float() for k, v in tensors.items() if k.startswith("reader.")}, p)
     except CheckpointError as exc:
         raise TeacherError(str(exc)) from None
     head = info.config.get("head") or head_of(unet)  # checkpoints written before heads existed: residual
     return EmbeddedTeacher(unet, info.config["scheduler"], text_encoder=text_encoder,
                            default_guidance=tuple(info.config.get("default_guidance", (1.5, 3.0))),
-                           device=device or config.device(), head=head)
+                           device=device or config.device(), head=head, reader=reader)
 
 
 def checkpoint_info(path: str | Path | None = None) -> dict:

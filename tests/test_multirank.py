@@ -1,6 +1,6 @@
 """Every trainer with two real processes (gloo on the CPU), against the same command in one process.
 
-For each of the five trainers, ``accelerate launch --multi_gpu --num_processes 2`` with
+For each of the five trainers (and the stages that draw differently), ``accelerate launch --multi_gpu --num_processes 2`` with
 ``ACCELERATE_USE_CPU=1`` (two real ranks; ``--cpu --num_processes 2`` would start one) runs
 ``--steps 3 --batch-size B``, then one plain process runs ``--batch-size 2B``. Checked:
 
@@ -55,16 +55,14 @@ TRAINERS = {
                 ["ckpt.safetensors", "ckpt.safetensors.state/optimizer.safetensors",
                  "ckpt.safetensors.state/state.json"],
                 {"ckpt.safetensors": {"": _lrs(2e-3, warmup=1, decay="cosine", floor=0.05)}}),
-    "teacher": (2, ["--resolution", "16", "--channels", "8,16", "--lr", "5e-4", "--warmup", "1",
+    # the world teacher: its instruction reader (pre-trained alike on every rank) trains with the UNet
+    "teacher": (2, ["--resolution", "16", "--channels", "8,16", "--lr", "5e-4", "--warmup", "1", "--data", "world",
+                    "--reader-tokens", "2", "--reader-hidden", "16", "--reader-pretrain", "3", "--reader-bank", "16",
                     "--out-dir", "{d}/run", "--export", "{d}/ckpt.safetensors"],
                 ["ckpt.safetensors", "run/state.safetensors", "run/state.json"],
                 {"run/state.safetensors": {"model.": _lrs(5e-4, warmup=1), "ema.": _lrs(5e-4, warmup=1)}}),
-    "vsd": (1, ["--size", "32", "--init", "identity", "--grid-size", "4", "--lora-rank", "2", "--lr", "1e-4",
-                "--fake-lr", "1e-3", "--out", "{d}/ckpt.safetensors"],
-            ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
-            {"ckpt.safetensors": {"": _lrs(1e-4)},
-             "ckpt.safetensors.state/state.safetensors": {"lora.": _lrs(1e-3)}}),
-    # VSD from scratch with its recipe: K noise draws, EMA, the regression batch (per process, as --batch-size)
+    # VSD from scratch with its recipe: K noise draws, EMA, the regression batch (per process, as --batch-size);
+    # plain VSD (K = 1, no EMA, no regression) runs the same code with those parts skipped
     "vsd:recipe": (1, ["--size", "32", "--init", "identity", "--grid-size", "4", "--lora-rank", "2", "--lr", "1e-4",
                        "--fake-lr", "1e-3", "--noise-samples", "2", "--ema-decay", "0.5", "--regress-weight", "1",
                        "--regress-items", "4", "--regress-steps", "2", "--regress-batch", "{b}",

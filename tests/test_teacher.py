@@ -399,3 +399,54 @@ def test_teacher_eval_writes_its_results(tmp_path, monkeypatch, tiny_teacher):
     assert [r["method"] for r in saved["rows"]] == ["identity", "teacher"]
     assert saved["command"].startswith("python -m course_lib teacher-eval") and "--n 2" in saved["command"]
     assert teacher_eval.main(args) == 2  # exists: refused before running
+
+
+def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
+    """``--reader-tokens T`` (data world): the reader's tokens condition the UNet, its readout heads
+    learn from the auxiliary loss (pre-training lowers it), resuming reproduces a straight run,
+    the export holds the reader and loads into a teacher whose text is T tokens (∅ too), and a
+    checkpoint without a reader loads as before."""
+    from course_lib.grammar import training_vocabulary
+    from course_lib.teacher import InstructionReader, reader_features
+    from course_lib.train.teacher import TrainConfig, hide_words, pretrain_reader, reader_bank, train
+    from course_lib.world import READOUT_LABELS
+
+    K, V = len(READOUT_LABELS), tuple(sorted(training_vocabulary()))
+    r = InstructionReader(384, 32, 3, K)
+    e = torch.randn(5, 384)
+    tok, (logits, strength) = r(e, return_readout=True)
+    assert tok.shape == (5, 3, 384) and logits.shape == strength.shape == (5, K)
+    # the LayerNorm'd tokens: zero mean per token (its init affine is the identity)
+    assert tok.mean(-1).abs().max() < 1e-4 * tok.abs().max()
+    # the features: the sentence embedding, then the training words present
+    x = reader_features(["make it warmer", "zzz"], HashText().encode, V)
+    assert x.shape == (2, 384 + len(V)) and x[0, 384 + V.index("warmer")] == 1 and not x[1, 384:].any()
+    hidden = hide_words(torch.ones(400, 384 + len(V)), 384, 0.3, seed=0, step=0)
+    assert (hidden[:, :384] == 1).all() and 0.15 < float((hidden[:, 384:].sum(1) == 0).float().mean()) < 0.45
+    bank = reader_bank(HashText(), 256, seed=0, vocab=V)
+    assert bank["X"].shape == (256, 384 + len(V)) and bank["P"].shape == (256, K) and bank["P"].sum(1).min() == 0
+    losses = pretrain_reader(InstructionReader(384, 32, 3, K, vocab=V), bank, steps=150, seed=0, lr=3e-3)
+    assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:20]) / 20
+
+    def cfg(steps, out, resume=False, export=None):
+        return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=1, ema_decay=0.9,
+                           data="world", reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64,
+                           out_dir=str(tmp_path / out), save_every=2, log_every=1, resume=resume, export=export)
+
+    straight = train(cfg(4, "a", export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
+    train(cfg(2, "b"), text_encoder=HashText())
+    resumed = train(cfg(4, "b", resume=True), text_encoder=HashText())
+    for (k, v), v2 in zip(straight["reader"].state_dict().items(), resumed["reader"].state_dict().values()):
+        torch.testing.assert_close(v, v2, msg=k)
+    assert any(k.startswith("reader.") for k in straight["ema"])
+    T = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
+    info = checkpoint_info(tmp_path / "a.safetensors")
+    assert info["config"]["reader"]["tokens"] == 3 and info["train"]["reader_tokens"] == 3
+    emb = T.encode_text(["make the sky warmer", "brighten it"])
+    assert emb.shape == (2, 3, 384) and T.null_text(2).shape == (2, 3, 384) and not T.null_text(1).any()
+    assert T.reader.vocab == V and info["train"]["reader_vocab"]
+    torch.testing.assert_close(emb, T.reader(reader_features(["make the sky warmer", "brighten it"], HashText().encode, V)))
+    out = T.edit(torch.rand(1, 3, 16, 16), "make the sky warmer", steps=2, guidance=(1.5, 2.0))
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    # the shipped first-world teacher has no reader: one pooled token
+    assert load_embedded_teacher(device="cpu", text_encoder=HashText()).encode_text(["x"]).shape == (1, 1, 384)

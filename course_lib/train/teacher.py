@@ -41,10 +41,12 @@ import torch
 
 from .. import config
 from ..data import RetouchPairs
-from ..teacher import (build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config, embedded_x0,
-                       save_embedded_teacher, widen_head)
+from ..grammar import non_edit_text, training_vocabulary
+from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config,
+                       embedded_x0, reader_features, save_embedded_teacher, widen_head)
 from ..text import MiniLMEncoder
-from ..world import RetouchWorld
+from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
+from .student import readout_loss
 from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
                      load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, set_lr, strip_prefix, with_prefix, write_state)
@@ -78,6 +80,13 @@ class TrainConfig:
     threads: int = 1
     data: str = "pairs"  # "pairs": the first world (lesson 04's teacher); "world": the data world 2.0
     head: str = "residual"  # "residual": x̂0 = s + r; "affine": + M·s; "edm": preconditioned (teacher.embedded_x0)
+    reader_tokens: int = 0  # T > 0: an InstructionReader (world data) gives the UNet T tokens; 0: the pooled vector
+    reader_hidden: int = 256
+    readout_weight: float = 1.0  # w of the reader's auxiliary readout loss
+    reader_pretrain: int = 0  # steps of training the reader alone on a bank of instructions first (fresh runs)
+    reader_bank: int = 20000  # instructions in that bank
+    reader_vocab: bool = True  # the reader also reads the training words present (bag of words), as the student
+    word_dropout: float = 0.3  # hide the word indicators of this share of rows (to read the embedding alone too)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -94,19 +103,56 @@ def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
     return RetouchPairs("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
 
 
-def diffusion_loss(unet, sched, source: torch.Tensor, target: torch.Tensor, text: torch.Tensor,
-                   gen: torch.Generator, cfg: TrainConfig, shard: Shard | None = None) -> torch.Tensor:
+class TeacherNet(torch.nn.Module):
+    """What a training step runs, as one module (one forward under DDP): the reader (if any) and the UNet."""
+
+    def __init__(self, unet: torch.nn.Module, reader: InstructionReader | None = None) -> None:
+        super().__init__()
+        self.unet, self.reader = unet, reader
+
+    def forward(self, x_t, src, t, text, keep_text, alpha_bar, head: str):
+        """x̂0 and the reader's ``(logits, strength)`` (``None`` without readout heads).
+
+        Args: x_t, src: (B, 3, r, r); t: (B,); text: (B, 384) pooled embeddings; keep_text: (B,) 0 where
+        the text is dropped (∅ = zero tokens); alpha_bar: (B,) ᾱ_t.
+        """
+        if self.reader is None:
+            tokens, read = text[:, None], None  # (B, 1, 384)
+        else:
+            tokens, read = self.reader(text, return_readout=True)  # (B, T, 384)
+        tokens = tokens * keep_text.view(-1, 1, 1)
+        return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar, head), read
+
+
+def flat_weights(net: TeacherNet) -> dict[str, torch.Tensor]:
+    """The checkpoint's key layout: the UNet's keys as they are, the reader's prefixed ``reader.``."""
+    return {(k[len("unet."):] if k.startswith("unet.") else k): v for k, v in net.state_dict().items()}
+
+
+def load_flat(net: TeacherNet, weights: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`flat_weights` (states written before readers existed hold the UNet's keys only)."""
+    net.load_state_dict({(k if k.startswith("reader.") else "unet." + k): v for k, v in weights.items()})
+
+
+def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.Tensor, text: torch.Tensor,
+                   gen: torch.Generator, cfg: TrainConfig, shard: Shard | None = None,
+                   readout: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The denoising loss with condition dropout (residual x̂0 parameterisation, weighted).
 
     Args:
+        net: a :class:`TeacherNet` (a bare UNet is wrapped).
         source, target: (B, 3, r, r) in [0, 1]; text: (B, 384) embeddings.
         gen: CPU generator for t, ε and the dropout draws.
         shard: this process's share of the step (default: all of it); the draws are made for the
             whole global batch and each process keeps its rows, so processes never share noise.
+        readout: ``(present, strength)``, (B, K) each, the readout targets of the reader's heads.
 
     Returns:
-        scalar loss.
+        ``{"loss": total, "diffusion": ..., "readout": ...}`` scalars (readout only with a reader
+        and targets): total = diffusion + ``cfg.readout_weight``·readout.
     """
+    if not isinstance(net, TeacherNet) and not isinstance(getattr(net, "module", None), TeacherNet):
+        net = TeacherNet(net)
     shard = shard or Shard(source.shape[0])
     n, dev = shard.global_batch, source.device
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
@@ -119,19 +165,82 @@ def diffusion_loss(unet, sched, source: torch.Tensor, target: torch.Tensor, text
     p_t, p_i, p_b = cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both
     drop_txt = ((r < p_t) | ((r >= p_t + p_i) & (r < p_t + p_i + p_b))).float()[:, None]
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
-    text = text * (1 - drop_txt)  # (B, 384)
     src = src * (1 - drop_img)  # (B, 3, r, r)
     ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
     # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
-    # the network predicts the edit, not the image
-    x0_hat = embedded_x0(unet, x_t, src, t, text[:, None], ab, cfg.head)
+    # the network predicts the edit, not the image; dropped text = zero tokens
+    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab, cfg.head)
     if cfg.head == "edm":
         # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
         w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
     else:
         # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
         w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
-    return (w * (x0_hat - x0) ** 2).mean()
+    out = {"diffusion": (w * (x0_hat - x0) ** 2).mean()}
+    out["loss"] = out["diffusion"]
+    if read is not None and readout is not None:
+        # L = L_diffusion + w·(BCE(presence) + squared error of the named edits' strengths), on every row
+        out["readout"] = readout_loss(*read, *(r.to(dev) for r in readout))
+        out["loss"] = out["loss"] + cfg.readout_weight * out["readout"]
+    return out
+
+
+def reader_bank(text_encoder, n: int, seed: int, none_prob: float = 0.05, vocab=()) -> dict[str, torch.Tensor]:
+    """``n`` training instructions of the data world (training wording; a ``none_prob`` share names
+    no edit), read once: ``X`` (n, 384 + V) (:func:`course_lib.teacher.reader_features`) and the
+    readout targets ``P``, ``S`` (n, K)."""
+    import numpy as np
+
+    rng = np.random.default_rng([31_000, seed])
+    texts, edits = [], []
+    for _ in range(n):
+        if rng.random() < none_prob:
+            texts.append(non_edit_text(rng, "train"))
+            edits.append("")
+        else:
+            t, e = sample_world_instruction(rng, "train")
+            texts.append(t)
+            edits.append(encode_world_edits(e))
+    X = torch.cat([reader_features(texts[k:k + 256], text_encoder.encode, vocab) for k in range(0, n, 256)])
+    P, S = map(torch.stack, zip(*(readout_targets(e) for e in edits)))
+    return {"X": X, "P": P, "S": S}
+
+
+def hide_words(x: torch.Tensor, text_dim: int, p: float, seed: int, step: int, shard: Shard | None = None) -> torch.Tensor:
+    """Zero the word indicators (columns ``text_dim:``) of a random ``p`` of the rows, drawn for the
+    global batch from ``(seed, step)`` (as the student's word dropout), so the reader also learns to
+    read the sentence embedding alone: all it has for words it never saw."""
+    if p <= 0 or x.shape[1] == text_dim:
+        return x
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 77)
+    drawn = torch.rand(shard.global_batch if shard else x.shape[0], generator=g)
+    keep = ((shard.take(drawn) if shard else drawn) >= p).to(x.dtype).to(x.device)  # (B,)
+    return torch.cat([x[:, :text_dim], x[:, text_dim:] * keep[:, None]], dim=1)
+
+
+def pretrain_reader(reader: InstructionReader, bank: dict[str, torch.Tensor], steps: int, seed: int,
+                    lr: float = 1e-3, batch: int = 64, word_dropout: float = 0.0) -> list[float]:
+    """Train the reader's MLP and readout heads alone on a bank (:func:`reader_bank`): reading the
+    instruction needs no image, and thousands of such steps take seconds (the student's stage 0,
+    lesson 03). The token projection is left to the diffusion loss. Deterministic given ``seed``.
+
+    Returns:
+        the readout losses, one per step.
+    """
+    params = list(reader.mlp.parameters()) + list(reader.readout.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(41_000 + seed)
+    dev, losses = next(reader.parameters()).device, []
+    for step in config.progress(range(steps), desc="reader", disable=config.is_fast()):
+        idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
+        x = hide_words(bank["X"][idx], reader.text_dim, word_dropout, seed + 5, step)
+        _, read = reader(x.to(dev), return_readout=True)
+        loss = readout_loss(*read, bank["P"][idx].to(dev), bank["S"][idx].to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 # ----------------------------------------------------------------------------- training
@@ -149,10 +258,21 @@ def _init_info(init: str | None) -> dict | None:
     return {"file": Path(init).name, "train": train}
 
 
+def build_reader(cfg: TrainConfig) -> InstructionReader | None:
+    """The run's :class:`InstructionReader` (``cfg.reader_tokens`` > 0; readout heads on the data world), or ``None``."""
+    if cfg.reader_tokens <= 0:
+        return None
+    world = cfg.data == "world"
+    return InstructionReader(384, cfg.reader_hidden, cfg.reader_tokens, len(READOUT_LABELS) if world else 0,
+                             vocab=tuple(sorted(training_vocabulary())) if world and cfg.reader_vocab else ())
+
+
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
+    reader = build_reader(cfg)
     return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head),
-                                 cfg.default_guidance, {"train": info}, head=cfg.head)
+                                 cfg.default_guidance, {"train": info}, head=cfg.head,
+                                 reader_config=reader.config() if reader is not None else None)
 
 
 def export_from_state(cfg: TrainConfig) -> Path:
@@ -166,9 +286,11 @@ def export_from_state(cfg: TrainConfig) -> Path:
     weights = strip_prefix(stored, "ema.") or strip_prefix(stored, "model.")
     losses = st["losses"]
     cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]),
-                              head=run.get("head", "residual"))
+                              head=run.get("head", "residual"), data=run.get("data", "pairs"),
+                              reader_tokens=run.get("reader_tokens", 0), reader_hidden=run.get("reader_hidden", 256),
+                              reader_vocab=run.get("reader_vocab", True))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
-            "data": run.get("data", "pairs"), "head": cfg.head,
+            "data": run.get("data", "pairs"), "head": cfg.head, "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
@@ -183,7 +305,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         text_encoder: object with ``encode(list[str]) -> (N, 384)``; default MiniLM.
 
     Returns:
-        dict with ``unet`` (trained, unwrapped), ``ema`` (dict of tensors or None),
+        dict with ``unet`` (trained, unwrapped), ``reader`` (or None), ``ema`` (dict of tensors, the
+        checkpoint layout of :func:`flat_weights`, or None),
         ``losses`` (list of (step, loss), averaged over processes), ``seconds``.
     """
     from accelerate import Accelerator
@@ -195,36 +318,48 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     config.seed_everything(cfg.seed)
     text_encoder = text_encoder if text_encoder is not None else MiniLMEncoder()
     unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head)
+    reader = build_reader(cfg)
+    net = TeacherNet(unet, reader)
     sdir = Path(cfg.out_dir)
     if cfg.resume and (sdir / STATE).is_file() and not has_state(sdir, STATE):
         raise ValueError(f"{sdir / STATE} has no state.json beside it (written by an older course_lib): "
                          "resume it with that version or start a new --out-dir")
     resuming = cfg.resume and has_state(sdir, STATE)
+    fresh_reader = True  # False when --init brings a trained reader
     if cfg.init and not resuming:
         # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32; a residual
         # checkpoint grows the affine head's channels at zero (the same edits to start with)
-        unet.load_state_dict(widen_head({k: v.float() for k, v in load_file(str(cfg.init)).items()}, cfg.head))
+        init = widen_head({k: v.float() for k, v in load_file(str(cfg.init)).items()}, cfg.head)
+        unet.load_state_dict({k: v for k, v in init.items() if not k.startswith("reader.")})
+        if reader is not None and any(k.startswith("reader.") for k in init):
+            reader.load_state_dict(strip_prefix(init, "reader."))
+            fresh_reader = False
         acc.print(f"initialised from {cfg.init}")
+    if not resuming and fresh_reader and reader is not None and reader.readout is not None and cfg.reader_pretrain > 0:
+        # stage 0: the reader learns to read the instruction alone (no image), then the UNet learns from its code
+        bank = reader_bank(text_encoder, cfg.reader_bank, cfg.seed, vocab=reader.vocab)
+        rl = pretrain_reader(reader, bank, cfg.reader_pretrain, cfg.seed, word_dropout=cfg.word_dropout)
+        acc.print(f"reader pre-trained: readout loss {sum(rl[:50]) / len(rl[:50]):.3f} -> {sum(rl[-50:]) / len(rl[-50:]):.3f}")
     sched = DDPMScheduler.from_config(ddpm_config())
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     start, losses = 0, []
-    ema = {k: v.detach().clone().float() for k, v in unet.state_dict().items()} if cfg.ema_decay > 0 else None
+    ema = {k: v.detach().clone().float() for k, v in flat_weights(net).items()} if cfg.ema_decay > 0 else None
     if resuming:
         stored, meta, st = read_state(sdir, STATE)
-        unet.load_state_dict(strip_prefix(stored, "model."))
+        load_flat(net, strip_prefix(stored, "model."))
         load_optimizer_tensors(opt, stored, meta["optimizer"], prefix="opt.")
         if ema is not None:
             ema = strip_prefix(stored, "ema.") or ema
         start, losses = int(st["step"]), [tuple(x) for x in st["losses"]]
         acc.print(f"resumed from {sdir / STATE} at step {start}")
-    unet.train()
-    unet, opt = acc.prepare(unet, opt)
+    net.train()
+    net, opt = acc.prepare(net, opt)
     ds, shard = training_data(cfg), Shard.of(acc, cfg.batch_size)
-    t0, running = time.time(), []
+    t0, running, running_read = time.time(), [], []
 
     def save(step: int) -> None:
-        model = acc.unwrap_model(unet)
-        tensors = with_prefix("model.", {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        model = acc.unwrap_model(net)
+        tensors = with_prefix("model.", {k: v.detach().cpu().contiguous() for k, v in flat_weights(model).items()})
         if ema is not None:
             tensors.update(with_prefix("ema.", {k: v.cpu().contiguous() for k, v in ema.items()}))
         opt_t, opt_meta = optimizer_tensors(opt, prefix="opt.")
@@ -238,44 +373,60 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         # lr(step) = lr · min(1, (step+1)/warmup)
         set_lr(opt, lr_at(step, cfg.lr, cfg.warmup))
         batch = shard.fetch(ds, step)
-        text = text_encoder.encode(batch["instruction"]).to(acc.device)  # (B, 384)
+        if reader is None:
+            text = text_encoder.encode(batch["instruction"]).to(acc.device)  # (B, 384)
+        else:
+            # (B, 384 + V): the sentence embedding and the training words, some rows' words hidden
+            text = hide_words(reader_features(batch["instruction"], text_encoder.encode, reader.vocab),
+                              reader.text_dim, cfg.word_dropout, cfg.seed, step, shard).to(acc.device)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101)  # the same on every process
-        loss = diffusion_loss(unet, sched, batch["source"].to(acc.device), batch["target"].to(acc.device),
-                              text, gen, cfg, shard)
+        targets = None
+        if reader is not None and reader.readout is not None:
+            targets = tuple(map(torch.stack, zip(*(readout_targets(e) for e in batch["edits"]))))  # (B, K) x 2
+        parts = diffusion_loss(net, sched, batch["source"].to(acc.device), batch["target"].to(acc.device),
+                               text, gen, cfg, shard, readout=targets)
+        loss = parts["loss"]
         acc.backward(loss)
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if ema is not None:
             # θ_ema ← d·θ_ema + (1 − d)·θ,  d = min(decay, (1+n)/(10+n))
             d = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for k, v in acc.unwrap_model(unet).state_dict().items():
+                for k, v in flat_weights(acc.unwrap_model(net)).items():
                     if v.is_floating_point():
                         ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
                     else:
                         ema[k].copy_(v)
-        running.append(mean_over_processes(acc, {"loss": loss.item()})["loss"])
+        # the logged loss is the diffusion loss alone (comparable with and without a reader)
+        logged = mean_over_processes(acc, {k: float(v.detach()) for k, v in parts.items()})
+        running.append(logged["diffusion"])
+        if "readout" in logged:
+            running_read.append(logged["readout"])
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             losses.append((step + 1, sum(running) / len(running)))
-            running = []
+            read_msg = f", readout {sum(running_read) / len(running_read):.4f}" if running_read else ""
+            running, running_read = [], []
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
             if not config.is_fast():
-                acc.print(f"step {step + 1}: loss {losses[-1][1]:.4f} ({time.time() - t0:.0f}s)")
+                acc.print(f"step {step + 1}: loss {losses[-1][1]:.4f}{read_msg} ({time.time() - t0:.0f}s)")
         save_on_main(acc, step + 1, cfg.steps, cfg.save_every, lambda: save(step + 1))
     seconds = time.time() - t0
     acc.wait_for_everyone()
-    model = acc.unwrap_model(unet).eval()
+    model = acc.unwrap_model(net).eval()
     if cfg.export and acc.is_main_process:
-        weights = ema if ema is not None else model.state_dict()
+        weights = ema if ema is not None else flat_weights(model)
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr, "data": cfg.data,
-                "head": cfg.head,
+                "head": cfg.head, "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
+                "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab,
+                "word_dropout": cfg.word_dropout,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
                 "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
         export_checkpoint(weights, cfg, cfg.export, info)
         acc.print(f"wrote {cfg.export}")
-    return {"unet": model, "ema": ema, "losses": losses, "seconds": seconds}
+    return {"unet": model.unet, "reader": model.reader, "ema": ema, "losses": losses, "seconds": seconds}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -297,6 +448,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                    help="the UNet's output: a residual edit x̂0 = s + r (default), a per-pixel affine colour "
                         "transform plus residual x̂0 = s + r + M·s, or the residual with EDM's preconditioning "
                         "(edm: x̂0 = s + c_skip·y_t + c_out·F(c_in·y_t))")
+    p.add_argument("--reader-tokens", type=int, default=d.reader_tokens,
+                   help="T > 0: read the instruction with an InstructionReader (an MLP with readout heads on "
+                        "--data world) into T tokens for the UNet; 0: the pooled MiniLM vector is the one token "
+                        "(default %(default)s)")
+    p.add_argument("--reader-hidden", type=int, default=d.reader_hidden, help="the reader's width (default %(default)s)")
+    p.add_argument("--readout-weight", type=float, default=d.readout_weight,
+                   help="weight of the reader's auxiliary readout loss (default %(default)s)")
+    p.add_argument("--reader-pretrain", type=int, default=d.reader_pretrain,
+                   help="steps of training the reader alone on a bank of instructions before a fresh run "
+                        "(default %(default)s)")
+    p.add_argument("--reader-bank", type=int, default=d.reader_bank,
+                   help="instructions in that bank (default %(default)s)")
+    p.add_argument("--no-reader-vocab", dest="reader_vocab", action="store_false",
+                   help="the reader reads the sentence embedding alone (default: also the training words present)")
+    p.add_argument("--word-dropout", type=float, default=d.word_dropout,
+                   help="share of rows whose word indicators are hidden from the reader (default %(default)s)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
