@@ -273,14 +273,16 @@ SIGMA_DATA = 0.1
 
 
 def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384,
-                         head: str = "residual") -> dict:
+                         head: str = "residual", film: bool = False) -> dict:
     """Config of the embedded teacher's ``UNet2DConditionModel`` (about 4.6 M parameters by default).
 
     Input: noisy target ‖ source (6 channels); output: the edit as a residual (3 channels,
     ``head="residual"``) or as a per-pixel affine colour transform plus a residual (12 channels,
     ``head="affine"``), read by :func:`x0_from_output`. The text embedding enters by
     cross-attention in the two lower levels and, through ``class_embed_type="projection"``, is
-    added to the timestep embedding.
+    added to the timestep embedding. With ``film`` that embedding scales and shifts every ResNet
+    block's normalised features (``resnet_time_scale_shift="scale_shift"``, FiLM) instead of only
+    being added to them: a colour edit is a product, as in the student's FiLM layers (lesson 03).
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {sorted(HEADS)}, not {head!r}")
@@ -290,7 +292,8 @@ def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64
             "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
             "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"],
             "cross_attention_dim": text_dim, "attention_head_dim": 8, "norm_num_groups": 8,
-            "class_embed_type": "projection", "projection_class_embeddings_input_dim": text_dim}
+            "class_embed_type": "projection", "projection_class_embeddings_input_dim": text_dim,
+            "resnet_time_scale_shift": "scale_shift" if film else "default"}
 
 
 class InstructionReader(torch.nn.Module):
@@ -517,11 +520,12 @@ def widen_head(weights: dict[str, torch.Tensor], head: str) -> dict[str, torch.T
             "conv_out.bias": torch.cat([b, b.new_zeros(extra)])}
 
 
-def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), head: str = "residual"):
+def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), head: str = "residual",
+                        film: bool = False):
     """A freshly initialised embedded-teacher UNet; its last conv starts at zero (x̂0 = source: no edit)."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head))
+    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head, film=film))
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return unet

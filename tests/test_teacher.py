@@ -402,7 +402,7 @@ def test_teacher_eval_writes_its_results(tmp_path, monkeypatch, tiny_teacher):
 
 
 def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
-    """``--reader-tokens T`` (data world): the reader's tokens condition the UNet, its readout heads
+    """``--reader-tokens T --film`` (data world): the reader's tokens condition the UNet, its readout heads
     learn from the auxiliary loss (pre-training lowers it), resuming reproduces a straight run,
     the export holds the reader and loads into a teacher whose text is T tokens (∅ too), and a
     checkpoint without a reader loads as before."""
@@ -430,7 +430,7 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
 
     def cfg(steps, out, resume=False, export=None):
         return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=1, ema_decay=0.9,
-                           data="world", reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64,
+                           data="world", reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64, film=True,
                            out_dir=str(tmp_path / out), save_every=2, log_every=1, resume=resume, export=export)
 
     straight = train(cfg(4, "a", export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
@@ -444,7 +444,8 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     assert info["config"]["reader"]["tokens"] == 3 and info["train"]["reader_tokens"] == 3
     emb = T.encode_text(["make the sky warmer", "brighten it"])
     assert emb.shape == (2, 3, 384) and T.null_text(2).shape == (2, 3, 384) and not T.null_text(1).any()
-    assert T.reader.vocab == V and info["train"]["reader_vocab"]
+    assert T.reader.vocab == V and info["train"]["reader_vocab"] and info["train"]["film"]
+    assert T.unet.config.resnet_time_scale_shift == "scale_shift"  # FiLM: the embedding scales and shifts
     torch.testing.assert_close(emb, T.reader(reader_features(["make the sky warmer", "brighten it"], HashText().encode, V)))
     out = T.edit(torch.rand(1, 3, 16, 16), "make the sky warmer", steps=2, guidance=(1.5, 2.0))
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()

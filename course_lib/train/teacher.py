@@ -87,6 +87,7 @@ class TrainConfig:
     reader_bank: int = 20000  # instructions in that bank
     reader_vocab: bool = True  # the reader also reads the training words present (bag of words), as the student
     word_dropout: float = 0.3  # hide the word indicators of this share of rows (to read the embedding alone too)
+    film: bool = False  # the text+time embedding scales and shifts the ResNet features (scale_shift)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -270,7 +271,8 @@ def build_reader(cfg: TrainConfig) -> InstructionReader | None:
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
     reader = build_reader(cfg)
-    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head),
+    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head,
+                                                                     film=cfg.film),
                                  cfg.default_guidance, {"train": info}, head=cfg.head,
                                  reader_config=reader.config() if reader is not None else None)
 
@@ -288,7 +290,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
     cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]),
                               head=run.get("head", "residual"), data=run.get("data", "pairs"),
                               reader_tokens=run.get("reader_tokens", 0), reader_hidden=run.get("reader_hidden", 256),
-                              reader_vocab=run.get("reader_vocab", True))
+                              reader_vocab=run.get("reader_vocab", True), film=run.get("film", False))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
             "data": run.get("data", "pairs"), "head": cfg.head, "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
@@ -317,7 +319,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     acc = Accelerator()
     config.seed_everything(cfg.seed)
     text_encoder = text_encoder if text_encoder is not None else MiniLMEncoder()
-    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head)
+    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head, cfg.film)
     reader = build_reader(cfg)
     net = TeacherNet(unet, reader)
     sdir = Path(cfg.out_dir)
@@ -420,7 +422,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         weights = ema if ema is not None else flat_weights(model)
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr, "data": cfg.data,
                 "head": cfg.head, "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
-                "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab,
+                "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab, "film": cfg.film,
                 "word_dropout": cfg.word_dropout,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
                 "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
@@ -464,6 +466,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                    help="the reader reads the sentence embedding alone (default: also the training words present)")
     p.add_argument("--word-dropout", type=float, default=d.word_dropout,
                    help="share of rows whose word indicators are hidden from the reader (default %(default)s)")
+    p.add_argument("--film", action="store_true",
+                   help="the text and timestep embedding scales and shifts every ResNet block's features (FiLM, "
+                        "resnet_time_scale_shift='scale_shift') instead of being added to them")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
