@@ -451,3 +451,28 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
     # the shipped first-world teacher has no reader: one pooled token
     assert load_embedded_teacher(device="cpu", text_encoder=HashText()).encode_text(["x"]).shape == (1, 1, 384)
+
+
+def test_x0_probe_reads_an_oracle_and_a_no_edit_teacher():
+    """The t = 999 probe: a teacher that guesses exactly the edit gives cosine 1 and the true RMS;
+    a fresh (no-edit) teacher gives a zero change and the identity's PSNR at every t."""
+    from course_lib.eval.teacher import x0_probe
+    from course_lib.world import RetouchWorld
+
+    fresh_teacher = EmbeddedTeacher(build_embedded_unet(16, (8, 16)), text_encoder=HashText(), device="cpu")
+    fresh = x0_probe(fresh_teacher, n=6, ts=(999, 50), draws=2)
+    assert set(fresh["t"]) == {999, 50} and fresh["rms_pred"] < 1e-6 < fresh["rms_true"]
+    for v in fresh["t"].values():
+        assert abs(v["text"] - fresh["identity"]) < 1e-3 * fresh["identity"]
+
+    ds = RetouchWorld("train", "train", size=16, length=6, seed=123)
+    x0 = torch.stack([ds[i]["target"] for i in range(6)]) * 2 - 1
+
+    class Oracle(EmbeddedTeacher):  # x̂0 = the true target, whatever the noise
+        def predict_x0(self, x_in, t, text):
+            return x0
+
+    best = x0_probe(Oracle(build_embedded_unet(16, (8, 16)), text_encoder=HashText(), device="cpu"), n=6, ts=(999,),
+                    draws=2)
+    assert best["cosine"] > 0.999 and abs(best["rms_pred"] - best["rms_true"]) < 1e-4
+    assert best["t"][999]["text"] == 100.0  # every item exact: the cap

@@ -20,6 +20,7 @@ import torch
 from .. import config, metrics, student as student_lib
 from ..teacher import Teacher, TeacherError, add_teacher_options, load_teacher
 from ..viz import show_images
+from ..world import RetouchWorld
 from . import score as S, tables, world as W
 from .heldout import heldout_batch
 
@@ -178,6 +179,52 @@ def edit_preview(teacher: Teacher, source: torch.Tensor, instruction: str, steps
     return fig, out
 
 
+@torch.no_grad()
+def x0_probe(teacher: Teacher, n: int = 64, ts: Sequence[int] = (999, 800, 500, 200, 50), draws: int = 8,
+             seed: int = 123) -> dict:
+    """What an embedded teacher's one-call guess x̂0 knows, on ``n`` training crops of the data world.
+
+    At t = 999 the noisy input is almost pure noise, so the best guess is E[x0 | source, text]: the
+    regression a student would make. A teacher that reads *which* edit is asked predicts a change
+    x̂0 − source that points along the true change x0 − source; one that does not shrinks it to
+    nothing, or points it elsewhere. Measured: PSNR of x̂0 at each t with and without the text, and
+    at t = 999 (the mean of ``draws`` noise draws) the cosine between predicted and true change (mean
+    over the items that ask for a change) and both RMS sizes (in [0, 1] pixels).
+
+    Returns:
+        ``{"identity": dB, "t": {t: {"text": dB, "no_text": dB}}, "cosine": c, "rms_true": r, "rms_pred": r,
+        "n": n}``.
+    """
+    ds = RetouchWorld("train", "train", size=teacher.resolution, length=n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    src = torch.stack([i["source"] for i in items]).to(teacher.device)  # (n, 3, r, r) in [0, 1]
+    tgt = torch.stack([i["target"] for i in items]).to(teacher.device)
+    text = teacher.encode_text([i["instruction"] for i in items])
+    null = teacher.null_text(n).to(text)
+    s_in, x0 = teacher.to_space(src), teacher.to_space(tgt)
+    g = torch.Generator().manual_seed(seed)
+
+    def guess(x_t, t, txt):  # x̂0 in [0, 1]
+        tt = torch.full((n,), t, device=teacher.device, dtype=torch.long)
+        return teacher.from_space(teacher.predict_x0(torch.cat([x_t, s_in], 1), tt, txt))
+
+    def db(a):  # mean PSNR over items, each capped at 100 dB (an item with no edit, guessed exactly)
+        return float((-10 * torch.log10(((a - tgt) ** 2).mean((1, 2, 3)).clamp_min(1e-10))).mean())
+
+    out = {"identity": db(src), "t": {}, "n": n}
+    for t in ts:
+        ab = teacher.alpha_bar(torch.tensor([t])).to(x0)
+        # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g).to(x0)
+        out["t"][int(t)] = {"text": db(guess(x_t, t, text)), "no_text": db(guess(x_t, t, null))}
+    mean = torch.stack([guess(torch.randn(x0.shape, generator=g).to(x0), 999, text) for _ in range(draws)]).mean(0)
+    d_true, d_pred = (tgt - src).flatten(1), (mean - src).flatten(1)
+    edited = d_true.pow(2).mean(1).sqrt() > 1e-3  # items whose instruction changes something (a cosine needs a direction)
+    out["cosine"] = float(torch.nn.functional.cosine_similarity(d_pred[edited], d_true[edited], dim=1).mean())
+    out["rms_true"], out["rms_pred"] = float(d_true.pow(2).mean().sqrt()), float(d_pred.pow(2).mean().sqrt())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib teacher-eval",
                                 description="Teacher quality vs DDIM steps on held-out photos x held-out (or training) "
@@ -197,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="pairs: the first world's held-out photos (lesson 04); world: the data world 2.0's test "
                         "photos with training wording and held-out phrasings, split by kind of edit")
     p.add_argument("--json", default=None, help="also write the rows (and the command) as JSON here")
+    p.add_argument("--probe", action="store_true",
+                   help="with --data world: also probe the one-call guess x̂0 on training crops (x0_probe: PSNR by "
+                        "timestep with and without the text, the change's cosine at t = 999)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
@@ -251,6 +301,11 @@ def _command(a: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
 
 def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     """``teacher-eval --data world``: :func:`world_quality_vs_steps`, printed, plotted and (``--json``) written."""
+    probe = x0_probe(teacher) if a.probe else None
+    if probe:
+        print(f"x̂0 probe on {probe['n']} training crops: identity {probe['identity']:.2f} dB; " + ", ".join(
+            f"t={t} {v['text']:.2f} (no text {v['no_text']:.2f})" for t, v in probe["t"].items())
+              + f"; t=999 change cosine {probe['cosine']:.2f}, RMS {probe['rms_pred']:.3f} vs {probe['rms_true']:.3f}")
     rows = world_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g)
     print(f"guidance {g or teacher.default_guidance}, {a.n} test-photo items per wording at {teacher.resolution}px "
           f"(PSNR dB; the data world 2.0)")
@@ -261,8 +316,8 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=Path(a.out).suffix.lstrip(".") or "png")}
     if a.json:
         files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
-                                          "guidance": list(g or teacher.default_guidance), "command": command},
-                                         indent=1) + "\n"
+                                          "guidance": list(g or teacher.default_guidance), "probe": probe,
+                                          "command": command}, indent=1) + "\n"
     try:
         tables.write(files, overwrite=a.overwrite)
     except FileExistsError as exc:
