@@ -476,3 +476,14 @@ def test_x0_probe_reads_an_oracle_and_a_no_edit_teacher():
                     draws=2)
     assert best["cosine"] > 0.999 and abs(best["rms_pred"] - best["rms_true"]) < 1e-4
     assert best["t"][999]["text"] == 100.0  # every item exact: the cap
+
+
+def test_world_eval_on_validation_photos(tiny_teacher):
+    """``--split val`` scores the validation photos (where a checkpoint or its guidance is chosen), not the test ones."""
+    from course_lib.eval import world as W
+    from course_lib.eval.teacher import world_quality_vs_steps
+
+    val, test = W.world_batch(4, 16, split="val"), W.world_batch(4, 16)
+    assert not torch.equal(val["source"], test["source"])
+    rows = world_quality_vs_steps(tiny_teacher, steps=(1,), n=2, wordings=("train",), split="val")
+    assert {r["method"] for r in rows} == {"identity", "teacher"}

@@ -66,8 +66,10 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
 
 def world_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 50), n: int = 48,
                            wordings: Sequence[str] = ("train", "heldout_phrasing"), guidance=None, seed: int = 0,
-                           others: dict[str, S.Method] | None = None, chunk: int = 48, size: int | None = None) -> list[dict]:
-    """The teacher on the data world 2.0's **test photos**, per wording and kind of edit.
+                           others: dict[str, S.Method] | None = None, chunk: int = 48, size: int | None = None,
+                           split: str = "test") -> list[dict]:
+    """The teacher on the data world 2.0's **test photos** (or ``split="val"``: the validation photos,
+    where a checkpoint or its guidance is chosen), per wording and kind of edit.
 
     Items are :func:`course_lib.eval.world.world_batch` crops at the teacher's working size (or
     ``size``), the same items for every method; scores are the world's keys
@@ -86,7 +88,7 @@ def world_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 
     size = size or teacher.resolution
     rows = []
     for w in wordings:
-        batch = W.world_batch(n, size, w, W.SEED)
+        batch = W.world_batch(n, size, w, W.SEED, split=split)
         fns: dict[tuple[str, int], S.Method] = {("identity", 0): lambda s, i, t: s}
         fns.update({(name, 1): fn for name, fn in (others or {}).items()})
         for k in steps:
@@ -244,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="pairs: the first world's held-out photos (lesson 04); world: the data world 2.0's test "
                         "photos with training wording and held-out phrasings, split by kind of edit")
     p.add_argument("--json", default=None, help="also write the rows (and the command) as JSON here")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="with --data world: the test photos (default) or the validation photos (to choose a "
+                        "checkpoint or its guidance without looking at the test photos)")
     p.add_argument("--probe", action="store_true",
                    help="with --data world: also probe the one-call guess x̂0 on training crops (x0_probe: PSNR by "
                         "timestep with and without the text, the change's cosine at t = 999)")
@@ -306,8 +311,8 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
         print(f"x̂0 probe on {probe['n']} training crops: identity {probe['identity']:.2f} dB; " + ", ".join(
             f"t={t} {v['text']:.2f} (no text {v['no_text']:.2f})" for t, v in probe["t"].items())
               + f"; t=999 change cosine {probe['cosine']:.2f}, RMS {probe['rms_pred']:.3f} vs {probe['rms_true']:.3f}")
-    rows = world_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g)
-    print(f"guidance {g or teacher.default_guidance}, {a.n} test-photo items per wording at {teacher.resolution}px "
+    rows = world_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, split=a.split)
+    print(f"guidance {g or teacher.default_guidance}, {a.n} {a.split}-photo items per wording at {teacher.resolution}px "
           f"(PSNR dB; the data world 2.0)")
     print(world_table(rows))
     plot_rows = [r for r in rows if r["wording"] == "train" and r["group"] == "all"]
@@ -317,6 +322,7 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     if a.json:
         files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
                                           "guidance": list(g or teacher.default_guidance), "probe": probe,
+                                          "split": a.split,
                                           "command": command}, indent=1) + "\n"
     try:
         tables.write(files, overwrite=a.overwrite)
