@@ -88,6 +88,7 @@ class TrainConfig:
     reader_vocab: bool = True  # the reader also reads the training words present (bag of words), as the student
     word_dropout: float = 0.3  # hide the word indicators of this share of rows (to read the embedding alone too)
     film: bool = False  # the text+time embedding scales and shifts the ResNet features (scale_shift)
+    t_min: int = 0  # draw t from {t_min, ..., 999} (a study of the high-noise steps; 0 = all steps)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -157,7 +158,7 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     shard = shard or Shard(source.shape[0])
     n, dev = shard.global_batch, source.device
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
-    t = shard.take(torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
+    t = shard.take(torch.randint(cfg.t_min, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
     noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(dev)
     # x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
     x_t = sched.add_noise(x0, noise, t)
@@ -469,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     p.add_argument("--film", action="store_true",
                    help="the text and timestep embedding scales and shifts every ResNet block's features (FiLM, "
                         "resnet_time_scale_shift='scale_shift') instead of being added to them")
+    p.add_argument("--t-min", type=int, default=d.t_min,
+                   help="train on timesteps t_min..999 only (default %(default)s: all); a study option")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
