@@ -334,8 +334,9 @@ class InstructionReader(torch.nn.Module):
         return {"text_dim": self.text_dim, "hidden": self.hidden, "tokens": self.tokens, "labels": self.labels,
                 "vocab": list(self.vocab)}
 
-    def forward(self, e: torch.Tensor, return_readout: bool = False):
-        """Args: e: (N, D + V) :func:`reader_features` (∅ = zero tokens is the caller's).
+    def forward(self, e: torch.Tensor, return_readout: bool = False, code: torch.Tensor | None = None):
+        """Args: e: (N, D + V) :func:`reader_features` (∅ = zero tokens is the caller's); code: (N, 2K) an edit
+        code ``[p, p·s]`` to use instead of the heads' own (teacher forcing, a study option).
 
         Returns:
             (N, T, D) tokens; with ``return_readout`` also ``(logits, strength)``, (N, K) each (``None`` when K = 0).
@@ -346,7 +347,8 @@ class InstructionReader(torch.nn.Module):
             logits, strength = self.readout(h).chunk(2, dim=-1)  # (N, K) each
             p = torch.sigmoid(logits)
             # c = [p, p·s]: the edit code, as the student's (an absent edit contributes zeros)
-            feats, read = torch.cat([h, p, p * strength], dim=-1), (logits, strength)
+            c = torch.cat([p, p * strength], dim=-1) if code is None else code  # (N, 2K)
+            feats, read = torch.cat([h, c], dim=-1), (logits, strength)
         tok = self.norm(self.to_tokens(feats).view(-1, self.tokens, self.text_dim))  # (N, T, D)
         return (tok, read) if return_readout else tok
 

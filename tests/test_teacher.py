@@ -451,6 +451,22 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
     # the shipped first-world teacher has no reader: one pooled token
     assert load_embedded_teacher(device="cpu", text_encoder=HashText()).encode_text(["x"]).shape == (1, 1, 384)
+    # teacher-eval --data world --probe --json: the probe and the checkpoint's training record are in the file
+    from course_lib.eval import teacher as teacher_eval
+
+    real_load = teacher_eval.load_teacher
+    try:
+        teacher_eval.load_teacher = lambda *a, **k: T
+        args = ["--data", "world", "--teacher", "world", "--teacher-path", str(tmp_path / "a.safetensors"), "--n", "2",
+                "--steps", "1", "--probe", "--split", "val", "--out", str(tmp_path / "w.png"),
+                "--json", str(tmp_path / "w.json")]
+        assert teacher_eval.main(args) == 0
+    finally:
+        teacher_eval.load_teacher = real_load
+    saved = json.loads((tmp_path / "w.json").read_text())
+    assert saved["split"] == "val" and set(saved["probe"]["t"]) == {"999", "800", "500", "200", "50"}
+    rec = saved["teacher_train"]
+    assert rec["file"] == "a.safetensors" and rec["reader"] and rec["film"] and rec["steps"] == 4 and rec["parameters"] > 0
 
 
 def test_x0_probe_reads_an_oracle_and_a_no_edit_teacher():
@@ -499,7 +515,7 @@ def test_diffusion_loss_draws_timesteps_from_t_min():
     seen = []
 
     class Spy(TeacherNet):
-        def forward(self, x_t, src, t, text, keep_text, alpha_bar, head):
+        def forward(self, x_t, src, t, text, keep_text, alpha_bar, head, code=None):
             seen.append(t.clone())
             return x_t * 0 + src, None
 

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from .. import config, metrics, student as student_lib
-from ..teacher import Teacher, TeacherError, add_teacher_options, load_teacher
+from ..teacher import (EMBEDDED_WEIGHTS, WORLD_WEIGHTS, EmbeddedTeacher, Teacher, TeacherError, add_teacher_options,
+                       checkpoint_info, load_teacher)
 from ..viz import show_images
 from ..world import RetouchWorld
 from . import score as S, tables, world as W
@@ -304,6 +305,20 @@ def _command(a: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
         if v not in (None, False) and k not in ("out", "overwrite", "json", "weights", *skip))
 
 
+def _training_record(a: argparse.Namespace, teacher: Teacher) -> dict | None:
+    """How an embedded teacher was trained (its checkpoint's ``train`` record, losses dropped, and its
+    text path), so a results file says which network it scored."""
+    if not isinstance(teacher, EmbeddedTeacher):
+        return None
+    path = a.teacher_path or a.weights or (WORLD_WEIGHTS if a.teacher == "world" else EMBEDDED_WEIGHTS)
+    info = checkpoint_info(path)
+    train = {k: v for k, v in (info.get("train") or {}).items() if k != "losses"}
+    return {"file": Path(path).name, **train, "reader": info["config"].get("reader") is not None,
+            "film": info["config"]["unet"].get("resnet_time_scale_shift") == "scale_shift",
+            "parameters": sum(p.numel() for p in teacher.unet.parameters())
+            + (sum(p.numel() for p in teacher.reader.parameters()) if teacher.reader is not None else 0)}
+
+
 def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     """``teacher-eval --data world``: :func:`world_quality_vs_steps`, printed, plotted and (``--json``) written."""
     probe = x0_probe(teacher) if a.probe else None
@@ -322,7 +337,7 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
     if a.json:
         files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
                                           "guidance": list(g or teacher.default_guidance), "probe": probe,
-                                          "split": a.split,
+                                          "split": a.split, "teacher_train": _training_record(a, teacher),
                                           "command": command}, indent=1) + "\n"
     try:
         tables.write(files, overwrite=a.overwrite)

@@ -89,6 +89,7 @@ class TrainConfig:
     word_dropout: float = 0.3  # hide the word indicators of this share of rows (to read the embedding alone too)
     film: bool = False  # the text+time embedding scales and shifts the ResNet features (scale_shift)
     t_min: int = 0  # draw t from {t_min, ..., 999} (a study of the high-noise steps; 0 = all steps)
+    code_forcing: bool = False  # the UNet reads the true edit code, not the reader's (a study: is reading the limit?)
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -112,7 +113,7 @@ class TeacherNet(torch.nn.Module):
         super().__init__()
         self.unet, self.reader = unet, reader
 
-    def forward(self, x_t, src, t, text, keep_text, alpha_bar, head: str):
+    def forward(self, x_t, src, t, text, keep_text, alpha_bar, head: str, code=None):
         """x̂0 and the reader's ``(logits, strength)`` (``None`` without readout heads).
 
         Args: x_t, src: (B, 3, r, r); t: (B,); text: (B, 384) pooled embeddings; keep_text: (B,) 0 where
@@ -121,7 +122,7 @@ class TeacherNet(torch.nn.Module):
         if self.reader is None:
             tokens, read = text[:, None], None  # (B, 1, 384)
         else:
-            tokens, read = self.reader(text, return_readout=True)  # (B, T, 384)
+            tokens, read = self.reader(text, return_readout=True, code=code)  # (B, T, 384)
         tokens = tokens * keep_text.view(-1, 1, 1)
         return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar, head), read
 
@@ -171,7 +172,9 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
     # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
     # the network predicts the edit, not the image; dropped text = zero tokens
-    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab, cfg.head)
+    # code forcing (a study): the true code [p, p·s] instead of the reader's
+    code = torch.cat([readout[0], readout[0] * readout[1]], 1).to(dev) if cfg.code_forcing and readout else None
+    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab, cfg.head, code)
     if cfg.head == "edm":
         # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
         w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
@@ -472,6 +475,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                         "resnet_time_scale_shift='scale_shift') instead of being added to them")
     p.add_argument("--t-min", type=int, default=d.t_min,
                    help="train on timesteps t_min..999 only (default %(default)s: all); a study option")
+    p.add_argument("--code-forcing", action="store_true",
+                   help="the UNet reads the true edit code instead of the reader's (a study: is reading the limit?)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--init", default=None,
                    help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
