@@ -525,3 +525,32 @@ def test_diffusion_loss_draws_timesteps_from_t_min():
     out = diffusion_loss(net, sched, src, src, torch.zeros(64, 384), torch.Generator().manual_seed(0),
                          TrainConfig(t_min=900))
     assert seen[0].min() >= 900 and seen[0].max() <= 999 and torch.isfinite(out["loss"])
+
+
+def _study_file(identity, train50, heldout50, t999, steps=1000):
+    rows = []
+    for w, v in (("train", train50), ("heldout_phrasing", heldout50)):
+        rows += [{"wording": w, "method": "identity", "steps": 0, "group": "all", "psnr": identity},
+                 {"wording": w, "method": "teacher", "steps": 4, "group": "all", "psnr": v - 1},
+                 {"wording": w, "method": "teacher", "steps": 50, "group": "all", "psnr": v},
+                 {"wording": w, "method": "teacher", "steps": 50, "group": "global", "psnr": 0.0}]
+    probe = {"identity": 27.0, "t": {"999": {"text": t999, "no_text": t999 - 2}, "50": {"text": 33.0, "no_text": 32.0}},
+             "cosine": 0.4, "rms_true": 0.1, "rms_pred": 0.05, "n": 64}
+    return {"rows": rows, "probe": probe, "teacher_train": {"steps": steps, "parameters": 4_700_000,
+                                                             "init": {"file": "a.safetensors"}}}
+
+
+def test_world_teacher_study_summary_table_and_plot():
+    """The study's verdict, table and figure are computed from the results files: a changed file changes them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.eval.teacher import plot_x0_probe, study_summary, study_table
+
+    weak, strong = study_summary(_study_file(25.0, 24.0, 23.0, 24.5)), study_summary(_study_file(25.0, 28.5, 25.5, 29.0))
+    assert weak["meets"] == {"train": False, "heldout": False} and strong["meets"] == {"train": True, "heldout": True}
+    assert strong["train"] == {4: 27.5, 50: 28.5}
+    table = study_table({"film_scratch": strong, "pooled_token": weak})
+    assert "| from scratch: instruction reader + FiLM | 1000 after a.safetensors | 4.70 M | 29.00 | 27.00 | 0.40 | 0.50 |" in table
+    assert "| 27.50 | 28.50 | 24.50 | 25.50 |" in table and "identity (no edit): 25.00 dB" in table
+    assert plot_x0_probe({"film_scratch": strong, "pooled_token": weak}) is not None
