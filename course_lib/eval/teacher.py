@@ -255,6 +255,23 @@ def edit_preview(teacher: Teacher, source: torch.Tensor, instruction: str, steps
     return fig, out
 
 
+def change_cosine(pred: torch.Tensor, source: torch.Tensor, target: torch.Tensor, min_rms: float = 1e-3) -> torch.Tensor:
+    """How well a predicted edit points along the true one (lesson 04, exercise 4.4).
+
+    Args:
+        pred, source, target: (B, 3, h, w) images in [0, 1].
+        min_rms: items whose true change ``target − source`` has a smaller RMS ask for no edit and
+            have no direction: they are left out.
+
+    Returns:
+        () the mean over the edited items of cos(pred − source, target − source), each change flattened.
+    """
+    d_pred, d_true = (pred - source).flatten(1), (target - source).flatten(1)  # (B, 3hw)
+    edited = d_true.pow(2).mean(1).sqrt() > min_rms  # (B,)
+    # cos = <Δ̂, Δ> / (‖Δ̂‖ ‖Δ‖), averaged over the edited items
+    return torch.nn.functional.cosine_similarity(d_pred[edited], d_true[edited], dim=1).mean()
+
+
 @torch.no_grad()
 def x0_probe(teacher: Teacher, n: int = 64, ts: Sequence[int] = (999, 800, 500, 200, 50), draws: int = 8,
              seed: int = 123) -> dict:
@@ -295,8 +312,7 @@ def x0_probe(teacher: Teacher, n: int = 64, ts: Sequence[int] = (999, 800, 500, 
         out["t"][int(t)] = {"text": db(guess(x_t, t, text)), "no_text": db(guess(x_t, t, null))}
     mean = torch.stack([guess(torch.randn(x0.shape, generator=g).to(x0), 999, text) for _ in range(draws)]).mean(0)
     d_true, d_pred = (tgt - src).flatten(1), (mean - src).flatten(1)
-    edited = d_true.pow(2).mean(1).sqrt() > 1e-3  # items whose instruction changes something (a cosine needs a direction)
-    out["cosine"] = float(torch.nn.functional.cosine_similarity(d_pred[edited], d_true[edited], dim=1).mean())
+    out["cosine"] = float(change_cosine(mean, src, tgt))
     out["rms_true"], out["rms_pred"] = float(d_true.pow(2).mean().sqrt()), float(d_pred.pow(2).mean().sqrt())
     return out
 
