@@ -439,6 +439,14 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     for (k, v), v2 in zip(straight["reader"].state_dict().items(), resumed["reader"].state_dict().values()):
         torch.testing.assert_close(v, v2, msg=k)
     assert any(k.startswith("reader.") for k in straight["ema"])
+    # --export-only from the resumable state: the reader and FiLM come back from the run's config
+    from course_lib.train.teacher import export_from_state
+
+    export_from_state(dataclasses.replace(TrainConfig(), out_dir=str(tmp_path / "b"), export=str(tmp_path / "b.safetensors")))
+    Tb = load_embedded_teacher(tmp_path / "b.safetensors", device="cpu", text_encoder=HashText())
+    assert Tb.reader is not None and Tb.reader.tokens == 3 and Tb.unet.config.resnet_time_scale_shift == "scale_shift"
+    for k, v in Tb.reader.state_dict().items():  # the state's EMA weights, stored in fp16
+        torch.testing.assert_close(v, resumed["ema"]["reader." + k].half().float(), msg=k)
     T = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
     info = checkpoint_info(tmp_path / "a.safetensors")
     assert info["config"]["reader"]["tokens"] == 3 and info["train"]["reader_tokens"] == 3
