@@ -628,6 +628,26 @@ def readout_targets(edits: str) -> tuple[torch.Tensor, torch.Tensor]:
     return present, strength
 
 
+def instruction_bank(n: int, rng: np.random.Generator, none_prob: float = 0.05) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """``n`` training-wording instructions for training a reader alone (a ``none_prob`` share names no
+    edit), with their readout targets.
+
+    Returns:
+        ``(texts, P, S)``: n strings and the (n, K) presence and strength targets of :func:`readout_targets`.
+    """
+    texts, edits = [], []
+    for _ in range(n):
+        if rng.random() < none_prob:
+            texts.append(grammar.non_edit_text(rng, "train"))
+            edits.append("")
+        else:
+            t, e = sample_world_instruction(rng, "train")
+            texts.append(t)
+            edits.append(encode_world_edits(e))
+    P, S = map(torch.stack, zip(*(readout_targets(e) for e in edits)))
+    return texts, P, S
+
+
 def phrasing_counts() -> dict[str, dict[str, int]]:
     """Per family and direction (``"exposure+"``): distinct patterns per wording and training sentences."""
     return {f"{f.name}{'+' if d > 0 else '-'}": grammar.phrasing_counts(f.name, d, f.targets)

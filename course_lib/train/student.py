@@ -53,7 +53,7 @@ import torch
 from .. import config
 from ..bilateral import grid_tv
 from ..data import RetouchPairs
-from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
+from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
                        indicator_mask, load_student, read_metadata, save_student)
@@ -345,19 +345,9 @@ def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05) ->
     """``n`` training instructions (training wording, a ``none_prob`` share naming no edit), featurised
     once: ``X`` (n, text_dim + V), readout targets ``P`` and ``S`` (n, K). Encoding is the cost
     (about 3 minutes for 20,000 on one CPU thread); training on the bank is then cheap."""
-    rng = np.random.default_rng([30_000, seed])
-    texts, edits = [], []
-    for _ in range(n):
-        if rng.random() < none_prob:
-            texts.append(non_edit_text(rng, "train"))
-            edits.append("")
-        else:
-            t, e = sample_world_instruction(rng, "train")
-            texts.append(t)
-            edits.append(encode_world_edits(e))
+    texts, P, S = instruction_bank(n, np.random.default_rng([30_000, seed]), none_prob)
     shared_encoder(cfg.text_encoder).for_open_wording()
     X = torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, n, 256)])
-    P, S = map(torch.stack, zip(*(readout_targets(e) for e in edits)))
     return {"X": X, "P": P, "S": S}
 
 

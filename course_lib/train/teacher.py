@@ -37,15 +37,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import config
 from ..data import RetouchPairs
-from ..grammar import non_edit_text, training_vocabulary
+from ..grammar import training_vocabulary
 from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config,
                        embedded_x0, reader_features, save_embedded_teacher, widen_head)
 from ..text import MiniLMEncoder
-from ..world import READOUT_LABELS, RetouchWorld, encode_world_edits, readout_targets, sample_world_instruction
+from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from .student import readout_loss
 from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
                      load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
@@ -143,7 +144,7 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     """The denoising loss with condition dropout (residual x̂0 parameterisation, weighted).
 
     Args:
-        net: a :class:`TeacherNet` (a bare UNet is wrapped).
+        net: a :class:`TeacherNet` (reader and UNet).
         source, target: (B, 3, r, r) in [0, 1]; text: (B, 384) embeddings.
         gen: CPU generator for t, ε and the dropout draws.
         shard: this process's share of the step (default: all of it); the draws are made for the
@@ -154,8 +155,6 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
         ``{"loss": total, "diffusion": ..., "readout": ...}`` scalars (readout only with a reader
         and targets): total = diffusion + ``cfg.readout_weight``·readout.
     """
-    if not isinstance(net, TeacherNet) and not isinstance(getattr(net, "module", None), TeacherNet):
-        net = TeacherNet(net)
     shard = shard or Shard(source.shape[0])
     n, dev = shard.global_batch, source.device
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
@@ -194,20 +193,8 @@ def reader_bank(text_encoder, n: int, seed: int, none_prob: float = 0.05, vocab=
     """``n`` training instructions of the data world (training wording; a ``none_prob`` share names
     no edit), read once: ``X`` (n, 384 + V) (:func:`course_lib.teacher.reader_features`) and the
     readout targets ``P``, ``S`` (n, K)."""
-    import numpy as np
-
-    rng = np.random.default_rng([31_000, seed])
-    texts, edits = [], []
-    for _ in range(n):
-        if rng.random() < none_prob:
-            texts.append(non_edit_text(rng, "train"))
-            edits.append("")
-        else:
-            t, e = sample_world_instruction(rng, "train")
-            texts.append(t)
-            edits.append(encode_world_edits(e))
+    texts, P, S = instruction_bank(n, np.random.default_rng([31_000, seed]), none_prob)
     X = torch.cat([reader_features(texts[k:k + 256], text_encoder.encode, vocab) for k in range(0, n, 256)])
-    P, S = map(torch.stack, zip(*(readout_targets(e) for e in edits)))
     return {"X": X, "P": P, "S": S}
 
 
