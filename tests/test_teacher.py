@@ -562,3 +562,25 @@ def test_world_teacher_study_summary_table_and_plot():
     assert "| from scratch: instruction reader + FiLM | 1000 after a.safetensors | 4.70 M | 29.00 | 27.00 | 0.40 | 0.50 |" in table
     assert "| 27.50 | 28.50 | 24.50 | 25.50 |" in table and "identity (no edit): 25.00 dB" in table
     assert plot_x0_probe({"film_scratch": strong, "pooled_token": weak}) is not None
+    cooled = _study_file(25.0, 28.5, 25.5, 29.0, steps=3000)
+    cooled["teacher_train"].update(cooldown=500, init=None)
+    assert "| the same, trained on, the rate cooled down at the end | 3000 (the last 500 cooling) | 4.70 M |" in \
+        study_table({"film_cooled": study_summary(cooled)})
+
+
+def test_lr_cooldown_is_constant_then_a_cosine_to_the_floor():
+    """``--cooldown K``: the rate of a constant-rate run until the last K steps, then a cosine to floor·lr, so
+    a constant run resumed with a larger ``--steps`` and a cool-down is the schedule of one run."""
+    from course_lib.train.common import lr_at
+
+    lr, steps, k, floor = 5e-4, 20, 8, 0.1
+    sched = [lr_at(s, lr, 2, steps, floor=floor, cooldown=k) for s in range(steps)]
+    plain = [lr_at(s, lr, 2, 1000) for s in range(steps)]
+    assert sched[:steps - k] == plain[:steps - k] and sched[1] == lr
+    assert sched[steps - k] == lr and all(a > b for a, b in zip(sched[steps - k:], sched[steps - k + 1:]))
+    assert math.isclose(sched[-1], lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (k - 1) / k))),
+                        rel_tol=1e-12)
+    assert lr_at(steps, lr, 2, steps, floor=floor, cooldown=k) == pytest.approx(floor * lr, rel=1e-12)
+    from course_lib.train.teacher import parse_args
+    cfg = parse_args(["--cooldown", "8", "--lr-floor", "0.2"])[0]
+    assert (cfg.cooldown, cfg.lr_floor) == (8, 0.2)

@@ -125,6 +125,7 @@ STUDY_VARIANTS: dict[str, str] = {
     "pooled_token": "fine-tuned on the world, pooled MiniLM token",
     "reader_init": "the same + instruction reader (tokens)",
     "film_scratch": "from scratch: instruction reader + FiLM",
+    "film_cooled": "the same, trained on, the rate cooled down at the end",
 }
 
 
@@ -161,7 +162,8 @@ def study_table(summaries: dict[str, dict]) -> str:
         rec, pr = s["record"], s["probe"] or {}
         t999 = (pr.get("t") or {}).get("999") or (pr.get("t") or {}).get(999) or {}
         init = (rec.get("init") or {}).get("file")
-        cells = [STUDY_VARIANTS.get(name, name), c(rec.get("steps"), "{}") + (f" after {init}" if init else ""),
+        cool = f" (the last {rec['cooldown']} cooling)" if rec.get("cooldown") else ""
+        cells = [STUDY_VARIANTS.get(name, name), c(rec.get("steps"), "{}") + cool + (f" after {init}" if init else ""),
                  c(rec["parameters"] / 1e6 if rec.get("parameters") else None, "{:.2f} M"),
                  c(t999.get("text"), "{:.2f}"), c(t999.get("no_text"), "{:.2f}"), c(pr.get("cosine"), "{:.2f}"),
                  c(pr["rms_pred"] / pr["rms_true"] if pr else None, "{:.2f}")]

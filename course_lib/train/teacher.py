@@ -63,6 +63,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 5e-4
     warmup: int = 100
+    cooldown: int = 0  # K > 0: the lr falls (cosine) to lr_floor·lr over the last K steps; before, constant
+    lr_floor: float = 0.1
     ema_decay: float = 0.995  # 0 = no EMA
     seed: int = 0
     resolution: int = 32
@@ -272,7 +274,8 @@ def export_from_state(cfg: TrainConfig) -> Path:
     """Export the (EMA) weights of ``OUT_DIR/state.safetensors`` without training (``--export-only``).
 
     With a constant learning rate after warm-up, the state saved at step k is what
-    ``--steps k`` produces, so the exported file is reproduced by that command.
+    ``--steps k`` produces, so the exported file is reproduced by that command (with ``--cooldown K``
+    only the state at the end of the cool-down is what ``--steps k --cooldown K`` produces).
     """
     stored, _, st = read_state(Path(cfg.out_dir), STATE)
     run = st["config"]
@@ -283,7 +286,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
                               reader_tokens=run.get("reader_tokens", 0), reader_hidden=run.get("reader_hidden", 256),
                               reader_vocab=run.get("reader_vocab", True), film=run.get("film", False))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
-            "data": run.get("data", "pairs"), "head": cfg.head, "reader_tokens": cfg.reader_tokens,
+            "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"), "head": cfg.head, "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
@@ -363,8 +366,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     bar = config.progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc="teacher",
                           disable=config.is_fast() or not acc.is_local_main_process)
     for step in bar:
-        # lr(step) = lr · min(1, (step+1)/warmup)
-        set_lr(opt, lr_at(step, cfg.lr, cfg.warmup))
+        # lr(step) = lr · min(1, (step+1)/warmup); over the last K = cooldown steps a cosine to lr_floor·lr
+        set_lr(opt, lr_at(step, cfg.lr, cfg.warmup, cfg.steps, floor=cfg.lr_floor, cooldown=cfg.cooldown))
         batch = shard.fetch(ds, step)
         if reader is None:
             text = text_encoder.encode(batch["instruction"]).to(acc.device)  # (B, 384)
@@ -411,7 +414,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     model = acc.unwrap_model(net).eval()
     if cfg.export and acc.is_main_process:
         weights = ema if ema is not None else flat_weights(model)
-        info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr, "data": cfg.data,
+        info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
+                "cooldown": cfg.cooldown, "lr_floor": cfg.lr_floor, "data": cfg.data,
                 "head": cfg.head, "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
                 "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab, "film": cfg.film,
                 "word_dropout": cfg.word_dropout,
@@ -431,6 +435,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
                     threads=d.threads, resume_help="continue from OUT_DIR/state.safetensors")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (default %(default)s)")
+    p.add_argument("--cooldown", type=int, default=d.cooldown,
+                   help="K > 0: the learning rate stays constant, then falls along a cosine to --lr-floor x lr over "
+                        "the last K of --steps (resume a constant-rate run with a larger --steps and K to cool it "
+                        "down; default %(default)s = constant to the end)")
+    p.add_argument("--lr-floor", type=float, default=d.lr_floor,
+                   help="the cool-down's last rate as a share of --lr (default %(default)s)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay, 0 = off (default %(default)s)")
     p.add_argument("--resolution", type=int, default=d.resolution, help="pixels (default %(default)s)")
     p.add_argument("--channels", default=",".join(map(str, d.channels)), help="UNet widths (default %(default)s)")
