@@ -557,7 +557,11 @@ def test_world_teacher_study_summary_table_and_plot():
 
     weak, strong = study_summary(_study_file(25.0, 24.0, 23.0, 24.5)), study_summary(_study_file(25.0, 28.5, 25.5, 29.0))
     assert weak["meets"] == {"train": False, "heldout": False} and strong["meets"] == {"train": True, "heldout": True}
-    assert strong["train"] == {4: 27.5, 50: 28.5}
+    assert strong["train"] == {4: 27.5, 50: 28.5} and strong["groups"] == {}  # no per-group identity rows
+    grouped = _study_file(25.0, 28.5, 25.5, 29.0)
+    grouped["rows"] += [{"wording": "train", "method": "identity", "steps": 0, "group": g, "psnr": 24.0 + k}
+                        for k, g in enumerate(("global", "content-aware"))]
+    assert study_summary(grouped)["groups"] == {"global": (24.0, 0.0)}  # the file has no content-aware teacher row
     table = study_table({"film_scratch": strong, "pooled_token": weak})
     assert "| from scratch: instruction reader + FiLM | 1000 after a.safetensors | 4.70 M | 29.00 | 27.00 | 0.40 | 0.50 |" in table
     assert "| 27.50 | 28.50 | 24.50 | 25.50 |" in table and "identity (no edit): 25.00 dB" in table

@@ -131,8 +131,9 @@ STUDY_VARIANTS: dict[str, str] = {
 
 def study_summary(saved: dict) -> dict:
     """One variant of the world-teacher study from its ``teacher-eval --data world --probe --json`` file:
-    the identity's and the teacher's PSNR (all items) per wording and step count, the x̂0 probe and
-    the training record."""
+    the identity's and the teacher's PSNR (all items) per wording and step count, the x̂0 probe,
+    the training record, ``groups`` (global / content-aware: identity and teacher PSNR with the training
+    wording at the most steps) and ``meets`` (the targets)."""
     ps = {(r["wording"], r["method"], r["steps"]): r["psnr"] for r in saved["rows"] if r["group"] == "all"}
     steps = sorted({k for _, m, k in ps if m == "teacher"})
     out = {"identity": ps[("train", "identity", 0)], "train": {k: ps[("train", "teacher", k)] for k in steps},
@@ -140,6 +141,10 @@ def study_summary(saved: dict) -> dict:
            "record": saved.get("teacher_train") or {}}
     # the issue's targets at the most steps: identity + 3 dB with training wording, ≥ identity with held-out phrasings
     k = steps[-1]
+    # training wording at the most steps, per group: {"global": (identity, teacher), "content-aware": (...)}
+    grp = {(r["method"], r["steps"], r["group"]): r["psnr"] for r in saved["rows"] if r["wording"] == "train"}
+    out["groups"] = {g: (grp[("identity", 0, g)], grp[("teacher", k, g)]) for g in ("global", "content-aware")
+                     if ("identity", 0, g) in grp and ("teacher", k, g) in grp}
     out["meets"] = {"train": out["train"][k] >= out["identity"] + 3, "heldout": out["heldout"][k] >= out["identity"]}
     return out
 
