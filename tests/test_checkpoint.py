@@ -15,7 +15,8 @@ SHIPPED_KINDS = {
     "student_supervised.safetensors": "student", "student_global_affine.safetensors": "student",
     "student_vsd.safetensors": "student", "student_vsd_align.safetensors": "student",
     "student_vsd_scratch.safetensors": "student", "student_vsd_align_scratch.safetensors": "student",
-    "teacher_embedded.safetensors": "teacher", "edit_clip.safetensors": "edit_clip",
+    "teacher_embedded.safetensors": "teacher", "teacher_world.safetensors": "teacher",
+    "edit_clip.safetensors": "edit_clip",
     "inverter_lora.safetensors": "inverter_lora", "lpips_vgg_lin.safetensors": "lpips_lin",
 }
 

@@ -28,6 +28,7 @@ LOADERS = {
     "student_vsd_scratch.safetensors": "student.load_student(W / name)",
     "student_vsd_align_scratch.safetensors": "student.load_student(W / name)",
     "teacher_embedded.safetensors": "teacher.load_embedded_teacher(W / name, device='cpu')",
+    "teacher_world.safetensors": "teacher.load_teacher('world', device='cpu')",
     "edit_clip.safetensors": "align.load_edit_clip(W / name)",
     "inverter_lora.safetensors": "inversion.load_inverter(W / name)",
     "lpips_vgg_lin.safetensors": "perceptual.load_lpips()",
