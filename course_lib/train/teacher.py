@@ -286,7 +286,8 @@ def export_from_state(cfg: TrainConfig) -> Path:
                               reader_tokens=run.get("reader_tokens", 0), reader_hidden=run.get("reader_hidden", 256),
                               reader_vocab=run.get("reader_vocab", True), film=run.get("film", False))
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
-            "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"), "head": cfg.head, "reader_tokens": cfg.reader_tokens,
+            "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"),
+            "head": cfg.head, "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.export, info)
