@@ -572,6 +572,29 @@ def test_world_teacher_study_summary_table_and_plot():
         study_table({"film_cooled": study_summary(cooled)})
 
 
+def test_size_study_summary_and_table_come_from_the_files():
+    """The size study's gains are the teacher's PSNR minus the identity's at the fewest steps, its cost the
+    record's seconds over its steps: a changed file changes the row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.eval.teacher import plot_size_study, size_summary, size_table
+
+    saved = _study_file(25.0, 28.5, 25.5, 29.0, steps=400)
+    for r in saved["rows"]:
+        r["ms_per_image"] = 70.0
+    saved["resolution"] = 48
+    saved["teacher_train"]["seconds_this_run"] = 600.0
+    s = size_summary(saved)
+    assert s["sample_steps"] == 4 and s["resolution"] == 48 and s["s_per_step"] == 1.5
+    assert abs(s["train"] - 2.5) < 1e-9 and abs(s["heldout"] + 0.5) < 1e-9 and s["probe"] == 2.0
+    table = size_table({"48px": s})
+    assert "| 48 px, widths 32-64-128 | 4.70 M | 1.50 | 400 | 10 | 70 | +2.00 | 0.40 | +2.50 | -0.50 |" in table
+    saved["teacher_train"]["seconds_this_run"] = 1200.0
+    assert size_summary(saved)["s_per_step"] == 3.0
+    assert plot_size_study({"48px": s}) is not None
+
+
 def test_lr_cooldown_is_constant_then_a_cosine_to_the_floor():
     """``--cooldown K``: the rate of a constant-rate run until the last K steps, then a cosine to floor·lr, so
     a constant run resumed with a larger ``--steps`` and a cool-down is the schedule of one run."""

@@ -198,6 +198,76 @@ def plot_x0_probe(summaries: dict[str, dict]):
     return fig
 
 
+#: The teacher's size study (issue 19): the shipped world recipe trained for about the same wall time at
+#: another working size or width, scored on the validation photos. ``data/results/teacher_world/size_NAME.json``.
+SIZE_VARIANTS: dict[str, str] = {
+    "32px": "32 px, widths 32-64-128 (the shipped size)",
+    "32px_wide": "32 px, widths 64-128-256",
+    "48px": "48 px, widths 32-64-128",
+    "64px": "64 px, widths 32-64-128",
+}
+
+
+def size_summary(saved: dict) -> dict:
+    """One row of the size study from its ``teacher-eval --data world --split val --probe --json`` file.
+
+    Returns:
+        ``resolution``, ``parameters``, ``steps`` and ``seconds`` (the UNet's training time, two ranks),
+        ``s_per_step``, ``ms_per_image`` (one edit at the fewest steps), and the gains in dB over doing
+        nothing at the teacher's own size: ``train`` / ``heldout`` (the edit at the fewest steps, training
+        wording / held-out phrasings, all items) and ``probe`` (x̂0 at t = 999 on training crops), ``cosine``.
+    """
+    rec = saved.get("teacher_train") or {}
+    ps = {(r["wording"], r["method"], r["steps"]): r for r in saved["rows"] if r["group"] == "all"}
+    k = min(s for _, m, s in ps if m == "teacher")
+    gain = {w: ps[(w, "teacher", k)]["psnr"] - ps[(w, "identity", 0)]["psnr"] for w in ("train", "heldout_phrasing")}
+    pr = saved.get("probe") or {}
+    t999 = (pr.get("t") or {}).get("999") or {}
+    seconds, steps = rec.get("seconds_this_run"), rec.get("steps")
+    return {"resolution": saved.get("resolution"), "parameters": rec.get("parameters"), "steps": steps,
+            "seconds": seconds, "s_per_step": seconds / steps if seconds and steps else None,
+            "sample_steps": k, "ms_per_image": ps[("train", "teacher", k)].get("ms_per_image"),
+            "train": gain["train"], "heldout": gain["heldout_phrasing"],
+            "probe": t999["text"] - pr["identity"] if t999 and "identity" in pr else None, "cosine": pr.get("cosine")}
+
+
+def size_table(summaries: dict[str, dict]) -> str:
+    """Markdown: one row per size (:func:`size_summary`): cost (parameters, seconds per training step, steps
+    and minutes trained, ms per edit) against quality (gains over doing nothing, in dB)."""
+    k = next(iter(summaries.values()))["sample_steps"]
+    head = ["teacher", "parameters", "s / training step", "steps trained", "minutes", f"ms / edit ({k} steps)",
+            "x̂0 @ t=999 gain", "change cosine", f"gain, training wording ({k} steps)", "gain, held-out phrasing"]
+
+    def c(v, fmt):
+        return tables.cell(float("nan") if v is None else v, fmt)
+
+    out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, s in summaries.items():
+        cells = [SIZE_VARIANTS.get(name, name), c(s["parameters"] / 1e6 if s["parameters"] else None, "{:.2f} M"),
+                 c(s["s_per_step"], "{:.2f}"), c(s["steps"], "{}"), c(s["seconds"] / 60 if s["seconds"] else None, "{:.0f}"),
+                 c(s["ms_per_image"], "{:.0f}"), c(s["probe"], "{:+.2f}"), c(s["cosine"], "{:.2f}"),
+                 c(s["train"], "{:+.2f}"), c(s["heldout"], "{:+.2f}")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot_size_study(summaries: dict[str, dict]):
+    """Quality against cost: each size's gain over doing nothing (training wording, validation photos) against
+    the seconds one training step costs, the marker's area growing with the parameters."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for i, (name, s) in enumerate(summaries.items()):
+        ax.scatter(s["s_per_step"], s["train"], s=20 + 15 * (s["parameters"] or 0) / 1e6, c=f"C{i}",
+                   label=SIZE_VARIANTS.get(name, name))
+    ax.axhline(0, ls="--", c="gray", label="doing nothing")
+    ax.set(xlabel="seconds per training step (two CPU ranks)", ylabel="gain over doing nothing (dB)",
+           title="the same training time, different sizes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def format_table(rows: list[dict]) -> str:
     """A markdown table of :func:`teacher_quality_vs_steps` rows."""
     return tables.markdown(rows, COLUMNS)
