@@ -126,6 +126,7 @@ STUDY_VARIANTS: dict[str, str] = {
     "reader_init": "the same + instruction reader (tokens)",
     "film_scratch": "from scratch: instruction reader + FiLM",
     "film_cooled": "the same, trained on, the rate cooled down at the end",
+    "film_tail": "the same, fine-tuned on at the cool-down's last rate (shipped)",
 }
 
 
