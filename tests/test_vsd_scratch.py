@@ -157,6 +157,14 @@ def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_pat
     assert result["records"]["init"]["paired_targets"] == "yes"  # no word of it in the file: assume it did
     vsd_study.plot_curves(result)
     assert vsd_study.main(["--students", "x=" + str(tmp_path / "absent.safetensors")]) == 2
+    # --data world: the data world 2.0's photos, one row per method and group of edits, the world's scores
+    world = vsd_study.study({"from scratch": str(tmp_path / "s.safetensors")}, tiny_teacher, n=4, size=24,
+                            teacher_steps=2, data="world", split="val")
+    assert sorted(r["group"] for r in world["rows"] if r["method"] == "identity") == ["all", "content-aware", "global"]
+    assert {r["method"] for r in world["rows"]} == {"identity", "teacher, 2 DDIM steps", "from scratch"}
+    alls = [r for r in world["rows"] if r["group"] == "all"]
+    assert all(r["n"] == 4 and "edit_accuracy" in r and "locality" in r for r in alls)
+    assert world["records"]["from scratch"]["paired_targets"] == "none" and world["split"] == "val"
 
 
 @pytest.mark.parametrize("name, align", [("student_vsd_scratch.safetensors", 0.0),

@@ -22,12 +22,14 @@ import torch
 from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
-from . import score as S, tables
+from . import score as S, tables, world as W
 from .bench_retouch import at_teacher_size, transfer_edit
 from .heldout import SEED, heldout_batch
 from .student import student_method
 
 COLUMNS = ("method", "steps", "paired_targets", *S.EDIT_KEYS)
+#: ``--data world``: one row per method and group of edits (global, content-aware, all), the world's scores
+WORLD_COLUMNS = ("method", "group", "steps", "paired_targets", *W.KEYS)
 
 
 def checkpoint_record(path: str | Path) -> dict:
@@ -41,27 +43,25 @@ def checkpoint_record(path: str | Path) -> dict:
 
 
 def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraphrases: str = "train",
-          teacher_steps: int = 50, seed: int = SEED) -> dict:
+          teacher_steps: int = 50, seed: int = SEED, data: str = "pairs", split: str = "test") -> dict:
     """Score the identity, the teacher and every student on the same held-out items.
 
     Args:
         students: display name -> checkpoint path.
         teacher: the teacher the students were distilled from.
+        data: ``"pairs"``, the first world's held-out photos (``seed`` picks them), or ``"world"``: the data
+            world 2.0's ``split`` photos (test or val), rows per group of edits (:func:`_study_world`).
 
     Returns:
         ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases"}``.
     """
+    if data == "world":
+        return _study_world(students, teacher, n, size, paraphrases, teacher_steps, split)
     batch = heldout_batch(n, size, seed, paraphrases)
     rows = [{"method": "identity", "steps": 0, "paired_targets": "-", **S.score(batch["source"], batch)}]
 
-    def teacher_fn(s, i, t):
-        small = at_teacher_size(teacher, s)
-        out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
-                         for k in range(0, len(i), 24)])
-        return transfer_edit(s, small, out)
-
     rows.append({"method": f"teacher, {teacher_steps} DDIM steps", "steps": "-", "paired_targets": "yes",
-                 **S.run(teacher_fn, batch)["scores"]})
+                 **S.run(_teacher_fn(teacher, teacher_steps), batch)["scores"]})
     records = {}
     for name, path in students.items():
         records[name] = rec = checkpoint_record(path)
@@ -69,6 +69,39 @@ def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraph
         rows.append({"method": name, "steps": rec["steps"], "paired_targets": rec["paired_targets"],
                      **S.run(student_method(model), batch)["scores"]})
     return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases}
+
+
+def _teacher_fn(teacher, teacher_steps: int) -> S.Method:
+    """The teacher's ``teacher_steps``-step edit at its working size, its change transferred onto the photo."""
+    def fn(s, i, t):
+        small = at_teacher_size(teacher, s)
+        out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
+                         for k in range(0, len(i), 24)])
+        return transfer_edit(s, small, out)
+    return fn
+
+
+def _study_world(students: dict[str, str], teacher, n: int, size: int, paraphrases: str, teacher_steps: int,
+                 split: str) -> dict:
+    """:func:`study` on the data world 2.0: ``n`` items of its ``split`` photos in the training wording
+    (``paraphrases="train"``) or held-out phrasings, scored with the world's keys, one row per method and
+    group (``global``, ``content-aware``, ``all``)."""
+    wording = "train" if paraphrases == "train" else "heldout_phrasing"
+    batch = W.world_batch(n, size, wording, W.SEED, split=split)
+    fns = {("identity", 0, "-"): lambda s, i, t: s,
+           (f"teacher, {teacher_steps} DDIM steps", "-", "yes"): _teacher_fn(teacher, teacher_steps)}
+    records = {}
+    for name, path in students.items():
+        records[name] = rec = checkpoint_record(path)
+        model = load_student(path, device="cpu").eval()
+        fns[(name, rec["steps"], rec["paired_targets"])] = student_method(model)
+    rows = []
+    for (name, steps, paired), fn in fns.items():
+        r = S.run(fn, batch, None, W.KEYS)
+        for g, sc in W.group_scores(r["items"], batch["kind"]).items():
+            rows.append({"method": name, "group": g, "steps": steps, "paired_targets": paired, **sc})
+    return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases, "data": "world",
+            "split": split}
 
 
 def seed_summary(rows: list[dict], recipes: dict[str, list[str]], keys=S.EDIT_KEYS) -> list[dict]:
@@ -136,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out items")
     p.add_argument("--size", type=int, default=64, help="image side (pixels)")
     p.add_argument("--paraphrases", choices=["train", "heldout"], default="train")
+    p.add_argument("--data", choices=["pairs", "world"], default="pairs",
+                   help="pairs: the first world's held-out photos (default); world: the data world 2.0's photos "
+                        "(--split), rows per group of edits (use the teacher the students learned from, e.g. "
+                        "--teacher world)")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="with --data world: which photos")
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     add_teacher_options(p)
@@ -158,14 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, TeacherError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps)
+    result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps, data=a.data, split=a.split)
     result["teacher"] = a.teacher_path or a.teacher
     result["command"] = "python -m course_lib vsd-study " + " ".join(
         f"--{k.replace('_', '-')} {v!r}" if isinstance(v, str) and ("," in v or " " in v) else
         f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items())
         if v not in (None, False) and k not in ("json", "overwrite", "threads"))
-    print(tables.markdown(result["rows"], COLUMNS, title=f"held-out photos x {a.paraphrases} phrasings, "
-                                                          f"n = {a.n}, {a.size} px"))
+    where = f"data world {a.split} photos" if a.data == "world" else "held-out photos"
+    print(tables.markdown(result["rows"], WORLD_COLUMNS if a.data == "world" else COLUMNS,
+                          title=f"{where} x {a.paraphrases} phrasings, n = {a.n}, {a.size} px"))
     if a.json:
         tables.write({a.json: tables.json_text(result, indent=1) + "\n"}, overwrite=a.overwrite)
         print(f"wrote {a.json}")
