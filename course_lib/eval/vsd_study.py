@@ -53,7 +53,8 @@ def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraph
             world 2.0's ``split`` photos (test or val), rows per group of edits (:func:`_study_world`).
 
     Returns:
-        ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases"}``.
+        ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases"}`` (with
+        ``data="world"`` also ``data`` and ``split``, and each row has a ``group``).
     """
     if data == "world":
         return _study_world(students, teacher, n, size, paraphrases, teacher_steps, split)
@@ -96,7 +97,7 @@ def _study_world(students: dict[str, str], teacher, n: int, size: int, paraphras
         model = load_student(path, device="cpu").eval()
         fns[(name, rec["steps"], rec["paired_targets"])] = student_method(model)
     rows = []
-    for (name, steps, paired), fn in fns.items():
+    for (name, steps, paired), fn in config.progress(list(fns.items()), desc="vsd-study"):
         r = S.run(fn, batch, None, W.KEYS)
         for g, sc in W.group_scores(r["items"], batch["kind"]).items():
             rows.append({"method": name, "group": g, "steps": steps, "paired_targets": paired, **sc})
