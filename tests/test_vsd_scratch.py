@@ -209,3 +209,81 @@ def test_seed_summary_mean_and_spread():
     assert "| A | 2 | 28.50 ± 0.50 |" in md and "12 ± 2" in md
     with pytest.raises(KeyError):
         vsd_study.seed_summary(rows, {"C": ["c0"]})
+
+
+@pytest.fixture(scope="module")
+def reader_teacher():
+    """A 16x16 world-style teacher with an instruction reader (readout heads over the world's labels)."""
+    from conftest import HashText
+    from course_lib.grammar import training_vocabulary
+    from course_lib.teacher import EmbeddedTeacher, InstructionReader, build_embedded_unet
+    from course_lib.world import READOUT_LABELS
+
+    torch.manual_seed(0)
+    unet = build_embedded_unet(resolution=16, channels=(8, 16), film=True)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    reader = InstructionReader(384, 16, 2, len(READOUT_LABELS), vocab=tuple(sorted(training_vocabulary())))
+    torch.nn.init.normal_(reader.readout.weight, std=2.0)  # a decisive reading: presences spread over (0, 1)
+    return EmbeddedTeacher(unet, text_encoder=HashText(), reader=reader)
+
+
+def test_reader_student_learns_the_teachers_reading(reader_teacher, tiny_teacher):
+    """``--student reader``: the heads fit the teacher's reading (texts only), and the code the
+    image pathway trains on is the teacher's thresholded reading."""
+    student = train_vsd.reader_student(reader_teacher, grid_size=8)
+    assert student.cfg.film_reads == "code" and student.cfg.vocab == reader_teacher.reader.vocab
+    x = student.embed(["make the sky warmer", "brighten the shadows"])
+    p, s = train_vsd.teacher_reading(reader_teacher, x)
+    code = train_vsd.teacher_code(reader_teacher, x)
+    assert code.shape == (2, 2 * p.shape[1])
+    torch.testing.assert_close(code[:, :p.shape[1]], (p >= 0.5).float())
+    torch.testing.assert_close(code[:, p.shape[1]:], (p >= 0.5).float() * s)
+    other = student.embed(["warm up the sky", "make it darker", "more contrast please", "cool the greens"])
+    p_t = train_vsd.teacher_reading(reader_teacher, other)[0]
+
+    def gap():  # mean |p_student − p_teacher| on instructions the distillation does not see
+        with torch.no_grad():
+            return float((torch.sigmoid(student.understand(other)[0]) - p_t).abs().mean())
+
+    before = gap()
+    info = train_vsd.distil_reading(student, reader_teacher, n=256, steps=150, seed=0, batch=64, lr=3e-3)
+    assert gap() < 0.5 * before and sum(info["losses"][-10:]) < sum(info["losses"][:10])
+    assert 0 <= info["agreement"] <= 1
+    with pytest.raises(ValueError, match="--teacher world"):
+        train_vsd.reader_student(tiny_teacher)
+
+
+def test_reader_student_trains_its_image_pathway_on_the_teachers_code(reader_teacher, tmp_path, monkeypatch):
+    """In VSD the reading stays as distilled (frozen), the image pathway learns, every forward
+    reads the teacher's code, and the checkpoint says how the student reads."""
+    from safetensors import safe_open
+
+    seen = []
+    plain = Student.forward
+
+    def spy(self, image, text, *a, code=None, **kw):
+        seen.append(code)
+        return plain(self, image, text, *a, code=code, **kw)
+
+    monkeypatch.setattr(Student, "forward", spy)
+    args = _args(tmp_path, "r.safetensors", steps=2, init="identity", student="reader", reader_steps=5,
+                 reader_bank=64, grid_size=8, regress_weight=1.0)
+    monkeypatch.setattr(train_vsd, "_student", lambda a, t: _distilled(t))
+    student, log = train_vsd.train(args, teacher=reader_teacher)
+    training = [c for c in seen[:6] if c is not None]
+    assert len(training) >= 4 and all(c.shape[1] == 2 * reader_teacher.reader.labels for c in training)
+    before = _distilled(reader_teacher)
+    for name, q in before.state_dict().items():
+        if name.startswith(("text_mlp", "readout_head")):
+            torch.testing.assert_close(student.state_dict()[name], q, msg=name)
+    assert not torch.equal(student.state_dict()["head.weight"], before.state_dict()["head.weight"])
+    with safe_open(str(tmp_path / "r.safetensors"), "pt") as f:
+        prov = json.loads(f.metadata()["provenance"])
+    assert prov["student"] == "reader" and "teacher's reader" in prov["reading"]
+
+
+def _distilled(teacher):
+    torch.manual_seed(1)
+    s = train_vsd.reader_student(teacher, grid_size=8)
+    train_vsd.distil_reading(s, teacher, n=64, steps=5, seed=0, batch=16)
+    return s

@@ -47,16 +47,17 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import config
 from ..align import info_nce, load_edit_clip
 from ..bilateral import grid_tv
 from ..data import RetouchPairs, resize
-from ..world import RetouchWorld
+from ..world import READOUT_LABELS, RetouchWorld, instruction_bank
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
-from ..student import Student, StudentConfig, load_student, save_student, shipped_path
+from ..student import Student, StudentConfig, edit_code, load_student, save_student, shipped_path
 from ..teacher import add_teacher_options, frozen_dtype, load_teacher
 from .common import (run_command, Shard, add_run_options, average_gradients, from_args, gather_with_grad,
                      is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
@@ -71,6 +72,9 @@ class VSDArgs:
     batch_size: int = 8
     size: int = 64
     init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
+    student: str = "film"  # a fresh student's kind: "film" (FiLM on its text features) or "reader" (see _reader_student)
+    reader_steps: int = 3000  # --student reader: steps distilling the teacher's reading into the student's heads
+    reader_bank: int = 20000  # --student reader: training-wording instructions (texts only) for those steps
     grid_size: int = 16  # spatial cells per side of a fresh ("identity") student
     lr: float = 1e-4
     fake_lr: float = 1e-3
@@ -96,15 +100,93 @@ class VSDArgs:
     out: str | None = None
 
 
-def _student(args: VSDArgs) -> Student:
+def _student(args: VSDArgs, teacher=None) -> Student:
     if args.init == "supervised":
         return load_student(shipped_path(), device="cpu")
+    if args.init == "identity" and args.student == "reader":
+        student = reader_student(teacher, args.grid_size)
+        info = distil_reading(student, teacher, args.reader_bank, args.reader_steps, args.seed)
+        if is_main_process():
+            print(f"train-vsd: the student's heads read as the teacher's (every label's presence) on "
+                  f"{info['agreement']:.1%} of 1024 other training-wording instructions")
+        return student
     if args.init == "identity":
         # a fresh student: its head starts at zero, so its first edit is the identity; on the
         # data world it also reads coordinates (graduated and radial filters need them)
         return Student(StudentConfig(net_size=128, grid_size=args.grid_size, act="leaky",
                                      coords=args.data == "world"))
     return load_student(args.init, device="cpu")
+
+
+def reader_student(teacher, grid_size: int = 16) -> Student:
+    """A fresh student that reads instructions as the teacher does (``--student reader``).
+
+    Its readout heads have the labels of the teacher's :class:`course_lib.teacher.InstructionReader`
+    and read the same features (sentence embedding + the reader's vocabulary, one clause); its image
+    pathway reads only the edit code ``[p, p·s]`` (``film_reads="code"``), as the supervised world
+    student does, and the coordinates (graduated and radial filters). Head at zero: the identity.
+
+    Raises:
+        ValueError: the teacher has no reader with readout heads (only the world teacher has).
+    """
+    reader = getattr(teacher, "reader", None)
+    if reader is None or reader.labels != len(READOUT_LABELS):
+        raise ValueError("--student reader needs a teacher whose instruction reader has the world's readout heads "
+                         "(--teacher world)")
+    return Student(StudentConfig(net_size=128, grid_size=grid_size, act="leaky", coords=True, readout=READOUT_LABELS,
+                                 vocab=tuple(reader.vocab), film_reads="code", film_hidden=256, clauses=1))
+
+
+@torch.no_grad()
+def teacher_reading(teacher, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's reading of instructions: ``features`` (N, 384 + V) (:meth:`Student.embed` of a
+    :func:`reader_student`, the reader's own features) -> presence ``p`` in [0, 1] and signed strength
+    ``s``, (N, K) each, float32 on the CPU."""
+    r = teacher.reader
+    _, (logits, strength) = r(features.to(next(r.parameters())), return_readout=True)
+    return torch.sigmoid(logits).float().cpu(), strength.float().cpu()
+
+
+def teacher_code(teacher, features: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The edit code the student's image pathway reads in training: ``[1(p ≥ τ), 1(p ≥ τ)·s]`` of
+    the teacher's reading, (N, 2K): 0/1 presences, as the student's own code at inference
+    (:meth:`Student.text_features`)."""
+    p, s = teacher_reading(teacher, features)
+    return edit_code((p >= threshold).float(), s)
+
+
+def distil_reading(student: Student, teacher, n: int, steps: int, seed: int, batch: int = 256,
+                   lr: float = 1e-3) -> dict:
+    """Stage 0 of ``--student reader``: the student's text MLP and readout heads learn the
+    *teacher's* reading of ``n`` training-wording instructions: texts only, labelled by the
+    teacher's reader (the grammar's labels are dropped), no photo. Deterministic given ``seed``.
+
+    Returns:
+        ``{"losses": [...], "agreement": a}``: the loss per step and the share of 1024 other
+        instructions on which student and teacher agree on every label's presence (thresholded at 0.5).
+    """
+    from ..train.student import readout_loss
+
+    texts = instruction_bank(n + 1024, np.random.default_rng([32_000, seed]))[0]  # texts only
+    X = torch.cat([student.embed(texts[k:k + 256]).cpu() for k in range(0, len(texts), 256)])  # (n + 1024, 384 + V)
+    P, S = teacher_reading(teacher, X)  # (n + 1024, K) each: the teacher's reading is the target
+    params = list(student.text_mlp.parameters()) + list(student.readout_head.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(42_000 + seed)
+    losses = []
+    for _ in config.progress(range(steps), desc="reading (from the teacher)", disable=config.is_fast()):
+        idx = torch.randint(0, n, (batch,), generator=g)
+        # L = BCE(σ(logits), p_T) + Σ_k p_T,k (s_k − s_T,k)²
+        loss = readout_loss(*student.understand(X[idx]), P[idx], S[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        logits, _ = student.understand(X[n:])
+    # the share of instructions whose every label is read as the teacher reads it
+    agreement = float(((torch.sigmoid(logits) >= 0.5) == (P[n:] >= 0.5)).all(dim=1).float().mean())
+    return {"losses": losses, "agreement": agreement}
 
 
 class WithoutTargets(torch.utils.data.Dataset):
@@ -192,12 +274,15 @@ def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], ar
 
 def provenance(args: VSDArgs) -> dict:
     """What a VSD checkpoint says of where it came from: init, teacher, data and recipe."""
-    return {"init": args.init, "teacher": args.teacher, "teacher_path": args.teacher_path, "data": args.data,
+    return {"init": args.init, "student": args.student, "teacher": args.teacher,
+            "reading": (f"distilled from the teacher's reader on {args.reader_bank} training-wording instructions "
+                        f"(texts only), {args.reader_steps} steps; in training the image pathway reads the "
+                        "teacher's code" if args.student == "reader" else "its own text features"), "teacher_path": args.teacher_path, "data": args.data,
             "targets_seen": "none (WithoutTargets); the monitor scores validation photos without gradients",
             "regression": (f"teacher's own {args.regress_steps}-step edits of {args.regress_items} training crops"
                            if args.regress_weight > 0 else "none"),
             "recipe": {k: v for k, v in dataclasses.asdict(args).items()
-                       if k in ("lr", "fake_lr", "vsd", "noise_samples", "ema_decay", "t_anneal", "t_anneal_to",
+                       if k in ("student", "reader_steps", "lr", "fake_lr", "vsd", "noise_samples", "ema_decay", "t_anneal", "t_anneal_to",
                                 "regress_weight", "vsd_weight", "tv_weight", "align_weight", "batch_size", "size", "steps")}}
 
 
@@ -235,11 +320,16 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         teacher = load_teacher(args.teacher, args.teacher_path, device=acc.device,
                                dtype=frozen_dtype(acc.device, acc.mixed_precision))
     out = Path(args.out) if args.out else None
-    student = load_student(out, device="cpu") if resume else _student(args)
+    student = load_student(out, device="cpu") if resume else _student(args, teacher)
+    # --student reader: the image pathway reads the teacher's code; the reading itself stays as distilled
+    reads_teacher = args.student == "reader" and student.cfg.film_reads == "code"
+    if reads_teacher:
+        student.text_mlp.requires_grad_(False)
+        student.readout_head.requires_grad_(False)
     # θ_ema: a copy of the student that follows it slowly (resumed: the checkpoint is the EMA)
     ema = copy.deepcopy(student).requires_grad_(False) if args.ema_decay > 0 else None
     fake = make_fake_score(teacher, args.vsd.lora_rank, args.vsd.lora_alpha)
-    opt_s = torch.optim.Adam(student.parameters(), lr=args.lr)
+    opt_s = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], lr=args.lr)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=args.fake_lr)
     edit_clip = (load_edit_clip(args.align_path, device=acc.device).requires_grad_(False)
                  if args.align_weight > 0 else None)
@@ -267,9 +357,10 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         with torch.no_grad():
             text_s = model.embed(instr)  # (B, text_dim), the student's encoder
+            code = teacher_code(teacher, text_s).to(src) if reads_teacher else None  # (B, 2K) or None
             text_t = teacher.encode_text(instr)  # (B, L, D), the teacher's
             cond = teacher.encode_source(resize(src, teacher.working_size(*src.shape[-2:])).to(teacher.device))
-        out_img, grid = student(src, text_s, return_grid=True)  # (B, 3, S, S), (B, 12, D, G, G)
+        out_img, grid = student(src, text_s, return_grid=True, code=code)  # (B, 3, S, S), (B, 12, D, G, G)
         x0 = to_teacher_space(teacher, out_img)  # (B, C, h, w)
         n, b = shard.global_batch, x0.shape[0]
         cfg_t = dataclasses.replace(args.vsd, t_max=t_max_at(step, args))
@@ -287,7 +378,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             r_shard = dataclasses.replace(shard, batch=args.regress_batch)
             idx = r_shard.take(torch.randint(0, len(regress["source"]), (r_shard.global_batch,), generator=gen))
             r_src = regress["source"][idx].to(acc.device)
-            r_out = student(r_src, model.embed([regress["instruction"][i] for i in idx.tolist()]))
+            r_text = model.embed([regress["instruction"][i] for i in idx.tolist()])
+            r_out = student(r_src, r_text, code=teacher_code(teacher, r_text).to(r_src) if reads_teacher else None)
             r_out = torch.nn.functional.interpolate(r_out, size=regress["edit"].shape[-2:], mode="bilinear",
                                                     align_corners=False, antialias=True)
             # in the units of vsd_loss (½‖·‖² per image): its gradient per pixel is (student − teacher)/B,
@@ -376,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
                     seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "student_vsd.safetensors"))
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--init", default=d.init, help="'supervised' (shipped student), 'identity' or a checkpoint path")
+    p.add_argument("--student", choices=["film", "reader"], default=d.student,
+                   help="a fresh student (--init identity): 'film' (FiLM on its own text features, default) or "
+                        "'reader' (its readout heads first learn the teacher's reading of instructions, texts only; "
+                        "its image pathway reads that edit code; needs --teacher world)")
+    p.add_argument("--reader-steps", type=int, default=d.reader_steps,
+                   help="--student reader: steps distilling the teacher's reading (default %(default)s)")
+    p.add_argument("--reader-bank", type=int, default=d.reader_bank,
+                   help="--student reader: training-wording instructions for those steps (default %(default)s)")
     p.add_argument("--grid-size", type=int, default=d.grid_size,
                    help="spatial grid cells per side of a fresh student (--init identity only)")
     p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
