@@ -91,3 +91,102 @@ def test_latency_is_timed_round_robin():
         return lambda s, i, t: calls.append(name)
     ms = br.interleaved_latency({"a": fake("a"), "b": fake("b")}, repeats=3, size=(4, 4))
     assert calls == ["a", "b"] * 4 and set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+
+
+def _fake_teacher_method(s, i, t):
+    """A stand-in for the teacher (tests need not load it): a small uniform brightening."""
+    return (s + 0.02).clamp(0, 1)
+
+
+def test_bench_retouch_world_tiny_subset(tmp_path):
+    """``data="world"``: the data world's val photos, rows with the PSNR per kind of edit, the speed-up
+    reference found under the plain teacher label too, and every writer (table, CSV, plot) working."""
+    import csv
+
+    methods = {"identity": lambda s, i, t: s, "teacher, 50 DDIM steps": _fake_teacher_method}
+    result = br.run(n=4, size=32, latency=False, methods=methods, notes=["a note"], data="world", split="val")
+    assert result["data"] == "world" and result["split"] == "val" and result["wording"] == "heldout_phrasing"
+    assert sum(result["groups"].values()) <= 4
+    assert [r["method"] for r in result["rows"]] == list(methods)
+    for r in result["rows"]:
+        assert {"psnr", "psnr_global", "psnr_content", "de00", "kid", "accuracy", "drift", "speedup"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("psnr", "de00", "kid", "accuracy", "drift"))
+        for k, g in (("psnr_global", "global"), ("psnr_content", "content-aware")):
+            assert math.isfinite(r[k]) == (result["groups"][g] > 0)
+    assert br.teacher_row(result, 50)["method"] == "teacher, 50 DDIM steps"
+    md = br.format_table(result)
+    assert "data world 2.0 val photos" in md and "PSNR content-aware" in md and "- a note" in md
+    paths = br.write(result, tmp_path)
+    with open(paths[0]) as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["method", "psnr", "psnr_global", "psnr_content"]
+    # the same items again, from the first world: the pairs table, without the per-kind columns
+    pairs = br.run(n=4, size=32, latency=False, methods=methods, notes=[])
+    assert pairs["data"] == "pairs" and "psnr_global" not in pairs["rows"][0] and "split" not in pairs
+    assert "PSNR global" not in br.format_table(pairs) and br.columns(pairs) == br.COLUMNS
+
+
+def test_speedup_reference_is_the_50_step_teacher_of_either_world():
+    assert br.is_teacher("teacher, 50 DDIM steps (lesson 04)", 50)
+    assert br.is_teacher(br.teacher_label(50, "world"), 50)
+    assert br.teacher_label(4, "world").startswith("teacher (data world), 4 ")
+    assert not br.is_teacher("teacher, 500 DDIM steps", 50) and not br.is_teacher(br.teacher_label(4, "world"), 50)
+
+
+def _tiny_student(path, data):
+    import json
+
+    from course_lib.student import Student, StudentConfig, save_student
+
+    meta = {"provenance": json.dumps({"data": data}), "paired_targets": "none"} if data else None
+    save_student(Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,))), path,
+                 metadata=meta)
+
+
+def test_build_methods_world_keeps_only_students_trained_on_the_world(tmp_path):
+    """A VSD student whose provenance says ``"data": "pairs"`` is skipped with the reason, one whose
+    provenance says ``"data": "world"`` is a row, so is an extra; first-world models are noted as skipped."""
+    import pytest
+
+    _tiny_student(tmp_path / "student_supervised.safetensors", None)
+    _tiny_student(tmp_path / "student_vsd_scratch.safetensors", "pairs")
+    _tiny_student(tmp_path / "student_vsd_align_scratch.safetensors", "world")
+    _tiny_student(tmp_path / "candidate.safetensors", "world")
+    methods, notes = br.build_methods(steps_teacher=(50,), data="world", weights_dir=tmp_path, teacher=object(),
+                                      extra={"candidate": tmp_path / "candidate.safetensors"})
+    assert list(methods) == ["identity", "global affine (oracle: fitted to the target)",
+                             "student, supervised (lesson 03)",
+                             "student, VSD + alignment from scratch, no paired targets (lesson 06)", "candidate",
+                             "teacher (data world), 50 DDIM steps (lesson 04)"]
+    assert ("student, VSD from scratch, no paired targets (lesson 05): skipped: trained on the first world "
+            "(provenance data = pairs)") in notes
+    for skipped in ("student, VSD (lesson 05)", "student, VSD + alignment (lesson 06)", "global affine (learned)",
+                    "Inverse-and-Edit"):
+        assert any(n.startswith(skipped) and "skipped" in n for n in notes), skipped
+    out = methods["candidate"](torch.rand(2, 3, 32, 32), ["make it warmer"] * 2, None)
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError):
+        br.build_methods(data="world", weights_dir=tmp_path, teacher=object(),
+                         extra={"identity": tmp_path / "candidate.safetensors"})
+
+
+def test_bench_retouch_cli_options(tmp_path, capsys, monkeypatch):
+    """``--data world --split val --extra a=b`` parse (and reach ``run``); a bad ``--extra``, a missing
+    checkpoint or ``--split`` with the first world's data is one error line and exit code 2."""
+    ckpt = tmp_path / "b.safetensors"
+    ckpt.write_bytes(b"")
+    seen = {}
+
+    def fake_run(*args, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(br, "run", fake_run)
+    assert br.main(["--data", "world", "--split", "val", "--extra", f"a={ckpt}", "--out", str(tmp_path)]) == 2
+    assert seen["data"] == "world" and seen["split"] == "val" and seen["extra"] == {"a": ckpt}
+    assert capsys.readouterr().err.strip() == "error: stop here"
+    assert br.parse_extra(f"a={ckpt}, c = {ckpt}") == {"a": ckpt, "c": ckpt} and br.parse_extra(None) == {}
+    for argv, says in ((["--extra", "nonsense"], "NAME=PATH"), (["--extra", f"a={tmp_path}/none"], "no checkpoint"),
+                       (["--split", "val"], "--data world")):
+        assert br.main(argv + ["--out", str(tmp_path)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and says in err, err

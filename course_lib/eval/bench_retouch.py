@@ -16,6 +16,15 @@ Diffusion methods (the teacher at 50 and 4 steps, Inverse-and-Edit) work at the 
 32 x 32 px; their *change* is upsampled and added to the photo (the same low-frequency edit
 transfer as :func:`course_lib.inversion.edit_image`), so they are not penalised for blur they
 did not cause. Methods whose checkpoint is missing are listed as skipped, never invented.
+
+``--data world`` runs the same table on the data world 2.0 (:mod:`course_lib.eval.world`): its
+``--split`` photos (test or val) in the training wording or held-out phrasings, the world
+teacher (``load_teacher("world")``) at 50 and 4 steps as the reference, the supervised student
+(trained on the world) and only those VSD students whose checkpoint's provenance says
+``"data": "world"``; first-world models (the fine-tuned VSD students, the learned global affine,
+Inverse-and-Edit) are listed as skipped. Each row also gives the PSNR over the **global** and
+the **content-aware** items (:func:`course_lib.eval.world.kind_of`). ``--extra NAME=PATH`` adds
+student checkpoints (e.g. candidates under ``outputs/``) to either table.
 Outputs (``bench_retouch.{csv,md,png}``) replace earlier ones only with ``--overwrite``.
 """
 from __future__ import annotations
@@ -35,14 +44,26 @@ from ..perceptual import load_lpips
 from ..student import load_student
 from ..teacher import load_teacher
 from . import score as S, tables
+from . import world as W
 from .heldout import SEED, heldout_batch
 from .student import load_baseline, student_method
 
 Method = S.Method
 #: Columns of ``bench_retouch.csv`` (and keys of the rows).
 COLUMNS = ("method", "psnr", "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
+#: ``--data world``: :data:`COLUMNS` with the PSNR over the global and the content-aware items.
+WORLD_COLUMNS = ("method", "psnr", ("psnr_global", "PSNR global (dB) ↑"),
+                 ("psnr_content", "PSNR content-aware (dB) ↑"), "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
 #: The scores every method gets (besides the set-level KID).
 KEYS = ("psnr", "de00", "accuracy", "drift")
+#: ``--data`` choices: the first world's held-out pairs, or the data world 2.0.
+DATA = ("pairs", "world")
+#: The VSD students of lessons 05 and 06: table label -> checkpoint name in the weights folder.
+VSD_STUDENTS = {"student, VSD (lesson 05)": "student_vsd.safetensors",
+                "student, VSD from scratch, no paired targets (lesson 05)": "student_vsd_scratch.safetensors",
+                "student, VSD + alignment (lesson 06)": "student_vsd_align.safetensors",
+                "student, VSD + alignment from scratch, no paired targets (lesson 06)":
+                    "student_vsd_align_scratch.safetensors"}
 
 
 def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: torch.Tensor) -> torch.Tensor:
@@ -61,32 +82,109 @@ def at_teacher_size(teacher, src: torch.Tensor) -> torch.Tensor:
     return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
-def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, Method], list[str]]:
-    """Name -> ``fn(source (B,3,H,W), instructions, target) -> output``, and notes on skipped methods."""
-    methods: dict[str, Method] = {"identity": lambda s, i, t: s}
-    notes: list[str] = []
-    methods["global affine (oracle: fitted to the target)"] = lambda s, i, t: apply_affine(fit_global_affine(s, t), s)
+def teacher_label(steps: int, data: str = "pairs") -> str:
+    """The table label of the teacher at ``steps`` DDIM steps: ``"teacher, 50 DDIM steps (lesson 04)"``,
+    or ``"teacher (data world), 50 DDIM steps (lesson 04)"`` for ``data="world"``."""
+    return f"teacher{' (data world)' if data == 'world' else ''}, {steps} DDIM steps (lesson 04)"
 
-    baseline = load_baseline(device="cpu")
-    if baseline is not None:
-        methods["global affine (learned)"] = student_method(baseline.eval())
-    methods["student, supervised (lesson 03)"] = student_method(load_student(device="cpu").eval())
-    for label, name in [("student, VSD (lesson 05)", "student_vsd.safetensors"),
-                        ("student, VSD from scratch, no paired targets (lesson 05)", "student_vsd_scratch.safetensors"),
-                        ("student, VSD + alignment (lesson 06)", "student_vsd_align.safetensors"),
-                        ("student, VSD + alignment from scratch, no paired targets (lesson 06)",
-                         "student_vsd_align_scratch.safetensors")]:
-        path = config.WEIGHTS_DIR / name
-        if path.is_file():
-            methods[label] = student_method(load_student(path, device="cpu").eval())
-        else:
-            notes.append(f"{label}: skipped, no checkpoint at {path}")
-    teacher = load_teacher("embedded")
+
+def is_teacher(method: str, steps: int) -> bool:
+    """Whether a row's ``method`` is the teacher at ``steps`` steps, of either world (``"teacher, 50 …"``
+    or ``"teacher (data world), 50 …"``; not ``"teacher, 500 …"``)."""
+    return method.replace("teacher (data world),", "teacher,", 1).startswith(f"teacher, {steps} ")
+
+
+def teacher_row(result: dict, steps: int = 50) -> dict | None:
+    """The row of the teacher at ``steps`` steps in a :func:`run` result (either world), ``None`` if absent."""
+    return next((r for r in result["rows"] if is_teacher(r["method"], steps)), None)
+
+
+def parse_extra(text: str | None) -> dict[str, Path]:
+    """``--extra``'s ``NAME=PATH[,NAME=PATH...]`` -> ``{NAME: Path(PATH)}`` (``{}`` for ``None`` or "").
+
+    Raises:
+        ValueError: an item without ``=``, an empty name or path, or a name given twice.
+        FileNotFoundError: a path that is not a file.
+    """
+    out: dict[str, Path] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, eq, path = (x.strip() for x in item.partition("="))
+        if not eq or not name or not path:
+            raise ValueError(f"--extra takes NAME=PATH pairs separated by commas, not {item!r}")
+        if name in out:
+            raise ValueError(f"--extra names {name!r} twice")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--extra {name}: no checkpoint at {path}")
+        out[name] = Path(path)
+    return out
+
+
+def _teacher_methods(teacher, steps_teacher: tuple[int, ...], data: str) -> dict[str, Method]:
+    """The teacher at each number of steps, at its working size, its change transferred onto the photo."""
+    out: dict[str, Method] = {}
     for n in steps_teacher:
         def teacher_fn(s, i, t, n=n):
             small = at_teacher_size(teacher, s)
             return transfer_edit(s, small, teacher.edit(small, i, steps=n))
-        methods[f"teacher, {n} DDIM steps (lesson 04)"] = teacher_fn
+        out[teacher_label(n, data)] = teacher_fn
+    return out
+
+
+def build_methods(steps_teacher: tuple[int, ...] = (50, 4), data: str = "pairs",
+                  extra: dict[str, str | Path] | None = None, weights_dir: str | Path | None = None,
+                  teacher=None) -> tuple[dict[str, Method], list[str]]:
+    """Name -> ``fn(source (B,3,H,W), instructions, target) -> output``, and notes on skipped methods.
+
+    Args:
+        steps_teacher: the teacher's rows, one per number of DDIM steps.
+        data: ``"pairs"`` (the first world: its teacher, every shipped student, Inverse-and-Edit) or
+            ``"world"`` (the data world 2.0: the world teacher, the supervised student, the VSD students
+            whose checkpoint's provenance has ``"data": "world"``; first-world models are noted as skipped).
+        extra: more students, table label -> checkpoint path (added after the shipped ones).
+        weights_dir: where the shipped students are (default :data:`course_lib.config.WEIGHTS_DIR`).
+        teacher: the teacher to use (default ``load_teacher("embedded")``, ``load_teacher("world")`` for
+            ``data="world"``).
+
+    Returns:
+        ``(methods, notes)``: methods in table order, and one line per skipped method with its reason.
+
+    Raises:
+        ValueError: an unknown ``data``, or an extra label that is already a method.
+    """
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, not {data!r}")
+    weights = Path(weights_dir) if weights_dir is not None else config.WEIGHTS_DIR
+    methods: dict[str, Method] = {"identity": lambda s, i, t: s}
+    notes: list[str] = []
+    methods["global affine (oracle: fitted to the target)"] = lambda s, i, t: apply_affine(fit_global_affine(s, t), s)
+    if data == "world":
+        methods.update(_world_students(weights, notes))
+    else:
+        baseline = load_baseline(weights / "student_global_affine.safetensors" if weights_dir is not None else None,
+                                 device="cpu")
+        if baseline is not None:
+            methods["global affine (learned)"] = student_method(baseline.eval())
+        supervised = weights / "student_supervised.safetensors" if weights_dir is not None else None
+        methods["student, supervised (lesson 03)"] = student_method(load_student(supervised, device="cpu").eval())
+        for label, name in VSD_STUDENTS.items():
+            path = weights / name
+            if path.is_file():
+                methods[label] = student_method(load_student(path, device="cpu").eval())
+            else:
+                notes.append(f"{label}: skipped, no checkpoint at {path}")
+    for label, path in (extra or {}).items():
+        if label in methods:
+            raise ValueError(f"--extra name {label!r} is already a method of the table")
+        methods[label] = student_method(load_student(path, device="cpu").eval())
+    if teacher is None:
+        teacher = load_teacher("world" if data == "world" else "embedded")
+    methods.update(_teacher_methods(teacher, steps_teacher, data))
+    if data == "world":
+        notes.append("Inverse-and-Edit (lesson 07): skipped, a first-world model (its generator is the first "
+                     "world's teacher)")
+        return methods, notes
     try:
         fwd, gen = shipped_models()
 
@@ -98,6 +196,37 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4)) -> tuple[dict[str, M
     except FileNotFoundError as exc:
         notes.append(f"Inverse-and-Edit: skipped ({str(exc).splitlines()[0]})")
     return methods, notes
+
+
+def _world_students(weights: Path, notes: list[str]) -> dict[str, Method]:
+    """The data world's students in ``weights``: the supervised one and every VSD student whose
+    provenance says ``"data": "world"``; a line in ``notes`` for each one skipped (and for the learned
+    global affine, a first-world model)."""
+    from .vsd_study import checkpoint_record  # vsd_study imports this module
+
+    notes.append("global affine (learned): skipped, a first-world model (trained on the first world's pairs)")
+    out: dict[str, Method] = {}
+    supervised = weights / "student_supervised.safetensors"
+    if supervised.is_file():
+        out["student, supervised (lesson 03)"] = student_method(load_student(supervised, device="cpu").eval())
+    else:
+        notes.append(f"student, supervised (lesson 03): skipped, no checkpoint at {supervised}")
+    for label, name in VSD_STUDENTS.items():
+        path = weights / name
+        if not path.is_file():
+            notes.append(f"{label}: skipped, no checkpoint at {path}")
+            continue
+        trained_on = checkpoint_record(path)["provenance"].get("data")
+        if trained_on == "world":
+            out[label] = student_method(load_student(path, device="cpu").eval())
+        elif trained_on == "pairs":
+            notes.append(f"{label}: skipped: trained on the first world (provenance data = pairs)")
+        elif trained_on is None:
+            notes.append(f"{label}: skipped: a first-world model (fine-tuned from the first world's student; "
+                         "its checkpoint records no provenance data)")
+        else:
+            notes.append(f"{label}: skipped: not trained on the data world (provenance data = {trained_on})")
+    return out
 
 
 # ----------------------------------------------------------------------------- KID
@@ -137,23 +266,48 @@ def interleaved_latency(fns: dict[str, Method], repeats: int, size: tuple[int, i
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
+def world_wording(paraphrases: str) -> str:
+    """``--paraphrases`` -> the data world's wording: ``"train"`` or ``"heldout_phrasing"`` (as ``vsd-study``)."""
+    return "train" if paraphrases == "train" else "heldout_phrasing"
+
+
 def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = SEED,
         batch_size: int = 16, repeats: int | None = None, latency: bool = True,
-        methods: dict[str, Method] | None = None, notes: list[str] | None = None) -> dict:
+        methods: dict[str, Method] | None = None, notes: list[str] | None = None, data: str = "pairs",
+        split: str = "test", extra: dict[str, str | Path] | None = None) -> dict:
     """Score every method (see the module docstring).
 
+    Args:
+        n: items (default 8 FAST / 96 FULL). size: image side in pixels (default 64 / 128).
+        paraphrases: ``"heldout"`` or ``"train"`` phrasings (for ``data="world"``: held-out phrasings or the
+            training wording, :func:`world_wording`).
+        repeats: timed 1080p calls per method (default 1 FAST / 7 FULL). latency: time them at all.
+        methods, notes: the methods to score and notes on skipped ones (default :func:`build_methods`).
+        data: ``"pairs"``, the first world's held-out photos (``seed`` picks them), or ``"world"``, ``n``
+            items of the data world 2.0's ``split`` photos (``"test"`` or ``"val"``;
+            :func:`course_lib.eval.world.world_batch`).
+        extra: more students for :func:`build_methods`, label -> checkpoint (ignored when ``methods`` is given).
+
     Returns:
-        dict with ``rows`` (method, psnr, de00, kid, accuracy (%), drift, ms_1080p, speedup), ``n``,
-        ``size``, ``paraphrases``, ``kid_label`` and ``notes`` (skipped methods).
+        dict with ``rows`` (method, psnr, de00, kid, accuracy (%), drift, ms_1080p, speedup; with
+        ``data="world"`` also ``psnr_global`` and ``psnr_content``, the PSNR over the items of each kind,
+        ``nan`` when there are none), ``n``, ``size``, ``paraphrases``, ``kid_label``, ``notes`` (skipped
+        methods) and ``data``; with ``data="world"`` also ``split``, ``wording`` and ``groups`` (items per
+        kind of edit). ``speedup`` is over the 50-step teacher of either world (:func:`teacher_row`).
     """
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, not {data!r}")
     n = n or config.pick(fast=8, full=96)
     size = size or config.pick(fast=64, full=128)
     repeats = repeats or config.pick(fast=1, full=7)
     if methods is None:
-        methods, notes = build_methods()
+        methods, notes = build_methods(data=data, extra=extra)
     notes = list(notes or [])
     perceptual = load_lpips()
-    batch = heldout_batch(n, size, seed, paraphrases)
+    if data == "world":
+        batch = W.world_batch(n, size, world_wording(paraphrases), seed, split=split)
+    else:
+        batch = heldout_batch(n, size, seed, paraphrases)
     tgt_feats = vgg_features(perceptual, batch["target"])
     rows = []
     bar = config.progress(total=len(methods), desc="bench retouch", disable=config.is_fast())
@@ -162,6 +316,10 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
         rows.append({"method": name, **{k: r["scores"][k] for k in ("psnr", "de00")},
                      "kid": 1000 * kid(vgg_features(perceptual, r["output"]), tgt_feats),
                      **{k: r["scores"][k] for k in ("accuracy", "drift")}, "ms_1080p": float("nan")})
+        if data == "world":
+            groups = W.group_scores({"psnr": r["items"]["psnr"]}, batch["kind"])
+            rows[-1]["psnr_global"] = groups["global"].get("psnr", float("nan"))
+            rows[-1]["psnr_content"] = groups["content-aware"].get("psnr", float("nan"))
         bar.update(1)
     bar.close()
     if latency:
@@ -169,19 +327,40 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
         ms = interleaved_latency(timed, repeats)
         for r in rows:
             r["ms_1080p"] = ms.get(r["method"], float("nan"))
-    ref = next((r["ms_1080p"] for r in rows if r["method"].startswith("teacher, 50")), float("nan"))
+    ref = next((r["ms_1080p"] for r in rows if is_teacher(r["method"], 50)), float("nan"))
     for r in rows:
         r["speedup"] = ref / r["ms_1080p"] if r["ms_1080p"] == r["ms_1080p"] and r["ms_1080p"] > 0 else float("nan")
     kid_label = "KID×10³ (VGG-16, ImageNet)" if perceptual.real else "KID×10³ (random VGG-16 features: offline fallback)"
-    return {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes}
+    result = {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes,
+              "data": data}
+    if data == "world":
+        result.update(split=split, wording=world_wording(paraphrases),
+                      groups={g: sum(k == g for k in batch["kind"]) for g in ("global", "content-aware")})
+    return result
+
+
+def columns(result: dict) -> tuple:
+    """The table's columns: :data:`WORLD_COLUMNS` for a ``data="world"`` result, else :data:`COLUMNS`."""
+    return WORLD_COLUMNS if result.get("data") == "world" else COLUMNS
+
+
+def photos(result: dict) -> str:
+    """Which photos a result is on: ``"held-out photos"`` or ``"data world 2.0 test photos"`` (its split)."""
+    if result.get("data") == "world":
+        return f"data world 2.0 {result.get('split', 'test')} photos"
+    return "held-out photos"
 
 
 def format_table(result: dict) -> str:
-    """Markdown table of :func:`run`."""
-    head = (f"held-out photos × {result['paraphrases']} phrasings, n = {result['n']}, {result['size']} px; "
+    """Markdown table of :func:`run` (world results: the items per kind of edit in the title)."""
+    n = f"n = {result['n']}"
+    if result.get("data") == "world":
+        g = result.get("groups", {})
+        n += f" ({g.get('global', '?')} global, {g.get('content-aware', '?')} content-aware edits), world teacher"
+    head = (f"{photos(result)} × {result['paraphrases']} phrasings, {n}, {result['size']} px; "
             f"latency: one 1080p photo on this machine")
-    columns = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in COLUMNS]
-    return tables.markdown(result["rows"], columns, title=head, notes=result["notes"])
+    cols = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in columns(result)]
+    return tables.markdown(result["rows"], cols, title=head, notes=result["notes"])
 
 
 #: What the papers claim (their numbers, not measured here).
@@ -213,11 +392,12 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
         it was benchmarked, else the supervised student; CPU times are labelled as CPU times.
     """
     st = _row(result, PAPER_STUDENT) or _row(result, "student, supervised")
-    t50, t4, ie = _row(result, "teacher, 50"), _row(result, "teacher, 4"), _row(result, "Inverse-and-Edit")
+    t50, t4, ie = teacher_row(result, 50), teacher_row(result, 4), _row(result, "Inverse-and-Edit")
     if st is None or t50 is None:
         raise KeyError("papers_table needs a student row and the 50-step teacher's row")
     name, thr = st["method"].split(" (")[0], result.get("threads", "?")
-    lines = ["| claim | paper | this course (CPU, embedded tier) |", "|---|---|---|",
+    tier = "data world teacher" if result.get("data") == "world" else "embedded tier"
+    lines = [f"| claim | paper | this course (CPU, {tier}) |", "|---|---|---|",
              f"| one 1080p photo, grid student | {PAPER_CLAIMS['latency']} | {st['ms_1080p']:.0f} ms on {thr} CPU "
              f"thread(s) of this machine ({name}): a CPU time, not comparable with a GPU's |"]
     cells = [f"{st['speedup']:.1f}× over the 50-step teacher ({t50['ms_1080p']:.0f} ms)"]
@@ -231,7 +411,7 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
     lines.append(f"| no content drift | {PAPER_CLAIMS['drift']} | drift {', '.join(drift)} |")
     if st["method"] == PAPER_STUDENT:
         lines.append(f"| trained without pairs | {PAPER_CLAIMS['no_pairs']} | {st['psnr']:.2f} dB PSNR against the "
-                     f"50-step teacher's {t50['psnr']:.2f} dB ({result['paraphrases']} phrasings, held-out photos) |")
+                     f"50-step teacher's {t50['psnr']:.2f} dB ({result['paraphrases']} phrasings, {photos(result)}) |")
     if inversion is not None:
         rec = {r["method"]: r for r in inversion["reconstruction"]}
         ddim, cyc = rec["DDIM-50"], rec["cycle-trained 4-step"]
@@ -258,7 +438,7 @@ def plot(result: dict, path: Path | None = None):
     ax.set_xscale("log")
     ax.set_xlabel("ms per 1080p photo (this machine)")
     ax.set_ylabel("PSNR to ground truth (dB)")
-    ax.set_title(f"held-out photos × {result['paraphrases']} phrasings (n = {result['n']})", fontsize=9)
+    ax.set_title(f"{photos(result)} × {result['paraphrases']} phrasings (n = {result['n']})", fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -277,7 +457,7 @@ def write(result: dict, out: Path, overwrite: bool = False) -> list[Path]:
     csv_path, md_path, png_path = output_paths(out)
     fig = plot(result)
     try:
-        return tables.write({csv_path: tables.csv_text(result["rows"], COLUMNS), md_path: format_table(result) + "\n",
+        return tables.write({csv_path: tables.csv_text(result["rows"], columns(result)), md_path: format_table(result) + "\n",
                              png_path: lambda tmp: fig.savefig(tmp, dpi=120, format="png")}, overwrite=overwrite)
     finally:
         plt.close(fig)
@@ -287,10 +467,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib bench retouch",
                                 description="The paper-style results table: every method on held-out photos x "
                                             "held-out paraphrases (fidelity, KID, accuracy, drift, 1080p latency, "
-                                            "speed-up over the 50-step teacher). Writes CSV, markdown and a plot.")
+                                            "speed-up over the 50-step teacher). Writes CSV, markdown and a plot. "
+                                            "--data world: the same on the data world 2.0's photos with the world "
+                                            "teacher, PSNR also per kind of edit (global, content-aware).")
     p.add_argument("--n", type=int, default=None, help="items (default: 8 FAST / 96 FULL)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: 64 FAST / 128 FULL)")
-    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout")
+    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
+                   help="held-out or training phrasings (--data world: held-out phrasings or the training wording)")
+    p.add_argument("--data", choices=list(DATA), default="pairs",
+                   help="pairs: the first world's held-out photos, its teacher and students (default); world: the "
+                        "data world 2.0's photos (--split) with the world teacher, the supervised student and the "
+                        "VSD students whose provenance says data = world (first-world models listed as skipped)")
+    p.add_argument("--split", choices=["test", "val"], default=None,
+                   help="with --data world: the world's test (default) or validation photos")
+    p.add_argument("--extra", default=None, metavar="NAME=PATH[,NAME=PATH...]",
+                   help="more student checkpoints to score, each as a row named NAME (e.g. candidates under outputs/)")
     p.add_argument("--repeats", type=int, default=None, help="timed 1080p calls per method, round-robin over the methods (median)")
     p.add_argument("--no-latency", action="store_true", help="skip the 1080p timings")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -303,8 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else config.OUTPUT_DIR
     t0 = time.perf_counter()
     try:
+        if a.split is not None and a.data != "world":
+            raise ValueError("--split is for --data world (the first world's held-out photos have no split)")
+        extra = parse_extra(a.extra)
         tables.check_free(output_paths(out) + ([Path(a.json)] if a.json else []), a.overwrite)
-        result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency)
+        result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency, data=a.data,
+                     split=a.split or "test", extra=extra)
         result["command"] = "python -m course_lib bench retouch " + " ".join(
             x for x in (argv if argv is not None else sys.argv[2:]) if x != "--overwrite")
         result["threads"] = torch.get_num_threads()
