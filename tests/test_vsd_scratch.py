@@ -167,6 +167,26 @@ def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_pat
     assert world["records"]["from scratch"]["paired_targets"] == "none" and world["split"] == "val"
 
 
+def test_verdict_reads_the_target_from_the_rows():
+    """Best student without paired targets against the teacher and the identity + 3 dB, per group."""
+    from course_lib.eval import vsd_study
+
+    def rows(group, ident, teach, a, b):
+        return [{"method": "identity", "group": group, "psnr": ident}, {"method": "teacher, 50 DDIM steps",
+                "group": group, "psnr": teach}, {"method": "a", "group": group, "psnr": a},
+                {"method": "sup", "group": group, "psnr": b}]
+
+    result = {"rows": rows("all", 23.0, 26.5, 26.6, 40.0) + rows("global", 25.0, 32.0, 30.0, 40.0),
+              "records": {"a": {"paired_targets": "none"}, "sup": {"paired_targets": "yes"}}}
+    v = vsd_study.verdict(result)
+    assert v["best"] == "a" and v["meets"] and abs(v["gain"] - 3.6) < 1e-9 and abs(v["vs_teacher"] - 0.1) < 1e-9
+    assert not vsd_study.verdict(result, "global")["meets"]  # below the teacher there
+    result["rows"][2]["psnr"] = 25.9  # below the teacher (26.5) and the identity + 3 (26.0)
+    assert not vsd_study.verdict(result)["meets"]
+    with pytest.raises(KeyError):
+        vsd_study.verdict({"rows": rows("all", 1, 2, 3, 4), "records": {}})
+
+
 @pytest.mark.parametrize("name, align", [("student_vsd_scratch.safetensors", 0.0),
                                          ("student_vsd_align_scratch.safetensors", 1.0)])
 def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path, name, align):

@@ -144,6 +144,35 @@ def seed_table(summary: list[dict], keys=S.EDIT_KEYS) -> str:
     return "\n".join(lines)
 
 
+def verdict(result: dict, group: str = "all") -> dict:
+    """The issue's target read from a :func:`study` result: is the best student that saw no paired
+    targets at least as good as the teacher's row and at least the identity + 3 dB (PSNR)?
+
+    Args:
+        result: a :func:`study` result (first world: no ``group`` field; data world: rows per group).
+        group: which group's rows to read on the data world (``"all"``, ``"global"``, ``"content-aware"``).
+
+    Returns:
+        ``{"best": name, "student": row, "teacher": row, "identity": row, "meets": bool,
+        "gain": student − identity (dB), "vs_teacher": student − teacher (dB)}``.
+
+    Raises:
+        KeyError: no identity, teacher or no-paired-targets student among the rows.
+    """
+    rows = [r for r in result["rows"] if r.get("group", "all") == group]
+    by = {r["method"]: r for r in rows}
+    teacher = next((r for m, r in by.items() if m.startswith("teacher")), None)
+    scratch = {m: r for m, r in by.items() if result["records"].get(m, {}).get("paired_targets") == "none"}
+    if "identity" not in by or teacher is None or not scratch:
+        raise KeyError("the result needs an identity row, a teacher row and a student without paired targets")
+    best = max(scratch, key=lambda m: scratch[m]["psnr"])
+    b, ident = scratch[best], by["identity"]
+    # the target: PSNR ≥ the teacher's and ≥ the identity's + 3 dB
+    meets = b["psnr"] >= teacher["psnr"] and b["psnr"] >= ident["psnr"] + 3
+    return {"best": best, "student": b, "teacher": teacher, "identity": ident, "meets": bool(meets),
+            "gain": b["psnr"] - ident["psnr"], "vs_teacher": b["psnr"] - teacher["psnr"]}
+
+
 def plot_curves(result: dict):
     """The monitor of every VSD student against its step (1 = the identity). Returns the figure."""
     import matplotlib.pyplot as plt
