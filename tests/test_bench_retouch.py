@@ -190,3 +190,15 @@ def test_bench_retouch_cli_options(tmp_path, capsys, monkeypatch):
         assert br.main(argv + ["--out", str(tmp_path)]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and says in err, err
+
+
+def test_first_world_copy_of_a_student_is_found_for_the_pairs_table(tmp_path):
+    """The shipped name may hold the data world's student; the first world's table reads its copy."""
+    from course_lib.eval import bench_retouch as B
+
+    name = "student_vsd_scratch.safetensors"
+    (tmp_path / name).write_bytes(b"world")
+    assert B.first_world_path(tmp_path, name) == tmp_path / name  # no copy: the name itself
+    (tmp_path / B.FIRST_WORLD_FILES[name]).write_bytes(b"first")
+    assert B.first_world_path(tmp_path, name) == tmp_path / B.FIRST_WORLD_FILES[name]
+    assert B.first_world_path(tmp_path, "student_vsd.safetensors") == tmp_path / "student_vsd.safetensors"

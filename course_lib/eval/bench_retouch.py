@@ -64,6 +64,16 @@ VSD_STUDENTS = {"student, VSD (lesson 05)": "student_vsd.safetensors",
                 "student, VSD + alignment (lesson 06)": "student_vsd_align.safetensors",
                 "student, VSD + alignment from scratch, no paired targets (lesson 06)":
                     "student_vsd_align_scratch.safetensors"}
+#: ``--data pairs``: the first world's copy of a VSD student whose shipped name now holds the data world's.
+FIRST_WORLD_FILES = {"student_vsd_scratch.safetensors": "student_vsd_scratch_first_world.safetensors"}
+
+
+def first_world_path(weights: Path, name: str) -> Path:
+    """Where the first world's copy of the shipped student ``name`` is: ``weights /``
+    :data:`FIRST_WORLD_FILES` ``[name]`` when that file exists (the name itself now holds the data
+    world's student), else ``weights / name``."""
+    first = weights / FIRST_WORLD_FILES.get(name, name)
+    return first if first.is_file() else weights / name
 
 
 def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: torch.Tensor) -> torch.Tensor:
@@ -169,7 +179,7 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4), data: str = "pairs",
         supervised = weights / "student_supervised.safetensors" if weights_dir is not None else None
         methods["student, supervised (lesson 03)"] = student_method(load_student(supervised, device="cpu").eval())
         for label, name in VSD_STUDENTS.items():
-            path = weights / name
+            path = first_world_path(weights, name)
             if path.is_file():
                 methods[label] = student_method(load_student(path, device="cpu").eval())
             else:
