@@ -30,6 +30,7 @@ Outputs (``bench_retouch.{csv,md,png}``) replace earlier ones only with ``--over
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from .. import bench, config
 from ..inversion import invert_and_edit, shipped_models
 from ..metrics import apply_affine, fit_global_affine, kid
 from ..perceptual import load_lpips
-from ..student import load_student
+from ..student import load_student, read_metadata
 from ..teacher import load_teacher
 from . import score as S, tables
 from . import world as W
@@ -212,8 +213,6 @@ def _world_students(weights: Path, notes: list[str]) -> dict[str, Method]:
     """The data world's students in ``weights``: the supervised one and every VSD student whose
     provenance says ``"data": "world"``; a line in ``notes`` for each one skipped (and for the learned
     global affine, a first-world model)."""
-    from .vsd_study import checkpoint_record  # vsd_study imports this module
-
     notes.append("global affine (learned): skipped, a first-world model (trained on the first world's pairs)")
     out: dict[str, Method] = {}
     supervised = weights / "student_supervised.safetensors"
@@ -226,7 +225,7 @@ def _world_students(weights: Path, notes: list[str]) -> dict[str, Method]:
         if not path.is_file():
             notes.append(f"{label}: skipped, no checkpoint at {path}")
             continue
-        trained_on = checkpoint_record(path)["provenance"].get("data")
+        trained_on = json.loads(read_metadata(path).get("provenance", "{}") or "{}").get("data")
         if trained_on == "world":
             out[label] = student_method(load_student(path, device="cpu").eval())
         elif trained_on == "pairs":

@@ -59,6 +59,7 @@ from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_pa
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, edit_code, load_student, save_student, shipped_path
 from ..teacher import add_teacher_options, frozen_dtype, load_teacher
+from .student import readout_loss
 from .common import (run_command, Shard, add_run_options, average_gradients, from_args, gather_with_grad,
                      is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
                      read_state, save_on_main, state_dir, strip_prefix, sync_parameters, with_prefix, write_state)
@@ -165,8 +166,6 @@ def distil_reading(student: Student, teacher, n: int, steps: int, seed: int, bat
         ``{"losses": [...], "agreement": a}``: the loss per step and the share of 1024 other
         instructions on which student and teacher agree on every label's presence (thresholded at 0.5).
     """
-    from ..train.student import readout_loss
-
     texts = instruction_bank(n + 1024, np.random.default_rng([32_000, seed]))[0]  # texts only
     X = torch.cat([student.embed(texts[k:k + 256]).cpu() for k in range(0, len(texts), 256)])  # (n + 1024, 384 + V)
     P, S = teacher_reading(teacher, X)  # (n + 1024, K) each: the teacher's reading is the target
