@@ -276,7 +276,7 @@ def interleaved_latency(fns: dict[str, Method], repeats: int, size: tuple[int, i
 
 
 def world_wording(paraphrases: str) -> str:
-    """``--paraphrases`` -> the data world's wording: ``"train"`` or ``"heldout_phrasing"`` (as ``vsd-study``)."""
+    """``--paraphrases`` -> the data world's wording: ``"train"`` or ``"heldout_phrasing"`` (``vsd-study`` uses it too)."""
     return "train" if paraphrases == "train" else "heldout_phrasing"
 
 

@@ -23,7 +23,7 @@ from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from . import score as S, tables, world as W
-from .bench_retouch import at_teacher_size, transfer_edit
+from .bench_retouch import at_teacher_size, transfer_edit, world_wording
 from .heldout import SEED, heldout_batch
 from .student import student_method
 
@@ -87,8 +87,7 @@ def _study_world(students: dict[str, str], teacher, n: int, size: int, paraphras
     """:func:`study` on the data world 2.0: ``n`` items of its ``split`` photos in the training wording
     (``paraphrases="train"``) or held-out phrasings, scored with the world's keys, one row per method and
     group (``global``, ``content-aware``, ``all``)."""
-    wording = "train" if paraphrases == "train" else "heldout_phrasing"
-    batch = W.world_batch(n, size, wording, W.SEED, split=split)
+    batch = W.world_batch(n, size, world_wording(paraphrases), W.SEED, split=split)
     fns = {("identity", 0, "-"): lambda s, i, t: s,
            (f"teacher, {teacher_steps} DDIM steps", "-", "yes"): _teacher_fn(teacher, teacher_steps)}
     records = {}

@@ -73,7 +73,7 @@ class VSDArgs:
     batch_size: int = 8
     size: int = 64
     init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
-    student: str = "film"  # a fresh student's kind: "film" (FiLM on its text features) or "reader" (see _reader_student)
+    student: str = "film"  # a fresh student's kind: "film" (FiLM on its text features) or "reader" (see reader_student)
     reader_steps: int = 3000  # --student reader: steps distilling the teacher's reading into the student's heads
     reader_bank: int = 20000  # --student reader: training-wording instructions (texts only) for those steps
     grid_size: int = 16  # spatial cells per side of a fresh ("identity") student
