@@ -436,7 +436,7 @@ COURSE_MAP: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("03 student", ("student", "text", "train/student", "eval/world"),
      ("student_supervised", "student_global_affine")),
     ("04 teacher", ("teacher", "train/teacher", "eval/teacher"), ("teacher_embedded", "teacher_world")),
-    ("05 VSD", ("distill", "vsd_toy", "train/vsd"), ("student_vsd", "student_vsd_scratch")),
+    ("05 VSD", ("distill", "vsd_toy", "train/vsd"), ("student_vsd", "student_vsd_scratch", "student_vsd_scratch_first_world")),
     ("06 alignment", ("align", "train/align"), ("edit_clip", "student_vsd_align", "student_vsd_align_scratch")),
     ("07 inversion", ("inversion", "train/inverter", "eval/inversion"), ("inverter_lora", "lpips_vgg_lin")),
     ("08 benchmark", ("bench", "eval/bench_retouch", "eval/score"), ()),
@@ -471,7 +471,11 @@ def course_map(rows=COURSE_MAP, weights_dir=None):
             for w in weights:
                 missing = weights_dir is not None and not (Path(weights_dir) / f"{w}.safetensors").is_file()
                 names.append(w + (" (not shipped)" if missing else ""))
-            _box(ax, 9.0, y, ", ".join(names), 3.4, 0.5, "#e6f2e0")
+            text = ", ".join(names)
+            if len(text) > 50:  # two lines: the box is 3.4 units wide
+                half = (len(names) + 1) // 2
+                text = ", ".join(names[:half]) + ",\n" + ", ".join(names[half:])
+            _box(ax, 9.0, y, text, 3.4, 0.5 if "\n" not in text else 0.7, "#e6f2e0")
             _arrow(ax, (6.95, y), (7.25, y))
     ax.text(5.5, -0.5, "solutions/ is the single source: `python -m course_lib notebooks` writes notebooks/ from it; "
             "every lesson imports the library it shows", ha="center", fontsize=8, color="#555555")

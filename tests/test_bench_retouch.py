@@ -43,6 +43,21 @@ def test_bench_retouch_tiny_subset(tmp_path):
     assert all(p.stat().st_size > 0 for p in paths) and not list(tmp_path.glob(".*part*"))
 
 
+def test_format_table_without_latency_with_or_without_the_fields():
+    """A held-out run made with ``--no-latency`` (``nan`` latencies, or none at all) and one whose latencies
+    are quoted from another run render the same table: no latency columns."""
+    def result(**ms):
+        return {"rows": [{"method": "student, supervised (lesson 03)", "psnr": 37.4, "de00": 2.2, "kid": 0.0,
+                          "accuracy": 79.2, "drift": 0.97, **ms}], "n": 96, "size": 128, "paraphrases": "heldout",
+                "kid_label": "KID", "notes": []}
+    timed, nan, absent = result(ms_1080p=40.48, speedup=36.5), result(ms_1080p=float("nan"), speedup=float("nan")), result()
+    assert "ms / 1080p" in br.format_table(timed) and "40.5" in br.format_table(timed)
+    md = br.format_table(timed, latency=False)
+    assert md == br.format_table(nan, latency=False) == br.format_table(absent, latency=False)
+    assert "1080p" not in md.split("\n", 2)[2] and "40.5" not in md and "36.5" not in md and "37.4" in md
+    assert "latency: not shown" in md
+
+
 def test_bench_retouch_help(capsys):
     import pytest
 
@@ -202,3 +217,29 @@ def test_first_world_copy_of_a_student_is_found_for_the_pairs_table(tmp_path):
     (tmp_path / B.FIRST_WORLD_FILES[name]).write_bytes(b"first")
     assert B.first_world_path(tmp_path, name) == tmp_path / B.FIRST_WORLD_FILES[name]
     assert B.first_world_path(tmp_path, "student_vsd.safetensors") == tmp_path / "student_vsd.safetensors"
+
+
+def test_student_method_clamps_without_touching_the_photo():
+    """The bench's student method clamps its output to [0, 1] (in place when no gradient needs it) and
+    never changes the source photo; with gradients on, the clamp keeps the graph."""
+    from course_lib.eval.student import student_method
+
+    class Doubler(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def embed(self, instructions):
+            return torch.zeros(len(instructions), 4)
+
+        def forward(self, image, text):
+            return 2 * image - 0.5
+
+    src = torch.linspace(0, 1, 2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    keep = src.clone()
+    with torch.no_grad():
+        out = student_method(Doubler())(src, ["a", "b"], None)
+    assert torch.equal(src, keep) and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, (2 * keep - 0.5).clamp(0, 1))
+    x = src.clone().requires_grad_(True)
+    y = student_method(Doubler())(x, ["a", "b"], None)
+    y.sum().backward()
+    assert torch.equal(x.grad, 2.0 * ((2 * keep - 0.5 > 0) & (2 * keep - 0.5 < 1)))

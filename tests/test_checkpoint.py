@@ -14,7 +14,8 @@ from course_lib.util.files import FileExists, atomic_write_text
 SHIPPED_KINDS = {
     "student_supervised.safetensors": "student", "student_global_affine.safetensors": "student",
     "student_vsd.safetensors": "student", "student_vsd_align.safetensors": "student",
-    "student_vsd_scratch.safetensors": "student", "student_vsd_align_scratch.safetensors": "student",
+    "student_vsd_scratch.safetensors": "student", "student_vsd_scratch_first_world.safetensors": "student",
+    "student_vsd_align_scratch.safetensors": "student",
     "teacher_embedded.safetensors": "teacher", "teacher_world.safetensors": "teacher",
     "edit_clip.safetensors": "edit_clip",
     "inverter_lora.safetensors": "inverter_lora", "lpips_vgg_lin.safetensors": "lpips_lin",

@@ -45,6 +45,20 @@ def test_markdown_and_csv_formats():
     assert tables.csv_text(rows, ["method", "psnr"]).splitlines() == ["method,psnr", "a,21.234"]
 
 
+def test_without_drops_columns_by_key_and_refer_points_elsewhere():
+    cols = ["method", ("psnr", "PSNR"), "ms_per_image", ("speedup", "x")]
+    assert tables.without(cols, ("ms_per_image", "speedup")) == ["method", ("psnr", "PSNR")]
+    assert tables.without(cols, "psnr") == ["method", "ms_per_image", ("speedup", "x")]
+    assert tables.without(cols, ("absent",)) == cols
+    rows = [{"method": "identity", "ms_per_image": 0.0}, {"method": "teacher's own edit (lesson 04)", "ms_per_image": 668.1},
+            {"method": "grid student (lesson 03)", "ms_per_image": 30.2}]
+    shown = tables.refer(rows, ("teacher's own edit", "grid student"), ["ms_per_image"], "see lesson 04")
+    assert [r["ms_per_image"] for r in shown] == [0.0, "see lesson 04", "see lesson 04"]
+    assert rows[1]["ms_per_image"] == 668.1  # the rows given are not changed
+    md = tables.markdown(shown, ["method", "ms_per_image"])
+    assert "| teacher's own edit (lesson 04) | see lesson 04 |" in md and "668" not in md
+
+
 def test_write_is_atomic_and_never_overwrites_unless_asked(tmp_path):
     rows = [{"method": "a", "psnr": 20.0}]
     paths = tables.write_table(rows, ["method", "psnr"], tmp_path / "t", formats=("csv", "md", "json"))

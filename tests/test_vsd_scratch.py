@@ -187,14 +187,35 @@ def test_verdict_reads_the_target_from_the_rows():
         vsd_study.verdict({"rows": rows("all", 1, 2, 3, 4), "records": {}})
 
 
-@pytest.mark.parametrize("name, align", [("student_vsd_scratch.safetensors", 0.0),
-                                         ("student_vsd_align_scratch.safetensors", 1.0)])
-def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path, name, align):
-    """The students distilled from scratch (lesson 05; lesson 06 with the alignment loss): the metadata
-    says no paired targets and where they came from, and ``retouch --checkpoint`` edits unseen photos
-    in the asked direction."""
+def test_by_group_and_changes_read_the_world_rows():
+    """Lesson 05 section 6's table (one row per method, PSNR per group) and its list of changes come
+    from the study's rows: a changed row changes them."""
+    from course_lib.eval import vsd_study
+
+    rows = [{"method": m, "group": g, "steps": 600, "psnr": p, "edit_accuracy": 10.0 + p, "drift": 1.0}
+            for m, base in (("a", 25.0), ("b", 27.5)) for g, p in (("all", base), ("global", base + 3),
+                                                                 ("content-aware", base - 1))]
+    result = {"rows": rows, "records": {}}
+    t = vsd_study.by_group(result)
+    assert [r["method"] for r in t] == ["a", "b"]
+    assert t[1] == {"method": "b", "steps": 600, "psnr": 27.5, "psnr_global": 30.5, "psnr_content": 26.5,
+                    "edit_accuracy": 37.5, "drift": 1.0}
+    c = vsd_study.changes(result, [("x", "a", "b")])
+    assert c[0]["delta"] == pytest.approx(2.5) and c[0]["psnr_before"] == 25.0
+    assert vsd_study.changes(result, [("x", "a", "b")], "global")[0]["psnr_after"] == 30.5
+    with pytest.raises(KeyError):
+        vsd_study.changes(result, [("x", "a", "nope")])
+
+
+@pytest.mark.parametrize("name, align, world", [("student_vsd_scratch.safetensors", 0.0, True),
+                                                ("student_vsd_scratch_first_world.safetensors", 0.0, False),
+                                                ("student_vsd_align_scratch.safetensors", 1.0, False)])
+def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_path, name, align, world):
+    """The students distilled from scratch (lesson 05: the data world's, shipped under the issue's name,
+    and the first world's copy; lesson 06 with the alignment loss): the metadata says no paired targets
+    and where they came from, and ``retouch --checkpoint`` edits unseen (test) photos in the asked direction."""
+    from course_lib import data, world as W
     from course_lib.__main__ import main
-    from course_lib.data import load_photo, photo_names
     from course_lib.images import load_image, save_image
     from course_lib.student import read_metadata
 
@@ -202,9 +223,14 @@ def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_p
     meta = read_metadata(path)
     assert meta["paired_targets"] == "none"
     prov = json.loads(meta["provenance"])
-    assert prov["init"] == "identity" and prov["teacher"] == "embedded" and "teacher's own" in prov["regression"]
+    assert prov["init"] == "identity" and "teacher's own" in prov["regression"]
     assert prov["recipe"]["align_weight"] == align
-    photo = load_photo(photo_names("heldout")[0], size=96)
+    if world:  # distilled from the world teacher on the data world 2.0, reading as the teacher does
+        assert prov["teacher"] == "world" and prov["data"] == "world" and prov["student"] == "reader"
+        photo = W.load_photo(W.photo_names("test")[0], size=96)
+    else:
+        assert prov["teacher"] == "embedded" and prov["data"] == "pairs"
+        photo = data.load_photo(data.photo_names("heldout")[0], size=96)
     save_image(photo, tmp_path / "in.png")
     warm, bright = tmp_path / "warm.png", tmp_path / "bright.png"
     for instruction, out in (("make it warmer", warm), ("make it brighter", bright)):

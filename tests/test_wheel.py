@@ -26,6 +26,7 @@ LOADERS = {
     "student_vsd.safetensors": "student.load_student(W / name)",
     "student_vsd_align.safetensors": "student.load_student(W / name)",
     "student_vsd_scratch.safetensors": "student.load_student(W / name)",
+    "student_vsd_scratch_first_world.safetensors": "student.load_student(W / name)",
     "student_vsd_align_scratch.safetensors": "student.load_student(W / name)",
     "teacher_embedded.safetensors": "teacher.load_embedded_teacher(W / name, device='cpu')",
     "teacher_world.safetensors": "teacher.load_teacher('world', device='cpu')",

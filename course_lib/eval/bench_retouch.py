@@ -52,6 +52,8 @@ from .student import load_baseline, student_method
 Method = S.Method
 #: Columns of ``bench_retouch.csv`` (and keys of the rows).
 COLUMNS = ("method", "psnr", "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
+#: The columns that time a method (one 1080p photo, and the speed-up over the 50-step teacher).
+LATENCY_COLUMNS = ("ms_1080p", "speedup")
 #: ``--data world``: :data:`COLUMNS` with the PSNR over the global and the content-aware items.
 WORLD_COLUMNS = ("method", "psnr", ("psnr_global", "PSNR global (dB) ↑"),
                  ("psnr_content", "PSNR content-aware (dB) ↑"), "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
@@ -360,15 +362,23 @@ def photos(result: dict) -> str:
     return "held-out photos"
 
 
-def format_table(result: dict) -> str:
-    """Markdown table of :func:`run` (world results: the items per kind of edit in the title)."""
+def format_table(result: dict, latency: bool = True) -> str:
+    """Markdown table of :func:`run` (world results: the items per kind of edit in the title).
+
+    Args:
+        latency: show the latency columns (:data:`LATENCY_COLUMNS`); ``False`` leaves them out, for
+            a run made with ``--no-latency`` or one whose latencies are quoted from another run only
+            (lesson 08 quotes the training-phrasing run's), whether the rows hold them or not.
+    """
     n = f"n = {result['n']}"
     if result.get("data") == "world":
         g = result.get("groups", {})
         n += f" ({g.get('global', '?')} global, {g.get('content-aware', '?')} content-aware edits), world teacher"
     head = (f"{photos(result)} × {result['paraphrases']} phrasings, {n}, {result['size']} px; "
-            f"latency: one 1080p photo on this machine")
+            + ("latency: one 1080p photo on this machine" if latency else "latency: not shown"))
     cols = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in columns(result)]
+    if not latency:
+        cols = tables.without(cols, LATENCY_COLUMNS)
     return tables.markdown(result["rows"], cols, title=head, notes=result["notes"])
 
 

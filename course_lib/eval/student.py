@@ -66,8 +66,15 @@ def load_baseline(path: str | Path | None = None, device: str | torch.device | N
 
 
 def student_method(model) -> S.Method:
-    """The full student as a method: ``model(source, embed(instructions))``, clamped, on the CPU."""
-    return lambda s, i, t: model(s.to(model.device), model.embed(i)).clamp(0, 1).cpu()
+    """The full student as a method: ``model(source, embed(instructions))``, clamped, on the CPU.
+
+    The output is clamped in place when no gradient needs it: at 1080p a second 25 MB buffer for a
+    copy costs more than the clamp itself (a fresh large allocation is faulted in page by page).
+    """
+    def run(s, i, t):
+        out = model(s.to(model.device), model.embed(i))  # (B, 3, H, W), a fresh tensor
+        return (out.clamp(0, 1) if out.requires_grad else out.clamp_(0, 1)).cpu()
+    return run
 
 
 def methods(model, baseline=None) -> dict[str, S.Method]:

@@ -56,6 +56,28 @@ def markdown(rows: Sequence[dict], columns: Sequence[Column], title: str | None 
     return "\n".join(lines)
 
 
+def without(columns: Sequence[Column], keys: Union[str, Sequence[str]]) -> list[Column]:
+    """``columns`` less those whose key is in ``keys``, in their order.
+
+    For a table shown without some of its columns, e.g. a run whose latencies are quoted from
+    another run only: ``markdown(rows, without(columns, ("ms_1080p", "speedup")))``.
+    """
+    drop = {keys} if isinstance(keys, str) else set(keys)
+    return [c for c in columns if _spec(c)[0] not in drop]
+
+
+def refer(rows: Sequence[dict], methods: Sequence[str], keys: Sequence[str], text: str) -> list[dict]:
+    """Copies of ``rows`` in which the rows whose ``"method"`` starts with one of ``methods`` hold
+    ``text`` (e.g. ``"see lesson 04"``) under ``keys`` instead of their values.
+
+    For a table that measured, on the side, something another lesson quotes: the number is shown
+    once, where that lesson quotes it, and here the table points there. The rows given are not changed.
+    """
+    prefixes = tuple(methods)
+    return [{**r, **{k: text for k in keys}} if str(r.get("method", "")).startswith(prefixes) else dict(r)
+            for r in rows]
+
+
 def csv_text(rows: Sequence[dict], columns: Sequence[Column]) -> str:
     """CSV with the column keys as header and full-precision values (``csv`` module dialect)."""
     buf = io.StringIO()

@@ -172,6 +172,47 @@ def verdict(result: dict, group: str = "all") -> dict:
             "gain": b["psnr"] - ident["psnr"], "vs_teacher": b["psnr"] - teacher["psnr"]}
 
 
+#: :func:`by_group`'s columns: PSNR over all items and per group of edits, then the scores over all.
+GROUP_COLUMNS = ("method", "steps", ("psnr", "PSNR all (dB) ↑"), ("psnr_global", "PSNR global (dB) ↑"),
+                 ("psnr_content", "PSNR content-aware (dB) ↑"), "edit_accuracy", "drift")
+
+
+def by_group(result: dict) -> list[dict]:
+    """A data-world study's rows, one per method: PSNR over all items, the global and the
+    content-aware ones, and the edit accuracy and drift over all (for :data:`GROUP_COLUMNS`).
+
+    Args:
+        result: a :func:`study` result with ``data: world`` (rows per method and group).
+
+    Returns:
+        One dict per method, in the result's order.
+    """
+    out: dict[str, dict] = {}
+    for r in result["rows"]:
+        row = out.setdefault(r["method"], {"method": r["method"], "steps": r["steps"]})
+        if r["group"] == "all":
+            row.update(psnr=r["psnr"], edit_accuracy=r["edit_accuracy"], drift=r["drift"])
+        else:
+            row["psnr_global" if r["group"] == "global" else "psnr_content"] = r["psnr"]
+    return list(out.values())
+
+
+def changes(result: dict, pairs: list[tuple[str, str, str]], group: str = "all") -> list[dict]:
+    """What each change of an ablation did: for ``(change, before, after)`` method names, the PSNR of
+    both rows of ``group`` and the difference.
+
+    Returns:
+        ``[{"change", "before", "after", "psnr_before", "psnr_after", "delta"}]`` (dB).
+
+    Raises:
+        KeyError: a named method is not in the result.
+    """
+    psnr = {r["method"]: r["psnr"] for r in result["rows"] if r.get("group", "all") == group}
+    # Δ = PSNR(after) − PSNR(before)
+    return [{"change": c, "before": a, "after": b, "psnr_before": psnr[a], "psnr_after": psnr[b],
+             "delta": psnr[b] - psnr[a]} for c, a, b in pairs]
+
+
 def plot_curves(result: dict):
     """The monitor of every VSD student against its step (1 = the identity). Returns the figure."""
     import matplotlib.pyplot as plt
