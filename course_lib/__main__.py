@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-align": ("course_lib.train.align:main", "train the embedded edit encoder for the prompt-alignment loss"),
     "wording-study": ("course_lib.eval.wording:main", "train the student's text pathway alone in variants; score unseen wording"),
     "evaluate": ("course_lib.eval.student:main", "evaluate identity, global-affine oracle and the student on held-out data"),
+    "video-study": ("course_lib.eval.video_study:main", "lesson 09's flicker vs lag of smoothed grids on a demo clip (teacher, same noise, student)"),
     "retouch": ("course_lib.apps.retouch:main", "edit photos with an instruction using the shipped student"),
     "bench": ("course_lib.eval.bench_retouch:bench_main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
     "studio": ("course_lib.apps.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),

@@ -27,6 +27,7 @@ motion of the content itself (which changes the input as much as the output).
 """
 from __future__ import annotations
 
+import time
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -298,6 +299,82 @@ def grid_flicker(model, frames: torch.Tensor, grids: torch.Tensor, impl: str = "
     return torch.stack(out).cpu()
 
 
+# ----------------------------------------------------------------------------- flicker against lag
+
+#: the smoothing factors of lesson 09's study (FULL mode, ``python -m course_lib video-study``)
+SMOOTHING_FACTORS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@torch.no_grad()
+def smoothing_rows(model, frames: torch.Tensor, grids: torch.Tensor,
+                   factors: Sequence[float] = SMOOTHING_FACTORS) -> list[dict]:
+    """Flicker and lag of one predictor's grids, smoothed with each factor (lesson 09, section 2).
+
+    Args:
+        model: provides ``guide_map`` (a student or :class:`TeacherGrids`).
+        frames: (T, 3, H, W) in [0, 1], T >= 2.
+        grids: (T, 12, D, G, G) the per-frame grids.
+        factors: EMA factors, each in [0, 1).
+
+    Returns:
+        one dict per factor, all in 8-bit levels: ``a``; ``edit_jump`` (:func:`flicker`);
+        ``grid_flicker`` (mean of :func:`grid_flicker`); ``lag``, ``255 * mean |out_a - out_0|``,
+        how far the smoothed edit is from the per-frame one.
+    """
+    factors = [check_smoothing(a) for a in factors]
+    per_frame = apply_grids(model, frames, grids)  # (T, 3, H, W)
+    rows = []
+    for a in factors:
+        g = smooth_grids(grids, a)  # (T, 12, D, G, G)
+        out = apply_grids(model, frames, g)
+        rows.append({"a": a, "edit_jump": flicker(frames, out)["edit_jump"],
+                     "grid_flicker": float(grid_flicker(model, frames, g).mean()),
+                     "lag": float((out - per_frame).abs().mean() * 255.0)})
+    return rows
+
+
+def smoothing_study(teacher, frames: torch.Tensor, instruction: str,
+                    factors: Sequence[float] = SMOOTHING_FACTORS, steps: int = 8, seed: int = 0,
+                    student=None) -> dict:
+    """Lesson 09's trade-off on one clip: flicker against lag for each smoothing factor.
+
+    The teacher edits every frame from fresh noise (:class:`TeacherGrids`, seeds ``seed, seed + 1,
+    ...``) and its grids are smoothed with each factor; then the same teacher with the *same* noise
+    for every frame, per frame; then, if given, the student with each factor.
+
+    Args:
+        teacher: a :class:`course_lib.teacher.Teacher` (e.g. ``load_teacher("embedded")``).
+        frames: (T, 3, H, W) in [0, 1], T >= 2 (e.g. :func:`make_demo_clip`).
+        instruction: one edit for all frames.
+        factors: EMA factors in [0, 1).
+        steps: DDIM steps per frame.
+        seed: the first frame's noise seed.
+        student: a :class:`course_lib.student.Student`, or ``None`` to leave its rows out.
+
+    Returns:
+        dict: ``teacher`` (rows of :func:`smoothing_rows`, fresh noise), ``same_noise``
+        (``edit_jump`` and ``grid_flicker`` of the same-noise teacher, per frame), ``student``
+        (rows, only with a student), ``frame_change`` (mean :func:`frame_change` of the clip,
+        levels) and ``ms_per_frame`` (the fresh-noise teacher's grid prediction time).
+    """
+    if frames.dim() != 4 or frames.shape[0] < 2:
+        raise ValueError(f"need a (T, 3, H, W) clip with T >= 2, got {tuple(frames.shape)}")
+    factors = [check_smoothing(a) for a in factors]
+    fresh = TeacherGrids(teacher, steps=steps, seed=seed, fresh_noise=True)
+    t0 = time.perf_counter()
+    grids = predict_grids(fresh, frames, instruction)  # (T, 12, D, 4, 4)
+    ms = 1000.0 * (time.perf_counter() - t0) / frames.shape[0]
+    result = {"frame_change": float(frame_change(frames).mean()), "ms_per_frame": ms,
+              "teacher": smoothing_rows(fresh, frames, grids, factors)}
+    fixed = TeacherGrids(teacher, steps=steps, seed=seed, fresh_noise=False)
+    fixed_grids = predict_grids(fixed, frames, instruction)
+    result["same_noise"] = {"edit_jump": flicker(frames, apply_grids(fixed, frames, fixed_grids))["edit_jump"],
+                            "grid_flicker": float(grid_flicker(fixed, frames, fixed_grids).mean())}
+    if student is not None:
+        result["student"] = smoothing_rows(student, frames, predict_grids(student, frames, instruction), factors)
+    return result
+
+
 # ----------------------------------------------------------------------------- a flickering predictor
 
 
@@ -371,4 +448,5 @@ class TeacherGrids:
 
 
 __all__ = ["make_demo_clip", "ema_step", "check_smoothing", "smooth_grids", "predict_grids", "apply_grids",
-           "retouch_stream", "retouch_clip", "frame_change", "edit_colour", "flicker", "grid_flicker", "TeacherGrids"]
+           "retouch_stream", "retouch_clip", "frame_change", "edit_colour", "flicker", "grid_flicker",
+           "SMOOTHING_FACTORS", "smoothing_rows", "smoothing_study", "TeacherGrids"]

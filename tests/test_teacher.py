@@ -611,3 +611,26 @@ def test_lr_cooldown_is_constant_then_a_cosine_to_the_floor():
     from course_lib.train.teacher import parse_args
     cfg = parse_args(["--cooldown", "8", "--lr-floor", "0.2"])[0]
     assert (cfg.cooldown, cfg.lr_floor) == (8, 0.2)
+
+
+def test_teacher_eval_times_methods_after_one_untimed_call():
+    """``ms_per_image`` leaves out one-time costs: ``warm_up`` calls the method once on one item, so a
+    first call that is slow (a text encoder loading) does not land in the timed calls."""
+    import time as _time
+
+    from course_lib.eval import score as S
+    from course_lib.eval.teacher import warm_up
+
+    calls = []
+
+    def fn(s, i, t):
+        if not calls:
+            _time.sleep(0.3)  # the one-time cost
+        calls.append(len(s))
+        return s
+
+    batch = {"source": torch.rand(3, 3, 8, 8), "instruction": ["a", "b", "c"], "target": torch.rand(3, 3, 8, 8)}
+    warm_up(fn, batch)
+    assert calls == [1]
+    r = S.run(fn, batch, keys=())
+    assert r["ms_per_image"] < 50  # without the warm-up: at least 100 ms per image
