@@ -56,6 +56,15 @@ def test_no_ground_truth_reaches_the_trainer(tiny_teacher, tmp_path, monkeypatch
     assert log[0]["regress"] > 0
 
 
+def test_regression_alone_skips_the_fake_score(tiny_teacher, tmp_path):
+    """``--vsd-weight 0`` (the regression-alone ablation): nothing reads the fake score, so it is not
+    trained (its loss is logged as NaN, "not computed"), and the student still learns from the regression."""
+    student, log = train_vsd.train(_args(tmp_path, "r.safetensors", steps=2, regress_weight=1.0, vsd_weight=0.0),
+                                   teacher=tiny_teacher)
+    assert all(math.isnan(r["fake"]) for r in log) and all(r["regress"] > 0 for r in log)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
 def test_recipe_knobs_resume_exactly_and_metadata(tiny_teacher, tmp_path):
     """EMA, K noise samples, annealed t_max and the regression term together: resuming gives the
     same EMA student as one run; the checkpoint says it saw no paired targets."""

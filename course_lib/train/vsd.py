@@ -399,9 +399,9 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         opt_s.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt_s.step()
-        # the fake score follows the student's current outputs
+        # the fake score follows the student's current outputs (nothing reads it in the regression-alone ablation)
         fake_losses = []
-        for _ in range(args.vsd.fake_steps):
+        for _ in range(args.vsd.fake_steps if args.vsd_weight else 0):
             t_f = shard.take(torch.randint(0, len(fake.train_scheduler.alphas_cumprod), (n,), generator=gen))
             noise_f = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen))
             lf = fake_score_loss(fake, x0.detach(), cond, text_t, t=t_f, noise=noise_f)
@@ -419,7 +419,7 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         mse_gt, mse_id = _monitor(ema if ema is not None else model, monitor)
         rec = mean_over_processes(acc, {"vsd": float(vsd_loss(x0.detach(), grad)), "align": float(align.detach()),
                                         "regress": float(reg.detach()),
-                                        "fake": sum(fake_losses) / len(fake_losses),
+                                        "fake": sum(fake_losses) / len(fake_losses) if fake_losses else float("nan"),
                                         "grad_ms": float(grad.pow(2).mean().sqrt()) ** 2,
                                         "mse_gt": mse_gt, "mse_id": mse_id})
         log.append({"step": step + 1, "vsd": rec["vsd"], "align": rec["align"], "regress": rec["regress"],
