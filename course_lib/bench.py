@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
                  backward=not args.no_backward)
-    result["command"] = "python -m course_lib bench slice " + " ".join(
+    result["command"] = "python -m course_lib bench slice " + shlex.join(
         a for a in argv if a not in ("slice", "--overwrite"))
     table = format_table(result)
     print(table)

@@ -71,3 +71,18 @@ def test_write_is_atomic_and_never_overwrites_unless_asked(tmp_path):
     assert "| b |" in (tmp_path / "t.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.json", "t.md"]  # no temporary files left
 
+
+
+def test_command_line_spells_out_every_option_shell_quoted():
+    """A results file's command: every option by name, quoted so that a pasted command gives the same
+    arguments back; flags bare, unset and skipped options left out (0 is a value, not "unset")."""
+    import argparse
+    import shlex
+
+    from course_lib.eval import tables
+
+    a = argparse.Namespace(students="a b=x.safetensors,c=y; rm", n=0, fast=True, quiet=False, out=None,
+                           json="r.json", overwrite=True)
+    cmd = tables.command_line("vsd-study", a, skip=("json", "overwrite"))
+    assert cmd == ("python -m course_lib vsd-study --fast --n 0 --students 'a b=x.safetensors,c=y; rm'")
+    assert shlex.split(cmd)[4:] == ["--fast", "--n", "0", "--students", "a b=x.safetensors,c=y; rm"]

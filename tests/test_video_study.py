@@ -72,8 +72,9 @@ def test_cli_writes_json_with_its_command_and_never_overwrites(tmp_path, tiny_te
             "--factors", "0,0.5", "--json", str(out)]
     assert main(argv) == 0
     res = json.loads(out.read_text())
-    assert res["command"].startswith("python -m course_lib video-study --photo china --frames 3 ")
-    assert "--factors 0,0.5" in res["command"] and f"--json {out}" in res["command"]
+    assert res["command"].startswith("python -m course_lib video-study ")
+    assert "--factors 0,0.5" in res["command"] and "--frames 3 " in res["command"] and "--photo china" in res["command"]
+    assert f"--json {out}" in res["command"] and "--overwrite" not in res["command"]
     assert [r["a"] for r in res["teacher"]] == [0.0, 0.5] and len(res["student"]) == 2
     assert "| teacher, same noise | 0 |" in capsys.readouterr().out
     before = out.read_text()

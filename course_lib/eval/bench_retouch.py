@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.check_free(output_paths(out) + ([Path(a.json)] if a.json else []), a.overwrite)
         result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency, data=a.data,
                      split=a.split or "test", extra=extra)
-        result["command"] = "python -m course_lib bench retouch " + " ".join(
+        result["command"] = "python -m course_lib bench retouch " + shlex.join(
             x for x in (argv if argv is not None else sys.argv[2:]) if x != "--overwrite")
         result["threads"] = torch.get_num_threads()
         print(format_table(result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ref_steps=a.ref_steps, photos=a.photos, stages=stages, curve_steps=curve,
                                     residual_rows=a.residual)
         result["targets"] = targets(result)
-        result["command"] = "python -m course_lib inversion-eval " + " ".join(argv if argv is not None else sys.argv[1:])
+        result["command"] = "python -m course_lib inversion-eval " + shlex.join(argv if argv is not None else sys.argv[1:])
         result["inverter"] = str(a.inverter or "shipped")
         md = tables_markdown(result)
         print(md)

@@ -289,9 +289,7 @@ def main_world(a: argparse.Namespace) -> int:
     result = world_eval.evaluate_world(model, baseline, a.items, a.size, seed=a.seed, grid_oracle=not a.no_grid_oracle)
     result["checkpoint"] = str(a.checkpoint or "shipped")
     result["baseline_checkpoint"] = str(a.baseline or "shipped")
-    result["command"] = "python -m course_lib evaluate " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
-        if v not in (None, False) and k not in ("out", "overwrite"))
+    result["command"] = tables.command_line("evaluate", a, skip=("out", "overwrite"))
     if not a.no_latency:
         timed = {"student": model, **({"global affine (learned)": baseline} if baseline is not None else {})}
         if other is not None:

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -76,6 +77,28 @@ def refer(rows: Sequence[dict], methods: Sequence[str], keys: Sequence[str], tex
     prefixes = tuple(methods)
     return [{**r, **{k: text for k in keys}} if str(r.get("method", "")).startswith(prefixes) else dict(r)
             for r in rows]
+
+
+def command_line(prog: str, args, skip: Sequence[str] = ("overwrite",)) -> str:
+    """The command line that reproduces a run, for a results file's ``"command"``.
+
+    Args:
+        prog: the subcommand, e.g. ``"vsd-study"`` (after ``python -m course_lib``).
+        args: the parsed options (``argparse.Namespace``): every one is spelled out, sorted by name,
+            so a later change of a default does not change what the record means; values are
+            shell-quoted, ``True`` flags written bare, ``None`` and ``False`` left out.
+        skip: option names (``dest``) to leave out, e.g. output-only ones.
+
+    Returns:
+        ``"python -m course_lib PROG --opt value ..."``, safe to paste into a shell.
+    """
+    parts = [f"python -m course_lib {prog}"]
+    for k, v in sorted(vars(args).items()):
+        if v is None or v is False or k in skip:
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
+    return " ".join(parts)
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[Column]) -> str:

@@ -477,9 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(a: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
     """The command line that reproduces a run (output paths and the options in ``skip`` left out)."""
-    return "python -m course_lib teacher-eval " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in sorted(vars(a).items())
-        if v not in (None, False) and k not in ("out", "overwrite", "json", "weights", *skip))
+    return tables.command_line("teacher-eval", a, skip=("out", "overwrite", "json", "weights", *skip))
 
 
 def _training_record(a: argparse.Namespace, teacher: Teacher) -> dict | None:

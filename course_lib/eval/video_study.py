@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from .. import config, data, video
+from .. import data, video
 from ..student import load_student, shipped_path
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from ..util.checkpoint import CheckpointError
@@ -57,32 +55,6 @@ def _factors(text: str) -> list[float]:
     return factors
 
 
-def _shown(path: str | Path) -> str:
-    """A path as the command shows it: relative to the repository when inside it."""
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(config.REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def command(a: argparse.Namespace) -> str:
-    """The exact command line that reproduces a run (every option spelled out)."""
-    parts = ["python -m course_lib video-study", f"--photo {a.photo}", f"--frames {a.frames}",
-             f"--height {a.height}", f"--width {a.width}", f"--steps {a.steps}", f"--seed {a.seed}",
-             "--factors " + ",".join(f"{f:g}" for f in a.factors), f"--instruction {shlex.quote(a.instruction)}",
-             f"--teacher {a.teacher}"]
-    if a.teacher_path:
-        parts.append(f"--teacher-path {shlex.quote(_shown(a.teacher_path))}")
-    if a.no_student:
-        parts.append("--no-student")
-    elif a.student:
-        parts.append(f"--student {shlex.quote(_shown(a.student))}")
-    if a.json:
-        parts.append(f"--json {shlex.quote(_shown(a.json))}")
-    return " ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib video-study",
                                 description="Lesson 09's flicker-vs-lag study: the embedded teacher edits every frame "
@@ -97,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instruction", default="make it warmer")
     p.add_argument("--steps", type=int, default=8, help="DDIM steps per frame")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first frame (frame t: seed + t)")
-    p.add_argument("--factors", type=_factors, default=",".join(f"{f:g}" for f in video.SMOOTHING_FACTORS),
+    p.add_argument("--factors", default=",".join(f"{f:g}" for f in video.SMOOTHING_FACTORS),
                    help="comma-separated smoothing factors in [0, 1) (default %(default)s)")
     add_teacher_options(p)
     p.add_argument("--student", default=None, help="student checkpoint (default: the shipped one)")
@@ -106,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the result (and the command) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     a = p.parse_args(argv)
+    try:
+        factors = _factors(a.factors)
+    except argparse.ArgumentTypeError as exc:
+        p.error(f"argument --factors: {exc}")
     if a.frames < 2 or a.height < 1 or a.width < 1 or a.steps < 1:
         print("error: --frames must be at least 2, --height, --width and --steps at least 1", file=sys.stderr)
         return 2
@@ -119,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     clip = video.make_demo_clip(a.photo, a.frames, (a.height, a.width))  # (T, 3, H, W)
     t0 = time.perf_counter()
-    result = {"command": command(a), "photo": a.photo, "frames": a.frames, "height": a.height, "width": a.width,
+    result = {"command": tables.command_line("video-study", a, skip=("overwrite", "threads")), "photo": a.photo, "frames": a.frames, "height": a.height, "width": a.width,
               "instruction": a.instruction, "steps": a.steps, "seed": a.seed,
-              "teacher_model": _shown(a.teacher_path) if a.teacher_path else a.teacher,
-              "student_checkpoint": None if a.no_student else _shown(a.student or shipped_path()),
+              "teacher_model": a.teacher_path or a.teacher,
+              "student_checkpoint": None if a.no_student else str(a.student or "shipped"),
               "threads": a.threads}
-    result.update(video.smoothing_study(teacher, clip, a.instruction, a.factors, a.steps, a.seed, student))
+    result.update(video.smoothing_study(teacher, clip, a.instruction, factors, a.steps, a.seed, student))
     result["seconds"] = time.perf_counter() - t0
     print(markdown(result))
     print(f"{result['seconds']:.0f} s ({a.threads} thread(s))")

@@ -268,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps, data=a.data, split=a.split)
     result["teacher"] = a.teacher_path or a.teacher
-    result["command"] = "python -m course_lib vsd-study " + " ".join(
-        f"--{k.replace('_', '-')} {v!r}" if isinstance(v, str) and ("," in v or " " in v) else
-        f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items())
-        if v not in (None, False) and k not in ("json", "overwrite", "threads"))
+    result["command"] = tables.command_line("vsd-study", a, skip=("json", "overwrite", "threads"))
     where = f"data world {a.split} photos" if a.data == "world" else "held-out photos"
     print(tables.markdown(result["rows"], WORLD_COLUMNS if a.data == "world" else COLUMNS,
                           title=f"{where} x {a.paraphrases} phrasings, n = {a.n}, {a.size} px"))
