@@ -23,7 +23,7 @@ from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from . import score as S, tables, world as W
-from .bench_retouch import at_teacher_size, transfer_edit, world_wording
+from .bench_retouch import WORLD_COLUMNS as BENCH_WORLD_COLUMNS, at_teacher_size, transfer_edit, world_wording
 from .heldout import SEED, heldout_batch
 from .student import student_method
 
@@ -173,8 +173,7 @@ def verdict(result: dict, group: str = "all") -> dict:
 
 
 #: :func:`by_group`'s columns: PSNR over all items and per group of edits, then the scores over all.
-GROUP_COLUMNS = ("method", "steps", ("psnr", "PSNR all (dB) ↑"), ("psnr_global", "PSNR global (dB) ↑"),
-                 ("psnr_content", "PSNR content-aware (dB) ↑"), "edit_accuracy", "drift")
+GROUP_COLUMNS = ("method", "steps", ("psnr", "PSNR all (dB) ↑"), *BENCH_WORLD_COLUMNS[2:4], "edit_accuracy", "drift")
 
 
 def by_group(result: dict) -> list[dict]:
