@@ -226,6 +226,22 @@ def test_studio_command_help_and_errors(capsys):
     assert COMMANDS["studio"][0] == "course_lib.apps.studio:main"
 
 
+def test_studio_token_only_off_this_machine(capsys):
+    for host in studio.LOCAL_HOSTS:
+        assert studio.studio_token(host, None, False) is None
+    tokens = {studio.studio_token("0.0.0.0", None, False) for _ in range(3)}
+    assert len(tokens) == 3 and all(len(t) == 48 for t in tokens)  # fresh, 192 bits each
+    assert studio.studio_token("0.0.0.0", "my-token-1", False) == "my-token-1"
+    assert studio.studio_token("127.0.0.1", "my-token-1", False) == "my-token-1"
+    assert studio.studio_token("0.0.0.0", None, True) is None
+    assert studio.studio_url("0.0.0.0", 8866, "abc") == "http://0.0.0.0:8866/?token=abc"
+    assert studio.studio_url("::1", 8866, None) == "http://[::1]:8866/"
+    assert course_main(["studio", "--token", "short"]) == 2
+    assert course_main(["studio", "--token", "long-enough-1", "--no-token"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and err.count("\n") == 2  # one line each
+
+
 def test_voila_files(tmp_path):
     import json
 
@@ -238,6 +254,11 @@ def test_voila_files(tmp_path):
     cmd = studio.voila_command(tmp_path / "studio.ipynb", "127.0.0.1", 9999)
     assert "--no-browser" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--port=9999" in cmd
     assert f"--template={studio.VOILA_TEMPLATE}" in cmd
+    assert "token" not in json.dumps(cfg)  # no token: none asked for
+    path = studio.write_voila_config(tmp_path, 20, token="abcdef123456")
+    assert json.loads(path.read_text())["Voila"]["token"] == "abcdef123456"
+    assert path.stat().st_mode & 0o077 == 0  # the owner's alone: the token is not in a process list either
+    assert "abcdef123456" not in " ".join(cmd)
     env = studio.voila_env(20, base={"JUPYTER_PATH": "/elsewhere"})
     assert env["JUPYTER_PATH"].split(os.pathsep) == [str(studio.JUPYTER_DATA), "/elsewhere"]
     template = studio.JUPYTER_DATA / "voila" / "templates" / studio.VOILA_TEMPLATE
@@ -266,7 +287,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, deadline: float
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
                                                   "(scripts/setup.sh installs it with apt-get when run as root)")
 def test_studio_page_in_headless_chromium(tmp_path):
-    """python -m course_lib studio, opened in headless Chromium: apply an instruction, see the result."""
+    """python -m course_lib studio --host 0.0.0.0, opened in headless Chromium: a request without the
+    printed token is refused; with it, apply an instruction and see the result."""
+    import urllib.error
+    import urllib.request
+
     pytest.importorskip("voila", reason="voila is not installed")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     port = _free_port()
@@ -274,10 +299,26 @@ def test_studio_page_in_headless_chromium(tmp_path):
     env = {**os.environ, "COURSE_MODE": "fast"}
     t0 = time.time()
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "course_lib", "studio", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "course_lib", "studio", "--host", "0.0.0.0", "--port", str(port)],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         _wait_for_port(port, proc, log, time.time() + 60)
+        # exposed on every address: a random token, printed in the URL to open
+        found = re.search(rf"serving on http://0\.0\.0\.0:{port}/\?token=([0-9a-f]{{48}}) ", log.read_text())
+        assert found, log.read_text()
+        token = found.group(1)
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect)
+        for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/?token=wrong{token[5:]}"):
+            with pytest.raises(urllib.error.HTTPError) as refused:  # 403, or 302 to a login page
+                opener.open(url, timeout=30)
+            assert refused.value.code in (302, 403), (url, refused.value.code)
+        with opener.open(f"http://127.0.0.1:{port}/?token={token}", timeout=60) as r:
+            assert r.status == 200
         with sync_api.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
                 str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
@@ -296,7 +337,7 @@ def test_studio_page_in_headless_chromium(tmp_path):
             ctx.route("**/*", only_this_machine)
             try:
                 page = ctx.new_page()
-                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+                page.goto(f"http://127.0.0.1:{port}/?token={token}", timeout=60_000)
                 # the app applies the student once when it starts: a timing appears
                 page.wait_for_selector(".studio-timing .studio-ms", timeout=60_000)
                 src = page.get_attribute("img.studio-view", "src")

@@ -31,7 +31,9 @@ Models:
 
 ``python -m course_lib studio`` serves the same app as a standalone page through Voila
 (see :func:`main`): bound to 127.0.0.1 unless ``--host`` says otherwise, with an upload
-size limit (``--max-upload-mb``). Everything is served locally, with no request leaving the
+size limit (``--max-upload-mb``). On any other address it asks for a token, as Jupyter does: a
+random one unless ``--token`` sets it, printed in the URL to open; a request without it is
+refused (``--no-token`` turns this off, with a warning). Everything is served locally, with no request leaving the
 machine: the page uses the course's own Voila template ``course-studio``
 (``course_lib/jupyter/voila/templates/``, found through ``JUPYTER_PATH``), Voila's "lab"
 template without the Font Awesome stylesheet it links from a CDN (the studio has no icons).
@@ -588,20 +590,48 @@ def write_notebook(folder: str | os.PathLike) -> Path:
     return path
 
 
-def write_voila_config(folder: str | os.PathLike, max_upload_mb: float) -> Path:
+def write_voila_config(folder: str | os.PathLike, max_upload_mb: float, token: str | None = None) -> Path:
     """Write ``voila.json`` next to the notebook (Voila reads it from its working directory).
 
     An upload travels to the kernel as one websocket message (tornado's default limit: 10 MiB), so
     the limit is raised well above ``max_upload_mb``: too-large files then reach the kernel and get
-    a clear message instead of closing the connection.
+    a clear message instead of closing the connection. ``token``: every request must carry it
+    (``?token=...`` once; the browser then keeps a cookie); ``None``: no token. The file is
+    readable by its owner only, so the token never appears in a process list.
     """
     import json
 
     ws_limit = int(max(4 * max_upload_mb, max_upload_mb + 16) * 2**20)
+    cfg = {"tornado_settings": {"websocket_max_message_size": ws_limit}, "port_retries": 0}
+    if token is not None:
+        cfg["token"] = token
     path = Path(folder) / "voila.json"
-    path.write_text(json.dumps({"Voila": {"tornado_settings": {"websocket_max_message_size": ws_limit},
-                                          "port_retries": 0}}, indent=1))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"Voila": cfg}, indent=1))
     return path
+
+
+#: Addresses that only this machine can reach: no token by default there.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def studio_token(host: str, token: str | None, no_token: bool) -> str | None:
+    """The token the studio asks for: ``token`` when given, none with ``no_token`` or on a local
+    address, otherwise a fresh random one (``secrets.token_hex(24)``, 192 bits)."""
+    import secrets
+
+    if token is not None:
+        return token
+    if no_token or host in LOCAL_HOSTS:
+        return None
+    return secrets.token_hex(24)
+
+
+def studio_url(host: str, port: int, token: str | None) -> str:
+    """The address to open, with ``?token=`` when there is one (IPv6 hosts in brackets)."""
+    name = "[" + host + "]" if ":" in host else host
+    return f"http://{name}:{port}/" + (f"?token={token}" if token else "")
 
 
 #: Where the course's Voila template lives (``<here>/voila/templates/course-studio``): prepended to
@@ -647,8 +677,14 @@ def main(argv: list[str] | None = None) -> int:
                                             "compare before/after, download the result) as a standalone web page "
                                             "with Voila. Offline; Ctrl-C stops it.")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it, without a password)")
+                   help="address to bind (default 127.0.0.1: this machine only; any other address, e.g. 0.0.0.0, "
+                        "asks for a token)")
     p.add_argument("--port", type=int, default=8866, help="port (default 8866)")
+    p.add_argument("--token", default=None,
+                   help="token every request must carry (default: a random one when --host is not local, printed "
+                        "in the URL; none on 127.0.0.1)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token even on a non-local --host (anyone who reaches the port can use it)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"refuse uploaded photos larger than this many MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
     add_teacher_options(p)
@@ -659,21 +695,26 @@ def main(argv: list[str] | None = None) -> int:
     if not (0 < a.max_upload_mb <= 1024):
         print(f"error: --max-upload-mb must be in (0, 1024], got {a.max_upload_mb}", file=sys.stderr)
         return 2
+    if a.token is not None and (a.no_token or not re.fullmatch(r"[A-Za-z0-9_-]{8,}", a.token)):
+        print("error: --token must be at least 8 letters, digits, '-' or '_', and cannot go with --no-token",
+              file=sys.stderr)
+        return 2
     if importlib.util.find_spec("voila") is None:
         print("error: voila is not installed (pip install voila, or run scripts/setup.sh)", file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="course-studio-"))
     try:
         nb = write_notebook(folder)
-        write_voila_config(folder, a.max_upload_mb)
+        token = studio_token(a.host, a.token, a.no_token)
+        write_voila_config(folder, a.max_upload_mb, token)
         env = voila_env(a.max_upload_mb)
         env[TEACHER_ENV] = a.teacher
         if a.teacher_path:
             env[TEACHER_PATH_ENV] = str(Path(a.teacher_path).resolve()) if Path(a.teacher_path).exists() else a.teacher_path
-        if a.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"studio: warning: listening on {a.host}: anyone who can reach this machine can use the studio "
-                  "(there is no password)", file=sys.stderr)
-        print(f"studio: serving on http://{'[' + a.host + ']' if ':' in a.host else a.host}:{a.port}/ "
+        if a.host not in LOCAL_HOSTS and token is None:
+            print(f"studio: warning: listening on {a.host} with --no-token: anyone who can reach this machine can "
+                  "use the studio and its upload", file=sys.stderr)
+        print(f"studio: serving on {studio_url(a.host, a.port, token)} "
               f"(upload limit {a.max_upload_mb:g} MB; Ctrl-C to stop)", flush=True)
         proc = subprocess.Popen(voila_command(nb, a.host, a.port), cwd=folder, env=env)
         _stop_on_sigterm()
@@ -692,4 +733,4 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["Studio", "StudioError", "EditResult", "decode_upload", "upload_entries", "resample_grid", "edit_student",
            "edit_teacher", "blend", "inversion_edit_fn", "to_preview", "compose_view", "png_bytes", "download_html",
-           "write_notebook", "write_voila_config", "voila_command", "voila_env", "main"]
+           "write_notebook", "write_voila_config", "studio_token", "studio_url", "voila_command", "voila_env", "main"]
