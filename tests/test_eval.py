@@ -86,3 +86,23 @@ def test_command_line_spells_out_every_option_shell_quoted():
     cmd = tables.command_line("vsd-study", a, skip=("json", "overwrite"))
     assert cmd == ("python -m course_lib vsd-study --fast --n 0 --students 'a b=x.safetensors,c=y; rm'")
     assert shlex.split(cmd)[4:] == ["--fast", "--n", "0", "--students", "a b=x.safetensors,c=y; rm"]
+
+
+def test_metric_registry_one_entry_per_score():
+    """Every score is one registry line: its per-image function, its reduction and its column."""
+    out, batch = torch.full((2, 3, 8, 8), 0.5), {"source": torch.full((2, 3, 8, 8), 0.4),
+                                                 "target": torch.full((2, 3, 8, 8), 0.6), "edits": [[], []]}
+    assert S.SCORABLE and set(S.EDIT_KEYS + S.RECONSTRUCTION_KEYS) <= set(S.SCORABLE)
+    for key in S.SCORABLE:
+        assert S.COLUMNS[key] == (S.METRICS[key].header, S.METRICS[key].fmt)
+    # a new metric is its registry line: scored, reduced and shown with no other change
+    S.METRICS["mean_level"] = S.Metric("mean_level", "mean level", "{:.3f}",
+                                      lambda o, b, p: o.mean(dim=(1, 2, 3)), lambda v: 2 * float(v.mean()))
+    try:
+        assert "| mean level |" in tables.markdown([{"mean_level": 0.5}], ["mean_level"]).replace("-", "")
+        assert S.score(out, batch, ("psnr", "mean_level")) == pytest.approx({"psnr": 20 * math.log10(1 / 0.1),
+                                                                             "mean_level": 1.0}, rel=1e-4)
+    finally:
+        del S.METRICS["mean_level"]
+    with pytest.raises(KeyError, match="unknown score 'nope'"):
+        S.per_item(out, batch, ("nope",))

@@ -23,11 +23,12 @@ ms_1080p   median wall time for one 1080p photo                             ms
 speedup    ms_1080p of the 50-step teacher / this row's                     x
 ========== ================================================================ ==========
 
-:data:`COLUMNS` holds each key's table header and number format, used by
-:mod:`course_lib.eval.tables`.
+:data:`METRICS` is the one registry: each key's per-image function, its reduction over a set,
+its table header and number format (:data:`COLUMNS`, used by :mod:`course_lib.eval.tables`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable, Sequence
@@ -44,88 +45,116 @@ EDIT_KEYS = ("psnr", "de00", "accuracy", "direction", "drift")
 #: The scores of a reconstruction table (target = source).
 RECONSTRUCTION_KEYS = ("psnr", "ssim", "lpips")
 
-#: key -> (table header, format); ``{}``-style formats, ``nan`` is shown as "-".
-COLUMNS: dict[str, tuple[str, str]] = {
-    "method": ("method", "{}"),
-    "steps": ("steps", "{}"),
-    "paired_targets": ("paired targets", "{}"),
-    "psnr": ("PSNR (dB) ↑", "{:.2f}"),
-    "de00": ("ΔE00 ↓", "{:.2f}"),
-    "accuracy": ("instruction acc. (%) ↑", "{:.0f}"),
-    "direction": ("direction (%) ↑", "{:.0f}"),
-    "drift": ("drift (8-bit levels) ↓", "{:.2f}"),
-    "edit_accuracy": ("edit acc. (%) ↑", "{:.0f}"),
-    "locality": ("locality ↑", "{:.2f}"),
-    "understood": ("understood (%) ↑", "{:.0f}"),
-    "family_direction": ("family + direction (%) ↑", "{:.0f}"),
-    "refused": ("refused (%) ↓", "{:.0f}"),
-    "ssim": ("SSIM ↑", "{:.3f}"),
-    "lpips": ("LPIPS ↓", "{:.4f}"),
-    "kid": ("KID×10³ ↓", "{:.2f}"),
-    "ms_per_image": ("ms / image", "{:.0f}"),
-    "ms_1080p": ("ms / 1080p", "{:.1f}"),
-    "speedup": ("speed-up vs teacher-50", "{:.1f}×"),
-}
+
+def _finite_mean(v: torch.Tensor, empty: float) -> float:
+    """Mean over the finite entries (``empty`` when there are none)."""
+    finite = v[torch.isfinite(v)]
+    return float(finite.mean()) if len(finite) else empty
+
+
+def _percent(v: torch.Tensor) -> float:
+    return 100 * float(v.float().mean())
+
+
+def _pooled_percent(hits: torch.Tensor, tested: torch.Tensor) -> float:
+    """Hits over tests pooled over all images, in %."""
+    return 100.0 * int(hits.sum()) / max(int(tested.sum()), 1)
+
+
+def _lpips(output: torch.Tensor, batch: dict, perceptual) -> torch.Tensor:
+    if perceptual is None:
+        raise ValueError("the lpips score needs a perceptual distance")
+    return perceptual(output, batch["target"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One score: how each image gets it, how a set of images is reduced to one number, and how
+    a table shows it. ``parts`` names the per-image tensors ``per_image`` returns (the key itself
+    when one; ``direction`` keeps two counts that :func:`summarise` pools)."""
+
+    key: str
+    header: str
+    fmt: str
+    #: ``(output, batch, perceptual) -> (N,) tensor``, or a tuple of them (one per name in ``parts``)
+    per_image: Callable | None = None
+    #: the per-image tensors (in ``parts`` order) -> the set's number
+    reduce: Callable = lambda v: float(v.float().mean())
+    parts: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.parts or (self.key,)
+
+
+#: Every score and every other column a table shows, in one place: adding a score is its function
+#: in :mod:`course_lib.metrics` plus one line here. Columns with no ``per_image`` are written by
+#: the tables' own code (method names, timings, set-level scores).
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("method", "method", "{}"),
+    Metric("steps", "steps", "{}"),
+    Metric("paired_targets", "paired targets", "{}"),
+    Metric("psnr", "PSNR (dB) ↑", "{:.2f}", lambda o, b, p: metrics.psnr(o, b["target"]),
+           lambda v: _finite_mean(v, math.inf)),
+    Metric("de00", "ΔE00 ↓", "{:.2f}", lambda o, b, p: metrics.mean_delta_e00(o, b["target"])),
+    Metric("accuracy", "instruction acc. (%) ↑", "{:.0f}",
+           lambda o, b, p: metrics.instruction_accuracy(o, b["source"], b["target"], b["edits"]), _percent),
+    Metric("direction", "direction (%) ↑", "{:.0f}",
+           lambda o, b, p: metrics.direction_counts(o, b["source"], b["target"], b["edits"]), _pooled_percent,
+           parts=("direction_hits", "direction_tested")),
+    Metric("drift", "drift (8-bit levels) ↓", "{:.2f}", lambda o, b, p: metrics.content_drift(o, b["source"])),
+    Metric("edit_accuracy", "edit acc. (%) ↑", "{:.0f}",
+           lambda o, b, p: metrics.edit_accuracy(o, b["source"], b["target"]), _percent),
+    Metric("locality", "locality ↑", "{:.2f}", lambda o, b, p: metrics.change_locality(o, b["source"], b["target"]),
+           lambda v: _finite_mean(v, math.nan)),
+    Metric("understood", "understood (%) ↑", "{:.0f}"),
+    Metric("family_direction", "family + direction (%) ↑", "{:.0f}"),
+    Metric("refused", "refused (%) ↓", "{:.0f}"),
+    Metric("ssim", "SSIM ↑", "{:.3f}", lambda o, b, p: metrics.ssim(o, b["target"])),
+    Metric("lpips", "LPIPS ↓", "{:.4f}", _lpips),
+    Metric("kid", "KID×10³ ↓", "{:.2f}"),
+    Metric("ms_per_image", "ms / image", "{:.0f}"),
+    Metric("ms_1080p", "ms / 1080p", "{:.1f}"),
+    Metric("speedup", "speed-up vs teacher-50", "{:.1f}×"),
+)}
+
+#: key -> (table header, format); ``{}``-style formats, ``nan`` is shown as "-" (from :data:`METRICS`).
+COLUMNS: dict[str, tuple[str, str]] = {k: (m.header, m.fmt) for k, m in METRICS.items()}
+#: The keys :func:`per_item` can score.
+SCORABLE = tuple(k for k, m in METRICS.items() if m.per_image is not None)
 
 
 def per_item(output: torch.Tensor, batch: dict, keys: Sequence[str] = EDIT_KEYS, perceptual=None) -> dict[str, torch.Tensor]:
-    """Scores of each image: key -> (N,) tensor.
+    """Scores of each image: name -> (N,) tensor.
 
     Args:
         output: (N, 3, H, W) in [0, 1], aligned with ``batch`` (``source``, ``target``, ``edits``).
-        keys: any of ``psnr, de00, accuracy, direction, drift, ssim, lpips``. ``direction`` is kept
-            as two counts, ``direction_hits`` and ``direction_tested`` (:func:`summarise` pools them).
+        keys: any of :data:`SCORABLE`. ``direction`` is kept as two counts, ``direction_hits`` and
+            ``direction_tested`` (:func:`summarise` pools them).
         perceptual: ``(x, y) -> (N,)`` distance, needed for ``lpips``.
     """
-    src, tgt = batch["source"], batch["target"]
     s: dict[str, torch.Tensor] = {}
     for k in keys:
-        if k == "psnr":
-            s[k] = metrics.psnr(output, tgt)
-        elif k == "de00":
-            s[k] = metrics.mean_delta_e00(output, tgt)
-        elif k == "accuracy":
-            s[k] = metrics.instruction_accuracy(output, src, tgt, batch["edits"]).float()
-        elif k == "direction":
-            s["direction_hits"], s["direction_tested"] = metrics.direction_counts(output, src, tgt, batch["edits"])
-        elif k == "drift":
-            s[k] = metrics.content_drift(output, src)
-        elif k == "edit_accuracy":
-            s[k] = metrics.edit_accuracy(output, src, tgt).float()
-        elif k == "locality":
-            s[k] = metrics.change_locality(output, src, tgt)
-        elif k == "ssim":
-            s[k] = metrics.ssim(output, tgt)
-        elif k == "lpips":
-            if perceptual is None:
-                raise ValueError("the lpips score needs a perceptual distance")
-            s[k] = perceptual(output, tgt)
-        else:
-            raise KeyError(f"unknown score {k!r}; known: psnr, de00, accuracy, direction, drift, edit_accuracy, "
-                           "locality, ssim, lpips")
+        m = METRICS.get(k)
+        if m is None or m.per_image is None:
+            raise KeyError(f"unknown score {k!r}; known: {', '.join(SCORABLE)}")
+        values = m.per_image(output, batch, perceptual)
+        s.update(zip(m.names, values if m.parts else (values,)))
     return s
 
 
 def summarise(s: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per-image scores (:func:`per_item`) -> one number per key, in the units of the module docstring.
-
-    PSNR is averaged over the images where it is finite (an image equal to its target has
-    ``inf``; ``inf`` when all are); accuracy and direction are percentages.
-    """
+    """Per-image scores (:func:`per_item`) -> one number per key, in the units of the module docstring
+    (each metric's own reduction: PSNR over the images where it is finite, ``inf`` when all are;
+    accuracies and direction in %). Names no metric owns are averaged."""
+    part_of = {name: m for m in METRICS.values() if m.per_image is not None for name in m.names}
     out: dict[str, float] = {}
-    for k, v in s.items():
-        if k == "psnr":
-            finite = v[torch.isfinite(v)]
-            out[k] = float(finite.mean()) if len(finite) else math.inf
-        elif k in ("accuracy", "edit_accuracy"):
-            out[k] = 100 * float(v.mean())
-        elif k == "locality":
-            finite = v[torch.isfinite(v)]
-            out[k] = float(finite.mean()) if len(finite) else math.nan
-        elif k == "direction_hits":
-            out["direction"] = 100.0 * int(v.sum()) / max(int(s["direction_tested"].sum()), 1)
-        elif k != "direction_tested":
-            out[k] = float(v.mean())
+    for name, v in s.items():
+        m = part_of.get(name)
+        if m is None:
+            out[name] = float(v.float().mean())
+        elif name == m.names[0]:
+            out[m.key] = m.reduce(*(s[n] for n in m.names))
     return out
 
 

@@ -1,8 +1,8 @@
 """The one table writer: rows of scores as markdown, CSV or JSON, written atomically.
 
-A table is a list of row dicts (keys of :data:`course_lib.eval.score.COLUMNS`, or any others)
+A table is a list of row dicts (keys of :data:`course_lib.eval.score.METRICS`, or any others)
 and a list of columns: a key, or ``(key, header)`` to override the header. Numbers are
-formatted per key (:data:`~course_lib.eval.score.COLUMNS`; other keys: 2 decimals), ``nan`` is
+formatted per key (:data:`~course_lib.eval.score.METRICS`; other keys: 2 decimals), ``nan`` is
 "-". Files are written through :func:`course_lib.util.files.atomic_write` and an existing file
 is never replaced unless ``overwrite=True`` (the commands' ``--overwrite``); every destination
 is checked before anything is written.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from ..util.files import FileExists, atomic_write
-from .score import COLUMNS
+from .score import METRICS
 
 Column = Union[str, tuple]
 
@@ -27,8 +27,8 @@ Column = Union[str, tuple]
 def _spec(column: Column) -> tuple[str, str, str]:
     """``(key, header, format)`` of a column."""
     key, header = (column, None) if isinstance(column, str) else (column[0], column[1])
-    label, fmt = COLUMNS.get(key, (key, None))
-    return key, header or label, fmt or ""
+    m = METRICS.get(key)
+    return key, header or (m.header if m else key), m.fmt if m else ""
 
 
 def cell(value, fmt: str = "") -> str:
