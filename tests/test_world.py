@@ -36,7 +36,7 @@ def test_manifest_covers_every_vendored_file():
     rows = world.read_manifest()
     files = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
     assert files == sorted(r["file"] for r in rows), "every file in data/photos needs a manifest entry and back"
-    readme = (config.REPO_ROOT / "README.md").read_text()
+    credits = (config.REPO_ROOT / "docs" / "photos.md").read_text()
     total = 0
     for r in rows:
         blob = (folder / r["file"]).read_bytes()
@@ -47,7 +47,7 @@ def test_manifest_covers_every_vendored_file():
         assert r["licence"].startswith(world.FREE_LICENCES), r["licence"]
         assert not r["package"].startswith(world.RESERVED_PACKAGES), r["package"]
         assert max(r["width"], r["height"]) <= 1024
-        assert r["file"] in readme and r["author"].split(" (")[0] in readme, f"README must credit {r['file']}"
+        assert r["file"] in credits and r["author"].split(" (")[0] in credits, f"docs/photos.md must credit {r['file']}"
     assert total <= 15e6
     assert len(rows) >= 20  # at least 20 real photos beyond the first world's 9
 
@@ -372,16 +372,14 @@ def test_the_world_works_offline():
         assert world.RetouchWorld("val", size=32, length=2)[1]["source"].shape == (3, 32, 32)
 
 
-def test_shipped_oracle_result_is_what_the_readme_quotes():
-    """The README's oracle table is rendered from data/results/oracle.json (measured, never typed)."""
+def test_shipped_oracle_result_is_what_the_docs_quote():
+    """docs/photos.md's oracle table is rendered from data/results/oracle.json (measured, never typed)."""
     from course_lib import config, oracle
 
     r = oracle.shipped_result()
     assert [row["family"] for row in r["rows"]] == [f.name for f in world.WORLD_FAMILIES]
     assert r["photos"] == world.photo_names("test") and r["size"] == 256
-    readme = (config.REPO_ROOT / "README.md").read_text()
-    table = "\n".join("  " + line for line in oracle.table_markdown(r).splitlines())
-    assert table in readme
+    assert oracle.table_markdown(r) in (config.REPO_ROOT / "docs" / "photos.md").read_text()
     # the verdicts the README states in words
     verdicts = {row["family"]: oracle.verdict(row) for row in r["rows"]}
     assert {f for f, v in verdicts.items() if v == "grid falls short"} == {"hsl_luminance", "clarity"}

@@ -10,6 +10,7 @@ from .. import config, data, grammar, oracle, world
 from ..config import no_network
 from ..util.notebooks import README, NotebookError, generate
 from ..viz import course_map
+from .docs import generate_docs
 from .doctor import report
 
 
@@ -81,6 +82,7 @@ def notebooks_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         results = generate(check=args.check, readme=README)
+        results += generate_docs(check=args.check)
     except NotebookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
