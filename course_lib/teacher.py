@@ -13,13 +13,8 @@ Two tiers share the interface :class:`Teacher` (InstructPix2Pix, Brooks et al. 2
   trains far faster on a CPU (a first ε-parameterised run still had colour casts after
   1000 steps). Trained by the course on :class:`course_lib.data.RetouchPairs` and shipped as
   ``data/weights/teacher_embedded.safetensors``. Reproduce it with two runs (the second
-  fine-tunes the first's EMA weights with a fresh optimiser and new data seed)::
-
-      python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
-          --ema-decay 0.995 --seed 0 --out-dir outputs/teacher --export outputs/teacher_stage1.safetensors
-      python -m course_lib train-teacher --init outputs/teacher_stage1.safetensors --steps 2500 --lr 3e-4 \\
-          --warmup 50 --seed 1 --default-guidance 1,1 --out-dir outputs/teacher2 \\
-          --export data/weights/teacher_embedded.safetensors
+  fine-tunes the first's EMA weights with a fresh optimiser and new data seed):
+  ``python -m course_lib reproduce teacher_embedded`` (``course_lib/recipes/teacher_embedded.yaml``).
 
 * :class:`HubTeacher`: the real InstructPix2Pix pipeline (``timbrooks/instruct-pix2pix``)
   in VAE-latent space, when its weights are present (the "hub tier" section at the end).
@@ -614,14 +609,15 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     raise ValueError(f"tier must be one of {TIERS}, not {tier!r}")
 
 
+#: What ``--teacher`` means in every command that uses a teacher (``--teacher-path``: :data:`TEACHER_PATH_HELP`).
+TEACHER_HELP = ("teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of the data world "
+                "2.0 (world) or the hub InstructPix2Pix")
+
+
 def add_teacher_options(parser, default: str = "embedded") -> None:
     """Add ``--teacher embedded|hub`` and ``--teacher-path`` to an argparse parser (every teacher command)."""
-    parser.add_argument("--teacher", choices=list(TIERS), default=default,
-                        help="teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of "
-                             "the data world 2.0 (world) or the hub InstructPix2Pix (default %(default)s)")
-    parser.add_argument("--teacher-path", default=None,
-                        help="embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline "
-                             f"folder or a hub id (default {HUB_REPO})")
+    parser.add_argument("--teacher", choices=list(TIERS), default=default, help=TEACHER_HELP + " (default %(default)s)")
+    parser.add_argument("--teacher-path", default=None, help=TEACHER_PATH_HELP)
 
 
 def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None) -> torch.dtype:
@@ -658,6 +654,8 @@ def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None)
 
 #: The InstructPix2Pix checkpoint on the Hugging Face hub.
 HUB_REPO = "timbrooks/instruct-pix2pix"
+TEACHER_PATH_HELP = ("embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline folder or "
+                     f"a hub id (default {HUB_REPO})")
 
 
 def hub_weights_present(repo: str | os.PathLike = HUB_REPO) -> bool:
