@@ -76,7 +76,7 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
                           disable=config.is_fast() or not acc.is_local_main_process)
     for step in range(start, args.steps):
         # lr: linear warm-up, then cosine to zero
-        set_lr(opt, lr_at(step, args.lr, args.warmup, args.steps, "cosine", rounding="align"))
+        set_lr(opt, lr_at(step, args.lr, args.warmup, args.steps, "cosine"))
         batch = shard.fetch(ds, step)
         with torch.no_grad():
             text = net.embed_instructions(batch["instruction"])  # (B, 384), frozen MiniLM

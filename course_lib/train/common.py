@@ -214,7 +214,7 @@ def is_main_process() -> bool:
 
 
 def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "constant", floor: float = 0.0,
-          rounding: str = "", cooldown: int = 0) -> float:
+          cooldown: int = 0) -> float:
     """The learning rate of optimiser step ``step`` (0-based): THE schedule of every trainer.
 
     ``lr · (step + 1) / warmup`` during the warm-up, then ``lr`` (``decay="constant"``) or a
@@ -224,12 +224,9 @@ def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "c
     ``cooldown = K > 0`` (with ``decay="constant"``): the same cosine over the last ``K`` steps only,
     ``t = (step − (steps − K)) / K`` (a constant rate that can be resumed for longer, then cooled down).
 
-    ``rounding`` keeps the float rounding of the recipes the shipped checkpoints were made with,
-    so that they reproduce bit for bit: ``"student"`` multiplies ``lr · (step + 1)`` before
-    dividing by ``warmup``; ``"align"`` evaluates the cosine in float32.
     """
     if step < warmup:
-        return lr * (step + 1) / warmup if rounding == "student" else lr * ((step + 1) / max(1, warmup))
+        return lr * ((step + 1) / max(1, warmup))
     if decay == "constant":
         if cooldown <= 0 or step < steps - cooldown:
             return lr * 1.0
@@ -239,10 +236,7 @@ def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "c
     if decay != "cosine":
         raise ValueError(f"decay must be 'constant' or 'cosine', not {decay!r}")
     done, span = step - warmup, max(1, steps - warmup)
-    if rounding == "align":
-        c = torch.cos(torch.tensor(math.pi * done / span)).item()
-    else:
-        c = math.cos(math.pi * min(1.0, done / span))
+    c = math.cos(math.pi * min(1.0, done / span))
     return lr * (floor + (1 - floor) * 0.5 * (1 + c))
 
 

@@ -110,7 +110,7 @@ class TrainArgs(RunOptions):
 
 def schedule(step: int, args: TrainArgs) -> float:
     """Linear warm-up then cosine decay to 5 % of ``lr`` (:func:`course_lib.train.common.lr_at`)."""
-    return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05, rounding="student")
+    return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05)
 
 
 def training_data(args: TrainArgs) -> RetouchPairs | RetouchWorld:

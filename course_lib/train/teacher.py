@@ -93,8 +93,6 @@ class TrainConfig(RunOptions):
     word_dropout: float = setting(0.3, "share of rows whose word indicators are hidden from the reader")
     film: bool = setting(False, "the text and timestep embedding scales and shifts every ResNet block's features "
                                 "(FiLM, resnet_time_scale_shift='scale_shift') instead of being added to them")
-    t_min: int = setting(0, "train on timesteps t_min..999 only (0: all); a study option")
-    code_forcing: bool = setting(False, "the UNet reads the true edit code instead of the reader's (a study)")
     export_only: bool = setting(False, "only export OUT.state/ to OUT (no training)")
 
 
@@ -119,7 +117,7 @@ class TeacherNet(torch.nn.Module):
         super().__init__()
         self.unet, self.reader = unet, reader
 
-    def forward(self, x_t, src, t, text, keep_text, alpha_bar, head: str, code=None):
+    def forward(self, x_t, src, t, text, keep_text, alpha_bar):
         """x̂0 and the reader's ``(logits, strength)`` (``None`` without readout heads).
 
         Args: x_t, src: (B, 3, r, r); t: (B,); text: (B, 384) pooled embeddings; keep_text: (B,) 0 where
@@ -128,9 +126,9 @@ class TeacherNet(torch.nn.Module):
         if self.reader is None:
             tokens, read = text[:, None], None  # (B, 1, 384)
         else:
-            tokens, read = self.reader(text, return_readout=True, code=code)  # (B, T, 384)
+            tokens, read = self.reader(text, return_readout=True)  # (B, T, 384)
         tokens = tokens * keep_text.view(-1, 1, 1)
-        return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar, head), read
+        return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar), read
 
 
 def flat_weights(net: TeacherNet) -> dict[str, torch.Tensor]:
@@ -163,7 +161,7 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     shard = shard or Shard(source.shape[0])
     n, dev = shard.global_batch, source.device
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
-    t = shard.take(torch.randint(cfg.t_min, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
+    t = shard.take(torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
     noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(dev)
     # x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
     x_t = sched.add_noise(x0, noise, t)
@@ -176,9 +174,7 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
     # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
     # the network predicts the edit, not the image; dropped text = zero tokens
-    # code forcing (a study): the true code [p, p·s] instead of the reader's
-    code = torch.cat([readout[0], readout[0] * readout[1]], 1).to(dev) if cfg.code_forcing and readout else None
-    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab, cfg.head, code)
+    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab)
     if cfg.head == "edm":
         # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
         w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
