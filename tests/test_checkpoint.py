@@ -1,7 +1,6 @@
 """The one checkpoint convention (course_lib.util.checkpoint) and the shipped files in it."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from safetensors.torch import save_file

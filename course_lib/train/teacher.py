@@ -39,8 +39,8 @@ import torch
 from .. import config
 from ..data import RetouchPairs
 from ..grammar import training_vocabulary
-from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config,
-                       embedded_x0, reader_features, save_embedded_teacher, widen_head)
+from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, embedded_unet_config, embedded_x0,
+                       reader_features, save_embedded_teacher)
 from ..text import MiniLMEncoder
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from .student import readout_loss
@@ -78,9 +78,6 @@ class TrainConfig(RunOptions):
     default_guidance: Floats = setting(Floats((1.5, 3.0)), "s_img,s_txt stored in the exported checkpoint")
     data: Literal["pairs", "world"] = setting("pairs", "training photos and edits: the first world (pairs) or the "
                                                        "data world 2.0 (world)")
-    head: Literal["residual", "affine", "edm"] = setting(
-        "residual", "the UNet's output: a residual edit x̂0 = s + r, a per-pixel affine colour transform plus residual "
-                    "x̂0 = s + r + M·s, or the residual with EDM's preconditioning")
     reader_tokens: int = setting(0, "T > 0: read the instruction with an InstructionReader (an MLP with readout heads "
                                     "on --data world) into T tokens for the UNet; 0: the pooled MiniLM vector is the "
                                     "one token")
@@ -117,18 +114,18 @@ class TeacherNet(torch.nn.Module):
         super().__init__()
         self.unet, self.reader = unet, reader
 
-    def forward(self, x_t, src, t, text, keep_text, alpha_bar):
+    def forward(self, x_t, src, t, text, keep_text):
         """x̂0 and the reader's ``(logits, strength)`` (``None`` without readout heads).
 
         Args: x_t, src: (B, 3, r, r); t: (B,); text: (B, 384) pooled embeddings; keep_text: (B,) 0 where
-        the text is dropped (∅ = zero tokens); alpha_bar: (B,) ᾱ_t.
+        the text is dropped (∅ = zero tokens).
         """
         if self.reader is None:
             tokens, read = text[:, None], None  # (B, 1, 384)
         else:
             tokens, read = self.reader(text, return_readout=True)  # (B, T, 384)
         tokens = tokens * keep_text.view(-1, 1, 1)
-        return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar), read
+        return embedded_x0(self.unet, x_t, src, t, tokens), read
 
 
 def flat_weights(net: TeacherNet) -> dict[str, torch.Tensor]:
@@ -172,15 +169,10 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
     src = src * (1 - drop_img)  # (B, 3, r, r)
     ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
-    # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
-    # the network predicts the edit, not the image; dropped text = zero tokens
-    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab)
-    if cfg.head == "edm":
-        # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
-        w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
-    else:
-        # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
-        w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
+    # x̂0 = source + r: the network predicts the edit, not the image; dropped text = zero tokens
+    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0])
+    # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
+    w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
     out = {"diffusion": (w * (x0_hat - x0) ** 2).mean()}
     out["loss"] = out["diffusion"]
     if read is not None and readout is not None:
@@ -263,10 +255,9 @@ def build_reader(cfg: TrainConfig) -> InstructionReader | None:
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
     reader = build_reader(cfg)
-    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head,
+    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels,
                                                                      film=cfg.film),
                                  cfg.default_guidance, {"train": info, **recipe_metadata("train-teacher", cfg)},
-                                 head=cfg.head,
                                  reader_config=reader.config() if reader is not None else None)
 
 
@@ -288,7 +279,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
                               steps=int(st["step"]), recipe_file=cfg.recipe_file)
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
             "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"),
-            "head": cfg.head, "reader_tokens": cfg.reader_tokens,
+            "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
     return export_checkpoint(weights, cfg, cfg.out, info)
@@ -316,7 +307,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     acc = Accelerator()
     config.seed_everything(cfg.seed)
     text_encoder = text_encoder if text_encoder is not None else MiniLMEncoder()
-    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head, cfg.film)
+    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.film)
     reader = build_reader(cfg)
     net = TeacherNet(unet, reader)
     sdir = state_dir(cfg.out) if cfg.out else None
@@ -325,9 +316,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     resuming = cfg.resume and has_state(sdir, STATE)
     fresh_reader = True  # False when --init brings a trained reader
     if cfg.init and not resuming:
-        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32; a residual
-        # checkpoint grows the affine head's channels at zero (the same edits to start with)
-        init = widen_head({k: v.float() for k, v in load_file(str(cfg.init)).items()}, cfg.head)
+        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32
+        init = {k: v.float() for k, v in load_file(str(cfg.init)).items()}
         unet.load_state_dict({k: v for k, v in init.items() if not k.startswith("reader.")})
         if reader is not None and any(k.startswith("reader.") for k in init):
             reader.load_state_dict(strip_prefix(init, "reader."))
@@ -419,7 +409,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         weights = ema if ema is not None else flat_weights(model)
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
                 "cooldown": cfg.cooldown, "lr_floor": cfg.lr_floor, "data": cfg.data,
-                "head": cfg.head, "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
+                "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
                 "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab, "film": cfg.film,
                 "word_dropout": cfg.word_dropout,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
