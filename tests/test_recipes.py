@@ -6,7 +6,7 @@ import json
 import pytest
 
 from course_lib import config
-from course_lib.train import reproduce as R
+from course_lib.apps import reproduce as R
 from course_lib.util.checkpoint import read_metadata
 
 SHIPPED = sorted(p.name for p in config.WEIGHTS_DIR.glob("*.safetensors"))

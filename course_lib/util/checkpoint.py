@@ -13,7 +13,7 @@ A checkpoint is ONE ``.safetensors`` file (never pickle). Its string metadata ho
 :func:`save_checkpoint` writes it atomically; :func:`load_checkpoint` checks format and kind and
 returns the tensors with a :class:`CheckpointInfo`; every error is one line
 (:class:`CheckpointError`). The settings a trainer ran with are one key, ``recipe`` (JSON), and,
-for a run of ``python -m course_lib reproduce``, ``recipe_file`` (:mod:`course_lib.train.reproduce`).
+for a run of ``python -m course_lib reproduce``, ``recipe_file`` (:mod:`course_lib.apps.reproduce`).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from .common import RUN_ONLY, Floats, settings_of
+from ..train.common import RUN_ONLY, Floats, settings_of
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
