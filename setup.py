@@ -13,6 +13,6 @@ SHIPPED = ["weights/*.safetensors", "weights/*.json", "weights/*.md", "photos/*.
 setup(
     packages=find_packages(include=["course_lib", "course_lib.*"]) + ["course_lib._data"],
     package_dir={"course_lib._data": "data"},
-    package_data={"course_lib": ["csrc/*.cpp", "apps/jupyter/voila/templates/*/*"], "course_lib._data": SHIPPED},
+    package_data={"course_lib": ["csrc/*.cpp", "recipes/*.yaml", "apps/jupyter/voila/templates/*/*"], "course_lib._data": SHIPPED},
     include_package_data=False,
 )

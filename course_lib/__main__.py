@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-inverter": ("course_lib.train.inverter:main", "cycle-consistency training of the 4-step inverter (lesson 07)"),
     "inversion-eval": ("course_lib.eval.inversion:main", "inversion reconstruction and editing table (lesson 07)"),
     "train-align": ("course_lib.train.align:main", "train the embedded edit encoder for the prompt-alignment loss"),
+    "reproduce": ("course_lib.apps.reproduce:main", "every shipped checkpoint from its recipe file (--list: the commands)"),
     "wording-study": ("course_lib.eval.wording:main", "train the student's text pathway alone in variants; score unseen wording"),
     "evaluate": ("course_lib.eval.student:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "video-study": ("course_lib.eval.video_study:main", "lesson 09's flicker vs lag of smoothed grids on a demo clip (teacher, same noise, student)"),

@@ -22,6 +22,7 @@ the perceptual metric and every table and plot labels it as such (:attr:`Percept
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -75,7 +76,10 @@ def export_linear_layers(out: str | Path = LIN_PATH) -> Path:
     src = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
     state = torch.load(src, map_location="cpu", weights_only=True)
     return save_checkpoint(out, {k: v.contiguous() for k, v in state.items()}, "lpips_lin", {"net": "vgg"},
-                           {"source": "lpips 0.1 weights/v0.1/vgg.pth (BSD-2-Clause, Zhang et al. 2018)"})
+                           {"source": "lpips 0.1 weights/v0.1/vgg.pth (BSD-2-Clause, Zhang et al. 2018)",
+                            # converted, not trained: its recipe is the conversion (course_lib/recipes/lpips_vgg_lin.yaml)
+                            "recipe": json.dumps({"command": "convert-lpips", "settings": {}, "init": None}),
+                            "recipe_file": "lpips_vgg_lin.yaml"})
 
 
 def _hub_backbone_file(repo: str = HUB_BACKBONE) -> str | None:

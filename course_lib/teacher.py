@@ -13,13 +13,8 @@ Two tiers share the interface :class:`Teacher` (InstructPix2Pix, Brooks et al. 2
   trains far faster on a CPU (a first ε-parameterised run still had colour casts after
   1000 steps). Trained by the course on :class:`course_lib.data.RetouchPairs` and shipped as
   ``data/weights/teacher_embedded.safetensors``. Reproduce it with two runs (the second
-  fine-tunes the first's EMA weights with a fresh optimiser and new data seed)::
-
-      python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
-          --ema-decay 0.995 --seed 0 --out-dir outputs/teacher --export outputs/teacher_stage1.safetensors
-      python -m course_lib train-teacher --init outputs/teacher_stage1.safetensors --steps 2500 --lr 3e-4 \\
-          --warmup 50 --seed 1 --default-guidance 1,1 --out-dir outputs/teacher2 \\
-          --export data/weights/teacher_embedded.safetensors
+  fine-tunes the first's EMA weights with a fresh optimiser and new data seed):
+  ``python -m course_lib reproduce teacher_embedded`` (``course_lib/recipes/teacher_embedded.yaml``).
 
 * :class:`HubTeacher`: the real InstructPix2Pix pipeline (``timbrooks/instruct-pix2pix``)
   in VAE-latent space, when its weights are present (the "hub tier" section at the end).
@@ -265,29 +260,19 @@ class Teacher:
 # ----------------------------------------------------------------------------- embedded tier
 
 
-#: The embedded teacher's output heads -> UNet output channels (see :func:`embedded_x0`).
-HEADS = {"residual": 3, "affine": 12, "edm": 3}
-#: σ_d of the preconditioned head: the typical size of an edit x0 − source in the teacher's [-1, 1] space
-#: (an identity PSNR of about 26 dB is an RMS edit of 0.05 in [0, 1], 0.1 in [-1, 1]).
-SIGMA_DATA = 0.1
-
-
 def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), text_dim: int = 384,
-                         head: str = "residual", film: bool = False) -> dict:
+                         film: bool = False) -> dict:
     """Config of the embedded teacher's ``UNet2DConditionModel`` (about 4.6 M parameters by default).
 
-    Input: noisy target ‖ source (6 channels); output: the edit as a residual (3 channels,
-    ``head="residual"``) or as a per-pixel affine colour transform plus a residual (12 channels,
-    ``head="affine"``), read by :func:`x0_from_output`. The text embedding enters by
+    Input: noisy target ‖ source (6 channels); output: the edit as a residual (3 channels, read by
+    :func:`embedded_x0`). The text embedding enters by
     cross-attention in the two lower levels and, through ``class_embed_type="projection"``, is
     added to the timestep embedding. With ``film`` that embedding scales and shifts every ResNet
     block's normalised features (``resnet_time_scale_shift="scale_shift"``, FiLM) instead of only
     being added to them: a colour edit is a product, as in the student's FiLM layers (lesson 03).
     """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {sorted(HEADS)}, not {head!r}")
     n = len(channels)
-    return {"sample_size": resolution, "in_channels": 6, "out_channels": HEADS[head], "layers_per_block": 1,
+    return {"sample_size": resolution, "in_channels": 6, "out_channels": 3, "layers_per_block": 1,
             "block_out_channels": list(channels),
             "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
             "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"],
@@ -334,9 +319,8 @@ class InstructionReader(torch.nn.Module):
         return {"text_dim": self.text_dim, "hidden": self.hidden, "tokens": self.tokens, "labels": self.labels,
                 "vocab": list(self.vocab)}
 
-    def forward(self, e: torch.Tensor, return_readout: bool = False, code: torch.Tensor | None = None):
-        """Args: e: (N, D + V) :func:`reader_features` (∅ = zero tokens is the caller's); code: (N, 2K) an edit
-        code ``[p, p·s]`` to use instead of the heads' own (teacher forcing, a study option).
+    def forward(self, e: torch.Tensor, return_readout: bool = False):
+        """Args: e: (N, D + V) :func:`reader_features` (∅ = zero tokens is the caller's).
 
         Returns:
             (N, T, D) tokens; with ``return_readout`` also ``(logits, strength)``, (N, K) each (``None`` when K = 0).
@@ -347,7 +331,7 @@ class InstructionReader(torch.nn.Module):
             logits, strength = self.readout(h).chunk(2, dim=-1)  # (N, K) each
             p = torch.sigmoid(logits)
             # c = [p, p·s]: the edit code, as the student's (an absent edit contributes zeros)
-            c = torch.cat([p, p * strength], dim=-1) if code is None else code  # (N, 2K)
+            c = torch.cat([p, p * strength], dim=-1)  # (N, 2K)
             feats, read = torch.cat([h, c], dim=-1), (logits, strength)
         tok = self.norm(self.to_tokens(feats).view(-1, self.tokens, self.text_dim))  # (N, T, D)
         return (tok, read) if return_readout else tok
@@ -380,11 +364,10 @@ class EmbeddedTeacher(Teacher):
 
     def __init__(self, unet: torch.nn.Module, scheduler_config: dict | None = None, text_encoder=None,
                  default_guidance: Guidance = (1.5, 3.0), device: torch.device | str = "cpu",
-                 head: str | None = None, reader: InstructionReader | None = None) -> None:
+                 reader: InstructionReader | None = None) -> None:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
         self.reader = reader.to(self.device).eval().requires_grad_(False) if reader is not None else None
-        self.head = head or head_of(unet)
         self.resolution = int(unet.config.sample_size)
         self.scheduler_config = dict(scheduler_config or ddpm_config())
         self.default_guidance = tuple(default_guidance)
@@ -422,112 +405,38 @@ class EmbeddedTeacher(Teacher):
         return ((x + 1) / 2).clamp(0, 1)
 
     def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The network's clean-image guess x̂0 (:func:`embedded_x0` with this teacher's head), (B, 3, h, w).
+        """The network's clean-image guess x̂0 (:func:`embedded_x0`), (B, 3, h, w).
 
         Args:
             x_in: (B, 6, h, w) = x_t ‖ source (source zeroed when the image condition is dropped).
             t: (B,) timesteps; text: (B, 1, 384) (the token also enters the timestep embedding).
         """
-        return embedded_x0(self.unet, x_in[:, :3], x_in[:, 3:], t, text, self.alpha_bar(t), self.head)
+        return embedded_x0(self.unet, x_in[:, :3], x_in[:, 3:], t, text)
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         # ε̂ = (x_t − √ᾱ_t·x̂0) / √(1−ᾱ_t): the same model, read as a noise prediction
         return x0_to_eps(self.predict_x0(x_in, t, text), x_in[:, :3], self.alpha_bar(t))
 
 
-def x0_from_output(source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Read the embedded UNet's output as a clean-image guess, in the teacher's space [-1, 1].
-
-    * residual head (3 channels): x̂0 = s + r;
-    * affine head (12 channels r ‖ M): x̂0 = s + r + M·s, M a 3x3 matrix per pixel: a colour
-      transform of the source, as HDRNet's affine model, so that "twice as bright" is one product
-      instead of something the convolutions must rebuild from the source's values.
-
-    Both start as "no edit" when the UNet's last convolution is zero.
-
-    Args:
-        source: (B, 3, h, w) s (zeros where the image condition is dropped); out: (B, 3 or 12, h, w).
-
-    Returns:
-        (B, 3, h, w) x̂0.
-    """
-    x0 = source + out[:, :3]
-    if out.shape[1] == 3:
-        return x0
-    if out.shape[1] != 12:
-        raise ValueError(f"the embedded UNet outputs 3 or 12 channels, not {out.shape[1]}")
-    B, _, h, w = out.shape
-    M = out[:, 3:].reshape(B, 3, 3, h, w)  # (B, 3 out, 3 in, h, w)
-    # x̂0_i = s_i + r_i + Σ_j M_ij·s_j
-    return x0 + torch.einsum("bijhw,bjhw->bihw", M, source)
-
-
-def edm_coefficients(alpha_bar: torch.Tensor, sigma_data: float = SIGMA_DATA):
-    """EDM's preconditioning (Karras et al. 2022) for the edit y = x0 − source at noise level σ_t.
-
-    With x_t = √ᾱ·x0 + √(1−ᾱ)·ε, the scaled noisy edit y_t = x_t/√ᾱ − source = y + σ_t·ε,
-    σ_t² = (1 − ᾱ)/ᾱ. Returns ``(c_in, c_skip, c_out)`` (shaped like ``alpha_bar``) so that
-    ŷ = c_skip·y_t + c_out·F(c_in·y_t) keeps the network's input and target at unit variance:
-    at high noise c_skip → 0 and the output is F's, scaled to an edit's size σ_d; at low noise
-    c_skip → 1 and the noisy edit is copied.
-    """
-    # σ_t² = (1 − ᾱ)/ᾱ
-    s2 = (1 - alpha_bar) / alpha_bar
-    d2 = sigma_data ** 2
-    # c_in = 1/√(σ² + σ_d²),  c_skip = σ_d²/(σ² + σ_d²),  c_out = σ·σ_d/√(σ² + σ_d²)
-    return (s2 + d2).rsqrt(), d2 / (s2 + d2), (s2 * d2 / (s2 + d2)).sqrt()
-
-
-def embedded_x0(unet, x_t: torch.Tensor, source: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                alpha_bar: torch.Tensor, head: str = "residual") -> torch.Tensor:
-    """One call of the embedded UNet read as a clean-image guess x̂0, for each head.
-
-    * ``residual``/``affine``: the UNet sees x_t ‖ s and its output is read by :func:`x0_from_output`;
-    * ``edm``: the UNet sees c_in·y_t ‖ s and x̂0 = s + c_skip·y_t + c_out·F (:func:`edm_coefficients`).
+def embedded_x0(unet, x_t: torch.Tensor, source: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """One call of the embedded UNet read as a clean-image guess: x̂0 = s + r, the UNet's output r the edit.
 
     Args:
         x_t: (B, 3, h, w) noisy target; source: (B, 3, h, w) s (zeros when dropped); t: (B,) timesteps;
-        text: (B, 1, 384) token; alpha_bar: (B,) ᾱ_t; head: one of :data:`HEADS`.
+        text: (B, T, 384) tokens (the first also enters the timestep embedding).
 
     Returns:
         (B, 3, h, w) x̂0 in [-1, 1] space (not clipped).
     """
-    def unet_out(x):
-        return unet(torch.cat([x, source], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
-
-    if head != "edm":
-        return x0_from_output(source, unet_out(x_t))
-    ab = alpha_bar.reshape(-1, 1, 1, 1).to(x_t)
-    c_in, c_skip, c_out = edm_coefficients(ab)
-    # y_t = x_t/√ᾱ − s: the noisy edit
-    y_t = x_t * ab.rsqrt() - source
-    # x̂0 = s + c_skip·y_t + c_out·F(c_in·y_t ‖ s)
-    return source + c_skip * y_t + c_out * unet_out(c_in * y_t)
+    # x̂0 = s + UNet(x_t ‖ s, t, text): the network predicts the edit, not the image
+    return source + unet(torch.cat([x_t, source], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
 
 
-def head_of(unet) -> str:
-    """``"residual"`` or ``"affine"`` from an embedded UNet's output channels. The ``edm`` head has the
-    residual's shape, so only the checkpoint's config (``config["head"]``) can say it."""
-    return {3: "residual", 12: "affine"}[int(unet.config.out_channels)]
-
-
-def widen_head(weights: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
-    """Weights of a residual-head UNet made to fit ``head``: the new output channels start at zero,
-    so the widened teacher makes exactly the same edits (fine-tuning starts where it was)."""
-    w, b = weights["conv_out.weight"], weights["conv_out.bias"]  # (C, k, 3, 3), (C,)
-    extra = HEADS[head] - w.shape[0]
-    if extra <= 0:
-        return weights
-    return {**weights, "conv_out.weight": torch.cat([w, w.new_zeros(extra, *w.shape[1:])]),
-            "conv_out.bias": torch.cat([b, b.new_zeros(extra)])}
-
-
-def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), head: str = "residual",
-                        film: bool = False):
+def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), film: bool = False):
     """A freshly initialised embedded-teacher UNet; its last conv starts at zero (x̂0 = source: no edit)."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, head=head, film=film))
+    unet = UNet2DConditionModel(**embedded_unet_config(resolution, channels, film=film))
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return unet
@@ -535,12 +444,12 @@ def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64,
 
 def save_embedded_teacher(weights: dict[str, torch.Tensor], path: str | Path, unet_config: dict,
                           default_guidance: Sequence[float], provenance: dict | None = None,
-                          head: str = "residual", reader_config: dict | None = None) -> Path:
+                          reader_config: dict | None = None) -> Path:
     """Write an embedded teacher: fp16 UNet weights (and the reader's, prefixed ``reader.``), the
-    UNet/scheduler config, the head, the reader's config and the default guidance, in the course's one
+    UNet/scheduler config, the reader's config and the default guidance, in the course's one
     checkpoint convention (atomically)."""
     cfg = {"unet": unet_config, "scheduler": ddpm_config(), "default_guidance": [float(g) for g in default_guidance],
-           "text_encoder": "minilm", "head": head, "reader": reader_config}
+           "text_encoder": "minilm", "reader": reader_config}
     return save_checkpoint(path, {k: v.detach().half() for k, v in weights.items()}, KIND, cfg, provenance)
 
 
@@ -571,10 +480,12 @@ def load_embedded_teacher(path: str | Path | None = None, device: torch.device |
             load_into(reader, {k[len("reader."):]: v.float() for k, v in tensors.items() if k.startswith("reader.")}, p)
     except CheckpointError as exc:
         raise TeacherError(str(exc)) from None
-    head = info.config.get("head") or head_of(unet)  # checkpoints written before heads existed: residual
+    if info.config.get("head", "residual") != "residual":  # the affine/edm heads of a finished study
+        raise TeacherError(f"{p}: a teacher with the {info.config['head']!r} output head, which this course no "
+                           "longer has (only the residual head)")
     return EmbeddedTeacher(unet, info.config["scheduler"], text_encoder=text_encoder,
                            default_guidance=tuple(info.config.get("default_guidance", (1.5, 3.0))),
-                           device=device or config.device(), head=head, reader=reader)
+                           device=device or config.device(), reader=reader)
 
 
 def checkpoint_info(path: str | Path | None = None) -> dict:
@@ -614,14 +525,15 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     raise ValueError(f"tier must be one of {TIERS}, not {tier!r}")
 
 
+#: What ``--teacher`` means in every command that uses a teacher (``--teacher-path``: :data:`TEACHER_PATH_HELP`).
+TEACHER_HELP = ("teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of the data world "
+                "2.0 (world) or the hub InstructPix2Pix")
+
+
 def add_teacher_options(parser, default: str = "embedded") -> None:
     """Add ``--teacher embedded|hub`` and ``--teacher-path`` to an argparse parser (every teacher command)."""
-    parser.add_argument("--teacher", choices=list(TIERS), default=default,
-                        help="teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of "
-                             "the data world 2.0 (world) or the hub InstructPix2Pix (default %(default)s)")
-    parser.add_argument("--teacher-path", default=None,
-                        help="embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline "
-                             f"folder or a hub id (default {HUB_REPO})")
+    parser.add_argument("--teacher", choices=list(TIERS), default=default, help=TEACHER_HELP + " (default %(default)s)")
+    parser.add_argument("--teacher-path", default=None, help=TEACHER_PATH_HELP)
 
 
 def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None) -> torch.dtype:
@@ -658,6 +570,8 @@ def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None)
 
 #: The InstructPix2Pix checkpoint on the Hugging Face hub.
 HUB_REPO = "timbrooks/instruct-pix2pix"
+TEACHER_PATH_HELP = ("embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline folder or "
+                     f"a hub id (default {HUB_REPO})")
 
 
 def hub_weights_present(repo: str | os.PathLike = HUB_REPO) -> bool:

@@ -1,11 +1,9 @@
 """The one checkpoint convention (course_lib.util.checkpoint) and the shipped files in it."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from course_lib import config
 from course_lib.util import checkpoint as ckpt
@@ -67,33 +65,6 @@ def test_errors_are_one_line(tmp_path):
         ckpt.load_checkpoint(p, "student")
     cases.append(str(e.value))
     assert all("\n" not in c for c in cases)
-
-
-@pytest.mark.parametrize("legacy,kind", [
-    ({"format": "course_lib.student/1", "config": json.dumps({"w": 1}), "command": "c"}, "student"),
-    ({"format": "course_lib.edit_clip/1", "config": json.dumps({"size": 8}), "trained_steps": "3"}, "edit_clip"),
-    ({"format": "instantretouch-teacher-embedded/1", "unet_config": "{\"sample_size\": 8}",
-      "scheduler_config": "{\"num_train_timesteps\": 10}", "default_guidance": "[1.0, 2.0]", "text_encoder": "minilm",
-      "train": "{\"steps\": 4}"}, "teacher"),
-    ({"format": "course_lib.inverter/1", "lora_rank": "4", "args": "{}"}, "inverter_lora"),
-    ({"source": "lpips 0.1 weights/v0.1/vgg.pth"}, "lpips_lin"),
-])
-def test_convert_legacy_is_bit_for_bit(tmp_path, legacy, kind):
-    tensors = {"x": torch.randn(4, 3), "y": torch.randn(2).half()}
-    old = tmp_path / "old.safetensors"
-    save_file(tensors, str(old), metadata=legacy)
-    with pytest.raises(ckpt.CheckpointError, match="older layout"):
-        ckpt.read_checkpoint(old)
-    new = ckpt.convert_legacy(old, tmp_path / "new.safetensors")
-    back, info = ckpt.load_checkpoint(new, kind)
-    ref = load_file(str(old))
-    assert all(torch.equal(back[k].view(torch.uint8), ref[k].view(torch.uint8)) for k in ref)
-    if kind == "teacher":
-        assert info.config == {"unet": {"sample_size": 8}, "scheduler": {"num_train_timesteps": 10},
-                               "default_guidance": [1.0, 2.0], "text_encoder": "minilm"}
-        assert info.provenance == {"train": {"steps": 4}}
-    if kind == "inverter_lora":
-        assert info.config == {"lora_rank": 4}
 
 
 def test_atomic_write_never_clobbers(tmp_path):

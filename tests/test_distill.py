@@ -118,7 +118,7 @@ def test_train_vsd_runs_and_resumes_exactly(tiny_teacher, tmp_path):
 
     def args(steps, out):
         return VSDArgs(steps=steps, batch_size=2, size=24, init=str(tmp_path / "init.safetensors"),
-                       vsd=VSDConfig(guidance=(1.5, 3.0), lora_rank=2, lora_alpha=4), save_every=2,
+                       guidance=(1.5, 3.0), lora_rank=2, lora_alpha=4, save_every=2,
                        out=str(tmp_path / out))
 
     straight, log = train(args(4, "a.safetensors"), teacher=tiny_teacher)
@@ -155,7 +155,7 @@ def test_train_vsd_with_alignment(tiny_teacher, tmp_path):
     save_edit_clip(EditCLIP(EditCLIPConfig(size=16, patch=8, width=32, layers=1, head_width=16, embed_dim=16)),
                    tmp_path / "clip.safetensors")
     args = VSDArgs(steps=2, batch_size=3, size=24, init=str(tmp_path / "init.safetensors"),
-                   vsd=VSDConfig(lora_rank=2, lora_alpha=4), align_weight=0.5,
+                   lora_rank=2, lora_alpha=4, align_weight=0.5,
                    align_path=str(tmp_path / "clip.safetensors"))
     _, log = train(args, teacher=tiny_teacher)
     assert all(r["align"] > 0 for r in log)  # InfoNCE over 3 items: about log 3 at the start

@@ -58,9 +58,10 @@ TRAINERS = {
     # the world teacher: its instruction reader (pre-trained alike on every rank) trains with the UNet
     "teacher": (2, ["--resolution", "16", "--channels", "8,16", "--lr", "5e-4", "--warmup", "1", "--data", "world",
                     "--reader-tokens", "2", "--reader-hidden", "16", "--reader-pretrain", "3", "--reader-bank", "16",
-                    "--out-dir", "{d}/run", "--export", "{d}/ckpt.safetensors"],
-                ["ckpt.safetensors", "run/state.safetensors", "run/state.json"],
-                {"run/state.safetensors": {"model.": _lrs(5e-4, warmup=1), "ema.": _lrs(5e-4, warmup=1)}}),
+                    "--out", "{d}/ckpt.safetensors"],
+                ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
+                {"ckpt.safetensors.state/state.safetensors": {"model.": _lrs(5e-4, warmup=1),
+                                                              "ema.": _lrs(5e-4, warmup=1)}}),
     # VSD from scratch with its recipe: K noise draws, EMA, the regression batch (per process, as --batch-size);
     # plain VSD (K = 1, no EMA, no regression) runs the same code with those parts skipped
     "vsd:recipe": (1, ["--size", "32", "--init", "identity", "--grid-size", "4", "--lora-rank", "2", "--lr", "1e-4",

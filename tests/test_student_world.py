@@ -299,13 +299,14 @@ def test_reader_only_keeps_the_image_pathway(tmp_path):
     for k, v in m.state_dict().items():
         if not k.startswith(("text_mlp.", "readout_head.")):
             assert torch.equal(v, new.state_dict()[k]), k
-    assert json.loads(read_metadata(out)["reader"])["steps"] == 5
+    recipe = json.loads(read_metadata(out)["recipe"])
+    assert recipe["settings"]["reader_only"] and recipe["settings"]["text_pretrain_steps"] == 5
     assert TS.main(argv) != 0  # never overwrites
     # a clause-by-clause reader on the same image pathway
     clause_out = tmp_path / "c.safetensors"
     assert TS.main(argv[:-1] + [str(clause_out), "--clauses", "3"]) == 0
     clausal = load_student(clause_out)
-    assert clausal.cfg.clauses == 3 and json.loads(read_metadata(clause_out)["reader"])["clauses"] == 3
+    assert clausal.cfg.clauses == 3 and json.loads(read_metadata(clause_out)["recipe"])["settings"]["clauses"] == 3
     text = clausal.embed(["make it warmer and brighter"])
     assert text.shape == (1, 3 * clausal.cfg.slot_dim) and clausal(torch.rand(1, 3, 24, 24), text).shape == (1, 3, 24, 24)
     plain = save_student(Student(SMALL), tmp_path / "p.safetensors")

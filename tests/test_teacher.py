@@ -14,6 +14,7 @@ from course_lib.checks import float_tol
 from course_lib.teacher import (EMBEDDED_WEIGHTS, KIND, EmbeddedTeacher, TeacherError, build_embedded_unet,
                                 cfg_combine, checkpoint_info, ddpm_config, load_embedded_teacher, load_teacher)
 
+from course_lib.util.checkpoint import read_metadata
 
 # ----------------------------------------------------------------------------- guidance
 
@@ -210,13 +211,13 @@ def test_optimizer_state_round_trip():
 def test_training_is_seeded_and_resumable(tmp_path):
     from course_lib.train.teacher import TrainConfig, train
 
-    def cfg(steps, out, resume=False, export=None):
+    def cfg(steps, out, resume=False):
         return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=2, ema_decay=0.9,
-                           out_dir=str(out), save_every=2, log_every=1, resume=resume, export=export)
+                           out=str(out), save_every=2, log_every=1, resume=resume)
 
-    straight = train(cfg(4, tmp_path / "a", export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
-    train(cfg(2, tmp_path / "b"), text_encoder=HashText())
-    resumed = train(cfg(4, tmp_path / "b", resume=True), text_encoder=HashText())
+    straight = train(cfg(4, tmp_path / "a.safetensors"), text_encoder=HashText())
+    train(cfg(2, tmp_path / "b.safetensors"), text_encoder=HashText())
+    resumed = train(cfg(4, tmp_path / "b.safetensors", resume=True), text_encoder=HashText())
     for (k, v), v2 in zip(straight["unet"].state_dict().items(), resumed["unet"].state_dict().values()):
         torch.testing.assert_close(v, v2, msg=k)
     assert [s for s, _ in resumed["losses"]] == [1, 2, 3, 4]
@@ -263,94 +264,25 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
     """``--init`` starts from an exported checkpoint's weights and records where they came from."""
     from course_lib.train.teacher import TrainConfig, train
 
-    def cfg(out, export, init=None, seed=0):
-        return TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out_dir=str(tmp_path / out),
-                           export=str(tmp_path / export), init=init, seed=seed, save_every=10, log_every=1)
+    def cfg(out, init=None, seed=0):
+        return TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out=str(tmp_path / out),
+                           init=init, seed=seed, save_every=10, log_every=1)
 
-    train(cfg("a", "a.safetensors"), text_encoder=HashText())
+    train(cfg("a.safetensors"), text_encoder=HashText())
     first = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
     # zero steps of fine-tuning: the weights are the initial checkpoint's (up to fp16 storage)
-    out = train(dataclasses.replace(cfg("b", "b.safetensors", init=str(tmp_path / "a.safetensors")), steps=0),
+    out = train(dataclasses.replace(cfg("b.safetensors", init=str(tmp_path / "a.safetensors")), steps=0),
                 text_encoder=HashText())
     for (k, v), (_, w) in zip(first.unet.state_dict().items(), out["unet"].state_dict().items()):
         torch.testing.assert_close(v, w, msg=k)
-    train(cfg("c", "c.safetensors", init=str(tmp_path / "a.safetensors"), seed=1), text_encoder=HashText())
+    train(cfg("c.safetensors", init=str(tmp_path / "a.safetensors"), seed=1), text_encoder=HashText())
     info = checkpoint_info(tmp_path / "c.safetensors")["train"]
     assert info["init"]["file"] == "a.safetensors" and info["init"]["train"]["steps"] == 2
+    # the recipe: this run's settings, and inside it the recipe of the checkpoint it started from
+    recipe = json.loads(read_metadata(tmp_path / "c.safetensors")["recipe"])
+    assert recipe["command"] == "train-teacher" and recipe["settings"]["seed"] == 1
+    assert recipe["init"]["settings"]["seed"] == 0 and recipe["init"]["init"] is None
 
-
-
-def test_affine_head_formula_and_widening(tmp_path):
-    """The affine head reads x̂0 = s + r + M·s (M a 3x3 matrix per pixel); a residual checkpoint widened
-    to it makes the same edits; ``--head affine`` fine-tunes from a residual checkpoint, exports and loads."""
-    from course_lib.teacher import HEADS, head_of, widen_head, x0_from_output
-    from course_lib.train.teacher import TrainConfig, train
-
-    g = torch.Generator().manual_seed(0)
-    s, out = torch.rand(2, 3, 4, 5, generator=g) * 2 - 1, torch.randn(2, 12, 4, 5, generator=g) * 0.1
-    M = out[:, 3:].reshape(2, 3, 3, 4, 5)
-    i, j = 1, 2  # one pixel, written out: x̂0_c = s_c + r_c + Σ_d M_cd·s_d
-    want = torch.stack([s[0, c, i, j] + out[0, c, i, j] + sum(M[0, c, d, i, j] * s[0, d, i, j] for d in range(3))
-                        for c in range(3)])
-    torch.testing.assert_close(x0_from_output(s, out)[0, :, i, j], want)
-    torch.testing.assert_close(x0_from_output(s, out[:, :3]), s + out[:, :3])
-    with pytest.raises(ValueError):
-        x0_from_output(s, out[:, :5])
-    # widening: the new channels start at zero, the edits are unchanged
-    res = build_embedded_unet(16, (8, 16))
-    torch.nn.init.normal_(res.conv_out.weight, std=0.05)
-    aff = build_embedded_unet(16, (8, 16), head="affine")
-    aff.load_state_dict(widen_head(res.state_dict(), "affine"))
-    assert (head_of(res), head_of(aff), HEADS["affine"]) == ("residual", "affine", 12)
-    x, t, e = torch.randn(2, 6, 16, 16, generator=g), torch.tensor([5, 700]), torch.randn(2, 1, 384, generator=g)
-    a = EmbeddedTeacher(res, text_encoder=HashText(), device="cpu").predict_x0(x, t, e)
-    b = EmbeddedTeacher(aff, text_encoder=HashText(), device="cpu").predict_x0(x, t, e)
-    torch.testing.assert_close(a, b)
-    # fine-tune a residual checkpoint with the affine head: trains, exports, loads with its head
-    base = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, save_every=10, log_every=1,
-                       out_dir=str(tmp_path / "r"), export=str(tmp_path / "r.safetensors"))
-    train(base, text_encoder=HashText())
-    out = train(dataclasses.replace(base, head="affine", init=str(tmp_path / "r.safetensors"), out_dir=str(tmp_path / "a"),
-                                    export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
-    assert all(math.isfinite(v) for _, v in out["losses"])
-    T = load_embedded_teacher(tmp_path / "a.safetensors", device="cpu", text_encoder=HashText())
-    assert head_of(T.unet) == "affine" and checkpoint_info(tmp_path / "a.safetensors")["train"]["head"] == "affine"
-    assert T.edit(torch.rand(1, 3, 16, 16), "warmer", steps=2).shape == (1, 3, 16, 16)
-
-
-def test_edm_head_preconditioning_and_checkpoint(tmp_path):
-    """The preconditioned head: c_skip → 0 and c_out → σ_d at high noise, c_skip → 1 at low noise; the
-    unit-variance identities hold; x̂0 = s + c_skip·y_t + c_out·F; ``--head edm`` exports a checkpoint
-    that loads with its head (the same UNet shape as the residual head, so the head is stored)."""
-    from course_lib.teacher import SIGMA_DATA, edm_coefficients, embedded_x0, head_of
-    from course_lib.train.teacher import TrainConfig, train
-
-    ab = torch.tensor([2.4e-9, 0.49, 0.99995])
-    c_in, c_skip, c_out = edm_coefficients(ab)
-    s2, d2 = (1 - ab) / ab, SIGMA_DATA ** 2
-    assert c_skip[0] < 1e-9 and abs(float(c_out[0]) - SIGMA_DATA) < 1e-6 and c_skip[2] > 0.99
-    # Var(y_t)·c_in² = 1 and c_skip²·σ² + ... : the target F* = (y − c_skip·y_t)/c_out has unit variance
-    torch.testing.assert_close((s2 + d2) * c_in ** 2, torch.ones(3))
-    torch.testing.assert_close(((1 - c_skip) ** 2 * d2 + c_skip ** 2 * s2) / c_out ** 2, torch.ones(3))
-    unet = build_embedded_unet(16, (8, 16), head="edm")
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
-    g = torch.Generator().manual_seed(1)
-    x_t, src = torch.randn(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
-    t, text, abt = torch.tensor([3, 600]), torch.randn(2, 1, 384, generator=g), torch.tensor([0.999, 0.3])
-    ci, cs, co = (c.view(-1, 1, 1, 1) for c in edm_coefficients(abt))
-    y_t = x_t / abt.sqrt().view(-1, 1, 1, 1) - src
-    F = unet(torch.cat([ci * y_t, src], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
-    torch.testing.assert_close(embedded_x0(unet, x_t, src, t, text, abt, "edm"), src + cs * y_t + co * F)
-    cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, save_every=10, log_every=1,
-                      out_dir=str(tmp_path / "e"), export=str(tmp_path / "e.safetensors"), head="edm")
-    out = train(cfg, text_encoder=HashText())
-    assert all(math.isfinite(v) for _, v in out["losses"])
-    T = load_embedded_teacher(tmp_path / "e.safetensors", device="cpu", text_encoder=HashText())
-    assert T.head == "edm" and checkpoint_info(tmp_path / "e.safetensors")["config"]["head"] == "edm"
-    assert head_of(T.unet) == "residual"  # the same shape: only the checkpoint's config tells them apart
-    assert torch.isfinite(T.edit(torch.rand(1, 3, 16, 16), "warmer", steps=3)).all()
-    # a checkpoint written before heads existed reads as the residual head
-    assert load_embedded_teacher(device="cpu", text_encoder=HashText()).head == "residual"
 
 
 def test_train_teacher_on_the_data_world(tmp_path):
@@ -358,8 +290,8 @@ def test_train_teacher_on_the_data_world(tmp_path):
     and records it; an unknown ``--data`` is refused."""
     from course_lib.train.teacher import TrainConfig, train, training_data
 
-    cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out_dir=str(tmp_path / "w"),
-                      export=str(tmp_path / "w.safetensors"), data="world", save_every=10, log_every=1)
+    cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out=str(tmp_path / "w.safetensors"),
+                      data="world", save_every=10, log_every=1)
     ds = training_data(cfg)
     assert type(ds).__name__ == "RetouchWorld" and ds.split == "train" and ds[0]["source"].shape == (3, 16, 16)
     out = train(cfg, text_encoder=HashText())
@@ -428,21 +360,22 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     losses = pretrain_reader(InstructionReader(384, 32, 3, K, vocab=V), bank, steps=150, seed=0, lr=3e-3)
     assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:20]) / 20
 
-    def cfg(steps, out, resume=False, export=None):
+    def cfg(steps, out, resume=False):
         return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=1, ema_decay=0.9,
                            data="world", reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64, film=True,
-                           out_dir=str(tmp_path / out), save_every=2, log_every=1, resume=resume, export=export)
+                           out=str(tmp_path / out), save_every=2, log_every=1, resume=resume)
 
-    straight = train(cfg(4, "a", export=str(tmp_path / "a.safetensors")), text_encoder=HashText())
-    train(cfg(2, "b"), text_encoder=HashText())
-    resumed = train(cfg(4, "b", resume=True), text_encoder=HashText())
+    straight = train(cfg(4, "a.safetensors"), text_encoder=HashText())
+    train(cfg(2, "b.safetensors"), text_encoder=HashText())
+    resumed = train(cfg(4, "b.safetensors", resume=True), text_encoder=HashText())
     for (k, v), v2 in zip(straight["reader"].state_dict().items(), resumed["reader"].state_dict().values()):
         torch.testing.assert_close(v, v2, msg=k)
     assert any(k.startswith("reader.") for k in straight["ema"])
     # --export-only from the resumable state: the reader and FiLM come back from the run's config
     from course_lib.train.teacher import export_from_state
 
-    export_from_state(dataclasses.replace(TrainConfig(), out_dir=str(tmp_path / "b"), export=str(tmp_path / "b.safetensors")))
+    (tmp_path / "b.safetensors").unlink()  # written at the end of the run; --export-only writes it again
+    export_from_state(dataclasses.replace(TrainConfig(), out=str(tmp_path / "b.safetensors")))
     Tb = load_embedded_teacher(tmp_path / "b.safetensors", device="cpu", text_encoder=HashText())
     assert Tb.reader is not None and Tb.reader.tokens == 3 and Tb.unet.config.resnet_time_scale_shift == "scale_shift"
     for k, v in Tb.reader.state_dict().items():  # the state's EMA weights, stored in fp16
@@ -511,28 +444,6 @@ def test_world_eval_on_validation_photos(tiny_teacher):
     assert not torch.equal(val["source"], test["source"])
     rows = world_quality_vs_steps(tiny_teacher, steps=(1,), n=2, wordings=("train",), split="val")
     assert {r["method"] for r in rows} == {"identity", "teacher"}
-
-
-def test_diffusion_loss_draws_timesteps_from_t_min():
-    """``--t-min`` (a study option): every drawn timestep is in t_min..999."""
-    from diffusers import DDPMScheduler
-
-    from course_lib.teacher import ddpm_config
-    from course_lib.train.teacher import TeacherNet, TrainConfig, diffusion_loss
-
-    seen = []
-
-    class Spy(TeacherNet):
-        def forward(self, x_t, src, t, text, keep_text, alpha_bar, head, code=None):
-            seen.append(t.clone())
-            return x_t * 0 + src, None
-
-    net = Spy(torch.nn.Identity())
-    sched = DDPMScheduler.from_config(ddpm_config())
-    src = torch.rand(64, 3, 4, 4)
-    out = diffusion_loss(net, sched, src, src, torch.zeros(64, 384), torch.Generator().manual_seed(0),
-                         TrainConfig(t_min=900))
-    assert seen[0].min() >= 900 and seen[0].max() <= 999 and torch.isfinite(out["loss"])
 
 
 def _study_file(identity, train50, heldout50, t999, steps=1000):
@@ -609,8 +520,8 @@ def test_lr_cooldown_is_constant_then_a_cosine_to_the_floor():
                         rel_tol=1e-12)
     assert lr_at(steps, lr, 2, steps, floor=floor, cooldown=k) == pytest.approx(floor * lr, rel=1e-12)
     from course_lib.train.teacher import parse_args
-    cfg = parse_args(["--cooldown", "8", "--lr-floor", "0.2"])[0]
-    assert (cfg.cooldown, cfg.lr_floor) == (8, 0.2)
+    cfg = parse_args(["--cooldown", "8", "--lr-floor", "0.2", "--channels", "8,16", "--default-guidance", "1,2"])
+    assert (cfg.cooldown, cfg.lr_floor, cfg.channels, cfg.default_guidance) == (8, 0.2, (8, 16), (1.0, 2.0))
 
 
 def test_teacher_eval_times_methods_after_one_untimed_call():

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from course_lib import config
-from course_lib.distill import VSDConfig
 from course_lib.student import Student, StudentConfig, save_student
 from course_lib.train import vsd as train_vsd
 from course_lib.world import RetouchWorld
@@ -24,7 +23,7 @@ def _tiny_init(tmp_path):
 
 def _args(tmp_path, out, steps=4, **kw):
     base = dict(steps=steps, batch_size=2, size=24, init=_tiny_init(tmp_path), data="world",
-                vsd=VSDConfig(lora_rank=2, lora_alpha=4), save_every=2, out=str(tmp_path / out), monitor_items=3,
+                lora_rank=2, lora_alpha=4, save_every=2, out=str(tmp_path / out), monitor_items=3,
                 regress_items=4, regress_batch=2, regress_steps=2)
     return train_vsd.VSDArgs(**{**base, **kw})
 
@@ -80,12 +79,13 @@ def test_recipe_knobs_resume_exactly_and_metadata(tiny_teacher, tmp_path):
         meta = f.metadata()
     assert meta["paired_targets"] == "none"
     prov = json.loads(meta["provenance"])
-    assert prov["teacher"] == "embedded" and prov["data"] == "world" and prov["recipe"]["noise_samples"] == 2
+    assert prov["teacher"] == "embedded" and prov["data"] == "world"
+    assert json.loads(meta["recipe"])["settings"]["noise_samples"] == 2
     assert "teacher's own" in prov["regression"]
 
 
 def test_t_max_anneals_linearly():
-    a = train_vsd.VSDArgs(vsd=VSDConfig(t_max=980), t_anneal=100, t_anneal_to=500)
+    a = train_vsd.VSDArgs(t_range=(20, 980), t_anneal=100, t_anneal_to=500)
     assert [train_vsd.t_max_at(s, a) for s in (0, 50, 100, 200)] == [980, 740, 500, 500]
     assert train_vsd.t_max_at(50, train_vsd.VSDArgs()) == 980
 
@@ -119,7 +119,7 @@ def test_library_vsd_step_is_the_trainers_step(tiny_teacher, tmp_path):
 
     init = _tiny_init(tmp_path)
     args = train_vsd.VSDArgs(steps=1, batch_size=2, size=24, init=init, tv_weight=0.0,
-                             vsd=VSDConfig(guidance=(1.0, 2.0), lora_rank=2, lora_alpha=4, fake_steps=2),
+                             guidance=(1.0, 2.0), lora_rank=2, lora_alpha=4, fake_steps=2,
                              monitor_items=2)
     trained, log = train_vsd.train(args, teacher=tiny_teacher)
     config.seed_everything(args.seed)  # as the trainer: the same random LoRA A matrices

@@ -82,6 +82,8 @@ def test_installed_wheel_is_self_contained(tmp_path):
     for name in shipped:
         assert f"course_lib/_data/weights/{name}" in members, f"{name} is not in the wheel"
     assert "course_lib/csrc/bilateral_slice.cpp" in members
+    for recipe in sorted((ROOT / "course_lib" / "recipes").glob("*.yaml")):  # python -m course_lib reproduce
+        assert f"course_lib/recipes/{recipe.name}" in members, f"recipe {recipe.name} is not in the wheel"
     photos = sorted(p.name for p in (ROOT / "data" / "photos").iterdir())
     assert "manifest.json" in photos and len(photos) > 20
     for name in photos:

@@ -412,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="4,10,25,50", help="comma-separated DDIM step counts (default %(default)s)")
     p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out pairs")
     p.add_argument("--guidance", default=None, help="s_img,s_txt (default: the checkpoint's)")
-    p.add_argument("--weights", default=None, help="the same as --teacher-path (kept for old scripts)")
     add_teacher_options(p)
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"), help="the plot (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot")
@@ -438,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        teacher = load_teacher(a.teacher, a.teacher_path or a.weights)
+        teacher = load_teacher(a.teacher, a.teacher_path)
     except TeacherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -485,7 +484,7 @@ def _training_record(a: argparse.Namespace, teacher: Teacher) -> dict | None:
     text path), so a results file says which network it scored."""
     if not isinstance(teacher, EmbeddedTeacher):
         return None
-    path = a.teacher_path or a.weights or (WORLD_WEIGHTS if a.teacher == "world" else EMBEDDED_WEIGHTS)
+    path = a.teacher_path or (WORLD_WEIGHTS if a.teacher == "world" else EMBEDDED_WEIGHTS)
     info = checkpoint_info(path)
     train = {k: v for k, v in (info.get("train") or {}).items() if k != "losses"}
     return {"file": Path(path).name, **train, "reader": info["config"].get("reader") is not None,

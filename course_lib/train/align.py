@@ -10,13 +10,12 @@ are gathered, so InfoNCE's negatives are the whole global batch and the update e
 process's on that batch). At the end it reports top-1 retrieval accuracy on held-out photos
 (:func:`course_lib.align.heldout_retrieval`; chance: one in the batch size).
 
-The shipped ``data/weights/edit_clip.safetensors`` was made with :data:`REPRODUCE`.
+The shipped ``data/weights/edit_clip.safetensors`` is this command's defaults
+(``course_lib/recipes/edit_clip.yaml``; ``python -m course_lib reproduce edit_clip``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -26,29 +25,24 @@ from .. import config
 from ..align import (AlignError, EditCLIP, EditCLIPConfig, heldout_retrieval, info_nce, load_edit_clip,
                      save_edit_clip)
 from ..data import RetouchPairs
-from .common import (run_command, Shard, add_run_options, from_args, gather_with_grad, is_main_process,
-                     load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
-                     read_state, save_on_main, set_lr, state_dir, summary, write_state)
+from .common import (RunOptions, run_command, Shard, gather_with_grad, is_main_process, load_optimizer_tensors, lr_at,
+                     mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
+                     save_on_main, set_lr, setting, state_dir, summary, write_state)
 
-__all__ = ["REPRODUCE", "AlignArgs", "heldout_retrieval", "train", "main"]
-
-REPRODUCE = ("python -m course_lib train-align --steps 1500 --batch-size 64 --size 32 --lr 1e-3 --seed 0 "
-             "--threads 1 --out data/weights/edit_clip.safetensors")
+__all__ = ["AlignArgs", "heldout_retrieval", "train", "main"]
 
 
 @dataclasses.dataclass
-class AlignArgs:
-    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
+class AlignArgs(RunOptions):
+    """Settings of :func:`train` and of the command (one option per field; ``batch_size`` is per process)."""
 
-    steps: int = 1500
-    batch_size: int = 64
-    size: int = 32
-    lr: float = 1e-3
-    warmup: int = 50
-    compose_prob: float = 0.3
-    seed: int = 0
-    save_every: int = 250
-    out: str | None = None
+    steps: int = run_option("steps", 1500, fast=30)
+    batch_size: int = run_option("batch_size", 64, fast=16)
+    save_every: int = run_option("save_every", 250)
+    size: int = setting(32, "side of each panel (pixels)")
+    lr: float = setting(1e-3, "AdamW learning rate")
+    warmup: int = setting(50, "linear warm-up steps, then a cosine to zero")
+    compose_prob: float = setting(0.3, "share of items with two or three edits")
 
 
 def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[EditCLIP, list[float]]:
@@ -73,10 +67,8 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
 
     def save(step: int) -> None:
-        save_edit_clip(net, out, metadata={"trained_steps": str(step), "command": REPRODUCE
-                                           if out.name == "edit_clip.safetensors" else "",
-                                           "train_args": json.dumps(dataclasses.asdict(args)),
-                                           "processes": str(acc.num_processes)})
+        save_edit_clip(net, out, metadata={"trained_steps": str(step), "processes": str(acc.num_processes),
+                                           **recipe_metadata("train-align", args)})
         tensors, meta = optimizer_tensors(opt)
         write_state(state_dir(out), tensors, {"optimizer": meta}, {"step": step, "losses": losses})
 
@@ -84,7 +76,7 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
                           disable=config.is_fast() or not acc.is_local_main_process)
     for step in range(start, args.steps):
         # lr: linear warm-up, then cosine to zero
-        set_lr(opt, lr_at(step, args.lr, args.warmup, args.steps, "cosine", rounding="align"))
+        set_lr(opt, lr_at(step, args.lr, args.warmup, args.steps, "cosine"))
         batch = shard.fetch(ds, step)
         with torch.no_grad():
             text = net.embed_instructions(batch["instruction"])  # (B, 384), frozen MiniLM
@@ -107,18 +99,12 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = AlignArgs()
-    p = argparse.ArgumentParser(prog="python -m course_lib train-align",
-                                description="Train the embedded edit encoder (EditCLIP) for the prompt-alignment "
-                                            "loss with InfoNCE on the course's retouch pairs. Resumable; runs "
-                                            "under 'accelerate launch' unchanged. Shipped: " + REPRODUCE)
-    add_run_options(p, steps=config.pick(fast=30, full=d.steps), batch_size=config.pick(fast=16, full=d.batch_size),
-                    seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "edit_clip.safetensors"))
-    p.add_argument("--size", type=int, default=d.size, help="side of each panel (pixels)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    a = parse_run_options(p, argv)
-    args = from_args(AlignArgs, a)
-    result, seconds, code = run_command(lambda: train(args, resume=a.resume), (FileNotFoundError, ValueError, AlignError))
+    args = parse_settings(AlignArgs, argv, "python -m course_lib train-align",
+                          "Train the embedded edit encoder (EditCLIP) for the prompt-alignment loss with InfoNCE on "
+                          "the course's retouch pairs. Resumable; runs under 'accelerate launch' unchanged. The "
+                          "shipped one: python -m course_lib reproduce edit_clip", "edit_clip.safetensors")
+    result, seconds, code = run_command(lambda: train(args, resume=args.resume),
+                                        (FileNotFoundError, ValueError, AlignError))
     if code or not is_main_process():
         return code
     model, losses = result

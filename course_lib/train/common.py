@@ -38,44 +38,158 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-#: What ``--batch-size`` means, the same for every trainer (shown by ``--help``).
-BATCH_HELP = ("items per process per step (default %(default)s); with N processes a step trains on N x this "
-              "many distinct items")
-#: What ``--steps`` means.
-STEPS_HELP = "optimiser steps, whatever the number of processes (default %(default)s)"
+from .. import config
+
+# ----------------------------------------------------------------------------- settings and run options
+#
+# Each trainer's settings are ONE dataclass: type, default and help of every field, declared once.
+# The command line is generated from it by 🤗 transformers' ``HfArgumentParser`` (already a
+# dependency): ``--batch-size`` for ``batch_size``, ``--coords``/``--no-vocab`` for booleans,
+# ``choices`` for ``Literal`` types. A field whose metadata has ``fast=`` takes that default on the
+# command line in FAST mode (:func:`course_lib.config.pick`); in Python the dataclass default holds.
 
 
-# ----------------------------------------------------------------------------- run options
+class _Numbers(tuple):
+    """A tuple of numbers written ``a,b,c`` on the command line (and in help and recipes' commands)."""
+
+    kind: type = float
+
+    def __new__(cls, value=()):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return super().__new__(cls, (cls.kind(v) for v in value))
+
+    def __str__(self) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in self)
 
 
-def add_run_options(p: argparse.ArgumentParser, *, steps: int, batch_size: int, seed: int = 0,
-                    save_every: int = 100, out: str | None = None, threads: int = 0,
-                    resume_help: str = "continue from OUT and OUT.state/") -> None:
-    """The options every trainer shares: ``--steps --batch-size --seed --save-every --threads [--out] --resume``."""
-    p.add_argument("--steps", type=int, default=steps, help=STEPS_HELP)
-    p.add_argument("--batch-size", type=int, default=batch_size, help=BATCH_HELP)
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--save-every", type=int, default=save_every, help="checkpoint every this many steps and at the end")
-    p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per process (0: torch's default)")
-    if out is not None:
-        p.add_argument("--out", default=out, help="checkpoint to write (OUT.state/ holds the optimiser for --resume)")
-    p.add_argument("--resume", action="store_true", help=resume_help)
+class Ints(_Numbers):
+    """Whole numbers written ``8,16``."""
+
+    kind = int
 
 
-def parse_run_options(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """``p.parse_args(argv)``, then apply ``--threads`` (0 keeps torch's default)."""
-    a = p.parse_args(argv)
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    return a
+class Floats(_Numbers):
+    """Numbers written ``1,2`` (e.g. a guidance pair ``s_img,s_txt``)."""
+
+    kind = float
 
 
-def from_args(cls, a: argparse.Namespace, **given: Any):
-    """The dataclass ``cls`` from parsed options: each field takes the option of the same name
-    (``--batch-size`` -> ``batch_size``), unless ``given`` sets it; fields with no option keep their default."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(a).items() if k in names}
-    return cls(**{**values, **given})
+class Names(_Numbers):
+    """Names written ``a,b,c``."""
+
+    kind = str
+
+
+def setting(default: Any = None, help: str | None = None, *, fast: Any = dataclasses.MISSING,
+            **argparse_kw: Any) -> Any:
+    """A dataclass field with its help (and, optionally, its FAST-mode command-line default ``fast``)."""
+    meta = {"help": help, **argparse_kw}
+    if fast is not dataclasses.MISSING:
+        meta["fast"] = fast
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The options every trainer shares (each trainer's settings dataclass extends this one)."""
+
+    steps: int = setting(1000, "optimiser steps, whatever the number of processes")
+    batch_size: int = setting(8, "items per process per step; with N processes a step trains on N x this many "
+                                 "distinct items")
+    seed: int = setting(0, "seed of every random draw (item i of the data is a pure function of (seed, i))")
+    save_every: int = setting(100, "checkpoint every this many steps and at the end")
+    threads: int = setting(0, "torch CPU threads per process (0: torch's default)")
+    out: str | None = setting(None, "checkpoint to write (OUT.state/ beside it holds what --resume needs; "
+                                    "default: outputs/ and the command's file name)")
+    resume: bool = setting(False, "continue from OUT and OUT.state/")
+    recipe_file: str | None = setting(None, "the recipe file this run follows (set by 'reproduce'; recorded in "
+                                            "the checkpoint)")
+
+
+def run_option(name: str, default: Any, fast: Any = dataclasses.MISSING) -> Any:
+    """Redeclare run option ``name`` of :class:`RunOptions` with this trainer's default (its help is shared)."""
+    meta = dict(RunOptions.__dataclass_fields__[name].metadata)
+    return setting(default, meta.pop("help"), fast=fast, **{k: v for k, v in meta.items() if k != "fast"})
+
+
+#: Run options that do not change what is trained (left out when a checkpoint is compared with its recipe).
+RUN_ONLY = ("out", "resume", "threads", "save_every", "recipe_file", "workers", "log_every")
+
+
+def _parser_class():
+    from transformers import HfArgumentParser
+
+    class SettingsParser(HfArgumentParser):
+        """``HfArgumentParser`` that reads a field's ``fast`` metadata as its FAST-mode default."""
+
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            import copy
+            import types
+
+            meta = dict(field.metadata)
+            fast = meta.pop("fast", dataclasses.MISSING)
+            f = copy.copy(field)
+            f.metadata = types.MappingProxyType({k: v for k, v in meta.items() if v is not None or k != "help"})
+            if fast is not dataclasses.MISSING and config.is_fast():
+                f.default = fast
+            HfArgumentParser._parse_dataclass_field(parser, f)
+
+    return SettingsParser
+
+
+def settings_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line of settings dataclass ``cls``: one option per field (``--batch-size`` for ``batch_size``)."""
+    p = _parser_class()(cls, prog=prog, description=description)
+    for action in p._actions:  # one spelling per option: HfArgumentParser also adds --batch_size
+        for name in [o for o in action.option_strings if "_" in o]:
+            action.option_strings.remove(name)
+            del p._option_string_actions[name]
+    return p
+
+
+def parse_settings(cls: type, argv: Sequence[str] | None, prog: str, description: str,
+                   default_out: str | None = None):
+    """Parse ``argv`` into ``cls`` (argparse's usual errors: one line, exit code 2); apply ``--threads``.
+
+    ``default_out``: the file name under ``outputs/`` that ``--out`` defaults to on the command line.
+    """
+    p = settings_parser(cls, prog, description)
+    ns = p.parse_args(argv)
+    args = cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.init})
+    if default_out and getattr(args, "out", None) is None:
+        args.out = str(config.OUTPUT_DIR / default_out)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def settings_error(command: str, message: str) -> None:
+    """Stop with argparse's kind of error: one line on stderr, exit code 2."""
+    print(f"python -m course_lib {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def settings_of(args: Any) -> dict:
+    """The run's full settings, JSON-ready (every field but ``resume`` and ``recipe_file``)."""
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "recipe_file")}
+
+
+def recipe_metadata(command: str, args: Any) -> dict[str, str]:
+    """What every new checkpoint records of how it was made: ``recipe`` (JSON: the command, its full
+    settings and the ``recipe`` of the checkpoint it started from, if any) and ``recipe_file``."""
+    init = getattr(args, "init", None)
+    parent = None
+    if isinstance(init, str) and Path(init).is_file():
+        from safetensors import safe_open
+
+        with safe_open(init, framework="pt") as f:
+            parent = json.loads((f.metadata() or {}).get("recipe", "null"))
+    meta = {"recipe": json.dumps({"command": command, "settings": settings_of(args), "init": parent})}
+    if getattr(args, "recipe_file", None):
+        meta["recipe_file"] = Path(args.recipe_file).name
+    return meta
 
 
 def summary(command: str, values: Sequence[float], seconds: float, what: str, out: Any, fmt: str = ".4f",
@@ -100,7 +214,7 @@ def is_main_process() -> bool:
 
 
 def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "constant", floor: float = 0.0,
-          rounding: str = "", cooldown: int = 0) -> float:
+          cooldown: int = 0) -> float:
     """The learning rate of optimiser step ``step`` (0-based): THE schedule of every trainer.
 
     ``lr · (step + 1) / warmup`` during the warm-up, then ``lr`` (``decay="constant"``) or a
@@ -110,12 +224,9 @@ def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "c
     ``cooldown = K > 0`` (with ``decay="constant"``): the same cosine over the last ``K`` steps only,
     ``t = (step − (steps − K)) / K`` (a constant rate that can be resumed for longer, then cooled down).
 
-    ``rounding`` keeps the float rounding of the recipes the shipped checkpoints were made with,
-    so that they reproduce bit for bit: ``"student"`` multiplies ``lr · (step + 1)`` before
-    dividing by ``warmup``; ``"align"`` evaluates the cosine in float32.
     """
     if step < warmup:
-        return lr * (step + 1) / warmup if rounding == "student" else lr * ((step + 1) / max(1, warmup))
+        return lr * ((step + 1) / max(1, warmup))
     if decay == "constant":
         if cooldown <= 0 or step < steps - cooldown:
             return lr * 1.0
@@ -125,10 +236,7 @@ def lr_at(step: int, lr: float, warmup: int = 0, steps: int = 1, decay: str = "c
     if decay != "cosine":
         raise ValueError(f"decay must be 'constant' or 'cosine', not {decay!r}")
     done, span = step - warmup, max(1, steps - warmup)
-    if rounding == "align":
-        c = torch.cos(torch.tensor(math.pi * done / span)).item()
-    else:
-        c = math.cos(math.pi * min(1.0, done / span))
+    c = math.cos(math.pi * min(1.0, done / span))
     return lr * (floor + (1 - floor) * 0.5 * (1 + c))
 
 

@@ -27,10 +27,10 @@ the lesson's: :func:`course_lib.inversion.save_inverter`, :func:`course_lib.inve
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -42,35 +42,35 @@ from ..inversion import (cycle_loss, forward_cd_loss, invert, load_inverter, mak
                          save_inverter, shipped_path)
 from ..world import RetouchWorld
 from ..perceptual import load_lpips
-from ..teacher import add_teacher_options, frozen_dtype, load_teacher
-from .common import (run_command, Shard, add_run_options, average_gradients, from_args, is_main_process,
-                     load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options, read_state,
-                     save_on_main, state_dir, strip_prefix, summary, sync_parameters, with_prefix, write_state)
+from ..teacher import TEACHER_HELP, TEACHER_PATH_HELP, TIERS, frozen_dtype, load_teacher
+from .common import (RunOptions, run_command, Shard, average_gradients, is_main_process, load_optimizer_tensors,
+                     mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
+                     save_on_main, setting, state_dir, strip_prefix, summary, sync_parameters, with_prefix, write_state)
 
 __all__ = ["InverterArgs", "train", "main", "load_inverter", "save_inverter", "shipped_path"]
 
 
 @dataclasses.dataclass
-class InverterArgs:
-    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
+class InverterArgs(RunOptions):
+    """Settings of :func:`train` and of the command (one option per field; ``batch_size`` is per process)."""
 
-    steps: int = 600
-    batch_size: int = 8
-    inversion_steps: int = 4
-    lr: float = 1e-4
-    lora_rank: int = 8
-    pixel_weight: float = 1.0
-    preserve_weight: float = 0.1
-    perceptual_weight: float = 1.0
-    stage: str = "cycle"
-    noise_weight: float = 0.0
-    data: str = "pairs"
-    init: str | None = None
-    teacher: str = "embedded"
-    teacher_path: str | None = None
-    seed: int = 0
-    save_every: int = 100
-    out: str | None = None
+    steps: int = run_option("steps", 600, fast=10)
+    batch_size: int = run_option("batch_size", 8, fast=4)
+    inversion_steps: int = setting(4, "forward = backward steps (4: iCD)")
+    lr: float = setting(1e-4, "Adam learning rate of the LoRA")
+    lora_rank: int = setting(8, "rank of the forward model's LoRA")
+    pixel_weight: float = setting(1.0, "weight of the pixel MSE term")
+    preserve_weight: float = setting(0.1, "weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
+    perceptual_weight: float = setting(1.0, "weight of the LPIPS term (0: pixels alone; LPIPS is still logged)")
+    stage: Literal["cycle", "cd"] = setting("cycle", "cd: forward consistency distillation from the teacher's DDIM "
+                                                     "inversion (stage 1); cycle: cycle-consistency fine-tuning "
+                                                     "through the frozen generator (stage 2)")
+    noise_weight: float = setting(0.0, "weight of iCD's preservation F(G(z)) = z on generated images (0: off)")
+    data: Literal["pairs", "world"] = setting("pairs", "training photos: the first world's six or the data world "
+                                                       "2.0's (random crops, flips)")
+    init: str | None = setting(None, "start from this inverter checkpoint (e.g. stage 1's)")
+    teacher: str = setting("embedded", TEACHER_HELP, choices=list(TIERS))
+    teacher_path: str | None = setting(None, TEACHER_PATH_HELP)
 
 
 def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=None) -> tuple[object, list[dict]]:
@@ -121,7 +121,7 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     gen = torch.Generator().manual_seed(70_000 + args.seed)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
-            "args": json.dumps(dataclasses.asdict(args)), "processes": str(acc.num_processes)}
+            "processes": str(acc.num_processes), **recipe_metadata("train-inverter", args)}
 
     def save(step: int) -> None:
         save_inverter(fwd, out, {**meta, "trained_steps": str(step), "log": json.dumps(log[-300:])})
@@ -167,33 +167,12 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = InverterArgs()
-    p = argparse.ArgumentParser(prog="python -m course_lib train-inverter",
-                                description="Fine-tune the few-step inverter (a LoRA on the teacher) with an LPIPS "
-                                            "cycle-consistency loss through the frozen few-step generator. "
-                                            "Resumable; runs under 'accelerate launch' unchanged.")
-    add_run_options(p, steps=config.pick(fast=10, full=d.steps), batch_size=config.pick(fast=4, full=d.batch_size),
-                    seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "inverter_lora.safetensors"))
-    p.add_argument("--inversion-steps", type=int, default=d.inversion_steps, help="forward = backward steps (4: iCD)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
-    p.add_argument("--pixel-weight", type=float, default=d.pixel_weight, help="weight of the pixel MSE term")
-    p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight,
-                   help="weight of the LPIPS term (0: pixels alone; LPIPS is still logged)")
-    p.add_argument("--preserve-weight", type=float, default=d.preserve_weight,
-                   help="weight of ||F(x) - F_0(x)||^2 (keeps the noise near plain DDIM inversion)")
-    p.add_argument("--stage", choices=("cycle", "cd"), default=d.stage,
-                   help="cd: forward consistency distillation from the teacher's DDIM inversion (stage 1); "
-                        "cycle: cycle-consistency fine-tuning through the frozen generator (stage 2)")
-    p.add_argument("--noise-weight", type=float, default=d.noise_weight,
-                   help="weight of iCD's preservation F(G(z)) = z on generated images (0: off)")
-    p.add_argument("--data", choices=("pairs", "world"), default=d.data,
-                   help="training photos: the first world's six or the data world 2.0's (random crops, flips)")
-    p.add_argument("--init", default=None, help="start from this inverter checkpoint (e.g. stage 1's)")
-    add_teacher_options(p, default=d.teacher)
-    a = parse_run_options(p, argv)
-    args = from_args(InverterArgs, a)
-    result, seconds, code = run_command(lambda: train(args, resume=a.resume),
+    args = parse_settings(InverterArgs, argv, "python -m course_lib train-inverter",
+                          "Fine-tune the few-step inverter (a LoRA on the teacher) with an LPIPS cycle-consistency "
+                          "loss through the frozen few-step generator. Resumable; runs under 'accelerate launch' "
+                          "unchanged. The shipped one: python -m course_lib reproduce inverter_lora",
+                          "inverter_lora.safetensors")
+    result, seconds, code = run_command(lambda: train(args, resume=args.resume),
                                         (FileNotFoundError, ValueError, RuntimeError, KeyError))
     if code:
         return code

@@ -20,8 +20,9 @@ therefore resumable exactly: every ``--save-every`` steps it writes the weights
 No pickle is written or read.
 
 The shipped checkpoint ``data/weights/student_supervised.safetensors`` is one resumable run of
-:data:`REPRODUCE` on the data world 2.0, the learned global-affine baseline the same recipe with
-``--global-affine`` (:data:`REPRODUCE_GLOBAL`):
+its recipe (``course_lib/recipes/student_supervised.yaml``, ``python -m course_lib reproduce
+student_supervised``) on the data world 2.0, the learned global-affine baseline the same recipe
+with ``--global-affine`` (``student_global_affine.yaml``):
 
 1. stage 0 (``--text-pretrain-steps``): the text pathway and the "understood as" heads alone, on
    a featurised bank of training instructions (:func:`pretrain_text`);
@@ -35,17 +36,16 @@ The shipped checkpoint ``data/weights/student_supervised.safetensors`` is one re
    longer, replaces the first; the image pathway is untouched (the wording study measured each
    change alone).
 
-The first world's student (ReLU, text features straight into FiLM, :data:`REPRODUCE_V1`) is
-reproduced with ``--data pairs --act relu``.
+The first world's student (ReLU, text features straight into FiLM; the VSD students of lessons
+05-06 start from it) is ``--data pairs --act relu`` (``course_lib/recipes/student_vsd.yaml``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -58,77 +58,59 @@ from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
                        indicator_mask, load_student, read_metadata, save_student)
 from ..text import shared_encoder
-from .common import (run_command, Shard, add_run_options, from_args, is_main_process, load_optimizer_tensors, lr_at,
-                     mean_over_processes, optimizer_tensors, parse_run_options, read_state, save_on_main, set_lr,
-                     state_dir, summary, write_state)
-
-#: The recipe of the shipped student and baseline (data world 2.0): stage 0 trains the text
-#: pathway alone on 20,000 featurised training instructions, then the image pathway reads only the
-#: edit code (the true one for 80 % of the items) and knows where each cell is (CoordConv).
-_RECIPE = ("--batch-size 16 --size 128 --net-size 128 --threads 1 --lr 1e-3 --warmup 100 --seed 0 --workers 1 "
-           "--readout-weight 1.0 --text-pretrain-steps 6000 --text-bank 20000 --save-every 250 "
-           "--film-reads code --code-forcing 0.8 --coords")
-#: A wider text reader that reads clause by clause, trained alone on the frozen image pathway
-#: (``--reader-only``): the wording study's best variant (:data:`course_lib.eval.wording.SHIPPED_READER`).
-READER_RECIPE = "--reader-only --film-hidden 256 --clauses 4 --text-pretrain-steps 24000 --text-bank 20000 --word-dropout 0 --lr 1e-3 --seed 0"
-#: The shipped student: one resumable run (add ``--resume`` to continue an interrupted one), then the reader.
-REPRODUCE = (f"python -m course_lib train-student --steps 8000 {_RECIPE} --out outputs/student_image.safetensors && "
-             f"python -m course_lib train-student --init outputs/student_image.safetensors {READER_RECIPE} "
-             "--out data/weights/student_supervised.safetensors")
-#: The learned global-affine baseline: the same recipe with ``--global-affine`` (6000 steps).
-REPRODUCE_GLOBAL = (f"python -m course_lib train-student --global-affine --steps 6000 {_RECIPE} "
-                    f"--out outputs/global_image.safetensors && python -m course_lib train-student --init "
-                    f"outputs/global_image.safetensors {READER_RECIPE} --out data/weights/student_global_affine.safetensors")
-#: The first world's student (before the data world 2.0), kept for its commands: ReLU, text
-#: features straight into FiLM, two stages (4000 steps at lr 2e-3, then 4000 at 5e-4, seed 1).
-_V1 = "--steps 4000 --batch-size 16 --size 128 --net-size 128 --threads 1 --data pairs --act relu"
-REPRODUCE_V1 = (f"python -m course_lib train-student {_V1} --lr 2e-3 --seed 0 --out outputs/student_stage1.safetensors"
-                f" && python -m course_lib train-student --init outputs/student_stage1.safetensors {_V1} --lr 5e-4 "
-                "--warmup 50 --seed 1 --out outputs/student_v1.safetensors")
-COMMANDS = {"student_supervised.safetensors": REPRODUCE, "student_global_affine.safetensors": REPRODUCE_GLOBAL}
-
+from .common import (Names, RunOptions, run_command, Shard, is_main_process, load_optimizer_tensors, lr_at,
+                     mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
+                     save_on_main, set_lr, setting, state_dir, summary, write_state)
 
 @dataclasses.dataclass
-class TrainArgs:
-    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
+class TrainArgs(RunOptions):
+    """Settings of :func:`train` and of the command (one option per field; ``batch_size`` is per process)."""
 
-    steps: int = 4000
-    batch_size: int = 16
-    size: int = 128
-    net_size: int = 128
-    grid_size: int = 16
-    luma_bins: int = 8
-    channels: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
-    tv_weight: float = 1e-4
-    compose_prob: float = 0.3
-    families: tuple[str, ...] | None = None
-    seed: int = 0
-    text_encoder: str = "minilm"
-    global_affine: bool = False
-    save_every: int = 250
-    out: str | None = None
-    data: str = "world"
-    act: str = "leaky"
-    readout_weight: float = 0.1
-    none_prob: float = 0.05
-    workers: int = 0
-    text_layers: int = 1
-    film_hidden: int = 128
-    vocab: bool = True
-    word_dropout: float = 0.3
-    text_pretrain_steps: int = 0
-    text_bank: int = 20000
-    film_reads: str = "text"
-    code_forcing: float = 1.0
-    coords: bool = False
-    clauses: int = 1
+    steps: int = run_option("steps", 4000, fast=40)
+    batch_size: int = run_option("batch_size", 16)
+    save_every: int = run_option("save_every", 250)
+    size: int = setting(128, "training crop side (pixels)", fast=64)
+    net_size: int = setting(128, "side of the low-resolution copy the network sees", fast=64)
+    grid_size: int = setting(16, "spatial cells of the grid per side", fast=8)
+    luma_bins: int = setting(8, "luma bins of the grid")
+    channels: int = setting(64, "width of the image pathway", fast=32)
+    lr: float = setting(2e-3, "Adam learning rate (cosine to 5 %% of it)")
+    warmup: int = setting(100, "linear warm-up steps", fast=5)
+    tv_weight: float = setting(1e-4, "total-variation weight on the predicted grid")
+    compose_prob: float = setting(0.3, "share of items with two or three edits")
+    families: Names | None = setting(None, "comma-separated edit families to train on (default: all of the data world)")
+    text_encoder: str = setting("minilm", "the sentence encoder")
+    global_affine: bool = setting(False, "train the global-affine baseline (one 3x4 transform per photo) instead of "
+                                         "the grid")
+    data: Literal["world", "pairs"] = setting("world", "the data world 2.0 or the first world's retouch pairs")
+    act: Literal["leaky", "relu"] = setting("leaky", "image pathway activation")
+    readout_weight: float = setting(0.1, "weight of the 'understood as' heads' loss (world data; 0: no heads)")
+    none_prob: float = setting(0.05, "share of requests that name no edit (target = the photo)")
+    workers: int = setting(0, "background processes that make the batches (0: none; 1 suits a 2-core CPU)")
+    text_layers: int = setting(1, "layers of the text adapter MLP")
+    film_hidden: int = setting(128, "width of the text adapter MLP")
+    vocab: bool = setting(True, "also read the training words (world data); --no-vocab: the sentence embedding only")
+    word_dropout: float = setting(0.3, "share of instructions whose word indicators are hidden in training")
+    text_pretrain_steps: int = setting(0, "stage 0: train the text pathway alone for this many steps on a bank of "
+                                          "instructions first")
+    text_bank: int = setting(20000, "instructions in the stage-0 bank")
+    film_reads: Literal["text", "code"] = setting("text", "what the image pathway reads: the text features and edit "
+                                                          "code, or the edit code alone")
+    code_forcing: float = setting(1.0, "with --film-reads code: share of items whose true edit code the image "
+                                       "pathway reads in training (the rest read the student's own)")
+    coords: bool = setting(False, "the local path also reads where each cell is (CoordConv maps y, x, r^2)")
+    clauses: int = setting(1, "with --film-reads code: read up to this many clauses of an instruction one at a time "
+                              "(1: the whole sentence at once)")
+    init: str | None = setting(None, "fine-tune: start from this student checkpoint (its architecture; fresh "
+                                     "optimiser)")
+    reader_only: bool = setting(False, "with --init: keep its image pathway and train only a new text reader "
+                                       "(--film-hidden, --text-layers, --clauses, --text-pretrain-steps, --text-bank, "
+                                       "--word-dropout); needs --film-reads code")
 
 
 def schedule(step: int, args: TrainArgs) -> float:
     """Linear warm-up then cosine decay to 5 % of ``lr`` (:func:`course_lib.train.common.lr_at`)."""
-    return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05, rounding="student")
+    return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05)
 
 
 def training_data(args: TrainArgs) -> RetouchPairs | RetouchWorld:
@@ -224,8 +206,7 @@ def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, s
     """Write ``out`` (weights) and ``out.state/`` (optimiser, step, losses): resumable."""
     every = max(1, len(losses) // 200)
     curve = [sum(losses[i:i + every]) / len(losses[i:i + every]) for i in range(0, len(losses), every)]
-    meta = {"trained_steps": str(step), "command": COMMANDS.get(out.name, ""),
-            "train_args": json.dumps(dataclasses.asdict(args)), "processes": str(processes),
+    meta = {"trained_steps": str(step), **recipe_metadata("train-student", args), "processes": str(processes),
             # the training MSE, averaged over groups of `loss_curve_every` steps
             "loss_curve": json.dumps([round(v, 7) for v in curve]), "loss_curve_every": str(every)}
     save_student(model, out, metadata=meta)
@@ -418,87 +399,32 @@ def calibration_texts(seed: int = 0, n: int | None = None) -> tuple[list[str], l
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = TrainArgs()
-    p = argparse.ArgumentParser(prog="python -m course_lib train-student",
-                                description="Train the text-conditioned grid predictor with supervised L2 on the "
-                                            "synthetic retouch pairs (train photos, train paraphrases). Resumable; "
-                                            "runs under 'accelerate launch' unchanged. The shipped checkpoint: "
-                                            + REPRODUCE)
-    add_run_options(p, steps=config.pick(fast=40, full=d.steps), batch_size=d.batch_size, seed=d.seed,
-                    save_every=d.save_every, out=str(config.OUTPUT_DIR / "student.safetensors"))
-    p.add_argument("--size", type=int, default=config.pick(fast=64, full=d.size), help="training crop side (pixels)")
-    p.add_argument("--net-size", type=int, default=config.pick(fast=64, full=d.net_size),
-                   help="side of the low-resolution copy the network sees")
-    p.add_argument("--grid-size", type=int, default=config.pick(fast=8, full=d.grid_size))
-    p.add_argument("--luma-bins", type=int, default=d.luma_bins)
-    p.add_argument("--channels", type=int, default=config.pick(fast=32, full=d.channels))
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=config.pick(fast=5, full=d.warmup))
-    p.add_argument("--tv-weight", type=float, default=d.tv_weight)
-    p.add_argument("--compose-prob", type=float, default=d.compose_prob)
-    p.add_argument("--families", default=None,
-                   help="comma-separated edit families to train on (default: all of the data world)")
-    p.add_argument("--data", choices=("world", "pairs"), default=d.data,
-                   help="the data world 2.0 (default) or the first world's retouch pairs")
-    p.add_argument("--act", choices=("leaky", "relu"), default=d.act, help="image pathway activation")
-    p.add_argument("--readout-weight", type=float, default=d.readout_weight,
-                   help="weight of the 'understood as' heads' loss (world data; 0: no heads)")
-    p.add_argument("--none-prob", type=float, default=d.none_prob,
-                   help="share of requests that name no edit (target = the photo)")
-    p.add_argument("--text-layers", type=int, default=d.text_layers, help="layers of the text adapter MLP")
-    p.add_argument("--film-hidden", type=int, default=d.film_hidden, help="width of the text adapter MLP")
-    p.add_argument("--no-vocab", dest="vocab", action="store_false",
-                   help="read the sentence embedding only (default: also the training words, world data)")
-    p.add_argument("--word-dropout", type=float, default=d.word_dropout,
-                   help="share of instructions whose word indicators are hidden in training")
-    p.add_argument("--text-pretrain-steps", type=int, default=d.text_pretrain_steps,
-                   help="stage 0: train the text pathway alone for this many steps on a bank of instructions first")
-    p.add_argument("--film-reads", choices=("text", "code"), default=d.film_reads,
-                   help="what the image pathway reads: the text features and edit code, or the edit code alone")
-    p.add_argument("--code-forcing", type=float, default=d.code_forcing,
-                   help="with --film-reads code: share of items whose true edit code the image pathway reads "
-                        "in training (the rest read the student's own)")
-    p.add_argument("--coords", action="store_true",
-                   help="the local path also reads where each cell is (CoordConv maps y, x, r^2)")
-    p.add_argument("--clauses", type=int, default=d.clauses,
-                   help="with --film-reads code: read up to this many clauses of an instruction one at a time "
-                        "(1: the whole sentence at once)")
-    p.add_argument("--text-bank", type=int, default=d.text_bank, help="instructions in the stage-0 bank")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="background processes that make the batches (0: none; 1 suits a 2-core CPU)")
-    p.add_argument("--global-affine", action="store_true",
-                   help="train the global-affine baseline (one 3x4 transform per photo) instead of the grid")
-    p.add_argument("--reader-only", action="store_true",
-                   help="with --init: keep its image pathway and train only a new text reader (--film-hidden, "
-                        "--text-layers, --clauses, --text-pretrain-steps, --text-bank, --word-dropout); "
-                        "needs --film-reads code")
-    p.add_argument("--init", default=None,
-                   help="fine-tune: start from this student checkpoint (its architecture; fresh optimiser)")
-    a = parse_run_options(p, argv)
-    args = from_args(TrainArgs, a, families=tuple(a.families.split(",")) if a.families else None)
+    args = parse_settings(TrainArgs, argv, "python -m course_lib train-student",
+                          "Train the text-conditioned grid predictor with supervised L2 on the synthetic retouch pairs "
+                          "(train photos, train paraphrases). Resumable; runs under 'accelerate launch' unchanged. "
+                          "The shipped student: python -m course_lib reproduce student_supervised",
+                          "student.safetensors")
+
     def run():
-        if a.reader_only:
-            if not a.init:
+        if args.reader_only:
+            if not args.init:
                 raise ValueError("--reader-only needs --init CHECKPOINT (the student whose reader is replaced)")
             out = Path(args.out)
             if out.exists():
                 raise FileExistsError(f"{out} exists; choose another --out (nothing is overwritten)")
-            src = load_student(a.init, device="cpu")
+            src = load_student(args.init, device="cpu")
             model, losses = retrain_reader(src, args)
-            meta = {k: v for k, v in read_metadata(a.init).items() if k not in ("format", "kind", "config")}
-            meta.update({"reader": json.dumps({"init": str(a.init), "film_hidden": args.film_hidden,
-                                               "text_layers": args.text_layers, "clauses": args.clauses,
-                                               "steps": args.text_pretrain_steps,
-                                               "bank": args.text_bank, "word_dropout": args.word_dropout,
-                                               "seed": args.seed}),
-                         "command": COMMANDS.get(out.name, meta.get("command", ""))})
+            # the image pathway's record (loss curve, steps) stays; the recipe is this run's, its init's inside
+            meta = {k: v for k, v in read_metadata(args.init).items()
+                    if k not in ("format", "kind", "config", "recipe", "recipe_file")}
+            meta.update(recipe_metadata("train-student", args))
             save_student(model, out, metadata=meta)
             return model, []
         init = None
-        if a.init and not a.resume:
-            init = load_student(a.init, device="cpu")
+        if args.init and not args.resume:
+            init = load_student(args.init, device="cpu")
             args.global_affine = init.cfg.global_affine
-        return train(args, resume=a.resume, model=init)
+        return train(args, resume=args.resume, model=init)
 
     result, seconds, code = run_command(run, (FileNotFoundError, FileExistsError, ValueError, CheckpointError))
     if code:

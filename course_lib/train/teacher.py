@@ -17,25 +17,21 @@ The recipe (InstructPix2Pix, Brooks et al. 2023, in pixel space at 32x32):
 It is written with 🤗 Accelerate: one CPU process runs it unchanged, and
 ``accelerate launch -m course_lib.train.teacher ...`` spreads it over GPUs (``--batch-size``
 is per process; the processes split each step's items and random draws, see
-:mod:`course_lib.train.common`). ``--resume`` continues from ``OUT_DIR/state.safetensors`` and
-``OUT_DIR/state.json`` (weights, EMA and optimizer state in safetensors, never pickle).
+:mod:`course_lib.train.common`). ``--out OUT`` is the teacher checkpoint written at the end (the
+EMA weights); ``OUT.state/`` holds what ``--resume`` continues from (weights, EMA and optimiser
+state in safetensors, never pickle; rerunning with ``--resume`` and no state starts afresh).
 ``--init CKPT`` starts from an exported checkpoint's weights instead (fine-tuning: fresh
 optimiser; the provenance is recorded).
-The shipped checkpoint was made with two runs (see :mod:`course_lib.teacher`)::
-
-    python -m course_lib train-teacher --steps 1000 --batch-size 32 --lr 5e-4 --default-guidance 1,2 \\
-        --ema-decay 0.995 --seed 0 --out-dir outputs/teacher --export outputs/teacher_stage1.safetensors
-    python -m course_lib train-teacher --init outputs/teacher_stage1.safetensors --steps 2500 --lr 3e-4 \\
-        --warmup 50 --seed 1 --default-guidance 1,1 --out-dir outputs/teacher2 \\
-        --export data/weights/teacher_embedded.safetensors
+The shipped checkpoints were made with two runs each: ``course_lib/recipes/teacher_embedded.yaml``
+and ``teacher_world.yaml`` (``python -m course_lib reproduce --list`` prints the commands).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,56 +39,58 @@ import torch
 from .. import config
 from ..data import RetouchPairs
 from ..grammar import training_vocabulary
-from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, edm_coefficients, embedded_unet_config,
-                       embedded_x0, reader_features, save_embedded_teacher, widen_head)
+from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, embedded_unet_config, embedded_x0,
+                       reader_features, save_embedded_teacher)
 from ..text import MiniLMEncoder
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from .student import readout_loss
-from .common import (Shard, add_run_options, end_processes, from_args, has_state, is_main_process,
-                     load_optimizer_tensors, lr_at, mean_over_processes, optimizer_tensors, parse_run_options,
-                     read_state, save_on_main, set_lr, strip_prefix, with_prefix, write_state)
+from .common import (Floats, Ints, RunOptions, Shard, end_processes, has_state, is_main_process, load_optimizer_tensors,
+                     lr_at, mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata,
+                     run_option, save_on_main, set_lr, setting, settings_error, state_dir, strip_prefix, with_prefix,
+                     write_state)
 
 STATE = "state.safetensors"
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Hyper-parameters of one run (also stored in the checkpoint's metadata; ``batch_size`` is per process)."""
+class TrainConfig(RunOptions):
+    """Settings of one run and of the command (one option per field; ``batch_size`` is per process)."""
 
-    steps: int = 2500
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 100
-    cooldown: int = 0  # K > 0: the lr falls (cosine) to lr_floor·lr over the last K steps; before, constant
-    lr_floor: float = 0.1
-    ema_decay: float = 0.995  # 0 = no EMA
-    seed: int = 0
-    resolution: int = 32
-    channels: tuple[int, ...] = (32, 64, 128)
-    p_drop_text: float = 0.05
-    p_drop_image: float = 0.05
-    p_drop_both: float = 0.05
-    grad_clip: float = 1.0
-    out_dir: str = str(config.OUTPUT_DIR / "teacher")
-    save_every: int = 250
-    log_every: int = 25
-    resume: bool = False
-    export: str | None = None
-    init: str | None = None  # start from an exported teacher checkpoint's weights (fresh optimizer)
-    default_guidance: tuple[float, float] = (1.5, 3.0)
-    threads: int = 1
-    data: str = "pairs"  # "pairs": the first world (lesson 04's teacher); "world": the data world 2.0
-    head: str = "residual"  # "residual": x̂0 = s + r; "affine": + M·s; "edm": preconditioned (teacher.embedded_x0)
-    reader_tokens: int = 0  # T > 0: an InstructionReader (world data) gives the UNet T tokens; 0: the pooled vector
-    reader_hidden: int = 256
-    readout_weight: float = 1.0  # w of the reader's auxiliary readout loss
-    reader_pretrain: int = 0  # steps of training the reader alone on a bank of instructions first (fresh runs)
-    reader_bank: int = 20000  # instructions in that bank
-    reader_vocab: bool = True  # the reader also reads the training words present (bag of words), as the student
-    word_dropout: float = 0.3  # hide the word indicators of this share of rows (to read the embedding alone too)
-    film: bool = False  # the text+time embedding scales and shifts the ResNet features (scale_shift)
-    t_min: int = 0  # draw t from {t_min, ..., 999} (a study of the high-noise steps; 0 = all steps)
-    code_forcing: bool = False  # the UNet reads the true edit code, not the reader's (a study: is reading the limit?)
+    steps: int = run_option("steps", 2500)
+    batch_size: int = run_option("batch_size", 32)
+    save_every: int = run_option("save_every", 250)
+    threads: int = run_option("threads", 1)
+    lr: float = setting(5e-4, "AdamW learning rate")
+    warmup: int = setting(100, "linear warm-up steps")
+    cooldown: int = setting(0, "K > 0: the learning rate stays constant, then falls along a cosine to --lr-floor x lr "
+                               "over the last K of --steps (resume a constant-rate run with a larger --steps and K to "
+                               "cool it down; 0 = constant to the end)")
+    lr_floor: float = setting(0.1, "the cool-down's last rate as a share of --lr")
+    ema_decay: float = setting(0.995, "EMA decay, 0 = off")
+    resolution: int = setting(32, "pixels")
+    channels: Ints = setting(Ints((32, 64, 128)), "UNet widths")
+    p_drop_text: float = setting(0.05, "share of items trained without their instruction (classifier-free guidance)")
+    p_drop_image: float = setting(0.05, "share of items trained without their source photo")
+    p_drop_both: float = setting(0.05, "share of items trained without either")
+    grad_clip: float = setting(1.0, "gradient norm clip (0 = off)")
+    log_every: int = setting(25, "steps per logged loss")
+    init: str | None = setting(None, "start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
+    default_guidance: Floats = setting(Floats((1.5, 3.0)), "s_img,s_txt stored in the exported checkpoint")
+    data: Literal["pairs", "world"] = setting("pairs", "training photos and edits: the first world (pairs) or the "
+                                                       "data world 2.0 (world)")
+    reader_tokens: int = setting(0, "T > 0: read the instruction with an InstructionReader (an MLP with readout heads "
+                                    "on --data world) into T tokens for the UNet; 0: the pooled MiniLM vector is the "
+                                    "one token")
+    reader_hidden: int = setting(256, "the reader's width")
+    readout_weight: float = setting(1.0, "weight of the reader's auxiliary readout loss")
+    reader_pretrain: int = setting(0, "steps of training the reader alone on a bank of instructions before a fresh run")
+    reader_bank: int = setting(20000, "instructions in that bank")
+    reader_vocab: bool = setting(True, "the reader also reads the training words present (--no-reader-vocab: the "
+                                       "sentence embedding alone)")
+    word_dropout: float = setting(0.3, "share of rows whose word indicators are hidden from the reader")
+    film: bool = setting(False, "the text and timestep embedding scales and shifts every ResNet block's features "
+                                "(FiLM, resnet_time_scale_shift='scale_shift') instead of being added to them")
+    export_only: bool = setting(False, "only export OUT.state/ to OUT (no training)")
 
 
 def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
@@ -116,18 +114,18 @@ class TeacherNet(torch.nn.Module):
         super().__init__()
         self.unet, self.reader = unet, reader
 
-    def forward(self, x_t, src, t, text, keep_text, alpha_bar, head: str, code=None):
+    def forward(self, x_t, src, t, text, keep_text):
         """x̂0 and the reader's ``(logits, strength)`` (``None`` without readout heads).
 
         Args: x_t, src: (B, 3, r, r); t: (B,); text: (B, 384) pooled embeddings; keep_text: (B,) 0 where
-        the text is dropped (∅ = zero tokens); alpha_bar: (B,) ᾱ_t.
+        the text is dropped (∅ = zero tokens).
         """
         if self.reader is None:
             tokens, read = text[:, None], None  # (B, 1, 384)
         else:
-            tokens, read = self.reader(text, return_readout=True, code=code)  # (B, T, 384)
+            tokens, read = self.reader(text, return_readout=True)  # (B, T, 384)
         tokens = tokens * keep_text.view(-1, 1, 1)
-        return embedded_x0(self.unet, x_t, src, t, tokens, alpha_bar, head), read
+        return embedded_x0(self.unet, x_t, src, t, tokens), read
 
 
 def flat_weights(net: TeacherNet) -> dict[str, torch.Tensor]:
@@ -160,7 +158,7 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     shard = shard or Shard(source.shape[0])
     n, dev = shard.global_batch, source.device
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
-    t = shard.take(torch.randint(cfg.t_min, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
+    t = shard.take(torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
     noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(dev)
     # x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
     x_t = sched.add_noise(x0, noise, t)
@@ -171,17 +169,10 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
     src = src * (1 - drop_img)  # (B, 3, r, r)
     ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
-    # x̂0 = source + r (residual head; + M·source with the affine head; preconditioned with "edm"):
-    # the network predicts the edit, not the image; dropped text = zero tokens
-    # code forcing (a study): the true code [p, p·s] instead of the reader's
-    code = torch.cat([readout[0], readout[0] * readout[1]], 1).to(dev) if cfg.code_forcing and readout else None
-    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0], ab, cfg.head, code)
-    if cfg.head == "edm":
-        # EDM's weight λ = 1/c_out²: the network's own target F* = (y − c_skip·y_t)/c_out has unit variance
-        w = edm_coefficients(ab)[2].pow(-2).view(-1, 1, 1, 1)
-    else:
-        # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
-        w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
+    # x̂0 = source + r: the network predicts the edit, not the image; dropped text = zero tokens
+    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0])
+    # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
+    w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
     out = {"diffusion": (w * (x0_hat - x0) ** 2).mean()}
     out["loss"] = out["diffusion"]
     if read is not None and readout is not None:
@@ -264,33 +255,34 @@ def build_reader(cfg: TrainConfig) -> InstructionReader | None:
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
     """Write the shipped teacher (fp16 weights, config, provenance ``train``): :func:`teacher.save_embedded_teacher`."""
     reader = build_reader(cfg)
-    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels, head=cfg.head,
+    return save_embedded_teacher(weights, path, embedded_unet_config(cfg.resolution, cfg.channels,
                                                                      film=cfg.film),
-                                 cfg.default_guidance, {"train": info}, head=cfg.head,
+                                 cfg.default_guidance, {"train": info, **recipe_metadata("train-teacher", cfg)},
                                  reader_config=reader.config() if reader is not None else None)
 
 
 def export_from_state(cfg: TrainConfig) -> Path:
-    """Export the (EMA) weights of ``OUT_DIR/state.safetensors`` without training (``--export-only``).
+    """Export the (EMA) weights of ``OUT.state/state.safetensors`` to ``OUT`` without training (``--export-only``).
 
     With a constant learning rate after warm-up, the state saved at step k is what
     ``--steps k`` produces, so the exported file is reproduced by that command (with ``--cooldown K``
     only the state at the end of the cool-down is what ``--steps k --cooldown K`` produces).
     """
-    stored, _, st = read_state(Path(cfg.out_dir), STATE)
+    stored, _, st = read_state(state_dir(cfg.out), STATE)
     run = st["config"]
     weights = strip_prefix(stored, "ema.") or strip_prefix(stored, "model.")
     losses = st["losses"]
-    cfg = dataclasses.replace(cfg, resolution=run["resolution"], channels=tuple(run["channels"]),
-                              head=run.get("head", "residual"), data=run.get("data", "pairs"),
-                              reader_tokens=run.get("reader_tokens", 0), reader_hidden=run.get("reader_hidden", 256),
-                              reader_vocab=run.get("reader_vocab", True), film=run.get("film", False))
+    # the run's own settings (its architecture, its recipe), at the step the state holds
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = dataclasses.replace(TrainConfig(**{k: v for k, v in run.items() if k in names}), out=cfg.out,
+                              channels=Ints(run["channels"]), default_guidance=cfg.default_guidance,
+                              steps=int(st["step"]), recipe_file=cfg.recipe_file)
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
             "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"),
-            "head": cfg.head, "reader_tokens": cfg.reader_tokens,
+            "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
-    return export_checkpoint(weights, cfg, cfg.export, info)
+    return export_checkpoint(weights, cfg, cfg.out, info)
 
 
 def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
@@ -310,23 +302,22 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     from diffusers import DDPMScheduler
     from safetensors.torch import load_file
 
-    torch.set_num_threads(max(1, cfg.threads))
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     acc = Accelerator()
     config.seed_everything(cfg.seed)
     text_encoder = text_encoder if text_encoder is not None else MiniLMEncoder()
-    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.head, cfg.film)
+    unet = unet if unet is not None else build_embedded_unet(cfg.resolution, cfg.channels, cfg.film)
     reader = build_reader(cfg)
     net = TeacherNet(unet, reader)
-    sdir = Path(cfg.out_dir)
-    if cfg.resume and (sdir / STATE).is_file() and not has_state(sdir, STATE):
-        raise ValueError(f"{sdir / STATE} has no state.json beside it (written by an older course_lib): "
-                         "resume it with that version or start a new --out-dir")
+    sdir = state_dir(cfg.out) if cfg.out else None
+    if cfg.resume and sdir is None:
+        raise FileNotFoundError("nothing to resume: no output checkpoint given")
     resuming = cfg.resume and has_state(sdir, STATE)
     fresh_reader = True  # False when --init brings a trained reader
     if cfg.init and not resuming:
-        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32; a residual
-        # checkpoint grows the affine head's channels at zero (the same edits to start with)
-        init = widen_head({k: v.float() for k, v in load_file(str(cfg.init)).items()}, cfg.head)
+        # fine-tune from a shipped/exported checkpoint: its (EMA) weights, fp16 -> fp32
+        init = {k: v.float() for k, v in load_file(str(cfg.init)).items()}
         unet.load_state_dict({k: v for k, v in init.items() if not k.startswith("reader.")})
         if reader is not None and any(k.startswith("reader.") for k in init):
             reader.load_state_dict(strip_prefix(init, "reader."))
@@ -409,91 +400,39 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
             if not config.is_fast():
                 acc.print(f"step {step + 1}: loss {losses[-1][1]:.4f}{read_msg} ({time.time() - t0:.0f}s)")
-        save_on_main(acc, step + 1, cfg.steps, cfg.save_every, lambda: save(step + 1))
+        if sdir is not None:
+            save_on_main(acc, step + 1, cfg.steps, cfg.save_every, lambda: save(step + 1))
     seconds = time.time() - t0
     acc.wait_for_everyone()
     model = acc.unwrap_model(net).eval()
-    if cfg.export and acc.is_main_process:
+    if cfg.out and acc.is_main_process:
         weights = ema if ema is not None else flat_weights(model)
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
                 "cooldown": cfg.cooldown, "lr_floor": cfg.lr_floor, "data": cfg.data,
-                "head": cfg.head, "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
+                "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
                 "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab, "film": cfg.film,
                 "word_dropout": cfg.word_dropout,
                 "ema_decay": cfg.ema_decay, "seed": cfg.seed, "final_loss": losses[-1][1] if losses else None,
                 "seconds_this_run": round(seconds, 1), "losses": losses, "init": _init_info(cfg.init)}
-        export_checkpoint(weights, cfg, cfg.export, info)
-        acc.print(f"wrote {cfg.export}")
+        export_checkpoint(weights, cfg, cfg.out, info)
+        acc.print(f"wrote {cfg.out}")
     return {"unet": model.unet, "reader": model.reader, "ema": ema, "losses": losses, "seconds": seconds}
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m course_lib train-teacher",
-                                description="Train the embedded instruction-editing diffusion teacher (resumable; "
-                                            "runs under 'accelerate launch' unchanged).")
-    add_run_options(p, steps=d.steps, batch_size=d.batch_size, seed=d.seed, save_every=d.save_every,
-                    threads=d.threads, resume_help="continue from OUT_DIR/state.safetensors")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (default %(default)s)")
-    p.add_argument("--cooldown", type=int, default=d.cooldown,
-                   help="K > 0: the learning rate stays constant, then falls along a cosine to --lr-floor x lr over "
-                        "the last K of --steps (resume a constant-rate run with a larger --steps and K to cool it "
-                        "down; default %(default)s = constant to the end)")
-    p.add_argument("--lr-floor", type=float, default=d.lr_floor,
-                   help="the cool-down's last rate as a share of --lr (default %(default)s)")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay, 0 = off (default %(default)s)")
-    p.add_argument("--resolution", type=int, default=d.resolution, help="pixels (default %(default)s)")
-    p.add_argument("--channels", default=",".join(map(str, d.channels)), help="UNet widths (default %(default)s)")
-    p.add_argument("--out-dir", default=d.out_dir, help="resumable state (default %(default)s)")
-    p.add_argument("--data", choices=["pairs", "world"], default=d.data,
-                   help="training photos and edits: the first world (pairs, default) or the data world 2.0 (world)")
-    p.add_argument("--head", choices=["residual", "affine", "edm"], default=d.head,
-                   help="the UNet's output: a residual edit x̂0 = s + r (default), a per-pixel affine colour "
-                        "transform plus residual x̂0 = s + r + M·s, or the residual with EDM's preconditioning "
-                        "(edm: x̂0 = s + c_skip·y_t + c_out·F(c_in·y_t))")
-    p.add_argument("--reader-tokens", type=int, default=d.reader_tokens,
-                   help="T > 0: read the instruction with an InstructionReader (an MLP with readout heads on "
-                        "--data world) into T tokens for the UNet; 0: the pooled MiniLM vector is the one token "
-                        "(default %(default)s)")
-    p.add_argument("--reader-hidden", type=int, default=d.reader_hidden, help="the reader's width (default %(default)s)")
-    p.add_argument("--readout-weight", type=float, default=d.readout_weight,
-                   help="weight of the reader's auxiliary readout loss (default %(default)s)")
-    p.add_argument("--reader-pretrain", type=int, default=d.reader_pretrain,
-                   help="steps of training the reader alone on a bank of instructions before a fresh run "
-                        "(default %(default)s)")
-    p.add_argument("--reader-bank", type=int, default=d.reader_bank,
-                   help="instructions in that bank (default %(default)s)")
-    p.add_argument("--no-reader-vocab", dest="reader_vocab", action="store_false",
-                   help="the reader reads the sentence embedding alone (default: also the training words present)")
-    p.add_argument("--word-dropout", type=float, default=d.word_dropout,
-                   help="share of rows whose word indicators are hidden from the reader (default %(default)s)")
-    p.add_argument("--film", action="store_true",
-                   help="the text and timestep embedding scales and shifts every ResNet block's features (FiLM, "
-                        "resnet_time_scale_shift='scale_shift') instead of being added to them")
-    p.add_argument("--t-min", type=int, default=d.t_min,
-                   help="train on timesteps t_min..999 only (default %(default)s: all); a study option")
-    p.add_argument("--code-forcing", action="store_true",
-                   help="the UNet reads the true edit code instead of the reader's (a study: is reading the limit?)")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--init", default=None,
-                   help="start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
-    p.add_argument("--export", default=None, help="write the final (EMA) weights as a teacher checkpoint here")
-    p.add_argument("--default-guidance", default=",".join(map(str, d.default_guidance)),
-                   help="s_img,s_txt stored in the exported checkpoint (default %(default)s)")
-    p.add_argument("--export-only", action="store_true",
-                   help="only export OUT_DIR/state.safetensors to --export (no training)")
-    a = parse_run_options(p, argv)
-    return from_args(TrainConfig, a, channels=tuple(int(c) for c in a.channels.split(",")),
-                     default_guidance=tuple(float(x) for x in a.default_guidance.split(","))), a.export_only
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    return parse_settings(TrainConfig, argv, "python -m course_lib train-teacher",
+                          "Train the embedded instruction-editing diffusion teacher (resumable; runs under 'accelerate "
+                          "launch' unchanged). The shipped ones: python -m course_lib reproduce teacher_embedded "
+                          "(teacher_world)", "teacher.safetensors")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, export_only = parse_args(argv)
-    if export_only:
-        if not cfg.export:
-            raise SystemExit("--export-only needs --export PATH")
-        print(f"wrote {export_from_state(cfg)}")
+    cfg = parse_args(argv)
+    if cfg.export_only:
+        try:
+            print(f"wrote {export_from_state(cfg)}")
+        except FileNotFoundError as exc:
+            settings_error("train-teacher", str(exc).splitlines()[0])
         return 0
     try:
         out = train(cfg)

@@ -39,13 +39,13 @@ random draws, the student's gradients are averaged by DDP and the fake score's b
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -58,47 +58,67 @@ from ..world import READOUT_LABELS, RetouchWorld, instruction_bank
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                        make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, edit_code, load_student, save_student, shipped_path
-from ..teacher import add_teacher_options, frozen_dtype, load_teacher
+from ..teacher import TEACHER_HELP, TEACHER_PATH_HELP, TIERS, frozen_dtype, load_teacher
 from .student import readout_loss
-from .common import (run_command, Shard, add_run_options, average_gradients, from_args, gather_with_grad,
-                     is_main_process, load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_run_options,
-                     read_state, save_on_main, state_dir, strip_prefix, sync_parameters, with_prefix, write_state)
+from .common import (Floats, Ints, RunOptions, run_command, settings_error, Shard, average_gradients, gather_with_grad, is_main_process,
+                     load_optimizer_tensors, mean_over_processes, optimizer_tensors, parse_settings, read_state,
+                     recipe_metadata, run_option, save_on_main, setting, state_dir, strip_prefix, sync_parameters,
+                     with_prefix, write_state)
 
 
 @dataclasses.dataclass
-class VSDArgs:
-    """Hyper-parameters of :func:`train` (the command's flags; ``batch_size`` is per process)."""
+class VSDArgs(RunOptions):
+    """Settings of :func:`train` and of the command (one option per field; ``batch_size`` is per process)."""
 
-    steps: int = 1000
-    batch_size: int = 8
-    size: int = 64
-    init: str = "supervised"  # "supervised" (the shipped student), "identity" (a fresh one) or a path
-    student: str = "film"  # a fresh student's kind: "film" (FiLM on its text features) or "reader" (see reader_student)
-    reader_steps: int = 3000  # --student reader: steps distilling the teacher's reading into the student's heads
-    reader_bank: int = 20000  # --student reader: training-wording instructions (texts only) for those steps
-    grid_size: int = 16  # spatial cells per side of a fresh ("identity") student
-    lr: float = 1e-4
-    fake_lr: float = 1e-3
-    vsd: VSDConfig = dataclasses.field(default_factory=VSDConfig)
-    teacher: str = "embedded"
-    teacher_path: str | None = None
-    tv_weight: float = 1e-4  # total variation of the grid, as in the supervised loop (0 = off)
-    align_weight: float = 0.0  # lesson 06: weight of the prompt-alignment InfoNCE (0 = VSD only)
-    align_path: str | None = None  # edit encoder checkpoint (default: the shipped one)
-    data: str = "pairs"  # "pairs": the first world; "world": the data world 2.0 (with --teacher world)
-    noise_samples: int = 1  # (t, ε) draws per item, gradients averaged
-    ema_decay: float = 0.0  # 0 = no EMA; else the checkpoint holds the EMA student
-    t_anneal: int = 0  # t_max falls linearly to t_anneal_to over the run (0 = off)
-    t_anneal_to: int = 500
-    regress_weight: float = 0.0  # DMD's regression on the teacher's own edits (0 = pure VSD)
-    vsd_weight: float = 1.0  # 0 with regress_weight > 0: the regression alone (an ablation, not VSD)
-    regress_items: int = 256  # size of the teacher-edit set
-    regress_batch: int = 8
-    regress_steps: int = 50  # the teacher's DDIM steps for its edits
-    monitor_items: int = 16
-    seed: int = 0
-    save_every: int = 100
-    out: str | None = None
+    steps: int = run_option("steps", 1000, fast=20)
+    batch_size: int = run_option("batch_size", 8, fast=4)
+    size: int = setting(64, "training crop side (pixels)")
+    init: str = setting("supervised", "'supervised' (the shipped student), 'identity' (a fresh one) or a checkpoint "
+                                      "path")
+    student: Literal["film", "reader"] = setting(
+        "film", "a fresh student (--init identity): 'film' (FiLM on its own text features) or 'reader' (its readout "
+                "heads first learn the teacher's reading of instructions, texts only; its image pathway reads that "
+                "edit code; needs --teacher world)")
+    reader_steps: int = setting(3000, "--student reader: steps distilling the teacher's reading")
+    reader_bank: int = setting(20000, "--student reader: training-wording instructions (texts only) for those steps")
+    grid_size: int = setting(16, "spatial grid cells per side of a fresh student (--init identity only)")
+    lr: float = setting(1e-4, "student learning rate")
+    fake_lr: float = setting(1e-3, "fake-score LoRA learning rate")
+    fake_steps: int = setting(1, "fake-score updates per student update")
+    t_range: Ints = setting(Ints((20, 980)), "timestep range t_min,t_max")
+    guidance: Floats | None = setting(None, "teacher s_img,s_txt (default: the teacher's)")
+    weighting: Literal["sds", "dmd"] = setting("sds", "w(t): 1 - alpha_bar (sds) or DMD's per-sample normalisation")
+    lora_rank: int = setting(8, "rank of the fake score's LoRA")
+    lora_alpha: float | None = setting(None, "the LoRA's alpha (default: 4 x its rank)")
+    teacher: str = setting("embedded", TEACHER_HELP, choices=list(TIERS))
+    teacher_path: str | None = setting(None, TEACHER_PATH_HELP)
+    tv_weight: float = setting(1e-4, "total-variation weight on the predicted grid (as supervised; 0 = off)")
+    align_weight: float = setting(0.0, "weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
+    align_path: str | None = setting(None, "edit encoder checkpoint (default: the shipped one)")
+    data: Literal["pairs", "world"] = setting("pairs", "training photos: the first world (pairs) or the data world "
+                                                       "2.0 (world; use --teacher world)")
+    # the recipe for VSD from scratch (each off by default: the pure-VSD ablation)
+    noise_samples: int = setting(1, "(t, noise) draws per item, their gradients averaged")
+    ema_decay: float = setting(0.0, "keep an EMA of the student and save it (0 = off)")
+    t_anneal: int = setting(0, "over this many steps t_max falls linearly to --t-anneal-to (0 = off)")
+    t_anneal_to: int = setting(500, "where --t-anneal ends")
+    regress_weight: float = setting(0.0, "DMD's regression on the teacher's own multi-step edits of training photos "
+                                         "(teacher outputs, never ground truth; 0 = pure VSD)")
+    vsd_weight: float = setting(1.0, "weight of the VSD gradient (0 with --regress-weight: the regression alone, "
+                                     "an ablation)")
+    regress_items: int = setting(256, "size of the teacher-edit set")
+    regress_batch: int = setting(8, "teacher edits per step and process")
+    regress_steps: int = setting(50, "the teacher's DDIM steps per edit")
+    monitor_items: int = setting(16, "validation items of the monitor (logged, never trained on)")
+
+    @property
+    def vsd(self) -> VSDConfig:
+        """The knobs of the VSD gradient (:class:`course_lib.distill.VSDConfig`)."""
+        t_min, t_max = self.t_range
+        return VSDConfig(t_min=t_min, t_max=t_max, guidance=tuple(self.guidance) if self.guidance else None,
+                         weighting=self.weighting, lora_rank=self.lora_rank,
+                         lora_alpha=self.lora_alpha if self.lora_alpha is not None else 4.0 * self.lora_rank,
+                         fake_steps=self.fake_steps)
 
 
 def _student(args: VSDArgs, teacher=None) -> Student:
@@ -259,7 +279,7 @@ def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], ar
           processes: int = 1, ema=None) -> None:
     """The checkpoint (the EMA student when there is one) and ``OUT.state/`` (LoRA, optimisers,
     the raw student when the checkpoint holds its EMA)."""
-    meta = {"trained_steps": str(step), "method": "vsd", "vsd_args": json.dumps(dataclasses.asdict(args)),
+    meta = {"trained_steps": str(step), "method": "vsd", **recipe_metadata("train-vsd", args),
             "processes": str(processes), "log": json.dumps(log[-200:]), "paired_targets": "none",
             "provenance": json.dumps(provenance(args))}
     save_student(ema if ema is not None else student, out, metadata=meta)
@@ -272,17 +292,14 @@ def _save(out: Path, student, fake, opt_s, opt_f, step: int, log: list[dict], ar
 
 
 def provenance(args: VSDArgs) -> dict:
-    """What a VSD checkpoint says of where it came from: init, teacher, data and recipe."""
+    """What a VSD checkpoint says of where it came from: init, teacher, data, what it saw (its settings: ``recipe``)."""
     return {"init": args.init, "student": args.student, "teacher": args.teacher,
             "reading": (f"distilled from the teacher's reader on {args.reader_bank} training-wording instructions "
                         f"(texts only), {args.reader_steps} steps; in training the image pathway reads the "
                         "teacher's code" if args.student == "reader" else "its own text features"), "teacher_path": args.teacher_path, "data": args.data,
             "targets_seen": "none (WithoutTargets); the monitor scores validation photos without gradients",
             "regression": (f"teacher's own {args.regress_steps}-step edits of {args.regress_items} training crops"
-                           if args.regress_weight > 0 else "none"),
-            "recipe": {k: v for k, v in dataclasses.asdict(args).items()
-                       if k in ("student", "reader_steps", "lr", "fake_lr", "vsd", "noise_samples", "ema_decay", "t_anneal", "t_anneal_to",
-                                "regress_weight", "vsd_weight", "tv_weight", "align_weight", "batch_size", "size", "steps")}}
+                           if args.regress_weight > 0 else "none")}
 
 
 def _load_state(out: Path, fake, opt_s, opt_f, student=None) -> tuple[int, list[dict]]:
@@ -452,73 +469,14 @@ def _monitor(model, batch: dict) -> tuple[float, float]:
     return float((out - batch["target"]).pow(2).mean()), float((batch["source"] - batch["target"]).pow(2).mean())
 
 
-def _pair(text: str) -> tuple[float, float]:
-    a, b = (float(v) for v in text.split(","))
-    return a, b
-
-
 def main(argv: list[str] | None = None) -> int:
-    d, v = VSDArgs(), VSDConfig()
-    p = argparse.ArgumentParser(prog="python -m course_lib train-vsd",
-                                description="Distil the diffusion teacher into the grid student with Variational "
-                                            "Score Distillation (no paired targets). Resumable; runs under "
-                                            "'accelerate launch' unchanged.")
-    add_run_options(p, steps=config.pick(fast=20, full=d.steps), batch_size=config.pick(fast=4, full=d.batch_size),
-                    seed=d.seed, save_every=d.save_every, out=str(config.OUTPUT_DIR / "student_vsd.safetensors"))
-    p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
-    p.add_argument("--init", default=d.init, help="'supervised' (shipped student), 'identity' or a checkpoint path")
-    p.add_argument("--student", choices=["film", "reader"], default=d.student,
-                   help="a fresh student (--init identity): 'film' (FiLM on its own text features, default) or "
-                        "'reader' (its readout heads first learn the teacher's reading of instructions, texts only; "
-                        "its image pathway reads that edit code; needs --teacher world)")
-    p.add_argument("--reader-steps", type=int, default=d.reader_steps,
-                   help="--student reader: steps distilling the teacher's reading (default %(default)s)")
-    p.add_argument("--reader-bank", type=int, default=d.reader_bank,
-                   help="--student reader: training-wording instructions for those steps (default %(default)s)")
-    p.add_argument("--grid-size", type=int, default=d.grid_size,
-                   help="spatial grid cells per side of a fresh student (--init identity only)")
-    p.add_argument("--lr", type=float, default=d.lr, help="student learning rate")
-    p.add_argument("--fake-lr", type=float, default=d.fake_lr, help="fake-score LoRA learning rate")
-    p.add_argument("--fake-steps", type=int, default=v.fake_steps, help="fake-score updates per student update")
-    p.add_argument("--t-range", default=f"{v.t_min},{v.t_max}", help="timestep range t_min,t_max")
-    p.add_argument("--guidance", default=None, help="teacher s_img,s_txt (default: the teacher's)")
-    p.add_argument("--weighting", choices=["sds", "dmd"], default=v.weighting)
-    p.add_argument("--lora-rank", type=int, default=v.lora_rank)
-    add_teacher_options(p, default=d.teacher)
-    p.add_argument("--tv-weight", type=float, default=d.tv_weight,
-                   help="total-variation weight on the predicted grid (default %(default)s, as supervised; 0 = off)")
-    p.add_argument("--align-weight", type=float, default=d.align_weight,
-                   help="weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
-    p.add_argument("--align-path", default=None, help="edit encoder checkpoint (default: the shipped one)")
-    p.add_argument("--data", choices=["pairs", "world"], default=d.data,
-                   help="training photos: the first world (pairs, default) or the data world 2.0 (world; use "
-                        "--teacher world)")
-    r = p.add_argument_group("recipe for VSD from scratch (each off by default: the pure-VSD ablation)")
-    r.add_argument("--noise-samples", type=int, default=d.noise_samples,
-                   help="(t, noise) draws per item, their gradients averaged (default %(default)s)")
-    r.add_argument("--ema-decay", type=float, default=d.ema_decay,
-                   help="keep an EMA of the student and save it (0 = off, default)")
-    r.add_argument("--t-anneal", type=int, default=d.t_anneal,
-                   help="over this many steps t_max falls linearly to --t-anneal-to (0 = off, default)")
-    r.add_argument("--t-anneal-to", type=int, default=d.t_anneal_to)
-    r.add_argument("--regress-weight", type=float, default=d.regress_weight,
-                   help="DMD's regression on the teacher's own multi-step edits of training photos (teacher "
-                        "outputs, never ground truth; 0 = pure VSD, default)")
-    r.add_argument("--vsd-weight", type=float, default=d.vsd_weight,
-                   help="weight of the VSD gradient (default 1; 0 with --regress-weight: the regression alone, "
-                        "an ablation)")
-    r.add_argument("--regress-items", type=int, default=d.regress_items, help="size of the teacher-edit set")
-    r.add_argument("--regress-batch", type=int, default=d.regress_batch, help="teacher edits per step and process")
-    r.add_argument("--regress-steps", type=int, default=d.regress_steps, help="the teacher's DDIM steps per edit")
-    a = parse_run_options(p, argv)
-    if a.noise_samples < 1:
-        p.error("--noise-samples must be at least 1")
-    t_min, t_max = (int(x) for x in a.t_range.split(","))
-    vsd = VSDConfig(t_min=t_min, t_max=t_max, guidance=_pair(a.guidance) if a.guidance else None,
-                    weighting=a.weighting, lora_rank=a.lora_rank, lora_alpha=4.0 * a.lora_rank,
-                    fake_steps=a.fake_steps)
-    args = from_args(VSDArgs, a, vsd=vsd)
-    result, seconds, code = run_command(lambda: train(args, resume=a.resume),
+    args = parse_settings(VSDArgs, argv, "python -m course_lib train-vsd",
+                          "Distil the diffusion teacher into the grid student with Variational Score Distillation (no "
+                          "paired targets). Resumable; runs under 'accelerate launch' unchanged.",
+                          "student_vsd.safetensors")
+    if args.noise_samples < 1:
+        settings_error("train-vsd", "--noise-samples must be at least 1")
+    result, seconds, code = run_command(lambda: train(args, resume=args.resume),
                                         (FileNotFoundError, ValueError, RuntimeError, KeyError))
     if code:
         return code

@@ -6,13 +6,14 @@ A checkpoint is ONE ``.safetensors`` file (never pickle). Its string metadata ho
     format      "course_lib/1"          the convention (this module)
     kind        "student" | "teacher" | "edit_clip" | "inverter_lora" | "lpips_lin" | ...
     config      JSON: everything needed to rebuild the module before loading the tensors
-    <other>     provenance, one key each: command, train_args, trained_steps, loss_curve, log, ...
+    recipe      JSON: the command, its full settings, the recipe of the checkpoint it started from
+    <other>     provenance, one key each: trained_steps, loss_curve, log, ...
                 (strings; structured values as JSON)
 
 :func:`save_checkpoint` writes it atomically; :func:`load_checkpoint` checks format and kind and
 returns the tensors with a :class:`CheckpointInfo`; every error is one line
-(:class:`CheckpointError`). :func:`convert_legacy` turns the five layouts the course used before
-into this one, copying every tensor bit for bit (how the shipped files were converted).
+(:class:`CheckpointError`). The settings a trainer ran with are one key, ``recipe`` (JSON), and,
+for a run of ``python -m course_lib reproduce``, ``recipe_file`` (:mod:`course_lib.apps.reproduce`).
 """
 from __future__ import annotations
 
@@ -111,8 +112,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     p = Path(path)
     meta = read_metadata(p)
     if meta.get("format") != FORMAT or "kind" not in meta or "config" not in meta:
-        hint = " (an older layout: course_lib.util.checkpoint.convert_legacy converts it)" if legacy_kind(meta) else ""
-        raise CheckpointError(f"{p}: not a course_lib checkpoint (format {meta.get('format')!r}){hint}")
+        raise CheckpointError(f"{p}: not a course_lib checkpoint (format {meta.get('format')!r})")
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds is not None and meta["kind"] not in kinds:
         raise CheckpointError(f"{p}: a checkpoint of kind {meta['kind']!r}, expected {' or '.join(map(repr, kinds))}")
@@ -142,53 +142,5 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: s
         raise CheckpointError(f"{path}: weights do not match its config ({str(exc).splitlines()[0]})") from None
 
 
-# ----------------------------------------------------------------------------- the older layouts
-
-_LEGACY = {"course_lib.student/1": "student", "course_lib.edit_clip/1": "edit_clip",
-           "instantretouch-teacher-embedded/1": "teacher", "course_lib.inverter/1": "inverter_lora"}
-
-
-def legacy_kind(meta: dict[str, str]) -> str | None:
-    """The kind of a checkpoint in one of the course's older layouts, else ``None``."""
-    if meta.get("format") in _LEGACY:
-        return _LEGACY[meta["format"]]
-    if "format" not in meta and meta.get("source", "").startswith("lpips"):
-        return "lpips_lin"
-    return None
-
-
-def convert_legacy(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
-    """Rewrite an older-layout checkpoint in this convention; the tensors are copied bit for bit.
-
-    The config moves under ``config`` (the teacher's ``unet_config``/``scheduler_config``/
-    ``default_guidance``/``text_encoder`` become ``config.unet``/``.scheduler``/...; the inverter's
-    ``lora_rank`` becomes ``config.lora_rank``); every other key is kept as provenance.
-
-    Args:
-        src: the old file.
-        dst: where to write (default: ``src`` itself, replaced atomically).
-    """
-    from safetensors.torch import load_file
-
-    src = Path(src)
-    meta = read_metadata(src)
-    kind = legacy_kind(meta)
-    if kind is None:
-        raise CheckpointError(f"{src}: not one of the older course_lib layouts (format {meta.get('format')!r})")
-    rest = {k: v for k, v in meta.items() if k != "format"}
-    if kind == "teacher":
-        cfg = {"unet": json.loads(rest.pop("unet_config")), "scheduler": json.loads(rest.pop("scheduler_config")),
-               "default_guidance": json.loads(rest.pop("default_guidance", "[1.5, 3.0]")),
-               "text_encoder": rest.pop("text_encoder", "minilm")}
-    elif kind == "inverter_lora":
-        cfg = {"lora_rank": int(rest.pop("lora_rank"))}
-    elif kind == "lpips_lin":
-        cfg = {"net": "vgg"}
-    else:
-        cfg = json.loads(rest.pop("config"))
-    tensors = load_file(str(src))
-    return save_checkpoint(dst or src, tensors, kind, cfg, rest)
-
-
 __all__ = ["FORMAT", "KINDS", "CheckpointError", "CheckpointInfo", "save_checkpoint", "read_metadata",
-           "read_checkpoint", "load_checkpoint", "load_into", "legacy_kind", "convert_legacy"]
+           "read_checkpoint", "load_checkpoint", "load_into"]
