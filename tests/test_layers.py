@@ -4,7 +4,8 @@ Layers (README, "How the library is organised"):
     course_lib.util.*                       machinery every layer shares (imports only config and util)
     course_lib.<lesson modules>             what the lessons show (bilateral, student, teacher, ...)
     course_lib.train.* / eval.* / apps.*    trainers, evaluation, applications (built on the lessons)
-A lesson module never imports train/eval/apps. Imports of course_lib modules sit at the top of
+    course_lib.studies.* / harness.*        study drivers and acceptance harnesses (built on all of the above)
+A lesson module never imports train/eval/apps; nothing below the outer layer imports a study or a harness. Imports of course_lib modules sit at the top of
 a module; a late (function-level) import is only for an optional heavy package (ALLOWED_LATE).
 """
 from __future__ import annotations
@@ -16,10 +17,12 @@ from course_lib import config
 
 PKG = config.REPO_ROOT / "course_lib"
 MACHINERY = ("course_lib.train", "course_lib.eval", "course_lib.apps")
+OUTER = ("course_lib.studies", "course_lib.harness")
 # (importer, imported) pairs allowed inside functions: the imported module needs an optional package at import time
 ALLOWED_LATE = {("course_lib.fastslice", "course_lib.triton_slice"),  # triton: only where it is installed
                 ("course_lib.gpu_check", "course_lib.triton_slice"),
-                ("course_lib.apps.gpu_check", "course_lib.triton_slice")}
+                ("course_lib.apps.gpu_check", "course_lib.triton_slice"),
+                ("course_lib.harness.gpu_check", "course_lib.triton_slice")}
 
 
 def module_name(path: Path) -> str:
@@ -77,6 +80,8 @@ def layer(m: str) -> str:
         return "util"
     if m.startswith(MACHINERY):
         return "machinery"
+    if m.startswith(OUTER):
+        return "outer"
     return "lesson"
 
 
@@ -105,8 +110,10 @@ def test_imports_go_one_way():
     bad = []
     for m, targets in edges.items():
         for t in targets:
-            if layer(m) == "lesson" and layer(t) == "machinery":
+            if layer(m) == "lesson" and layer(t) in ("machinery", "outer"):
                 bad.append(f"lesson module {m} imports {t}")
+            if layer(m) == "machinery" and layer(t) == "outer":
+                bad.append(f"{m} imports the study or harness {t}")
             if layer(m) == "util" and layer(t) != "util" and t != "course_lib.config":
                 bad.append(f"util module {m} imports {t}")
     assert not bad, "\n".join(sorted(bad))
@@ -132,3 +139,4 @@ def test_the_checker_sees_cycles_and_late_imports(tmp_path, monkeypatch):
     assert edges["course_lib.a"] == {"course_lib.b"} and "course_lib.a" in edges["course_lib.b"]
     assert late and "inside a function" in late[0]
     assert layer("course_lib.c") == "lesson" and "course_lib.train.run" in edges["course_lib.c"]
+    assert layer("course_lib.studies.x") == "outer" and layer("course_lib.harness.gpu_check") == "outer"

@@ -264,7 +264,7 @@ def test_change_masks_figure_renders():
 
 
 def test_wording_study_runs_and_scores(tmp_path):
-    from course_lib.eval import wording
+    from course_lib.studies import wording
     res = wording.study(wording.StudyArgs(bank=120, test=30, steps=20),
                         {"reference": {}, "no word indicators (embedding only)": {"vocab": False},
                          "clauses": {"clauses": 3}})

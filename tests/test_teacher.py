@@ -464,7 +464,7 @@ def test_world_teacher_study_summary_table_and_plot():
     import matplotlib
 
     matplotlib.use("Agg")
-    from course_lib.eval.teacher import plot_x0_probe, study_summary, study_table
+    from course_lib.studies.teacher_study import plot_x0_probe, study_summary, study_table
 
     weak, strong = study_summary(_study_file(25.0, 24.0, 23.0, 24.5)), study_summary(_study_file(25.0, 28.5, 25.5, 29.0))
     assert weak["meets"] == {"train": False, "heldout": False} and strong["meets"] == {"train": True, "heldout": True}
@@ -489,7 +489,7 @@ def test_size_study_summary_and_table_come_from_the_files():
     import matplotlib
 
     matplotlib.use("Agg")
-    from course_lib.eval.teacher import plot_size_study, size_summary, size_table
+    from course_lib.studies.teacher_study import plot_size_study, size_summary, size_table
 
     saved = _study_file(25.0, 28.5, 25.5, 29.0, steps=400)
     for r in saved["rows"]:

@@ -10,7 +10,7 @@ import torch
 
 from course_lib import config, video
 from course_lib.__main__ import main
-from course_lib.eval import video_study
+from course_lib.studies import video_study
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = ROOT / "solutions" / "09_studio.ipynb"

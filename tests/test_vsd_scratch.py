@@ -155,7 +155,7 @@ def test_run_vsd_steps_tells_a_wrong_step_apart(tiny_teacher):
 
 
 def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_path):
-    from course_lib.eval import vsd_study
+    from course_lib.studies import vsd_study
 
     student, _ = train_vsd.train(_args(tmp_path, "s.safetensors", steps=2, data="pairs"), teacher=tiny_teacher)
     result = vsd_study.study({"from scratch": str(tmp_path / "s.safetensors"), "init": _tiny_init(tmp_path)},
@@ -178,7 +178,7 @@ def test_vsd_study_scores_students_and_reads_their_records(tiny_teacher, tmp_pat
 
 def test_verdict_reads_the_target_from_the_rows():
     """Best student without paired targets against the teacher and the identity + 3 dB, per group."""
-    from course_lib.eval import vsd_study
+    from course_lib.studies import vsd_study
 
     def rows(group, ident, teach, a, b):
         return [{"method": "identity", "group": group, "psnr": ident}, {"method": "teacher, 50 DDIM steps",
@@ -199,7 +199,7 @@ def test_verdict_reads_the_target_from_the_rows():
 def test_by_group_and_changes_read_the_world_rows():
     """Lesson 05 section 6's table (one row per method, PSNR per group) and its list of changes come
     from the study's rows: a changed row changes them."""
-    from course_lib.eval import vsd_study
+    from course_lib.studies import vsd_study
 
     rows = [{"method": m, "group": g, "steps": 600, "psnr": p, "edit_accuracy": 10.0 + p, "drift": 1.0}
             for m, base in (("a", 25.0), ("b", 27.5)) for g, p in (("all", base), ("global", base + 3),
@@ -252,7 +252,7 @@ def test_shipped_student_from_scratch_saw_no_pairs_and_edits_the_asked_way(tmp_p
 
 def test_seed_summary_mean_and_spread():
     """Lesson 06's two-seed table: the mean and half-range of each recipe's runs, never a single run shown as the recipe."""
-    from course_lib.eval import vsd_study
+    from course_lib.studies import vsd_study
 
     rows = [{"method": m, "psnr": p, "de00": 5.0, "accuracy": a, "direction": 80.0, "drift": 0.5}
             for m, p, a in [("a0", 28.0, 10.0), ("a1", 29.0, 14.0), ("b0", 27.5, 9.0)]]

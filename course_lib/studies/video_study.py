@@ -21,7 +21,7 @@ from .. import data, video
 from ..student import load_student, shipped_path
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from ..util.checkpoint import CheckpointError
-from . import tables
+from ..eval import tables
 
 #: the table's columns (values in 8-bit levels)
 COLUMNS = ("method", ("a", "smoothing a"), ("edit_jump", "edit jump (levels)"),

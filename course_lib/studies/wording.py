@@ -32,7 +32,7 @@ from .. import config, grammar, world
 from ..grammar import training_vocabulary
 from ..student import Student, StudentConfig, featurise
 from ..train.student import TrainArgs, pretrain_text, text_bank
-from .world import score_reads
+from ..eval.world import score_reads
 
 #: The reference recipe (the shipped student's stage 0) and the one-change variants.
 VARIANTS: dict[str, dict] = {

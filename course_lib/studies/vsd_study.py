@@ -22,10 +22,10 @@ import torch
 from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
-from . import score as S, tables, world as W
-from .bench_retouch import WORLD_COLUMNS as BENCH_WORLD_COLUMNS, at_teacher_size, transfer_edit, world_wording
-from .heldout import SEED, heldout_batch
-from .student import student_method
+from ..eval import score as S, tables, world as W
+from ..eval.bench_retouch import WORLD_COLUMNS as BENCH_WORLD_COLUMNS, at_teacher_size, transfer_edit, world_wording
+from ..eval.heldout import SEED, heldout_batch
+from ..eval.student import student_method
 
 COLUMNS = ("method", "steps", "paired_targets", *S.EDIT_KEYS)
 #: ``--data world``: one row per method and group of edits (global, content-aware, all), the world's scores
