@@ -32,6 +32,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -101,73 +103,266 @@ void check_inputs(const at::Tensor& grid, const at::Tensor& guide, const at::Ten
   TORCH_CHECK(!grid.is_cuda() && !guide.is_cuda() && !image.is_cuda(), "CPU tensors expected");
 }
 
-// Forward for one dtype: out (B, 3, H, W) = slice(grid, guide) applied to image
-template <typename scalar_t>
-void forward_kernel(const scalar_t* gp, const scalar_t* gd, const scalar_t* im, scalar_t* op, int64_t B,
-                    int64_t H, int64_t W, int64_t D, int64_t Hg, int64_t Wg) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t HW = H * W;
-  const auto cols = column_corners<acc_t>(W, Wg);
-  const acc_t dz = acc_t(D);
-  // one task = one image row (over all batches): rows are independent in the forward pass.
-  // Small images stay on one thread (waking a pool costs more than ~32K pixels of work).
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
-  // per column: slab offsets of the two x-corners and the weight of the second
-  std::vector<int32_t> xo0(W), xo1(W);
-  std::vector<acc_t> xt(W);
-  for (int64_t x = 0; x < W; ++x) {
-    xo0[x] = int32_t(cols[x].i0 * kPad);
-    xo1[x] = int32_t(cols[x].i1 * kPad);
-    xt[x] = cols[x].w1;
+// ---------------------------------------------------------------------------------------------
+// The forward pass: one pointwise pass over the pixels
+// ---------------------------------------------------------------------------------------------
+//
+// Per image row, the y-interpolated slab S[z][xg] (16 lanes, p = 4 j + i) is turned into a table of
+// *patches*: one per pair of neighbouring z cells (zs in [0, D]: cells clamp(zs - 1), clamp(zs)) and
+// pair of neighbouring x cells (xs in [0, Wg]). On a patch the sliced coefficients are bilinear in
+// the x weight t and the z weight u:
+//   A(t, u) = (1-u)(1-t) S00 + (1-u) t S01 + u (1-t) S10 + u t S11
+//           = P + t Qx + u (Qz + t Qxz)
+//   P = S00,  Qx = S01 - S00,  Qz = S10 - S00,  Qxz = S11 - S10 - S01 + S00
+// so a pixel costs 3 FMAs per lane (48 for the 16 lanes) instead of 4 weights and 4 multiply-adds
+// per lane (the 8 corners of the plain formula: 8 x (2 + 24) FLOPs). The table has
+// (D + 1)(Wg + 1) patches of 4 x 16 floats (39 KB for 8 x 16 x 16); a pixel reads one patch, and
+// along a row the x patch changes only every W / Wg pixels.
+//
+// Per chunk of kChunk pixels of a row: (1) read the colours, as floats (8-bit values through a
+// 256-entry table v / 255); (2) the guide: read it, or compute the learned curve guide from the
+// colours; (3) the z patch and weight; (4) slice + apply per pixel; (5) write, as floats or as
+// 8-bit values (clamp to [0, 1], v * 255 + 1/2 truncated). Images are read through strides, so
+// (B, 3, H, W) planes and (B, H, W, 3) interleaved photos (as decoded) both work without a copy.
+
+constexpr int64_t kPatch = 4 * kPad;  // floats per patch: P, Qx, Qz, Qxz
+
+// The learned curve guide's parameters (float32):
+//   x' = M x + b,  f_c(x') = sum_k slopes[c, k] relu(x'_c - shifts[c, k]),
+//   guide = clip(sum_c mix_c f_c(x') + mix_bias, 0, 1)
+struct CurveParams {
+  float M[9], mb[3], mix[3], mix_bias;
+  const float* shifts;  // (3, K)
+  const float* slopes;  // (3, K)
+  int64_t K;
+};
+
+// Strided view of a (B, 3, H, W) image: element (b, c, y, x) at b sb + c sc + y sh + x sw
+struct Strides {
+  int64_t sb, sc, sh, sw;
+};
+
+inline Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// patches of one row from its slab: T[(zs (Wg + 1) + xs) kPatch + q kPad + p]
+template <typename acc_t>
+inline void build_patches(const acc_t* S, int64_t D, int64_t Wg, acc_t* T) {
+  for (int64_t zs = 0; zs <= D; ++zs) {
+    const int64_t z0 = std::max<int64_t>(zs - 1, 0), z1 = std::min<int64_t>(zs, D - 1);
+    for (int64_t xs = 0; xs <= Wg; ++xs) {
+      const int64_t x0 = std::max<int64_t>(xs - 1, 0), x1 = std::min<int64_t>(xs, Wg - 1);
+      const acc_t* s00 = S + (z0 * Wg + x0) * kPad;
+      const acc_t* s01 = S + (z0 * Wg + x1) * kPad;
+      const acc_t* s10 = S + (z1 * Wg + x0) * kPad;
+      const acc_t* s11 = S + (z1 * Wg + x1) * kPad;
+      acc_t* t = T + (zs * (Wg + 1) + xs) * kPatch;
+#pragma omp simd
+      for (int64_t p = 0; p < kPad; ++p) {
+        t[p] = s00[p];                                    // P
+        t[kPad + p] = s01[p] - s00[p];                    // Qx
+        t[2 * kPad + p] = s10[p] - s00[p];                // Qz
+        t[3 * kPad + p] = s11[p] - s10[p] - s01[p] + s00[p];  // Qxz
+      }
+    }
   }
+}
+
+// patch index and weight of a cell coordinate g on an axis of `size` cells:
+//   k0 = floor(g - 1/2), weight of the upper cell t = g - 1/2 - k0, patch k0 + 1 in [0, size]
+template <typename acc_t>
+inline void patch_of(acc_t g, int64_t size, int32_t& patch, acc_t& t) {
+  acc_t f = g - acc_t(0.5);
+  // outside the grid the patch's two cells are one clamped cell, so t no longer matters;
+  // clamping f first keeps the int conversion defined (NaN -> -1)
+  f = f > acc_t(-1) ? f : acc_t(-1);
+  f = f < acc_t(size) ? f : acc_t(size);
+  const acc_t fl = std::floor(f);
+  t = f - fl;
+  patch = int32_t(fl) + 1;
+  patch = patch < int32_t(size) ? patch : int32_t(size);
+}
+
+// an image value as acc_t: 8-bit values through the table v / 255, others converted
+template <typename acc_t, typename T>
+inline acc_t to_acc(T v, const float* lut) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return acc_t(lut[v]);
+  } else {
+    (void)lut;
+    return acc_t(v);
+  }
+}
+
+// kGuide: -1 the guide is read from gd; 0 the curve guide with a runtime knot count; K > 0 with K knots
+template <typename in_t, typename gd_t, typename out_t, typename acc_t, int kGuide>
+void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides is, out_t* op, Strides os,
+                      const CurveParams* cp, bool clamp_out, int64_t B, int64_t H, int64_t W, int64_t D,
+                      int64_t Hg, int64_t Wg) {
+  // colours of 8-bit images: v / 255 exactly as torch computes it (float division, rounded)
+  float lut[256];
+  for (int v = 0; v < 256; ++v) lut[v] = float(v) / 255.0f;
+  // per column: x patch and weight, gx = (x + 1/2) Wg / W
+  std::vector<int32_t> xs(W);
+  std::vector<acc_t> xt(W);
+  for (int64_t x = 0; x < W; ++x) patch_of<acc_t>((acc_t(x) + acc_t(0.5)) * acc_t(Wg) / acc_t(W), Wg, xs[x], xt[x]);
+  const acc_t dz = acc_t(D);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     // padding lanes (i = 3) stay zero: build_slab only writes p = 4 j + i with i < 3
-    std::vector<acc_t> slab(D * Wg * kPad, acc_t(0));
-    std::vector<int32_t> zo0(kChunk), zo1(kChunk);
-    std::vector<acc_t> zt(kChunk);
-    acc_t* S = slab.data();
+    std::vector<acc_t> slab(D * Wg * kPad, acc_t(0)), table((D + 1) * (Wg + 1) * kPatch);
+    alignas(64) acc_t cr[kChunk], cg[kChunk], cb[kChunk], zu[kChunk], o0[kChunk], o1[kChunk], o2[kChunk];
+    alignas(64) int32_t zoff[kChunk];
+    acc_t* T = table.data();
+    int64_t last_b = -1, last_y0 = -1, last_y1 = -1;
+    acc_t last_w1 = acc_t(-1);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, y = row % H;
       // gy = (y + 1/2) Hg / H
       const auto cy = corners<acc_t>((acc_t(y) + acc_t(0.5)) * acc_t(Hg) / acc_t(H), Hg);
-      build_slab<scalar_t, acc_t, true>(gp + b * kC * D * Hg * Wg, D, Hg, Wg, cy, S);
-      const scalar_t* g_row = gd + b * HW + y * W;
-      const scalar_t* r_row = im + b * 3 * HW + y * W;
-      scalar_t* o_row = op + b * 3 * HW + y * W;
-      const int32_t zmax = int32_t(D - 1), zstride = int32_t(Wg * kPad);
-      // the row in chunks of kChunk pixels, so the per-pixel corner arrays stay in L1 next to the slab
+      if (b != last_b || cy.i0 != last_y0 || cy.i1 != last_y1 || cy.w1 != last_w1) {
+        build_slab<acc_t, acc_t, true>(gp + b * kC * D * Hg * Wg, D, Hg, Wg, cy, slab.data());
+        build_patches<acc_t>(slab.data(), D, Wg, T);
+        last_b = b, last_y0 = cy.i0, last_y1 = cy.i1, last_w1 = cy.w1;
+      }
+      const in_t* ip = im + b * is.sb + y * is.sh;
+      out_t* dst = op + b * os.sb + y * os.sh;
       for (int64_t x0c = 0; x0c < W; x0c += kChunk) {
         const int64_t n = std::min<int64_t>(kChunk, W - x0c);
-        // z corners of the chunk: gz = guide D, k0 = floor(gz - 1/2), t = gz - 1/2 - k0
-#pragma omp simd
+        // (1) colours
         for (int64_t k = 0; k < n; ++k) {
-          const acc_t f = acc_t(g_row[x0c + k]) * dz - acc_t(0.5);
-          const acc_t fl = std::floor(f);
-          const int32_t k0 = int32_t(fl);
-          zt[k] = f - fl;
-          zo0[k] = std::min(std::max(k0, int32_t(0)), zmax) * zstride;
-          zo1[k] = std::min(std::max(k0 + 1, int32_t(0)), zmax) * zstride;
+          const in_t* px = ip + (x0c + k) * is.sw;
+          cr[k] = to_acc<acc_t>(px[0], lut);
+          cg[k] = to_acc<acc_t>(px[is.sc], lut);
+          cb[k] = to_acc<acc_t>(px[2 * is.sc], lut);
         }
+        // (2) the guide, times D: gz
+        if constexpr (kGuide < 0) {
+          const gd_t* g_row = gd + b * H * W + y * W + x0c;
+          for (int64_t k = 0; k < n; ++k) zu[k] = acc_t(g_row[k]) * dz;
+        } else {
+          const int64_t K = kGuide > 0 ? kGuide : cp->K;
+          const float* M = cp->M;
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) {
+            const float r = float(cr[k]), g = float(cg[k]), bl = float(cb[k]);
+            float acc = cp->mix_bias;
+#pragma GCC unroll 3
+            for (int64_t c = 0; c < 3; ++c) {
+              // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
+              const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + cp->mb[c];
+              float f = 0.f;
+#pragma GCC unroll 16
+              for (int64_t kk = 0; kk < K; ++kk) f += cp->slopes[c * K + kk] * std::max(xc - cp->shifts[c * K + kk], 0.f);
+              acc += cp->mix[c] * f;
+            }
+            zu[k] = acc_t(std::min(std::max(acc, 0.f), 1.f)) * dz;
+          }
+        }
+        // (3) z patch offset and weight u
+        const int32_t zstride = int32_t((Wg + 1) * kPatch);
+        for (int64_t k = 0; k < n; ++k) {
+          int32_t zs;
+          acc_t u;
+          patch_of<acc_t>(zu[k], D, zs, u);
+          zoff[k] = zs * zstride;
+          zu[k] = u;
+        }
+        // (4) slice + apply: A = P + t Qx + u (Qz + t Qxz), out_i = A_i0 r + A_i1 g + A_i2 b + A_i3
         for (int64_t k = 0; k < n; ++k) {
           const int64_t x = x0c + k;
-          const acc_t* s00 = S + zo0[k] + xo0[x];  // (z0, x0)
-          const acc_t* s01 = S + zo0[k] + xo1[x];  // (z0, x1)
-          const acc_t* s10 = S + zo1[k] + xo0[x];  // (z1, x0)
-          const acc_t* s11 = S + zo1[k] + xo1[x];  // (z1, x1)
-          const acc_t u = zt[k], t = xt[x];
-          const acc_t w00 = (1 - u) * (1 - t), w01 = (1 - u) * t, w10 = u * (1 - t), w11 = u * t;
-          // A_p = sum over the 4 remaining corners of w S[p]   (16 lanes)
+          const acc_t* P = T + zoff[k] + xs[x] * kPatch;
+          const acc_t t = xt[x], u = zu[k];
           alignas(64) acc_t a[kPad];
 #pragma omp simd aligned(a : 64)
-          for (int64_t p = 0; p < kPad; ++p) a[p] = w00 * s00[p] + w01 * s01[p] + w10 * s10[p] + w11 * s11[p];
-          const acc_t r = acc_t(r_row[x]), g = acc_t(r_row[HW + x]), bl = acc_t(r_row[2 * HW + x]);
-          // out_i = A_i0 r + A_i1 g + A_i2 b + A_i3   (4 lanes, the last one unused)
+          for (int64_t p = 0; p < kPad; ++p) a[p] = P[p] + t * P[kPad + p] + u * (P[2 * kPad + p] + t * P[3 * kPad + p]);
+          const acc_t r = cr[k], g = cg[k], bl = cb[k];
           alignas(16) acc_t o[4];
 #pragma omp simd aligned(o : 16)
           for (int64_t i = 0; i < 4; ++i) o[i] = a[i] * r + a[4 + i] * g + a[8 + i] * bl + a[12 + i];
-          o_row[x] = scalar_t(o[0]);
-          o_row[HW + x] = scalar_t(o[1]);
-          o_row[2 * HW + x] = scalar_t(o[2]);
+          o0[k] = o[0], o1[k] = o[1], o2[k] = o[2];
+        }
+        // (5) write
+        if constexpr (std::is_same_v<out_t, uint8_t>) {
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) {
+            // clamp to [0, 1], then v * 255 + 1/2 truncated (course_lib.images.to_uint8)
+            o0[k] = std::min(std::max(o0[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
+            o1[k] = std::min(std::max(o1[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
+            o2[k] = std::min(std::max(o2[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
+          }
+          for (int64_t k = 0; k < n; ++k) {
+            out_t* px = dst + (x0c + k) * os.sw;
+            px[0] = uint8_t(o0[k]), px[os.sc] = uint8_t(o1[k]), px[2 * os.sc] = uint8_t(o2[k]);
+          }
+        } else {
+          if (clamp_out) {
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k) {
+              o0[k] = std::min(std::max(o0[k], acc_t(0)), acc_t(1));
+              o1[k] = std::min(std::max(o1[k], acc_t(0)), acc_t(1));
+              o2[k] = std::min(std::max(o2[k], acc_t(0)), acc_t(1));
+            }
+          }
+          if (os.sw == 1) {
+            out_t* d0 = dst + x0c;
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k) {
+              d0[k] = out_t(o0[k]), d0[os.sc + k] = out_t(o1[k]), d0[2 * os.sc + k] = out_t(o2[k]);
+            }
+          } else {
+            for (int64_t k = 0; k < n; ++k) {
+              out_t* px = dst + (x0c + k) * os.sw;
+              px[0] = out_t(o0[k]), px[os.sc] = out_t(o1[k]), px[2 * os.sc] = out_t(o2[k]);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Antialiased resize (torch's bilinear with antialias=True: a tent filter as wide as the scale),
+// separable, vertical first: for each output row, the weighted sum of its input rows (one row of
+// floats), then the weighted sum along x. Weights come precomputed: output row oy reads rows
+// ymin[oy] .. ymin[oy] + Ky - 1 with weights wy[oy, :] (zeros past the support). Any input layout
+// (strides), 8-bit or float; output (B, 3, h, w) float32 clipped to [0, 1].
+template <typename in_t>
+void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, int64_t W, int64_t h, int64_t w,
+                   const int64_t* ymin, const float* wy, int64_t Ky, const int64_t* xmin, const float* wx,
+                   int64_t Kx) {
+  float lut[256];
+  for (int v = 0; v < 256; ++v) lut[v] = float(v) / 255.0f;
+  at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> line(3 * W);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / h, oy = row % h;
+      std::fill(line.begin(), line.end(), 0.f);
+      for (int64_t j = 0; j < Ky; ++j) {
+        const float wgt = wy[oy * Ky + j];
+        const int64_t yy = ymin[oy] + j;
+        if (wgt == 0.f || yy >= H) continue;
+        const in_t* src = im + b * is.sb + yy * is.sh;
+        for (int64_t c = 0; c < 3; ++c) {
+          float* l = line.data() + c * W;
+          const in_t* s = src + c * is.sc;
+          if (is.sw == 1) {
+#pragma omp simd
+            for (int64_t x = 0; x < W; ++x) l[x] += wgt * to_acc<float>(s[x], lut);
+          } else {
+            for (int64_t x = 0; x < W; ++x) l[x] += wgt * to_acc<float>(s[x * is.sw], lut);
+          }
+        }
+      }
+      for (int64_t c = 0; c < 3; ++c) {
+        const float* l = line.data() + c * W;
+        float* d = op + ((b * 3 + c) * h + oy) * w;
+        for (int64_t ox = 0; ox < w; ++ox) {
+          float acc = 0.f;
+          const float* wgt = wx + ox * Kx;
+          const float* s = l + xmin[ox];
+          const int64_t kmax = std::min<int64_t>(Kx, W - xmin[ox]);
+          for (int64_t j = 0; j < kmax; ++j) acc += wgt[j] * s[j];
+          d[ox] = std::min(std::max(acc, 0.f), 1.f);
         }
       }
     }
@@ -328,18 +523,124 @@ at::Tensor curve_guide_forward(at::Tensor image, at::Tensor ccm, at::Tensor ccm_
   return out;
 }
 
-// out (B, 3, H, W) = slice(grid, guide) applied to image
-at::Tensor slice_apply_forward(at::Tensor grid, at::Tensor guide, at::Tensor image) {
+// Check / make the destination of a pointwise pass: `out` (any strides, e.g. a reused buffer) or a new
+// tensor laid out like `like`
+at::Tensor destination(const std::optional<at::Tensor>& out, const at::Tensor& like, at::ScalarType dtype) {
+  if (out.has_value() && out->defined()) {
+    TORCH_CHECK(out->sizes() == like.sizes(), "out must have shape ", like.sizes(), ", got ", out->sizes());
+    TORCH_CHECK(out->scalar_type() == dtype, "out must be ", dtype, ", got ", out->scalar_type());
+    TORCH_CHECK(!out->is_cuda(), "CPU tensors expected");
+    return *out;
+  }
+  return at::empty_like(like, like.options().dtype(dtype));
+}
+
+// out (B, 3, H, W) = slice(grid, guide) applied to image; `out` may be given (written in place)
+at::Tensor slice_apply_forward(at::Tensor grid, at::Tensor guide, at::Tensor image, std::optional<at::Tensor> out) {
   check_inputs(grid, guide, image);
-  grid = grid.contiguous();
   guide = guide.contiguous();
   image = image.contiguous();
-  at::Tensor out = at::empty_like(image);
+  at::Tensor dst = destination(out, image, image.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "slice_apply_forward", [&] {
-    forward_kernel<scalar_t>(grid.data_ptr<scalar_t>(), guide.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(),
-                             out.data_ptr<scalar_t>(), image.size(0), image.size(2), image.size(3), grid.size(2),
-                             grid.size(3), grid.size(4));
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor g = grid.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    pointwise_kernel<scalar_t, scalar_t, scalar_t, acc_t, -1>(
+        g.data_ptr<acc_t>(), guide.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), strides_of(image),
+        dst.data_ptr<scalar_t>(), strides_of(dst), nullptr, false, image.size(0), image.size(2), image.size(3),
+        grid.size(2), grid.size(3), grid.size(4));
   });
+  return dst;
+}
+
+// One pass from photo to result: out = clamp(slice(grid, curve_guide(image)) applied to image).
+// image (B, 3, H, W), float32 or uint8 (any strides: a (B, H, W, 3) photo permuted is fine); out of
+// the same dtype (uint8: rounded) and, when not given, the same layout. `guide` (B, H, W) float32,
+// if defined, replaces the curve guide (other guide modules). float32 arithmetic throughout.
+at::Tensor retouch_forward(at::Tensor grid, at::Tensor image, std::optional<at::Tensor> guide, at::Tensor ccm,
+                           at::Tensor ccm_bias, at::Tensor shifts, at::Tensor slopes, at::Tensor mix,
+                           double mix_bias, bool clamp_out, std::optional<at::Tensor> out) {
+  TORCH_CHECK(grid.dim() == 5 && grid.size(1) == kC, "grid must be (B, 12, D, Hg, Wg), got ", grid.sizes());
+  TORCH_CHECK(image.dim() == 4 && image.size(1) == 3, "image must be (B, 3, H, W), got ", image.sizes());
+  TORCH_CHECK(grid.size(0) == image.size(0), "batch sizes differ");
+  TORCH_CHECK(image.scalar_type() == at::kByte || image.scalar_type() == at::kFloat, "image must be uint8 or float32");
+  TORCH_CHECK(!grid.is_cuda() && !image.is_cuda(), "CPU tensors expected");
+  const int64_t B = image.size(0), H = image.size(2), W = image.size(3);
+  at::Tensor g = grid.detach().to(at::kFloat).contiguous();
+  at::Tensor dst;
+  if (out.has_value() && out->defined()) {
+    dst = destination(out, image, image.scalar_type());
+  } else {
+    // the input's layout: (B, H, W, 3) in, (B, H, W, 3) out
+    const bool hwc = image.stride(1) == 1 && image.stride(3) == 3;
+    dst = hwc ? at::empty({B, H, W, 3}, image.options()).permute({0, 3, 1, 2}) : at::empty({B, 3, H, W}, image.options());
+  }
+  at::Tensor gd;
+  const bool given = guide.has_value() && guide->defined();
+  if (given) {
+    gd = guide->detach().to(at::kFloat).contiguous();
+    TORCH_CHECK(gd.dim() == 3 && gd.size(0) == B && gd.size(1) == H && gd.size(2) == W, "guide must be (B, H, W)");
+  }
+  auto f32 = [](const at::Tensor& t) { return t.detach().to(at::kFloat).contiguous(); };
+  at::Tensor M = f32(ccm), mb = f32(ccm_bias), sh = f32(shifts), sl = f32(slopes), mx = f32(mix);
+  CurveParams cp{};
+  if (!given) {
+    TORCH_CHECK(M.numel() == 9 && mb.numel() == 3 && mx.numel() == 3, "ccm (3, 3), ccm_bias (3), mix (3) expected");
+    TORCH_CHECK(sh.dim() == 2 && sh.size(0) == 3 && sl.sizes() == sh.sizes(), "shifts and slopes must be (3, K)");
+    std::copy(M.data_ptr<float>(), M.data_ptr<float>() + 9, cp.M);
+    std::copy(mb.data_ptr<float>(), mb.data_ptr<float>() + 3, cp.mb);
+    std::copy(mx.data_ptr<float>(), mx.data_ptr<float>() + 3, cp.mix);
+    cp.mix_bias = float(mix_bias);
+    cp.shifts = sh.data_ptr<float>();
+    cp.slopes = sl.data_ptr<float>();
+    cp.K = sh.size(1);
+  }
+  const int64_t D = g.size(2), Hg = g.size(3), Wg = g.size(4);
+  auto run = [&](auto in_tag) {
+    using in_t = decltype(in_tag);
+    const in_t* ip = image.data_ptr<in_t>();
+    in_t* op = dst.data_ptr<in_t>();
+    const float* gp = g.data_ptr<float>();
+    if (given) {
+      pointwise_kernel<in_t, float, in_t, float, -1>(gp, gd.data_ptr<float>(), ip, strides_of(image), op,
+                                                     strides_of(dst), nullptr, clamp_out, B, H, W, D, Hg, Wg);
+    } else if (cp.K == 16) {
+      pointwise_kernel<in_t, float, in_t, float, 16>(gp, nullptr, ip, strides_of(image), op, strides_of(dst), &cp,
+                                                     clamp_out, B, H, W, D, Hg, Wg);
+    } else {
+      pointwise_kernel<in_t, float, in_t, float, 0>(gp, nullptr, ip, strides_of(image), op, strides_of(dst), &cp,
+                                                    clamp_out, B, H, W, D, Hg, Wg);
+    }
+  };
+  if (image.scalar_type() == at::kByte) {
+    run(uint8_t{});
+  } else {
+    run(float{});
+  }
+  return dst;
+}
+
+// (B, 3, h, w) float32 = antialiased resize of image (B, 3, H, W), uint8 or float32, any strides,
+// with precomputed weights: ymin (h,) int64, wy (h, Ky) float32, xmin (w,) int64, wx (w, Kx) float32
+at::Tensor resize_forward(at::Tensor image, at::Tensor ymin, at::Tensor wy, at::Tensor xmin, at::Tensor wx) {
+  TORCH_CHECK(image.dim() == 4 && image.size(1) == 3, "image must be (B, 3, H, W), got ", image.sizes());
+  TORCH_CHECK(image.scalar_type() == at::kByte || image.scalar_type() == at::kFloat, "image must be uint8 or float32");
+  TORCH_CHECK(!image.is_cuda(), "CPU tensors expected");
+  ymin = ymin.to(at::kLong).contiguous(), xmin = xmin.to(at::kLong).contiguous();
+  wy = wy.to(at::kFloat).contiguous(), wx = wx.to(at::kFloat).contiguous();
+  const int64_t B = image.size(0), H = image.size(2), W = image.size(3), h = wy.size(0), w = wx.size(0);
+  TORCH_CHECK(ymin.numel() == h && xmin.numel() == w, "one start index per output row / column expected");
+  at::Tensor out = at::empty({B, 3, h, w}, image.options().dtype(at::kFloat));
+  auto run = [&](auto tag) {
+    using in_t = decltype(tag);
+    resize_kernel<in_t>(image.data_ptr<in_t>(), strides_of(image), out.data_ptr<float>(), B, H, W, h, w,
+                        ymin.data_ptr<int64_t>(), wy.data_ptr<float>(), wy.size(1), xmin.data_ptr<int64_t>(),
+                        wx.data_ptr<float>(), wx.size(1));
+  };
+  if (image.scalar_type() == at::kByte) {
+    run(uint8_t{});
+  } else {
+    run(float{});
+  }
   return out;
 }
 
@@ -367,7 +668,12 @@ std::vector<at::Tensor> slice_apply_backward(at::Tensor grid, at::Tensor guide, 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused bilateral slice-and-apply (HDRNet semantics) on the CPU, forward and backward";
-  m.def("forward", &slice_apply_forward, "out = slice_apply(grid, guide, image)");
+  m.def("forward", &slice_apply_forward, "out = slice_apply(grid, guide, image)", py::arg("grid"), py::arg("guide"),
+        py::arg("image"), py::arg("out") = py::none());
+  m.def("retouch", &retouch_forward, "out = clamp(slice_apply(grid, curve_guide(image), image)): one pass, uint8 or float32",
+        py::arg("grid"), py::arg("image"), py::arg("guide"), py::arg("ccm"), py::arg("ccm_bias"), py::arg("shifts"),
+        py::arg("slopes"), py::arg("mix"), py::arg("mix_bias"), py::arg("clamp"), py::arg("out") = py::none());
+  m.def("resize", &resize_forward, "antialiased resize with precomputed weights, uint8 or float32 in, float32 out");
   m.def("curve_guide", &curve_guide_forward, "guide = CurveGuide(image), inference only");
   m.def("backward", &slice_apply_backward, "(d_grid, d_guide, d_image) = backward(grid, guide, image, d_out)");
 }
