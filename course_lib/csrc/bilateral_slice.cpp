@@ -30,6 +30,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -193,6 +197,210 @@ inline acc_t to_acc(T v, const float* lut) {
   }
 }
 
+#if defined(__AVX512F__)
+// ---- AVX-512: 16 pixels at a time (compiled with -march=native on a CPU that has it; the loops
+// above remain the portable path). Along a row the x patch is constant for W / Wg pixels, so for
+// 16 pixels of one x patch the table of a coefficient over the D + 1 z patches fits one register,
+// and `permutexvar` looks up 16 pixels' z patches at once: per pixel 48 lookups, 36 FMAs for the
+// 12 coefficients A = (P + t Qx) + u (Qz + t Qxz), 12 for the affine (instead of 64 lanes of
+// which 16 are padding, plus shuffles to apply them).
+constexpr bool kSimd = true;
+
+// The grid with z innermost, padded to 16 lanes: Gz[b][c][y][xg][z] (once per call)
+inline std::vector<float> grid_z_innermost(const float* gp, int64_t B, int64_t D, int64_t Hg, int64_t Wg) {
+  std::vector<float> Gz(B * kC * Hg * Wg * 16, 0.f);
+  for (int64_t bc = 0; bc < B * kC; ++bc)
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t yx = 0; yx < Hg * Wg; ++yx) Gz[(bc * Hg * Wg + yx) * 16 + z] = gp[(bc * D + z) * Hg * Wg + yx];
+  return Gz;
+}
+
+// One row's slab with z in the lanes: Sz[c][xg][z] = wy0 Gz[c][y0][xg][z] + wy1 Gz[c][y1][xg][z]
+inline void build_zslab(const float* Gz, int64_t Hg, int64_t Wg, const Corners<float>& cy, float* Sz) {
+  const __m512 w0 = _mm512_set1_ps(cy.w0), w1 = _mm512_set1_ps(cy.w1);
+  for (int64_t c = 0; c < kC; ++c) {
+    const float* r0 = Gz + ((c * Hg + cy.i0) * Wg) * 16;
+    const float* r1 = Gz + ((c * Hg + cy.i1) * Wg) * 16;
+    for (int64_t xg = 0; xg < Wg; ++xg) {
+      _mm512_storeu_ps(Sz + (c * Wg + xg) * 16,
+                       _mm512_fmadd_ps(w0, _mm512_loadu_ps(r0 + xg * 16), _mm512_mul_ps(w1, _mm512_loadu_ps(r1 + xg * 16))));
+    }
+  }
+}
+
+// The curve guide with sorted knots: with i the number of shifts below x', f(x') = S_i x' - O_i,
+// S_i = sum_{k<i} slope_k, O_i = sum_{k<i} slope_k shift_k; i by a 4-step binary search in a register.
+struct CurveSimd {
+  __m512 shifts[3];          // sorted, 16 knots
+  __m512 S_lo[3], S_hi[3];   // S_0 .. S_15, S_16 ..
+  __m512 O_lo[3], O_hi[3];
+  float M[9], mb[3], mix[3], mix_bias;
+};
+
+inline CurveSimd make_curve_simd(const CurveParams& cp) {
+  CurveSimd cs;
+  for (int c = 0; c < 3; ++c) {
+    int order[16];
+    for (int k = 0; k < 16; ++k) order[k] = k;
+    const float* sh = cp.shifts + c * 16;
+    const float* sl = cp.slopes + c * 16;
+    std::stable_sort(order, order + 16, [&](int a, int b) { return sh[a] < sh[b]; });
+    alignas(64) float s[16], S[32] = {0}, O[32] = {0};
+    for (int k = 0; k < 16; ++k) {
+      s[k] = sh[order[k]];
+      S[k + 1] = S[k] + sl[order[k]];
+      O[k + 1] = O[k] + sl[order[k]] * sh[order[k]];
+    }
+    cs.shifts[c] = _mm512_load_ps(s);
+    cs.S_lo[c] = _mm512_load_ps(S), cs.S_hi[c] = _mm512_load_ps(S + 16);
+    cs.O_lo[c] = _mm512_load_ps(O), cs.O_hi[c] = _mm512_load_ps(O + 16);
+  }
+  std::copy(cp.M, cp.M + 9, cs.M);
+  std::copy(cp.mb, cp.mb + 3, cs.mb);
+  std::copy(cp.mix, cp.mix + 3, cs.mix);
+  cs.mix_bias = cp.mix_bias;
+  return cs;
+}
+
+inline __m512 curve_guide16(const CurveSimd& cs, __m512 r, __m512 g, __m512 b) {
+  __m512 acc = _mm512_set1_ps(cs.mix_bias);
+  for (int c = 0; c < 3; ++c) {
+    // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
+    const __m512 x = _mm512_fmadd_ps(_mm512_set1_ps(cs.M[3 * c]), r,
+                                     _mm512_fmadd_ps(_mm512_set1_ps(cs.M[3 * c + 1]), g,
+                                                     _mm512_fmadd_ps(_mm512_set1_ps(cs.M[3 * c + 2]), b,
+                                                                     _mm512_set1_ps(cs.mb[c]))));
+    // i = #{k : shift_k < x'} in [0, 16]
+    __m512i i = _mm512_setzero_si512();
+    for (int step = 8; step >= 1; step /= 2) {
+      const __m512i cand = _mm512_add_epi32(i, _mm512_set1_epi32(step));
+      const __m512 s = _mm512_permutexvar_ps(_mm512_sub_epi32(cand, _mm512_set1_epi32(1)), cs.shifts[c]);
+      i = _mm512_mask_mov_epi32(i, _mm512_cmp_ps_mask(s, x, _CMP_LT_OQ), cand);
+    }
+    const __mmask16 last = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(i, cs.shifts[c]), x, _CMP_LT_OQ);
+    i = _mm512_mask_add_epi32(i, last, i, _mm512_set1_epi32(1));
+    // f = S_i x' - O_i
+    const __m512 S = _mm512_permutex2var_ps(cs.S_lo[c], i, cs.S_hi[c]);
+    const __m512 O = _mm512_permutex2var_ps(cs.O_lo[c], i, cs.O_hi[c]);
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(cs.mix[c]), _mm512_fmsub_ps(S, x, O), acc);
+  }
+  // clip to [0, 1]
+  return _mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(1.f));
+}
+
+// slice + apply for n <= 16 pixels (colours cr, cg, cb; gz = guide D; x patches xs and weights xt of
+// their columns) from the row's slab Sz; results into o0, o1, o2. Per coefficient: the z corners of
+// both x corners by lookup (4 permutes), then the bilinear blend in (t, u).
+inline void slice_apply16(const float* Sz, int64_t D, int64_t Wg, const int32_t* xs, const float* xt, const float* cr,
+                          const float* cg, const float* cb, const float* gz, float* o0, float* o1, float* o2,
+                          int64_t n) {
+  const __mmask16 valid = __mmask16((1u << n) - 1u);
+  const __m512 in[3] = {_mm512_maskz_loadu_ps(valid, cr), _mm512_maskz_loadu_ps(valid, cg),
+                        _mm512_maskz_loadu_ps(valid, cb)};
+  // z corners: f = gz - 1/2 clamped to [-1, D], k0 = floor(f), u = f - k0, cells clamp(k0), clamp(k0 + 1)
+  __m512 f = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, gz), _mm512_set1_ps(0.5f));
+  f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-1.f)), _mm512_set1_ps(float(D)));
+  const __m512 fl = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 u = _mm512_sub_ps(f, fl);
+  const __m512i k0 = _mm512_cvttps_epi32(fl);
+  const __m512i zmax = _mm512_set1_epi32(int32_t(D - 1)), zero = _mm512_setzero_si512();
+  const __m512i z0 = _mm512_min_epi32(_mm512_max_epi32(k0, zero), zmax);
+  const __m512i z1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(k0, _mm512_set1_epi32(1)), zero), zmax);
+  const __m512i xsv = _mm512_maskz_loadu_epi32(valid, xs);
+  const __m512 t = _mm512_maskz_loadu_ps(valid, xt);
+  __m512 out[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __mmask16 todo = valid;
+  while (todo) {
+    // the lanes of one x patch (nearly always all of them)
+    const int32_t px = xs[__builtin_ctz(todo)];
+    const __mmask16 m = _mm512_mask_cmpeq_epi32_mask(todo, xsv, _mm512_set1_epi32(px));
+    todo = __mmask16(todo & ~m);
+    const int64_t x0 = std::max<int64_t>(px - 1, 0), x1 = std::min<int64_t>(px, Wg - 1);
+    for (int i = 0; i < 3; ++i) {
+      __m512 o = _mm512_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        const int64_t c = 4 * i + j;
+        const __m512 a = _mm512_loadu_ps(Sz + (c * Wg + x0) * 16), b = _mm512_loadu_ps(Sz + (c * Wg + x1) * 16);
+        const __m512 s00 = _mm512_permutexvar_ps(z0, a), s01 = _mm512_permutexvar_ps(z0, b);
+        const __m512 s10 = _mm512_permutexvar_ps(z1, a), s11 = _mm512_permutexvar_ps(z1, b);
+        // A = lo + u (hi - lo),  lo = s00 + t (s01 - s00),  hi = s10 + t (s11 - s10)
+        const __m512 lo = _mm512_fmadd_ps(t, _mm512_sub_ps(s01, s00), s00);
+        const __m512 hi = _mm512_fmadd_ps(t, _mm512_sub_ps(s11, s10), s10);
+        const __m512 A = _mm512_fmadd_ps(u, _mm512_sub_ps(hi, lo), lo);
+        // out_i = sum_j A_ij in_j + A_i3
+        o = j < 3 ? _mm512_fmadd_ps(A, in[j], o) : _mm512_add_ps(o, A);
+      }
+      out[i] = _mm512_mask_mov_ps(out[i], m, o);
+    }
+  }
+  _mm512_mask_storeu_ps(o0, valid, out[0]);
+  _mm512_mask_storeu_ps(o1, valid, out[1]);
+  _mm512_mask_storeu_ps(o2, valid, out[2]);
+}
+
+// 16 interleaved 8-bit pixels (48 bytes r g b r g b ...) <-> three vectors of 16 values
+struct Interleave {
+  __m512i lo[3], hi[3];   // deinterleave: channel ch from (v0, v1), then v2
+  __m512i plo[3], phi[3];  // interleave: bytes 16 w .. 16 w + 15 from (R, G), then B
+  Interleave() {
+    alignas(64) int32_t a[16], b[16];
+    for (int ch = 0; ch < 3; ++ch) {
+      for (int p = 0; p < 16; ++p) {
+        const int e = 3 * p + ch;  // element of the 48
+        a[p] = e < 32 ? e : 0;     // from v0 (0..15) or v1 (16..31)
+        b[p] = e < 32 ? p : 16 + (e - 32);  // keep, or from v2
+      }
+      lo[ch] = _mm512_load_si512(a), hi[ch] = _mm512_load_si512(b);
+    }
+    for (int w = 0; w < 3; ++w) {
+      for (int k = 0; k < 16; ++k) {
+        const int e = 16 * w + k, p = e / 3, ch = e % 3;
+        a[k] = ch == 0 ? p : 16 + p;  // R[p] or G[p]
+        b[k] = ch == 2 ? 16 + p : k;  // B[p], or keep
+      }
+      plo[w] = _mm512_load_si512(a), phi[w] = _mm512_load_si512(b);
+    }
+  }
+};
+
+inline void load_rgb16_u8(const uint8_t* px, int64_t sc, int64_t sw, const Interleave& il, float* cr, float* cg,
+                          float* cb) {
+  const __m512 inv = _mm512_set1_ps(255.f);
+  float* dst[3] = {cr, cg, cb};
+  if (sw == 1) {  // planes
+    for (int ch = 0; ch < 3; ++ch) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(px + ch * sc)));
+      _mm512_storeu_ps(dst[ch], _mm512_div_ps(_mm512_cvtepi32_ps(v), inv));  // v / 255, as torch
+    }
+    return;
+  }
+  __m512i v[3];
+  for (int w = 0; w < 3; ++w) v[w] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(px + 16 * w)));
+  for (int ch = 0; ch < 3; ++ch) {
+    const __m512i c = _mm512_permutex2var_epi32(_mm512_permutex2var_epi32(v[0], il.lo[ch], v[1]), il.hi[ch], v[2]);
+    _mm512_storeu_ps(dst[ch], _mm512_div_ps(_mm512_cvtepi32_ps(c), inv));
+  }
+}
+
+// values already v * 255 + 1/2 in [0.5, 255.5]: truncate and pack to bytes
+inline void store_rgb16_u8(uint8_t* px, int64_t sc, int64_t sw, const Interleave& il, const float* o0,
+                           const float* o1, const float* o2) {
+  const __m512i R = _mm512_cvttps_epi32(_mm512_loadu_ps(o0)), G = _mm512_cvttps_epi32(_mm512_loadu_ps(o1));
+  const __m512i Bv = _mm512_cvttps_epi32(_mm512_loadu_ps(o2));
+  if (sw == 1) {
+    const __m512i ch[3] = {R, G, Bv};
+    for (int c = 0; c < 3; ++c) _mm_storeu_si128(reinterpret_cast<__m128i*>(px + c * sc), _mm512_cvtepi32_epi8(ch[c]));
+    return;
+  }
+  for (int w = 0; w < 3; ++w) {
+    const __m512i e = _mm512_permutex2var_epi32(_mm512_permutex2var_epi32(R, il.plo[w], G), il.phi[w], Bv);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(px + 16 * w), _mm512_cvtepi32_epi8(e));
+  }
+}
+#else
+constexpr bool kSimd = false;
+#endif
+
 // kGuide: -1 the guide is read from gd; 0 the curve guide with a runtime knot count; K > 0 with K knots
 template <typename in_t, typename gd_t, typename out_t, typename acc_t, int kGuide>
 void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides is, out_t* op, Strides os,
@@ -207,9 +415,23 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
   for (int64_t x = 0; x < W; ++x) patch_of<acc_t>((acc_t(x) + acc_t(0.5)) * acc_t(Wg) / acc_t(W), Wg, xs[x], xt[x]);
   const acc_t dz = acc_t(D);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
+  // the 16-pixel path: float arithmetic and at most 16 z patches
+  const bool simd = kSimd && std::is_same_v<acc_t, float> && D <= 16;
+  std::vector<float> Gz;
+#if defined(__AVX512F__)
+  CurveSimd cs;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (simd) Gz = grid_z_innermost(gp, B, D, Hg, Wg);
+  }
+  if constexpr (kGuide == 16) {
+    if (simd) cs = make_curve_simd(*cp);
+  }
+  const Interleave il;
+#endif
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     // padding lanes (i = 3) stay zero: build_slab only writes p = 4 j + i with i < 3
     std::vector<acc_t> slab(D * Wg * kPad, acc_t(0)), table((D + 1) * (Wg + 1) * kPatch);
+    std::vector<float> zslab(simd ? kC * Wg * 16 : 0);
     alignas(64) acc_t cr[kChunk], cg[kChunk], cb[kChunk], zu[kChunk], o0[kChunk], o1[kChunk], o2[kChunk];
     alignas(64) int32_t zoff[kChunk];
     acc_t* T = table.data();
@@ -220,66 +442,126 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
       // gy = (y + 1/2) Hg / H
       const auto cy = corners<acc_t>((acc_t(y) + acc_t(0.5)) * acc_t(Hg) / acc_t(H), Hg);
       if (b != last_b || cy.i0 != last_y0 || cy.i1 != last_y1 || cy.w1 != last_w1) {
-        build_slab<acc_t, acc_t, true>(gp + b * kC * D * Hg * Wg, D, Hg, Wg, cy, slab.data());
-        build_patches<acc_t>(slab.data(), D, Wg, T);
+        bool built = false;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (simd) build_zslab(Gz.data() + b * kC * Hg * Wg * 16, Hg, Wg, cy, zslab.data());
+          built = simd;
+        }
+#endif
+        if (!built) {
+          build_slab<acc_t, acc_t, true>(gp + b * kC * D * Hg * Wg, D, Hg, Wg, cy, slab.data());
+          build_patches<acc_t>(slab.data(), D, Wg, T);
+        }
         last_b = b, last_y0 = cy.i0, last_y1 = cy.i1, last_w1 = cy.w1;
       }
       const in_t* ip = im + b * is.sb + y * is.sh;
       out_t* dst = op + b * os.sb + y * os.sh;
       for (int64_t x0c = 0; x0c < W; x0c += kChunk) {
         const int64_t n = std::min<int64_t>(kChunk, W - x0c);
-        // (1) colours
-        for (int64_t k = 0; k < n; ++k) {
+        // (1) colours (8-bit planes or interleaved pixels: 16 at a time)
+        int64_t k_done = 0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<in_t, uint8_t> && std::is_same_v<acc_t, float>) {
+          if (simd && (is.sw == 1 || (is.sw == 3 && is.sc == 1))) {
+            for (; k_done + 16 <= n; k_done += 16) {
+              load_rgb16_u8(ip + (x0c + k_done) * is.sw, is.sc, is.sw, il, cr + k_done, cg + k_done, cb + k_done);
+            }
+          }
+        }
+#endif
+        if constexpr (!std::is_same_v<in_t, uint8_t>) {
+          if (is.sw == 1) {  // float planes: contiguous runs
+            const in_t* p0 = ip + x0c;
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k) {
+              cr[k] = acc_t(p0[k]), cg[k] = acc_t(p0[is.sc + k]), cb[k] = acc_t(p0[2 * is.sc + k]);
+            }
+            k_done = n;
+          }
+        }
+        for (int64_t k = k_done; k < n; ++k) {
           const in_t* px = ip + (x0c + k) * is.sw;
           cr[k] = to_acc<acc_t>(px[0], lut);
           cg[k] = to_acc<acc_t>(px[is.sc], lut);
           cb[k] = to_acc<acc_t>(px[2 * is.sc], lut);
         }
         // (2) the guide, times D: gz
+        bool guide_done = false;
+#if defined(__AVX512F__)
+        if constexpr (kGuide == 16 && std::is_same_v<acc_t, float>) {
+          if (simd) {
+            for (int64_t k = 0; k < n; k += 16) {
+              const __mmask16 v = __mmask16((1u << std::min<int64_t>(16, n - k)) - 1u);
+              const __m512 gz = _mm512_mul_ps(curve_guide16(cs, _mm512_maskz_loadu_ps(v, cr + k), _mm512_maskz_loadu_ps(v, cg + k),
+                                                            _mm512_maskz_loadu_ps(v, cb + k)),
+                                              _mm512_set1_ps(float(D)));
+              _mm512_mask_storeu_ps(zu + k, v, gz);
+            }
+            guide_done = true;
+          }
+        }
+#endif
         if constexpr (kGuide < 0) {
           const gd_t* g_row = gd + b * H * W + y * W + x0c;
           for (int64_t k = 0; k < n; ++k) zu[k] = acc_t(g_row[k]) * dz;
         } else {
-          const int64_t K = kGuide > 0 ? kGuide : cp->K;
-          const float* M = cp->M;
+          if (!guide_done) {
+            const int64_t K = kGuide > 0 ? kGuide : cp->K;
+            const float* M = cp->M;
 #pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
-            const float r = float(cr[k]), g = float(cg[k]), bl = float(cb[k]);
-            float acc = cp->mix_bias;
+            for (int64_t k = 0; k < n; ++k) {
+              const float r = float(cr[k]), g = float(cg[k]), bl = float(cb[k]);
+              float acc = cp->mix_bias;
 #pragma GCC unroll 3
-            for (int64_t c = 0; c < 3; ++c) {
-              // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
-              const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + cp->mb[c];
-              float f = 0.f;
+              for (int64_t c = 0; c < 3; ++c) {
+                // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
+                const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + cp->mb[c];
+                float f = 0.f;
 #pragma GCC unroll 16
-              for (int64_t kk = 0; kk < K; ++kk) f += cp->slopes[c * K + kk] * std::max(xc - cp->shifts[c * K + kk], 0.f);
-              acc += cp->mix[c] * f;
+                for (int64_t kk = 0; kk < K; ++kk) f += cp->slopes[c * K + kk] * std::max(xc - cp->shifts[c * K + kk], 0.f);
+                acc += cp->mix[c] * f;
+              }
+              zu[k] = acc_t(std::min(std::max(acc, 0.f), 1.f)) * dz;
             }
-            zu[k] = acc_t(std::min(std::max(acc, 0.f), 1.f)) * dz;
           }
         }
-        // (3) z patch offset and weight u
-        const int32_t zstride = int32_t((Wg + 1) * kPatch);
-        for (int64_t k = 0; k < n; ++k) {
-          int32_t zs;
-          acc_t u;
-          patch_of<acc_t>(zu[k], D, zs, u);
-          zoff[k] = zs * zstride;
-          zu[k] = u;
+        bool sliced = false;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (simd) {
+            for (int64_t k = 0; k < n; k += 16) {
+              slice_apply16(zslab.data(), D, Wg, xs.data() + x0c + k, xt.data() + x0c + k, cr + k, cg + k, cb + k, zu + k,
+                            o0 + k, o1 + k, o2 + k, std::min<int64_t>(16, n - k));
+            }
+            sliced = true;
+          }
         }
-        // (4) slice + apply: A = P + t Qx + u (Qz + t Qxz), out_i = A_i0 r + A_i1 g + A_i2 b + A_i3
-        for (int64_t k = 0; k < n; ++k) {
-          const int64_t x = x0c + k;
-          const acc_t* P = T + zoff[k] + xs[x] * kPatch;
-          const acc_t t = xt[x], u = zu[k];
-          alignas(64) acc_t a[kPad];
+#endif
+        if (!sliced) {
+          // (3) z patch offset and weight u
+          const int32_t zstride = int32_t((Wg + 1) * kPatch);
+          for (int64_t k = 0; k < n; ++k) {
+            int32_t zs;
+            acc_t u;
+            patch_of<acc_t>(zu[k], D, zs, u);
+            zoff[k] = zs * zstride;
+            zu[k] = u;
+          }
+          // (4) slice + apply: A = P + t Qx + u (Qz + t Qxz), out_i = A_i0 r + A_i1 g + A_i2 b + A_i3
+          for (int64_t k = 0; k < n; ++k) {
+            const int64_t x = x0c + k;
+            const acc_t* P = T + zoff[k] + xs[x] * kPatch;
+            const acc_t t = xt[x], u = zu[k];
+            alignas(64) acc_t a[kPad];
 #pragma omp simd aligned(a : 64)
-          for (int64_t p = 0; p < kPad; ++p) a[p] = P[p] + t * P[kPad + p] + u * (P[2 * kPad + p] + t * P[3 * kPad + p]);
-          const acc_t r = cr[k], g = cg[k], bl = cb[k];
-          alignas(16) acc_t o[4];
+            for (int64_t p = 0; p < kPad; ++p) a[p] = P[p] + t * P[kPad + p] + u * (P[2 * kPad + p] + t * P[3 * kPad + p]);
+            const acc_t r = cr[k], g = cg[k], bl = cb[k];
+            alignas(16) acc_t o[4];
 #pragma omp simd aligned(o : 16)
-          for (int64_t i = 0; i < 4; ++i) o[i] = a[i] * r + a[4 + i] * g + a[8 + i] * bl + a[12 + i];
-          o0[k] = o[0], o1[k] = o[1], o2[k] = o[2];
+            for (int64_t i = 0; i < 4; ++i) o[i] = a[i] * r + a[4 + i] * g + a[8 + i] * bl + a[12 + i];
+            o0[k] = o[0], o1[k] = o[1], o2[k] = o[2];
+          }
         }
         // (5) write
         if constexpr (std::is_same_v<out_t, uint8_t>) {
@@ -290,7 +572,15 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
             o1[k] = std::min(std::max(o1[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
             o2[k] = std::min(std::max(o2[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
           }
-          for (int64_t k = 0; k < n; ++k) {
+          int64_t k_out = 0;
+#if defined(__AVX512F__)
+          if (simd && (os.sw == 1 || (os.sw == 3 && os.sc == 1))) {
+            for (; k_out + 16 <= n; k_out += 16) {
+              store_rgb16_u8(dst + (x0c + k_out) * os.sw, os.sc, os.sw, il, o0 + k_out, o1 + k_out, o2 + k_out);
+            }
+          }
+#endif
+          for (int64_t k = k_out; k < n; ++k) {
             out_t* px = dst + (x0c + k) * os.sw;
             px[0] = uint8_t(o0[k]), px[os.sc] = uint8_t(o1[k]), px[2 * os.sc] = uint8_t(o2[k]);
           }
@@ -668,6 +958,7 @@ std::vector<at::Tensor> slice_apply_backward(at::Tensor grid, at::Tensor guide, 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused bilateral slice-and-apply (HDRNet semantics) on the CPU, forward and backward";
+  m.attr("simd") = kSimd ? "avx512" : "portable";  // which pointwise path this build has
   m.def("forward", &slice_apply_forward, "out = slice_apply(grid, guide, image)", py::arg("grid"), py::arg("guide"),
         py::arg("image"), py::arg("out") = py::none());
   m.def("retouch", &retouch_forward, "out = clamp(slice_apply(grid, curve_guide(image), image)): one pass, uint8 or float32",
