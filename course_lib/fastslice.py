@@ -349,7 +349,7 @@ def resize_fast(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def retouch_pass(grid: torch.Tensor, image: torch.Tensor, guide: Any, out: torch.Tensor | None = None,
-                 clamp: bool = True) -> torch.Tensor:
+                 clamp: bool = True, impl: str = "auto") -> torch.Tensor:
     """One pass from photo to result: per pixel the guide, the trilinear slice, the 3x4 affine,
     clamp (and rounding for 8-bit photos). Inference only (no gradients).
 
@@ -362,6 +362,8 @@ def retouch_pass(grid: torch.Tensor, image: torch.Tensor, guide: Any, out: torch
             the float image: one full-resolution float plane).
         out: optional buffer like ``image`` (same shape and dtype, any strides) to write into.
         clamp: clip float results to [0, 1] (8-bit results are always clipped and rounded).
+        impl: ``"auto"`` (the Triton kernel for CUDA tensors with a CurveGuide, else the C++ pass),
+            ``"triton"`` (also CPU tensors under ``TRITON_INTERPRET=1``) or ``"cpu"``.
 
     Returns:
         (B, 3, H, W) of ``image``'s dtype, laid out like ``image`` (``out`` when given). 8-bit values
@@ -370,9 +372,15 @@ def retouch_pass(grid: torch.Tensor, image: torch.Tensor, guide: Any, out: torch
     """
     from .bilateral import CurveGuide
 
-    ext = load_cpu_extension()
     if image.dtype not in (torch.uint8, torch.float32):
         raise ValueError(f"retouch_pass takes uint8 or float32 images, not {image.dtype}")
+    if impl == "triton" or (impl == "auto" and image.is_cuda and triton_available()):
+        if not isinstance(guide, CurveGuide) or not clamp:
+            raise ValueError("the Triton pass takes a CurveGuide and clamps its results")
+        from . import triton_slice
+
+        return triton_slice.retouch(grid, image, guide, out=out)
+    ext = load_cpu_extension()
     if ext is None or image.device.type != "cpu":
         # no C++ kernel (or not a CPU tensor): the same result through lesson 01's operations
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image

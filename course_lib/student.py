@@ -543,6 +543,7 @@ class Student(nn.Module):
         n = self.cfg.net_size
         if not torch.is_grad_enabled() and image.device.type == "cpu" and image.dtype in (torch.uint8, torch.float32):
             return resize_fast(image, (n, n))
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image
         return resize(image, (n, n)) if image.shape[-2:] != (n, n) else image
 
     # ------------------------------------------------------------------ full resolution
@@ -704,8 +705,8 @@ def retouch_fused(model: Student, image: torch.Tensor, text: torch.Tensor, stren
     photo, the grid, then one pass per pixel (guide, slice, apply, clamp, rounding for 8-bit photos).
 
     Args:
-        model: a :class:`Student` (on the CPU for the fused C++ passes; elsewhere the same result via
-            the model's forward).
+        model: a :class:`Student`; on the CPU the passes are C++, on a CUDA GPU the pass over the
+            pixels is the Triton kernel (``image`` is moved to the model's device).
         image: (B, 3, H, W) uint8 (0..255) or float32 in [0, 1], any strides: a decoded (B, H, W, 3)
             photo permuted to (B, 3, H, W) is read in place, and the result has its layout.
         text: (B, features) instruction features (:meth:`Student.embed`).
@@ -727,17 +728,11 @@ def retouch_fused(model: Student, image: torch.Tensor, text: torch.Tensor, stren
             timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
-    if image.device != model.device or model.device.type != "cpu":
-        x = image.to(model.device).float() / (255.0 if image.dtype == torch.uint8 else 1.0)
-        res = model(x, text, strength).clamp(0, 1)
-        res = (res * 255 + 0.5).to(torch.uint8) if image.dtype == torch.uint8 else res
-        res = res.to(image.device)
-        lap("pass")
-        return res if out is None else out.copy_(res)
     model.eval()
+    image = image.to(model.device)
     low = model.network_input(image)  # (B, 3, n, n)
     lap("input")
-    s = torch.as_tensor(strength, dtype=low.dtype).reshape(-1, 1, 1, 1, 1)
+    s = torch.as_tensor(strength, dtype=low.dtype, device=low.device).reshape(-1, 1, 1, 1, 1)
     # G_s = I + s (G - I)
     grid = model.identity + s * model.delta(low, text.to(model.device))  # (B, 12, D, G, G)
     lap("grid")
@@ -769,8 +764,8 @@ def retouch(model: Student, image: torch.Tensor, instruction: str | Sequence[str
     if len(texts) != x.shape[0]:
         raise ValueError(f"{len(texts)} instructions for {x.shape[0]} images")
     model.eval()
-    if impl == "auto" and model.device.type == "cpu" and x.dtype in (torch.uint8, torch.float32):
-        out = retouch_fused(model, x.cpu(), model.embed(texts), strength)
+    if impl == "auto" and x.dtype in (torch.uint8, torch.float32):
+        out = retouch_fused(model, x, model.embed(texts), strength).cpu()
     else:
         x = (x.float() / 255.0 if x.dtype == torch.uint8 else x).to(model.device, torch.float32)
         out = model(x, model.embed(texts), strength, impl=impl).clamp(0, 1).cpu()

@@ -313,3 +313,36 @@ def test_resize_fast_matches_data_resize(cpu_ext, size):
     torch.testing.assert_close(fastslice.resize_fast(photo, size), ref, atol=1e-5, rtol=0)
     image = torch.rand(1, 3, 300, 500, generator=gen)
     torch.testing.assert_close(fastslice.resize_fast(image, size), resize(image, size), atol=1e-5, rtol=0)
+
+
+TRITON_RETOUCH_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from course_lib import bilateral, fastslice
+    torch.manual_seed(0)
+    guide = bilateral.CurveGuide()
+    with torch.no_grad():
+        guide.ccm.add_(0.1 * torch.randn(3, 3)); guide.slopes.add_(0.3 * torch.randn(3, 16))
+    report = []
+    for (B, H, W, D, Hg, Wg) in [(2, 9, 13, 4, 3, 5), (1, 17, 20, 8, 2, 2)]:
+        grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg)
+        photo = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        x = photo.float() / 255
+        with torch.no_grad():
+            ref = bilateral.slice_apply_reference(grid, guide(x), x).clamp(0, 1)
+        out8 = fastslice.retouch_pass(grid, photo, guide, impl="triton")
+        outf = fastslice.retouch_pass(grid, x, guide, impl="triton")
+        ref8 = (ref * 255 + 0.5).to(torch.uint8)
+        report.append({"u8": int((out8.int() - ref8.int()).abs().max()), "layout": out8.stride() == photo.stride(),
+                       "f32": float((outf - ref).abs().max())})
+    print(json.dumps(report))
+""")
+
+
+def test_triton_retouch_pass_matches_reference_in_the_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-c", TRITON_RETOUCH_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert case["u8"] <= 1 and case["layout"] and case["f32"] < 1e-5, case  # within 1/255
