@@ -622,36 +622,57 @@ void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, 
                    int64_t Kx) {
   float lut[256];
   for (int v = 0; v < 256; ++v) lut[v] = float(v) / 255.0f;
+  // interleaved pixels (r g b r g b ...): a row is 3 W contiguous values, summed as they are
+  const bool interleaved = is.sc == 1 && is.sw == 3;
+  // line[c * W + x] (planes) or line[3 x + c] (interleaved): element stride of x and of c in the line
+  const int64_t lx = interleaved ? 3 : 1, lc = interleaved ? 1 : W;
   at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> line(3 * W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, oy = row % h;
       std::fill(line.begin(), line.end(), 0.f);
+      float* l = line.data();
+      // vertical: line = sum_j wy[oy, j] image[ymin + j]
       for (int64_t j = 0; j < Ky; ++j) {
         const float wgt = wy[oy * Ky + j];
         const int64_t yy = ymin[oy] + j;
         if (wgt == 0.f || yy >= H) continue;
         const in_t* src = im + b * is.sb + yy * is.sh;
-        for (int64_t c = 0; c < 3; ++c) {
-          float* l = line.data() + c * W;
-          const in_t* s = src + c * is.sc;
-          if (is.sw == 1) {
+        if (interleaved) {
+          if constexpr (std::is_same_v<in_t, uint8_t>) {
+            // (w / 255) v: no table lookup, so the loop vectorises (same value to float rounding)
+            const float w255 = wgt / 255.0f;
 #pragma omp simd
-            for (int64_t x = 0; x < W; ++x) l[x] += wgt * to_acc<float>(s[x], lut);
+            for (int64_t e = 0; e < 3 * W; ++e) l[e] += w255 * float(src[e]);
           } else {
-            for (int64_t x = 0; x < W; ++x) l[x] += wgt * to_acc<float>(s[x * is.sw], lut);
+#pragma omp simd
+            for (int64_t e = 0; e < 3 * W; ++e) l[e] += wgt * float(src[e]);
+          }
+          continue;
+        }
+        for (int64_t c = 0; c < 3; ++c) {
+          const in_t* s = src + c * is.sc;
+          float* lcp = l + c * W;
+          if (is.sw == 1) {
+            const float w1 = std::is_same_v<in_t, uint8_t> ? wgt / 255.0f : wgt;
+#pragma omp simd
+            for (int64_t x = 0; x < W; ++x) lcp[x] += w1 * float(s[x]);
+          } else {
+            for (int64_t x = 0; x < W; ++x) lcp[x] += wgt * to_acc<float>(s[x * is.sw], lut);
           }
         }
       }
+      // horizontal: out[ox] = sum_j wx[ox, j] line[xmin + j]
       for (int64_t c = 0; c < 3; ++c) {
-        const float* l = line.data() + c * W;
         float* d = op + ((b * 3 + c) * h + oy) * w;
+        const float* lc0 = l + c * lc;
         for (int64_t ox = 0; ox < w; ++ox) {
-          float acc = 0.f;
           const float* wgt = wx + ox * Kx;
-          const float* s = l + xmin[ox];
+          const float* s = lc0 + xmin[ox] * lx;
           const int64_t kmax = std::min<int64_t>(Kx, W - xmin[ox]);
-          for (int64_t j = 0; j < kmax; ++j) acc += wgt[j] * s[j];
+          float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < kmax; ++j) acc += wgt[j] * s[j * lx];
           d[ox] = std::min(std::max(acc, 0.f), 1.f);
         }
       }
