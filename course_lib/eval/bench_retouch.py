@@ -283,11 +283,12 @@ STAGES = ("decode", "input", "grid", "pass", "encode")
 
 
 def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
-                threads: tuple[int, ...] | None = None, formats: tuple[str, ...] = ("JPEG", "PNG")) -> list[dict]:
+                threads: tuple[int, ...] | None = None, formats: tuple[str, ...] | None = None) -> list[dict]:
     """The student's 1080p edit split into stages, on one thread and on all: decoding the photo,
     the network's input read from it, the grid (the network), the pass over the pixels (guide, slice,
     apply, clamp, rounding) and encoding, for an 8-bit photo in and out (as ``retouch`` runs it) and for
     a float32 photo in and out (instruction already encoded). The edit reuses its output buffer.
+    ``formats``: the file formats timed (default JPEG and PNG; JPEG alone in FAST mode).
 
     Returns:
         One dict per (threads, path, format): ``threads``, ``path`` (``"8-bit"`` or ``"float32"``),
@@ -304,6 +305,7 @@ def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
     from ..student import retouch_fused
 
     threads = threads or tuple(dict.fromkeys([1, os.cpu_count() or 1]))
+    formats = formats or config.pick(fast=("JPEG",), full=("JPEG", "PNG"))
     gen = torch.Generator().manual_seed(0)
     # a smooth photo-like image (random noise would make the codecs' work unrepresentative)
     small = torch.rand(1, 3, size[0] // 60, size[1] // 60, generator=gen)
