@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 
 from . import config
-from .bilateral import slice_apply_grid_sample
+from .bilateral import CurveGuide, slice_apply_grid_sample
 from .util.files import atomic_write_text
-from .fastslice import available_impls, frame_cost, slice_apply_cpu, slice_apply_triton, timed
+from .fastslice import available_impls, frame_cost, retouch_pass, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
 NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160)}
@@ -78,9 +78,6 @@ def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, g
     (H, W, 3) photo in and out, the curve guide, slice, apply, clamp, rounding) and the float forward
     into a reused buffer, on one thread and on all threads, against the copy floor of the same bytes
     measured right before each row."""
-    from .bilateral import CurveGuide
-    from .fastslice import retouch_pass, slice_apply_cpu
-
     D, Hg, Wg = grid_shape
     grid = torch.eye(3, 4).reshape(1, 12, 1, 1, 1).expand(1, 12, D, Hg, Wg) + 0.1 * torch.randn(1, 12, D, Hg, Wg,
                                                                                                   generator=gen)

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from .bilateral import register_fast_impl, slice_apply_grid_sample
+from .bilateral import CurveGuide, register_fast_impl, slice_apply_grid_sample
 from .config import CACHE_DIR
+from .data import resize
 
 #: The C++ source of the CPU kernels (found next to this file, also in an editable install).
 CPP_SOURCE: Path = Path(__file__).resolve().parent / "csrc" / "bilateral_slice.cpp"
@@ -339,8 +340,6 @@ def resize_fast(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = size
     ext = load_cpu_extension()
     if ext is None or image.device.type != "cpu" or image.dtype not in (torch.uint8, torch.float32):
-        from .data import resize
-
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         return resize(x, (h, w))
     ymin, wy = resize_weights(image.shape[-2], h)
@@ -370,8 +369,6 @@ def retouch_pass(grid: torch.Tensor, image: torch.Tensor, guide: Any, out: torch
         are ``floor(255 clamp(v, 0, 1) + 1/2)`` of the float result ``v``
         (:func:`course_lib.images.to_uint8`).
     """
-    from .bilateral import CurveGuide
-
     if image.dtype not in (torch.uint8, torch.float32):
         raise ValueError(f"retouch_pass takes uint8 or float32 images, not {image.dtype}")
     if impl == "triton" or (impl == "auto" and image.is_cuda and triton_available()):

@@ -43,7 +43,7 @@ from .. import bench, config
 from ..inversion import invert_and_edit, shipped_models
 from ..metrics import apply_affine, fit_global_affine, kid
 from ..perceptual import load_lpips
-from ..student import load_student, read_metadata
+from ..student import load_student, read_metadata, retouch_fused
 from ..teacher import load_teacher
 from . import score as S, tables
 from . import world as W
@@ -301,8 +301,6 @@ def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
 
     import numpy as np
     from PIL import Image
-
-    from ..student import retouch_fused
 
     threads = threads or tuple(dict.fromkeys([1, os.cpu_count() or 1]))
     formats = formats or config.pick(fast=("JPEG",), full=("JPEG", "PNG"))
