@@ -101,8 +101,8 @@ def load_image_u8(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torc
     """
     img = open_image(path, max_pixels)
     if img.mode in ("RGB", "L"):
-        arr = np.asarray(img.convert("RGB") if img.mode == "L" else img, dtype=np.uint8)
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        # np.array, not asarray: Pillow's buffer is read-only, and a tensor should own writable memory
+        return torch.from_numpy(np.array(img.convert("RGB") if img.mode == "L" else img, dtype=np.uint8))
     return torch.from_numpy(to_uint8(pil_to_tensor(img)))
 
 
