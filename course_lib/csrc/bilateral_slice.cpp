@@ -8,15 +8,21 @@
 //   with t = g - 1/2 - k0; indices clamped to [0, G - 1] (border replicate)
 //   out_i = sum_j A_ij in_j + A_i3,   A_c = sum_8 wx wy wz grid[c]
 //
-// Speed ideas:
+// Speed ideas (forward, one pointwise pass: pointwise_kernel):
 // 1. The y-interpolation is the same for a whole row of pixels, so each row first builds a
-//    "slab" S[z][xg][p] = wy0 grid[c, z, y0, xg] + wy1 grid[c, z, y1, xg] (a few KB, stays in
+//    "slab" S[z][xg] = wy0 grid[c, z, y0, xg] + wy1 grid[c, z, y1, xg] (a few KB, stays in
 //    L1). Per pixel only 2 x-corners x 2 z-corners remain.
-// 2. In the forward pass a slab cell stores its 12 coefficients *transposed and padded* to 16 floats,
-//    p = 4 j + i (input j, output i, i = 3 is a zero pad): the four corner blends are 16-wide
-//    (one AVX-512 or two AVX2 registers), and the apply is three 4-wide FMAs,
-//    out(4) = A[:, 0] r + A[:, 1] g + A[:, 2] b + A[:, 3], with no horizontal sums.
-// 3. The z corners of a whole row are computed first, in a loop the compiler vectorises.
+// 2. Between neighbouring cells the coefficients are bilinear in the x weight t and the z weight u:
+//    A = (P + t Qx) + u (Qz + t Qxz), 3 FMAs per coefficient (the plain 8-corner formula costs
+//    8 x (2 + 24) FLOPs per pixel, this about 110 with the apply).
+// 3. Portable path: a slab cell holds its 12 coefficients *transposed and padded* to 16 floats,
+//    p = 4 j + i (input j, output i, i = 3 a zero pad), so the blend is 16-wide and the apply is
+//    three 4-wide FMAs, out(4) = A[:, 0] r + A[:, 1] g + A[:, 2] b + A[:, 3].
+// 4. AVX-512 path: 16 pixels of a row at a time. The slab keeps z innermost (one 16-lane register per
+//    coefficient and x cell), so `permutexvar` looks up 16 pixels' z corners at once; the curve guide
+//    is a binary search over sorted knots in a register; 8-bit pixels are loaded and stored 16 at a time.
+// 5. The guide (optionally the learned curve guide, computed from the pixel), the clamp and the
+//    rounding to 8 bits happen in the same pass: a photo is read once and its result written once.
 // The full-resolution (B, 12, H, W) coefficient tensor never exists.
 //
 // Backward: d image and d guide are per pixel; d grid is a splat. Its slab keeps the grid's
