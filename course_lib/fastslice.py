@@ -136,7 +136,8 @@ class KernelBuildError(RuntimeError):
 def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     """Compile (first use) or load (cached) the C++ kernels.
 
-    Tries OpenMP + ``-march=native`` first, then plain ``-O3``. A machine without a compiler
+    Tries OpenMP + ``-march=native`` first, then plain ``-O3`` (``COURSE_CPP_PORTABLE=1``: plain ``-O3``
+    only, to test the portable loops on a machine whose compiler would use AVX-512). A machine without a compiler
     (or ninja) gets ``None`` and the reason (:func:`cpu_extension_error`): the callers fall back
     to the grid_sample path and say so in one line. A kernel that does not compile with a working
     toolchain is a bug, and raises :class:`KernelBuildError`.
@@ -157,8 +158,10 @@ def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     if missing is not None:
         _cpu_error = missing
         return None
+    # COURSE_CPP_PORTABLE=1: build without -march=native (the portable loops, as on a CPU without AVX-512)
+    native = os.environ.get("COURSE_CPP_PORTABLE", "").strip() not in ("1", "true", "yes")
     try:
-        _cpu_ext = _build(True, verbose)
+        _cpu_ext = _build(native, verbose)
     except (RuntimeError, OSError, ImportError) as first:  # e.g. a flag this compiler rejects: try plain -O3
         try:
             _cpu_ext = _build(False, verbose)
