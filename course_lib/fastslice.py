@@ -99,6 +99,8 @@ def _ensure_ninja_on_path() -> None:
 
 def _build(native: bool, verbose: bool) -> ModuleType:
     cflags, ldflags = _compile_flags(native)
+    if native and os.environ.get("COURSE_CPP_PORTABLE", "").strip() in ("1", "true", "yes"):
+        cflags = [f for f in cflags if not f.startswith("-march")]  # x86-64 baseline, OpenMP kept
     build_dir = _build_dir(cflags)
     build_dir.mkdir(parents=True, exist_ok=True)
     _ensure_ninja_on_path()
@@ -136,8 +138,8 @@ class KernelBuildError(RuntimeError):
 def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     """Compile (first use) or load (cached) the C++ kernels.
 
-    Tries OpenMP + ``-march=native`` first, then plain ``-O3`` (``COURSE_CPP_PORTABLE=1``: plain ``-O3``
-    only, to test the portable loops on a machine whose compiler would use AVX-512). A machine without a compiler
+    Tries OpenMP + ``-march=native`` first, then plain ``-O3`` (``COURSE_CPP_PORTABLE=1``: OpenMP without
+    ``-march=native``, to test the portable loops on a machine whose compiler would use AVX-512). A machine without a compiler
     (or ninja) gets ``None`` and the reason (:func:`cpu_extension_error`): the callers fall back
     to the grid_sample path and say so in one line. A kernel that does not compile with a working
     toolchain is a bug, and raises :class:`KernelBuildError`.
@@ -158,10 +160,8 @@ def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     if missing is not None:
         _cpu_error = missing
         return None
-    # COURSE_CPP_PORTABLE=1: build without -march=native (the portable loops, as on a CPU without AVX-512)
-    native = os.environ.get("COURSE_CPP_PORTABLE", "").strip() not in ("1", "true", "yes")
     try:
-        _cpu_ext = _build(native, verbose)
+        _cpu_ext = _build(True, verbose)
     except (RuntimeError, OSError, ImportError) as first:  # e.g. a flag this compiler rejects: try plain -O3
         try:
             _cpu_ext = _build(False, verbose)

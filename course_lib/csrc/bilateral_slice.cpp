@@ -147,6 +147,32 @@ struct CurveParams {
   int64_t K;
 };
 
+// The curve guide of n pixels given as three arrays of colours (the portable loop, vectorised over
+// pixels; kK > 0: the knot count is a compile-time constant): out[k] = guide, in [0, 1]
+template <typename in_t, typename out_t, int64_t kK>
+inline void curve_guide_span(const in_t* r_in, const in_t* g_in, const in_t* b_in, const float* M, const float* mb,
+                             const float* shifts, const float* slopes, const float* mix, float mix_bias, out_t* out,
+                             int64_t n, int64_t K_runtime) {
+  const int64_t K = kK > 0 ? kK : K_runtime;
+#pragma omp simd
+  for (int64_t x = 0; x < n; ++x) {
+    const float r = float(r_in[x]), g = float(g_in[x]), bl = float(b_in[x]);
+    float acc = mix_bias;
+#pragma GCC unroll 3
+    for (int64_t c = 0; c < 3; ++c) {
+      // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
+      const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + mb[c];
+      // f_c = sum_k slopes_ck relu(x'_c - shifts_ck)
+      float f = 0.f;
+#pragma GCC unroll 16
+      for (int64_t k = 0; k < K; ++k) f += slopes[c * K + k] * std::max(xc - shifts[c * K + k], 0.f);
+      acc += mix[c] * f;
+    }
+    // guide = clip(sum_c mix_c f_c + mix_bias, 0, 1)
+    out[x] = out_t(std::min(std::max(acc, 0.f), 1.f));
+  }
+}
+
 // Strided view of a (B, 3, H, W) image: element (b, c, y, x) at b sb + c sc + y sh + x sw
 struct Strides {
   int64_t sb, sc, sh, sw;
@@ -423,6 +449,12 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
   // the 16-pixel path: float arithmetic and at most 16 z patches
   const bool simd = kSimd && std::is_same_v<acc_t, float> && D <= 16;
+  // the curve's knots, copied (portable path)
+  std::vector<float> curve_shifts, curve_slopes;
+  if (cp != nullptr) {
+    curve_shifts.assign(cp->shifts, cp->shifts + 3 * cp->K);
+    curve_slopes.assign(cp->slopes, cp->slopes + 3 * cp->K);
+  }
   std::vector<float> Gz;
 #if defined(__AVX512F__)
   CurveSimd cs;
@@ -513,23 +545,9 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
           for (int64_t k = 0; k < n; ++k) zu[k] = acc_t(g_row[k]) * dz;
         } else {
           if (!guide_done) {
-            const int64_t K = kGuide > 0 ? kGuide : cp->K;
-            const float* M = cp->M;
-#pragma omp simd
-            for (int64_t k = 0; k < n; ++k) {
-              const float r = float(cr[k]), g = float(cg[k]), bl = float(cb[k]);
-              float acc = cp->mix_bias;
-#pragma GCC unroll 3
-              for (int64_t c = 0; c < 3; ++c) {
-                // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
-                const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + cp->mb[c];
-                float f = 0.f;
-#pragma GCC unroll 16
-                for (int64_t kk = 0; kk < K; ++kk) f += cp->slopes[c * K + kk] * std::max(xc - cp->shifts[c * K + kk], 0.f);
-                acc += cp->mix[c] * f;
-              }
-              zu[k] = acc_t(std::min(std::max(acc, 0.f), 1.f)) * dz;
-            }
+            curve_guide_span<acc_t, acc_t, (kGuide > 0 ? kGuide : 0)>(
+                cr, cg, cb, cp->M, cp->mb, curve_shifts.data(), curve_slopes.data(), cp->mix, cp->mix_bias, zu, n, cp->K);
+            for (int64_t k = 0; k < n; ++k) zu[k] *= dz;
           }
         }
         bool sliced = false;
@@ -783,8 +801,6 @@ template <typename scalar_t, int64_t kK>
 void curve_guide_kernel(const scalar_t* im, const float* M, const float* mb, const float* shifts,
                         const float* slopes, const float* mix, float mix_bias, scalar_t* out, int64_t B, int64_t H,
                         int64_t W, int64_t K_runtime) {
-  // kK > 0: the knot count is a compile-time constant (the inner loop unrolls, x vectorises)
-  const int64_t K = kK > 0 ? kK : K_runtime;
   const int64_t HW = H * W;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
@@ -792,21 +808,8 @@ void curve_guide_kernel(const scalar_t* im, const float* M, const float* mb, con
       const int64_t b = row / H, y = row % H;
       const scalar_t* r_row = im + b * 3 * HW + y * W;
       scalar_t* o_row = out + b * HW + y * W;
-#pragma omp simd
-      for (int64_t x = 0; x < W; ++x) {
-        const float r = float(r_row[x]), g = float(r_row[HW + x]), bl = float(r_row[2 * HW + x]);
-        float acc = mix_bias;
-#pragma GCC unroll 3
-        for (int64_t c = 0; c < 3; ++c) {
-          // x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
-          const float xc = M[3 * c] * r + M[3 * c + 1] * g + M[3 * c + 2] * bl + mb[c];
-          float f = 0.f;
-#pragma GCC unroll 16
-          for (int64_t k = 0; k < K; ++k) f += slopes[c * K + k] * std::max(xc - shifts[c * K + k], 0.f);
-          acc += mix[c] * f;
-        }
-        o_row[x] = scalar_t(std::min(std::max(acc, 0.f), 1.f));
-      }
+      curve_guide_span<scalar_t, scalar_t, kK>(r_row, r_row + HW, r_row + 2 * HW, M, mb, shifts, slopes, mix, mix_bias,
+                                               o_row, W, K_runtime);
     }
   });
 }
