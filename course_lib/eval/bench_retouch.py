@@ -287,7 +287,8 @@ def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
     """The student's 1080p edit split into stages, on one thread and on all: decoding the photo,
     the network's input read from it, the grid (the network), the pass over the pixels (guide, slice,
     apply, clamp, rounding) and encoding, for an 8-bit photo in and out (as ``retouch`` runs it) and for
-    a float32 photo in and out (instruction already encoded). The edit reuses its output buffer.
+    a float32 photo in and out (instruction already encoded). The edit reuses its output buffer. Thread
+    counts other than torch's current one run in a subprocess started with them (with the shipped student).
     ``formats``: the file formats timed (default JPEG and PNG; JPEG alone in FAST mode).
 
     Returns:
@@ -341,7 +342,11 @@ def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
 
     try:
         for n in threads:
-            torch.set_num_threads(n)
+            if n != n_threads:
+                # another thread count in a fresh process: switching torch's thread count inside a process
+                # left the network's convolutions ~50x slower here (thread pools re-created per call)
+                rows += _stage_split_elsewhere(n, repeats, size, formats)
+                continue
             with torch.no_grad():
                 for path, image, out in (("8-bit", photo8, out8), ("float32", photo_f, outf)):
                     src = image.contiguous().flatten()
@@ -362,6 +367,19 @@ def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
     finally:
         torch.set_num_threads(n_threads)
     return rows
+
+
+def _stage_split_elsewhere(threads: int, repeats: int, size: tuple[int, int], formats: tuple[str, ...]) -> list[dict]:
+    """:func:`stage_split` of the shipped student on ``threads`` threads, in a subprocess started with them."""
+    import subprocess
+
+    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+            "from course_lib.eval.bench_retouch import stage_split; from course_lib.student import load_student; "
+            "print(json.dumps(stage_split(load_student(device='cpu').eval(), int(sys.argv[2]), "
+            "(int(sys.argv[3]), int(sys.argv[4])), (int(sys.argv[1]),), tuple(sys.argv[5:]))))")
+    res = subprocess.run([sys.executable, "-c", code, str(threads), str(repeats), str(size[0]), str(size[1]), *formats],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def stages_table(rows: list[dict]) -> str:
