@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -21,9 +22,9 @@ from typing import Callable
 import torch
 
 from . import config
-from .bilateral import slice_apply_grid_sample
+from .bilateral import CurveGuide, slice_apply_grid_sample
 from .util.files import atomic_write_text
-from .fastslice import available_impls, frame_cost, slice_apply_cpu, slice_apply_triton, timed
+from .fastslice import available_impls, frame_cost, retouch_pass, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
 NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160)}
@@ -62,6 +63,49 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int =
     return 2 * nbytes / seconds
 
 
+def copy_floor_ms(nbytes: float, repeats: int = 5) -> float:
+    """The floor of a call that moves ``nbytes`` (read + written): the median ms of copying
+    ``nbytes / 2`` bytes into a preallocated, already-touched buffer (a fresh buffer would add page
+    faults, which are a cost to remove, not part of the floor)."""
+    n = max(1, int(nbytes // 2))
+    src = torch.ones(n, dtype=torch.uint8)
+    dst = torch.zeros_like(src)  # touched
+    return 1e3 * timed(dst.copy_, src, repeats=repeats, warmup=2)
+
+
+def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, gen: torch.Generator) -> list[dict]:
+    """The pass from photo to result at one size (CPU): the fused 8-bit pipeline (an interleaved
+    (H, W, 3) photo in and out, the curve guide, slice, apply, clamp, rounding) and the float forward
+    into a reused buffer, on one thread and on all threads, against the copy floor of the same bytes
+    measured right before each row."""
+    D, Hg, Wg = grid_shape
+    grid = torch.eye(3, 4).reshape(1, 12, 1, 1, 1).expand(1, 12, D, Hg, Wg) + 0.1 * torch.randn(1, 12, D, Hg, Wg,
+                                                                                                  generator=gen)
+    photo = torch.randint(0, 256, (1, H, W, 3), dtype=torch.uint8, generator=gen).permute(0, 3, 1, 2)
+    out8 = torch.empty(1, H, W, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    image = torch.rand(1, 3, H, W, generator=gen)
+    gmap = torch.rand(1, H, W, generator=gen)
+    outf = torch.empty_like(image)
+    guide = CurveGuide()
+    calls = {"fused 8-bit photo->photo": (lambda: retouch_pass(grid, photo, guide, out=out8), 6 * H * W),
+             "cpu fwd into buffer": (lambda: slice_apply_cpu(grid, gmap, image, out=outf), 28 * H * W)}
+    rows = []
+    threads = torch.get_num_threads()
+    for n_threads in dict.fromkeys([1, os.cpu_count() or 1]):
+        torch.set_num_threads(n_threads)
+        try:
+            with torch.no_grad():
+                for name, (call, nbytes) in calls.items():
+                    floor_ms = copy_floor_ms(nbytes, repeats)
+                    ms = 1e3 * timed(call, repeats=repeats, warmup=1)
+                    rows.append({"size": f"{W}x{H}", "mp": round(H * W / 1e6, 3), "impl": f"{name}, {n_threads} thr",
+                                 "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "speedup": None,
+                                 "off_floor": ms / floor_ms, "GBps": nbytes / ms / 1e6, "threads": n_threads})
+        finally:
+            torch.set_num_threads(threads)
+    return rows
+
+
 def _inputs(B: int, H: int, W: int, grid_shape: tuple[int, int, int], device: torch.device,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     D, Hg, Wg = grid_shape
@@ -92,7 +136,7 @@ def pass_call(fn, ps: str, grid: torch.Tensor, guide: torch.Tensor, image: torch
 
 def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, int] = (8, 16, 16),
         device: torch.device | None = None, impls: list[str] | None = None, backward: bool = True,
-        naive_max_mp: float = 1e9) -> dict:
+        naive_max_mp: float = 1e9, fused: bool = True) -> dict:
     """Time every implementation at every size; return the rows and the machine's floor.
 
     Args:
@@ -103,6 +147,7 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
         impls: restrict to these names (default: all available).
         backward: also time forward+backward.
         naive_max_mp: skip the naive path above this many megapixels (it is slow).
+        fused: on the CPU, also time the pass from photo to result (:func:`fused_rows`).
 
     Returns:
         ``{"bandwidth_GBps", "threads", "device", "rows": [...]}``, each row with
@@ -136,6 +181,8 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
                              "floor_ms": floor_ms, "bytes": nbytes,
                              "speedup": naive_ms[ps] / ms if ps in naive_ms else None,
                              "off_floor": ms / floor_ms})
+        if device.type == "cpu" and "cpu" in fns and fused:
+            rows += fused_rows(W, H, grid_shape, repeats, gen)
     return {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_GBps": bandwidth / 1e9,
             "grid": list(grid_shape), "repeats": repeats, "cpu": platform.processor() or platform.machine(),
             "rows": rows}
@@ -147,12 +194,12 @@ def format_table(result: dict) -> str:
              f"{result['bandwidth_GBps']:.1f} GB/s, grid {'x'.join(map(str, result['grid']))} (DxHgxWg), "
              f"median of {result['repeats']}",
              "",
-             "| size | MP | impl | pass | ms | x faster than naive | floor ms | x off the floor |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+             "| size | MP | impl | pass | ms | x faster than naive | floor ms | x off the floor | GB/s |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.1f}"
         lines.append(f"| {r['size']} | {r['mp']:.2f} | {r['impl']} | {r['pass']} | {r['ms']:.2f} | {speed} | "
-                     f"{r['floor_ms']:.2f} | {r['off_floor']:.1f} |")
+                     f"{r['floor_ms']:.2f} | {r['off_floor']:.1f} | {r['bytes'] / r['ms'] / 1e6:.1f} |")
     return "\n".join(lines)
 
 
@@ -167,13 +214,18 @@ def plot(result: dict, path: Path | None = None):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = result["rows"]
     for ps, style in (("fwd", "-o"), ("fwd+bwd", "--s")):
-        for impl in dict.fromkeys(r["impl"] for r in rows):
-            pts = sorted((r["mp"], r["ms"]) for r in rows if r["impl"] == impl and r["pass"] == ps)
+        for impl in dict.fromkeys(r["impl"] for r in rows if r.get("threads") is None):
+            pts = sorted((r["mp"], r["ms"]) for r in rows if r["impl"] == impl and r["pass"] == ps
+                         and r.get("threads") is None)
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{impl} {ps}")
-        floor = sorted({(r["mp"], r["floor_ms"]) for r in rows if r["pass"] == ps})
+        floor = sorted({(r["mp"], r["floor_ms"]) for r in rows if r["pass"] == ps and r.get("threads") is None})
         if floor:
             ax.plot(*zip(*floor), ":", color="gray", label=f"memory floor {ps}")
+    fused = [r for r in rows if r.get("threads") is not None]
+    for impl in dict.fromkeys(r["impl"] for r in fused):
+        pts = sorted((r["mp"], r["ms"]) for r in fused if r["impl"] == impl)
+        ax.plot(*zip(*pts), "-^", label=impl)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("megapixels")

@@ -320,10 +320,16 @@ def slice_coeffs(grid: torch.Tensor, guide: torch.Tensor, impl: str = "grid_samp
     raise ValueError(f"slice_coeffs impl must be 'reference' or 'grid_sample', not {impl!r}")
 
 
-#: Fused kernels, registered by lesson 02's module when it is imported
-#: (``course_lib.fastslice`` calls :func:`register_fast_impl`): name -> (function, is_available).
-#: Lesson 01 never imports lesson 02: imports go one way, and ``impl="auto"`` uses what is registered.
+#: Fused kernels, registered by lesson 02's module (``course_lib.fastslice`` calls
+#: :func:`register_fast_impl` when it is imported): name -> (function, is_available).
+#: Lesson 01 never imports lesson 02 at module level (imports go one way); the first
+#: ``slice_apply(impl="auto")`` loads it by name (:func:`_load_fast_impls`), so every caller gets
+#: the fastest implementation without importing anything itself.
 _FAST: dict[str, tuple[Callable, Callable[[], bool]]] = {}
+#: The module that registers the fused kernels, loaded on first use.
+FAST_MODULE = "course_lib.fastslice"
+_fast_loaded = False
+_last_impl: str | None = None
 
 
 def register_fast_impl(name: str, fn: Callable, is_available: Callable[[], bool]) -> None:
@@ -331,8 +337,28 @@ def register_fast_impl(name: str, fn: Callable, is_available: Callable[[], bool]
     _FAST[name] = (fn, is_available)
 
 
+def _load_fast_impls() -> None:
+    """Import :data:`FAST_MODULE` once (it registers its kernels); a failed import leaves the
+    grid_sample path (``COURSE_NO_FAST_IMPORT=1`` skips it, to test that path)."""
+    global _fast_loaded
+    if _fast_loaded:
+        return
+    _fast_loaded = True
+    import importlib
+    import os
+
+    if os.environ.get("COURSE_NO_FAST_IMPORT", "").strip() in ("1", "true", "yes"):
+        return
+    try:
+        importlib.import_module(FAST_MODULE)
+    except ImportError:
+        pass
+
+
 def _fast_impl(name: str) -> Callable | None:
     """The registered fused implementation ``name`` if it says it is available here, else ``None``."""
+    if name not in _FAST:
+        _load_fast_impls()
     entry = _FAST.get(name)
     if entry is None:
         return None
@@ -345,6 +371,12 @@ def available_impls() -> list[str]:
     return ["reference", "grid_sample"] + [n for n in ("triton", "cpu") if _fast_impl(n) is not None]
 
 
+def last_impl() -> str | None:
+    """Which implementation the last :func:`slice_apply` call ran (``"cpu"``, ``"triton"``,
+    ``"grid_sample"`` or ``"reference"``), ``None`` before the first call."""
+    return _last_impl
+
+
 def slice_apply(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """Slice a bilateral grid at every pixel and apply the affine transforms.
 
@@ -353,26 +385,35 @@ def slice_apply(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, im
         guide: (B, H, W) guidance map in [0, 1].
         image: (B, 3, H, W) input image (any range; the result is not clipped).
         impl: ``"reference"``, ``"grid_sample"``, ``"triton"`` / ``"cpu"`` (fused kernels of
-            lesson 02, registered when ``course_lib.fastslice`` is imported; the student imports
-            it), or ``"auto"``: the Triton kernel for CUDA tensors, the CPU kernel for CPU
-            tensors, when registered and available; else grid_sample.
+            lesson 02, loaded on first use), or ``"auto"`` (default): the Triton kernel for CUDA
+            tensors, the C++ kernel for CPU tensors, when available here; else grid_sample.
+            :func:`last_impl` says which one ran.
 
     Returns:
         (B, 3, H, W).
     """
+    global _last_impl
     if impl == "reference":
+        _last_impl = impl
         return slice_apply_reference(grid, guide, image)
     if impl == "grid_sample":
+        _last_impl = impl
         return slice_apply_grid_sample(grid, guide, image)
     if impl in ("triton", "cpu"):
         fn = _fast_impl(impl)
         if fn is None:
-            raise RuntimeError(f"slice_apply impl {impl!r} is not available here (import course_lib.fastslice, "
-                               f"lesson 02, to register it); available: {available_impls()}")
+            raise RuntimeError(f"slice_apply impl {impl!r} is not available here (lesson 02's module "
+                               f"{FAST_MODULE} did not load it); available: {available_impls()}")
+        _last_impl = impl
         return fn(grid, guide, image)
     if impl == "auto":
-        fn = _fast_impl("triton" if image.is_cuda else "cpu") if image.device.type in ("cuda", "cpu") else None
-        return fn(grid, guide, image) if fn is not None else slice_apply_grid_sample(grid, guide, image)
+        name = "triton" if image.is_cuda else "cpu"
+        fn = _fast_impl(name) if image.device.type in ("cuda", "cpu") else None
+        if fn is None:
+            _last_impl = "grid_sample"
+            return slice_apply_grid_sample(grid, guide, image)
+        _last_impl = name
+        return fn(grid, guide, image)
     raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
 
 

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from .bilateral import register_fast_impl, slice_apply_grid_sample
+from .bilateral import CurveGuide, register_fast_impl, slice_apply_grid_sample
 from .config import CACHE_DIR
+from .data import resize
 
 #: The C++ source of the CPU kernels (found next to this file, also in an editable install).
 CPP_SOURCE: Path = Path(__file__).resolve().parent / "csrc" / "bilateral_slice.cpp"
@@ -98,6 +99,8 @@ def _ensure_ninja_on_path() -> None:
 
 def _build(native: bool, verbose: bool) -> ModuleType:
     cflags, ldflags = _compile_flags(native)
+    if native and os.environ.get("COURSE_CPP_PORTABLE", "").strip() in ("1", "true", "yes"):
+        cflags = [f for f in cflags if not f.startswith("-march")]  # x86-64 baseline, OpenMP kept
     build_dir = _build_dir(cflags)
     build_dir.mkdir(parents=True, exist_ok=True)
     _ensure_ninja_on_path()
@@ -135,7 +138,8 @@ class KernelBuildError(RuntimeError):
 def load_cpu_extension(verbose: bool = False) -> ModuleType | None:
     """Compile (first use) or load (cached) the C++ kernels.
 
-    Tries OpenMP + ``-march=native`` first, then plain ``-O3``. A machine without a compiler
+    Tries OpenMP + ``-march=native`` first, then plain ``-O3`` (``COURSE_CPP_PORTABLE=1``: OpenMP without
+    ``-march=native``, to test the portable loops on a machine whose compiler would use AVX-512). A machine without a compiler
     (or ninja) gets ``None`` and the reason (:func:`cpu_extension_error`): the callers fall back
     to the grid_sample path and say so in one line. A kernel that does not compile with a working
     toolchain is a bug, and raises :class:`KernelBuildError`.
@@ -255,7 +259,8 @@ def _grid_sample_path(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tens
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
-def slice_apply_cpu(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def slice_apply_cpu(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Fused slice-and-apply with the C++ kernels (CPU tensors), differentiable.
 
     Falls back, with a one-line notice, to the ``grid_sample`` path when the
@@ -265,9 +270,11 @@ def slice_apply_cpu(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor
         grid: (B, 12, D, Hg, Wg) affine coefficients, channel ``4 i + j``.
         guide: (B, H, W) or (B, 1, H, W), values in [0, 1].
         image: (B, 3, H, W).
+        out: optional (B, 3, H, W) buffer of the result's dtype to write into (no gradients then):
+            reusing a buffer saves the page faults of a fresh full-resolution allocation.
 
     Returns:
-        (B, 3, H, W) in the promoted dtype of the inputs.
+        (B, 3, H, W) in the promoted dtype of the inputs (``out`` itself when given).
     """
     global _notified
     grid, guide, image = _prepare(grid, guide, image)
@@ -278,8 +285,122 @@ def slice_apply_cpu(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor
         if not _notified:
             print(f"fastslice: C++ kernel unavailable ({_cpu_error}); using the grid_sample path", file=sys.stderr)
             _notified = True
-        return _grid_sample_path(grid, guide, image)
+        result = _grid_sample_path(grid, guide, image)
+        return result if out is None else out.copy_(result)
+    if out is not None:
+        if torch.is_grad_enabled() and (grid.requires_grad or guide.requires_grad or image.requires_grad):
+            raise RuntimeError("slice_apply_cpu(out=...) does not record gradients: call it under torch.no_grad()")
+        return ext.forward(grid, guide, image, out=out)
     return FusedSliceApply.apply(ext, grid, guide, image)
+
+
+# ---------------------------------------------------------------------------------------------
+# From photo to result in one pass (inference)
+# ---------------------------------------------------------------------------------------------
+
+def resize_weights(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The taps of torch's antialiased bilinear resize along one axis (``F.interpolate(...,
+    mode="bilinear", antialias=True, align_corners=False)``).
+
+    Output ``i`` is centred at ``c = s (i + 1/2)`` in input pixels, ``s = in / out``; its tent filter
+    is ``max(s, 1)`` pixels wide on each side: ``w_j = max(1 - |j + 1/2 - c| / max(s, 1), 0)`` over
+    input pixels ``j``, normalised to sum to 1.
+
+    Returns:
+        ``(start, weights)``: (out_size,) int64 first input index, (out_size, K) float32 weights
+        of inputs ``start .. start + K - 1`` (zeros past each support).
+    """
+    s = in_size / out_size
+    support = s if s >= 1.0 else 1.0  # (interp size 2) / 2 * max(s, 1)
+    inv = 1.0 / s if s >= 1.0 else 1.0
+    c = s * (torch.arange(out_size, dtype=torch.float64) + 0.5)  # (out,)
+    start = (c - support + 0.5).trunc().long().clamp(min=0)  # (out,)
+    stop = (c + support + 0.5).trunc().long().clamp(max=in_size)  # (out,)
+    K = int((stop - start).max())
+    j = start[:, None] + torch.arange(K)  # (out, K) input indices
+    # w = max(1 - |j + 1/2 - c| / max(s, 1), 0) inside [start, stop)
+    w = (1 - ((j + 0.5 - c[:, None]) * inv).abs()).clamp(min=0) * (j < stop[:, None])
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-30)
+    return start, w.float()
+
+
+def resize_fast(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The network's input straight from the photo: the antialiased bilinear resize of
+    :func:`course_lib.data.resize` (same taps), in one C++ pass, reading 8-bit or float pixels.
+
+    No full-resolution float copy: each output row sums its input rows into one row of floats,
+    then filters that row along x.
+
+    Args:
+        image: (B, 3, H, W), uint8 (0..255) or float32 (in [0, 1]), any strides (a (B, H, W, 3)
+            photo permuted to (B, 3, H, W) is read as it is).
+        size: (h, w).
+
+    Returns:
+        (B, 3, h, w) float32 in [0, 1]; equal to ``resize(image.float() / 255, size)`` (or of the
+        float image) to float rounding.
+    """
+    h, w = size
+    ext = load_cpu_extension()
+    if ext is None or image.device.type != "cpu" or image.dtype not in (torch.uint8, torch.float32):
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        return resize(x, (h, w))
+    ymin, wy = resize_weights(image.shape[-2], h)
+    xmin, wx = resize_weights(image.shape[-1], w)
+    return ext.resize(image, ymin, wy, xmin, wx)
+
+
+def retouch_pass(grid: torch.Tensor, image: torch.Tensor, guide: Any, out: torch.Tensor | None = None,
+                 clamp: bool = True, impl: str = "auto") -> torch.Tensor:
+    """One pass from photo to result: per pixel the guide, the trilinear slice, the 3x4 affine,
+    clamp (and rounding for 8-bit photos). Inference only (no gradients).
+
+    Args:
+        grid: (B, 12, D, Hg, Wg) affine grid.
+        image: (B, 3, H, W) uint8 (0..255) or float32 (in [0, 1]), any strides: a decoded
+            (B, H, W, 3) photo permuted to (B, 3, H, W) is read in place.
+        guide: a :class:`course_lib.bilateral.CurveGuide` (computed per pixel inside the pass), or
+            a (B, H, W) guide map, or any other module ``image -> (B, H, W)`` (evaluated first on
+            the float image: one full-resolution float plane).
+        out: optional buffer like ``image`` (same shape and dtype, any strides) to write into.
+        clamp: clip float results to [0, 1] (8-bit results are always clipped and rounded).
+        impl: ``"auto"`` (the Triton kernel for CUDA tensors with a CurveGuide, else the C++ pass),
+            ``"triton"`` (also CPU tensors under ``TRITON_INTERPRET=1``) or ``"cpu"``.
+
+    Returns:
+        (B, 3, H, W) of ``image``'s dtype, laid out like ``image`` (``out`` when given). 8-bit values
+        are ``floor(255 clamp(v, 0, 1) + 1/2)`` of the float result ``v``
+        (:func:`course_lib.images.to_uint8`).
+    """
+    if image.dtype not in (torch.uint8, torch.float32):
+        raise ValueError(f"retouch_pass takes uint8 or float32 images, not {image.dtype}")
+    if impl == "triton" or (impl == "auto" and image.is_cuda and triton_available()):
+        if not isinstance(guide, CurveGuide) or not clamp:
+            raise ValueError("the Triton pass takes a CurveGuide and clamps its results")
+        from . import triton_slice
+
+        return triton_slice.retouch(grid, image, guide, out=out)
+    ext = load_cpu_extension()
+    if ext is None or image.device.type != "cpu":
+        # no C++ kernel (or not a CPU tensor): the same result through lesson 01's operations
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        g = guide if isinstance(guide, torch.Tensor) else guide(x)
+        res = slice_apply_fused(grid.to(x.dtype), g, x) if ext is not None else _grid_sample_path(grid, g, x)
+        if image.dtype == torch.uint8:
+            res = (res.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        elif clamp:
+            res = res.clamp(0, 1)
+        return res if out is None else out.copy_(res)
+    empty = torch.empty(0)
+    if isinstance(guide, CurveGuide):
+        return ext.retouch(grid, image, None, guide.ccm, guide.ccm_bias, guide.shifts, guide.slopes, guide.mix,
+                           float(guide.mix_bias.detach()), clamp, out=out)
+    if not isinstance(guide, torch.Tensor):
+        with torch.no_grad():
+            guide = guide(image.float() / 255.0 if image.dtype == torch.uint8 else image)
+    if guide.dim() == 4:
+        guide = guide[:, 0]
+    return ext.retouch(grid, image, guide, empty, empty, empty, empty, empty, 0.0, clamp, out=out)
 
 
 def slice_apply_triton(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

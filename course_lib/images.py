@@ -29,18 +29,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Load a photo as a float RGB tensor, upright.
-
-    Args:
-        path: an image file.
-        max_pixels: refuse images with more pixels than this (decompression bombs,
-            mistakes); the check happens before pixels are decoded.
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS):
+    """Open and decode a photo with Pillow, upright (EXIF orientation applied), with
+    :func:`load_image`'s checks.
 
     Returns:
-        (3, H, W) float32 tensor in [0, 1], rotated as its EXIF orientation says.
-        Grayscale is repeated to three channels; alpha is composited over white;
-        16-bit and float images keep their precision until the final conversion.
+        A loaded ``PIL.Image``.
 
     Raises:
         ImageError: missing, unreadable, truncated, non-image or too-large files.
@@ -72,7 +66,44 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.T
         if "truncated" in msg.lower() or "end of file" in msg.lower() or "premature" in msg.lower():
             raise ImageError(f"{p}: truncated or damaged image file ({msg})") from None
         raise ImageError(f"{p}: cannot read image ({msg})") from None
-    return pil_to_tensor(img)
+    return img
+
+
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Load a photo as a float RGB tensor, upright.
+
+    Args:
+        path: an image file.
+        max_pixels: refuse images with more pixels than this (decompression bombs,
+            mistakes); the check happens before pixels are decoded.
+
+    Returns:
+        (3, H, W) float32 tensor in [0, 1], rotated as its EXIF orientation says.
+        Grayscale is repeated to three channels; alpha is composited over white;
+        16-bit and float images keep their precision until the final conversion.
+
+    Raises:
+        ImageError: missing, unreadable, truncated, non-image or too-large files.
+    """
+    return pil_to_tensor(open_image(path, max_pixels))
+
+
+def load_image_u8(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """An 8-bit RGB photo as decoded: (H, W, 3) uint8, upright, no float copy.
+
+    Photos that are not 8-bit RGB or grayscale (16-bit, float, with alpha, CMYK, ...) are converted
+    exactly as :func:`load_image` converts them, then rounded to 8 bits.
+
+    Raises:
+        ImageError: as :func:`load_image`.
+    """
+    img = open_image(path, max_pixels)
+    if img.mode in ("RGB", "L"):
+        # np.array, not asarray: Pillow's buffer is read-only, and a tensor should own writable memory
+        return torch.from_numpy(np.array(img.convert("RGB") if img.mode == "L" else img, dtype=np.uint8))
+    return torch.from_numpy(to_uint8(pil_to_tensor(img)))
 
 
 def pil_to_tensor(img) -> torch.Tensor:
@@ -164,7 +195,22 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, overwrite: bool = False
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP"}
     if ext not in formats:
         raise ImageError(f"{p}: unknown output format {ext!r} (use one of {', '.join(sorted(formats))})")
-    img = Image.fromarray(to_uint8(x))
+    return save_array(to_uint8(x), p, overwrite=overwrite, quality=quality)
+
+
+def save_array(array: np.ndarray, path: str | os.PathLike, overwrite: bool = False, quality: int = 95) -> Path:
+    """:func:`save_image` for an (H, W, 3) uint8 array (or tensor): encoded as it is, atomically."""
+    from PIL import Image
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise ImageError(f"{p}: exists (use --overwrite to replace it)")
+    ext = p.suffix.lower()
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP"}
+    if ext not in formats:
+        raise ImageError(f"{p}: unknown output format {ext!r} (use one of {', '.join(sorted(formats))})")
+    arr = array.numpy() if isinstance(array, torch.Tensor) else array
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
     kwargs = {"quality": quality} if formats[ext] in ("JPEG", "WEBP") else {}
     try:
         atomic_write(p, lambda tmp: img.save(tmp, format=formats[ext], **kwargs), overwrite=overwrite)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from . import config, world
 from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for slice_apply(impl="auto")
-from .fastslice import load_cpu_extension
+from .fastslice import load_cpu_extension, resize_fast, retouch_pass
 from .text import bag_of_words, shared_encoder
 from .bilateral import CurveGuide, LumaGuide, grid_tv, identity_grid, make_guide, slice_apply
 from .data import RetouchPairs, load_photo, resize
@@ -522,11 +522,29 @@ class Student(nn.Module):
         Returns:
             (B, 12, D, G, G).
         """
-        n = self.cfg.net_size
-        low = resize(image, (n, n)) if image.shape[-2:] != (n, n) else image  # (B, 3, n, n)
-        s = torch.as_tensor(strength, dtype=image.dtype, device=image.device).reshape(-1, 1, 1, 1, 1)
+        low = self.network_input(image)  # (B, 3, n, n)
+        s = torch.as_tensor(strength, dtype=low.dtype, device=image.device).reshape(-1, 1, 1, 1, 1)
         # G_s = I + s (G - I)
         return self.identity + s * self.delta(low, text, code)
+
+    def network_input(self, image: torch.Tensor) -> torch.Tensor:
+        """The network's view of a photo: its antialiased resize to ``net_size``² (as in training).
+
+        Without gradients on the CPU, the C++ pass of :func:`course_lib.fastslice.resize_fast` reads
+        the photo itself (8-bit or float, any layout; the same taps as :func:`course_lib.data.resize`,
+        no full-resolution float copy).
+
+        Args:
+            image: (B, 3, H, W) float in [0, 1], or uint8 (0..255).
+
+        Returns:
+            (B, 3, n, n) float in [0, 1].
+        """
+        n = self.cfg.net_size
+        if not torch.is_grad_enabled() and image.device.type == "cpu" and image.dtype in (torch.uint8, torch.float32):
+            return resize_fast(image, (n, n))
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        return resize(image, (n, n)) if image.shape[-2:] != (n, n) else image
 
     # ------------------------------------------------------------------ full resolution
     def guide_map(self, image: torch.Tensor, rows_per_chunk: int | None = None) -> torch.Tensor:
@@ -565,8 +583,13 @@ class Student(nn.Module):
             ``return_readout`` the readout is appended to the tuple.
         """
         grid = self.predict_grid(image, text, strength, code)  # (B, 12, D, G, G)
-        guide = self.guide_map(image, rows_per_chunk=512)  # (B, H, W)
-        out = slice_apply(grid, guide, image, impl=impl)  # (B, 3, H, W)
+        if (not torch.is_grad_enabled() and impl in ("auto", "cpu") and image.device.type == "cpu"
+                and image.dtype == torch.float32):
+            # inference: guide, slice and apply in one pass over the pixels (lesson 02)
+            out = retouch_pass(grid, image, self.guide, clamp=False)  # (B, 3, H, W)
+        else:
+            guide = self.guide_map(image, rows_per_chunk=512)  # (B, H, W)
+            out = slice_apply(grid, guide, image, impl=impl)  # (B, 3, H, W)
         extra = ((grid,) if return_grid else ()) + ((self.understand(text),) if return_readout else ())
         return (out, *extra) if extra else out
 
@@ -676,28 +699,76 @@ def run_train_steps(step, seed: int = 0, steps: int = 3, size: int = 32, batch: 
 
 
 @torch.no_grad()
+def retouch_fused(model: Student, image: torch.Tensor, text: torch.Tensor, strength: float = 1.0,
+                  out: torch.Tensor | None = None, timings: dict | None = None) -> torch.Tensor:
+    """The student's inference pipeline, photo to result: the network's input read straight from the
+    photo, the grid, then one pass per pixel (guide, slice, apply, clamp, rounding for 8-bit photos).
+
+    Args:
+        model: a :class:`Student`; on the CPU the passes are C++, on a CUDA GPU the pass over the
+            pixels is the Triton kernel (``image`` is moved to the model's device).
+        image: (B, 3, H, W) uint8 (0..255) or float32 in [0, 1], any strides: a decoded (B, H, W, 3)
+            photo permuted to (B, 3, H, W) is read in place, and the result has its layout.
+        text: (B, features) instruction features (:meth:`Student.embed`).
+        strength: >= 0.
+        out: optional buffer like ``image`` to write the result into (reuse it across photos).
+        timings: if a dict, the stages' seconds are added to it: ``input`` (the network's input),
+            ``grid`` (the network) and ``pass`` (the pass over the pixels).
+
+    Returns:
+        (B, 3, H, W) of ``image``'s dtype, clipped to [0, 1] (8-bit: rounded).
+    """
+    import time
+
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
+    model.eval()
+    image = image.to(model.device)
+    low = model.network_input(image)  # (B, 3, n, n)
+    lap("input")
+    s = torch.as_tensor(strength, dtype=low.dtype, device=low.device).reshape(-1, 1, 1, 1, 1)
+    # G_s = I + s (G - I)
+    grid = model.identity + s * model.delta(low, text.to(model.device))  # (B, 12, D, G, G)
+    lap("grid")
+    res = retouch_pass(grid, image, model.guide, out=out)  # (B, 3, H, W)
+    lap("pass")
+    return res
+
+
+@torch.no_grad()
 def retouch(model: Student, image: torch.Tensor, instruction: str | Sequence[str], strength: float = 1.0,
             impl: str = "auto") -> torch.Tensor:
     """Edit photos with a student, as the ``retouch`` command does.
 
     Args:
         model: a :class:`Student` (its device is used).
-        image: (3, H, W) or (B, 3, H, W) in [0, 1], any size (4K is fine: the network sees a
-            ``net_size`` copy; the grid is sliced at full resolution).
+        image: (3, H, W) or (B, 3, H, W) in [0, 1] (or uint8, 0..255: the result is then uint8), any
+            size (4K is fine: the network sees a ``net_size`` copy; the grid is sliced at full
+            resolution).
         instruction: one instruction for all images, or one per image.
         strength: >= 0 (0: unchanged, 1: as predicted).
-        impl: slicing implementation.
+        impl: slicing implementation (``"auto"``: the fused pass of :func:`retouch_fused`).
 
     Returns:
         Same shape as ``image``, clipped to [0, 1], on the CPU.
     """
     squeeze = image.dim() == 3
-    x = (image[None] if squeeze else image).to(model.device, torch.float32)
+    x = image[None] if squeeze else image
     texts = [instruction] * x.shape[0] if isinstance(instruction, str) else list(instruction)
     if len(texts) != x.shape[0]:
         raise ValueError(f"{len(texts)} instructions for {x.shape[0]} images")
     model.eval()
-    out = model(x, model.embed(texts), strength, impl=impl).clamp(0, 1).cpu()
+    if impl == "auto" and x.dtype in (torch.uint8, torch.float32):
+        out = retouch_fused(model, x, model.embed(texts), strength).cpu()
+    else:
+        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x).to(model.device, torch.float32)
+        out = model(x, model.embed(texts), strength, impl=impl).clamp(0, 1).cpu()
     return out[0] if squeeze else out
 
 
@@ -876,6 +947,6 @@ def load_student(path: str | os.PathLike | None = None, device: str | torch.devi
     return model.to(dev).eval()
 
 
-__all__ = ["Student", "StudentConfig", "pathway_report", "read_instruction", "understood_line", "calibrate_readout", "FiLM", "film", "grid_from_head", "retouch", "curve_guide_fast", "explore", "save_student",
+__all__ = ["Student", "StudentConfig", "pathway_report", "read_instruction", "understood_line", "calibrate_readout", "FiLM", "film", "grid_from_head", "retouch", "retouch_fused", "curve_guide_fast", "explore", "save_student",
            "load_student", "read_metadata", "KIND", "shipped_path", "n_parameters", "CheckpointError",
            "CurveGuide", "LumaGuide"]

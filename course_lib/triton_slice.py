@@ -115,6 +115,86 @@ def slice_apply_fwd_kernel(grid_ptr, guide_ptr, image_ptr, out_ptr, H, W, D, HG,
 
 
 @triton.jit
+def _slice_apply_block(base, cell, gx, gy, gz, r, g, b, mask, D, HG, WG):
+    """Slice + apply for a block of pixels: the 8-corner loop of :func:`slice_apply_fwd_kernel`.
+
+    Returns:
+        (o0, o1, o2), fp32 (BLOCK,) each: ``out_i = sum_8 w (grid_i . [r, g, b, 1])``.
+    """
+    o0 = tl.zeros(r.shape, dtype=tl.float32)
+    o1 = tl.zeros(r.shape, dtype=tl.float32)
+    o2 = tl.zeros(r.shape, dtype=tl.float32)
+    for kz in tl.static_range(2):
+        iz, wz = _axis(gz, D, kz)
+        for ky in tl.static_range(2):
+            iy, wy = _axis(gy, HG, ky)
+            for kx in tl.static_range(2):
+                ix, wx = _axis(gx, WG, kx)
+                w = wx * wy * wz
+                src = base + (iz * HG + iy) * WG + ix
+                o0 += w * _affine(src, cell, 0, r, g, b, mask)
+                o1 += w * _affine(src, cell, 1, r, g, b, mask)
+                o2 += w * _affine(src, cell, 2, r, g, b, mask)
+    return o0, o1, o2
+
+
+@triton.jit
+def _curve_guide(params_ptr, r, g, b, K: tl.constexpr):
+    """The learned curve guide of a block of pixels (lesson 01's CurveGuide), fp32.
+
+    ``params_ptr`` holds :func:`curve_params`: ccm (9), ccm_bias (3), mix (3), mix_bias (1),
+    shifts (3 K), slopes (3 K).
+    """
+    acc = tl.zeros(r.shape, dtype=tl.float32) + tl.load(params_ptr + 15)
+    for c in tl.static_range(3):
+        # x'_c = M_c0 r + M_c1 g + M_c2 b + b_c
+        x = (tl.load(params_ptr + 3 * c) * r + tl.load(params_ptr + 3 * c + 1) * g
+             + tl.load(params_ptr + 3 * c + 2) * b + tl.load(params_ptr + 9 + c))
+        # f_c = sum_k slopes_ck relu(x'_c - shifts_ck)
+        f = tl.zeros(r.shape, dtype=tl.float32)
+        for k in tl.static_range(K):
+            f += tl.load(params_ptr + 16 + 3 * K + c * K + k) * tl.maximum(x - tl.load(params_ptr + 16 + c * K + k), 0.0)
+        acc += tl.load(params_ptr + 12 + c) * f
+    # guide = clip(sum_c mix_c f_c + mix_bias, 0, 1)
+    return tl.minimum(tl.maximum(acc, 0.0), 1.0)
+
+
+@triton.jit
+def retouch_kernel(grid_ptr, params_ptr, image_ptr, out_ptr, H, W, D, HG, WG, sb, sc, sh, sw, ob, oc, oh, ow,
+                   K: tl.constexpr, IS_U8: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass from photo to result: read each pixel once (8-bit or fp32, any strides), the curve
+    guide, slice + apply, clamp (and rounding for 8-bit), write once. Launch grid ``(cdiv(H W, BLOCK), B)``."""
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < H * W
+    y = p // W
+    x = p - y * W
+    src = image_ptr + n * sb + y * sh + x * sw
+    r = tl.load(src, mask=mask, other=0).to(tl.float32)
+    g = tl.load(src + sc, mask=mask, other=0).to(tl.float32)
+    b = tl.load(src + 2 * sc, mask=mask, other=0).to(tl.float32)
+    if IS_U8:
+        r, g, b = r / 255.0, g / 255.0, b / 255.0
+    # gx = (x + 1/2) Wg / W,  gy = (y + 1/2) Hg / H,  gz = guide D
+    gx = (x.to(tl.float32) + 0.5) * WG / W
+    gy = (y.to(tl.float32) + 0.5) * HG / H
+    gz = _curve_guide(params_ptr, r, g, b, K) * D
+    o0, o1, o2 = _slice_apply_block(grid_ptr + n * 12 * (D * HG * WG), D * HG * WG, gx, gy, gz, r, g, b, mask,
+                                    D, HG, WG)
+    o0 = tl.minimum(tl.maximum(o0, 0.0), 1.0)
+    o1 = tl.minimum(tl.maximum(o1, 0.0), 1.0)
+    o2 = tl.minimum(tl.maximum(o2, 0.0), 1.0)
+    dst = out_ptr + n * ob + y * oh + x * ow
+    if IS_U8:
+        # v * 255 + 1/2, truncated (course_lib.images.to_uint8)
+        o0, o1, o2 = o0 * 255.0 + 0.5, o1 * 255.0 + 0.5, o2 * 255.0 + 0.5
+    ty = out_ptr.dtype.element_ty
+    tl.store(dst, o0.to(ty), mask=mask)
+    tl.store(dst + oc, o1.to(ty), mask=mask)
+    tl.store(dst + 2 * oc, o2.to(ty), mask=mask)
+
+
+@triton.jit
 def _backward_row(src, dst, cell, I: tl.constexpr, w, wxy_dwz, d, r, g, b, mask, NEED_GRID: tl.constexpr):
     """One output row ``I`` of one corner in the backward pass.
 
@@ -225,3 +305,30 @@ def backward(grid: torch.Tensor, guide: torch.Tensor, image: torch.Tensor, grad_
                                                     d_grid, d_guide, d_image, H, W, D, Hg, Wg,
                                                     NEED_GRID=need_grid, BLOCK=BLOCK)
     return d_grid.to(grid.dtype), d_guide, d_image
+
+
+def curve_params(guide) -> torch.Tensor:
+    """A CurveGuide's parameters in :func:`_curve_guide`'s order, one fp32 vector (16 + 6 K,)."""
+    parts = [guide.ccm.reshape(-1), guide.ccm_bias, guide.mix, guide.mix_bias.reshape(1),
+             guide.shifts.reshape(-1), guide.slopes.reshape(-1)]
+    return torch.cat([t.detach().float().reshape(-1) for t in parts])
+
+
+def retouch(grid: torch.Tensor, image: torch.Tensor, guide, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Run :func:`retouch_kernel`: ``image`` (B, 3, H, W) uint8 or fp32, any strides, with a CurveGuide.
+
+    Returns:
+        (B, 3, H, W) of the image's dtype and layout (``out`` when given), clipped (8-bit: rounded).
+    """
+    B, _, H, W = image.shape
+    D, Hg, Wg = grid.shape[2:]
+    if out is None:
+        hwc = image.stride(1) == 1 and image.stride(3) == 3
+        out = (torch.empty(B, H, W, 3, dtype=image.dtype, device=image.device).permute(0, 3, 1, 2) if hwc
+               else torch.empty(B, 3, H, W, dtype=image.dtype, device=image.device))
+    params = curve_params(guide).to(image.device)
+    if image.numel():
+        retouch_kernel[_launch_grid(image)](grid.float().contiguous(), params, image, out, H, W, D, Hg, Wg,
+                                            *image.stride(), *out.stride(), K=guide.shifts.shape[1],
+                                            IS_U8=image.dtype == torch.uint8, BLOCK=BLOCK)
+    return out

@@ -1,5 +1,9 @@
 """Tests of course_lib.bilateral: slicing semantics, gradients, helpers, BGU, guides, explorer."""
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -7,6 +11,7 @@ import torch
 
 from course_lib import bilateral as bl
 from course_lib.checks import float_tol
+from course_lib.config import REPO_ROOT
 from course_lib.data import load_photo, luma, resize
 from course_lib.metrics import psnr
 
@@ -252,6 +257,7 @@ def test_dispatcher_uses_registered_fast_kernels(monkeypatch):
     called = []
     available = {"cpu": True}
     monkeypatch.setattr(bl, "_FAST", {})
+    monkeypatch.setattr(bl, "_fast_loaded", True)  # lesson 02's module is not loaded again
     grid, guide, image = bl.identity_grid(1, 2, 2, 2), torch.rand(1, 4, 4), torch.rand(1, 3, 4, 4)
     assert bl.available_impls() == ["reference", "grid_sample"]
     torch.testing.assert_close(bl.slice_apply(grid, guide, image), image)  # nothing registered: grid_sample
@@ -302,3 +308,26 @@ def test_slice_apply_backward_by_hand_matches_autograd_and_gradcheck():
             torch.rand(1, 6, 7, generator=g64, dtype=torch.float64, requires_grad=True),
             torch.rand(1, 3, 6, 7, generator=g64, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(F.apply, args)
+
+
+def test_default_dispatch_in_a_fresh_process_runs_the_fused_kernel():
+    """``slice_apply``'s defaults find lesson 02's kernels without the caller importing lesson 02."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from course_lib import bilateral
+        before = "course_lib.fastslice" in sys.modules
+        grid = bilateral.identity_grid(1, 8, 16, 16)
+        image = torch.rand(1, 3, 108, 192)
+        out = bilateral.slice_apply(grid, image.mean(1), image)
+        from course_lib import fastslice
+        print(before, bilateral.last_impl(), fastslice.cpu_extension_error(), float((out - image).abs().max()))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    before, impl, error, err = res.stdout.split()[-4:]
+    assert before == "False"  # nothing imported lesson 02 before the call
+    if error != "None":
+        pytest.skip(f"C++ extension unavailable here: {error}")
+    assert impl == "cpu" and float(err) < 1e-5

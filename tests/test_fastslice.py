@@ -230,3 +230,119 @@ def test_bench_command_smoke(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "slice.json").read_text())["rows"]
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
+
+
+# --------------------------------------------------------------------------- one pass from photo to result
+
+
+def _curve_guide(seed=0):
+    """A CurveGuide moved away from its initialisation (unsorted shifts, a mixing colour matrix)."""
+    gen = torch.Generator().manual_seed(seed)
+    guide = bilateral.CurveGuide()
+    with torch.no_grad():
+        guide.ccm.add_(0.1 * torch.randn(3, 3, generator=gen))
+        guide.ccm_bias.add_(0.05 * torch.randn(3, generator=gen))
+        guide.shifts.add_(0.03 * torch.randn(3, 16, generator=gen))
+        guide.slopes.add_(0.3 * torch.randn(3, 16, generator=gen))
+        guide.mix_bias.fill_(0.02)
+    return guide
+
+
+def _u8_reference(grid, guide, photo):
+    """The float path, clamped and rounded as images.to_uint8 does: (B, 3, H, W) uint8."""
+    x = photo.float() / 255.0
+    with torch.no_grad():
+        out = bilateral.slice_apply_reference(grid, guide(x), x)
+    return (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_retouch_pass_8bit_matches_float_reference(cpu_ext, shape):
+    B, H, W, D, Hg, Wg = shape
+    gen = torch.Generator().manual_seed(1)
+    grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg, generator=gen)
+    guide = _curve_guide()
+    hwc = torch.randint(0, 256, (B, H, W, 3), generator=gen, dtype=torch.uint8)  # as decoded
+    photo = hwc.permute(0, 3, 1, 2)  # (B, 3, H, W) view, no copy
+    ref = _u8_reference(grid, guide, photo)
+    for image in (photo, photo.contiguous()):
+        out = fastslice.retouch_pass(grid, image, guide)
+        assert out.dtype == torch.uint8 and out.shape == (B, 3, H, W) and out.stride() == image.stride()
+        assert (out.int() - ref.int()).abs().max() <= 1  # within 1/255
+        assert (out != ref).float().mean() < 0.01  # and almost always equal
+    buf = torch.empty(B, H, W, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    assert fastslice.retouch_pass(grid, photo, guide, out=buf) is buf
+    assert (buf.int() - ref.int()).abs().max() <= 1
+    # a guide map instead of the curve guide
+    gmap = torch.rand(B, H, W, generator=gen)
+    ref2 = (bilateral.slice_apply_reference(grid, gmap, photo.float() / 255).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    assert (fastslice.retouch_pass(grid, photo, gmap).int() - ref2.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("knots", [16, 5])
+def test_retouch_pass_float_matches_reference(cpu_ext, knots):
+    B, H, W, D, Hg, Wg = SHAPES[0]
+    grid, _, image = make_inputs(B, H, W, D, Hg, Wg, dtype=torch.float32)
+    guide = _curve_guide() if knots == 16 else bilateral.CurveGuide(n_knots=knots)
+    with torch.no_grad():
+        ref = bilateral.slice_apply_reference(grid, guide(image), image)
+    out = fastslice.retouch_pass(grid, image, guide, clamp=False)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fastslice.retouch_pass(grid, image, guide), ref.clamp(0, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_forward_into_a_given_buffer(cpu_ext):
+    grid, guide, image = make_inputs(*SHAPES[0], dtype=torch.float32)
+    out = torch.full_like(image, float("nan"))
+    with torch.no_grad():
+        res = fastslice.slice_apply_cpu(grid, guide, image, out=out)
+    assert res is out
+    torch.testing.assert_close(out, fastslice.slice_apply_cpu(grid, guide, image).detach())
+    with pytest.raises(RuntimeError):  # no gradients through a given buffer
+        fastslice.slice_apply_cpu(grid.requires_grad_(True), guide, image, out=out)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (16, 16), (11, 23), (50, 80)])
+def test_resize_fast_matches_data_resize(cpu_ext, size):
+    from course_lib.data import resize
+
+    gen = torch.Generator().manual_seed(2)
+    hwc = torch.randint(0, 256, (2, 45, 70, 3), generator=gen, dtype=torch.uint8)
+    photo = hwc.permute(0, 3, 1, 2)
+    ref = resize(photo.float() / 255, size)
+    torch.testing.assert_close(fastslice.resize_fast(photo, size), ref, atol=1e-5, rtol=0)
+    image = torch.rand(1, 3, 300, 500, generator=gen)
+    torch.testing.assert_close(fastslice.resize_fast(image, size), resize(image, size), atol=1e-5, rtol=0)
+
+
+TRITON_RETOUCH_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from course_lib import bilateral, fastslice
+    torch.manual_seed(0)
+    guide = bilateral.CurveGuide()
+    with torch.no_grad():
+        guide.ccm.add_(0.1 * torch.randn(3, 3)); guide.slopes.add_(0.3 * torch.randn(3, 16))
+    report = []
+    for (B, H, W, D, Hg, Wg) in [(2, 9, 13, 4, 3, 5), (1, 17, 20, 8, 2, 2)]:
+        grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg)
+        photo = torch.randint(0, 256, (B, H, W, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        x = photo.float() / 255
+        with torch.no_grad():
+            ref = bilateral.slice_apply_reference(grid, guide(x), x).clamp(0, 1)
+        out8 = fastslice.retouch_pass(grid, photo, guide, impl="triton")
+        outf = fastslice.retouch_pass(grid, x, guide, impl="triton")
+        ref8 = (ref * 255 + 0.5).to(torch.uint8)
+        report.append({"u8": int((out8.int() - ref8.int()).abs().max()), "layout": out8.stride() == photo.stride(),
+                       "f32": float((outf - ref).abs().max())})
+    print(json.dumps(report))
+""")
+
+
+def test_triton_retouch_pass_matches_reference_in_the_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-c", TRITON_RETOUCH_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert case["u8"] <= 1 and case["layout"] and case["f32"] < 1e-5, case  # within 1/255

@@ -124,3 +124,16 @@ def test_save_never_overwrites_and_is_atomic(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["out.png"]  # no temp files left
     with pytest.raises(ImageError, match="format"):
         save_image(torch.ones(3, 4, 4), tmp_path / "x.xyz")
+
+
+def test_load_image_u8_matches_load_image(tmp_path):
+    from course_lib.images import load_image_u8, save_array
+
+    gen = torch.Generator().manual_seed(0)
+    arr = torch.randint(0, 256, (21, 34, 3), dtype=torch.uint8, generator=gen)
+    p = save_array(arr, tmp_path / "x.png")
+    u8 = load_image_u8(p)
+    assert u8.dtype == torch.uint8 and u8.shape == (21, 34, 3) and torch.equal(u8, arr)
+    assert torch.equal(u8.permute(2, 0, 1).float() / 255, load_image(p))
+    with pytest.raises(ImageError):
+        save_array(arr, p)  # exists

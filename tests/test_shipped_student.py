@@ -70,3 +70,26 @@ def test_writes_what_it_understands(shipped, tmp_path, capsys):
     assert retouch_app.main([str(src), "-i", "warm it up please", "-o", str(out)]) == 0
     assert "understood: " in capsys.readouterr().out
     assert load_image(out).shape == photo.shape
+
+
+def test_fused_8bit_path_matches_the_float_path_on_a_test_photo(shipped):
+    """The one-pass 8-bit pipeline (photo in, photo out) against the float path (network input by
+    ``data.resize``, guide module, grid_sample slice + apply), clamped and rounded: within 1/255."""
+    from course_lib.student import retouch_fused
+
+    name = world.photo_names("test")[0]
+    photo = (world.load_photo(name, 384) * 255 + 0.5).to(torch.uint8)  # (3, H, W) 8-bit
+    hwc = photo.permute(1, 2, 0).contiguous()  # as decoded: (H, W, 3)
+    text = shipped.embed(["warm it up please"])
+    x = photo[None].float() / 255
+    with torch.enable_grad():  # the training path: torch resize, guide module, grid_sample
+        ref = shipped(x, text, impl="grid_sample").detach()
+    ref8 = (ref.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    timings: dict = {}
+    out = retouch_fused(shipped, hwc.permute(2, 0, 1)[None], text, timings=timings)
+    assert out.dtype == torch.uint8 and out.stride()[1] == 1  # interleaved like the input
+    assert (out.int() - ref8.int()).abs().max() <= 1
+    assert set(timings) == {"input", "grid", "pass"}
+    with torch.no_grad():  # the float inference path (fused pass, unclamped) agrees with it too
+        torch.testing.assert_close(shipped(x, text), ref, atol=1e-4, rtol=1e-4)
+    assert (retouch(shipped, photo, "warm it up please").int() - ref8[0].int()).abs().max() <= 1

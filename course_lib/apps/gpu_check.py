@@ -47,7 +47,7 @@ from ..bench import PLANES, _inputs, parse_size, pass_call
 from ..bench import copy_bandwidth as cpu_bandwidth
 from ..bilateral import slice_apply, slice_apply_grid_sample, slice_apply_reference
 from ..fastslice import frame_cost, slice_apply_triton, triton_available
-from ..student import featurise, load_student, shipped_path
+from ..student import featurise, load_student, retouch_fused, shipped_path
 from ..text import shared_encoder
 
 #: The steps, in order: name -> title in the report.
@@ -395,6 +395,10 @@ def time_student(device, size: str = "1080p", repeats: int = 10, warmup: int = 3
             "text encoding + the network + slice")
         add("end to end + photo transfers", wall_calls(lambda: edit(photo.to(device), encode()).cpu(), device,
                                                       repeats, warmup), "photo host->device, result device->host")
+        photo8 = (photo * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).to(device)
+        add("8-bit photo -> 8-bit result, one pass", wall_calls(lambda: retouch_fused(model, photo8, text), device,
+                                                                repeats, warmup),
+            "student.retouch_fused: network input, grid, one pass (Triton on CUDA, C++ on the CPU)")
     return rows
 
 

@@ -61,10 +61,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import config, data
-from ..bilateral import slice_apply
+from ..fastslice import retouch_pass
 from ..data import resize
 from ..images import ImageError, load_image, save_image, to_uint8
-from ..student import load_student, read_instruction, understood_line
+from ..student import load_student, read_instruction, retouch_fused, understood_line
 from ..teacher import add_teacher_options, load_teacher
 
 #: Default upload limit (MB = 2**20 bytes); ``python -m course_lib studio --max-upload-mb``.
@@ -178,11 +178,10 @@ def edit_student(model, image: torch.Tensor, instruction: str, strength: float =
     if not instruction.strip():
         return image.clone()
     x = image[None].to(model.device, torch.float32)  # (1, 3, H, W)
-    grid = model.predict_grid(x, model.embed([instruction]), strength)  # (1, 12, D, G, G)
-    if cells is not None:
-        grid = resample_grid(grid, int(cells))  # (1, 12, D, c, c)
-    guide = model.guide_map(x, rows_per_chunk=512)  # (1, H, W)
-    return slice_apply(grid, guide, x).clamp(0, 1).cpu()[0]
+    if cells is None:  # the retouch command's pipeline: one pass over the pixels
+        return retouch_fused(model, x, model.embed([instruction]), strength).cpu()[0]
+    grid = resample_grid(model.predict_grid(x, model.embed([instruction]), strength), int(cells))  # (1, 12, D, c, c)
+    return retouch_pass(grid, x, model.guide).cpu()[0]
 
 
 def blend(image: torch.Tensor, edited: torch.Tensor, strength: float) -> torch.Tensor:

@@ -43,7 +43,7 @@ from .. import bench, config
 from ..inversion import invert_and_edit, shipped_models
 from ..metrics import apply_affine, fit_global_affine, kid
 from ..perceptual import load_lpips
-from ..student import load_student, read_metadata
+from ..student import load_student, read_metadata, retouch_fused
 from ..teacher import load_teacher
 from . import score as S, tables
 from . import world as W
@@ -278,6 +278,123 @@ def interleaved_latency(fns: dict[str, Method], repeats: int, size: tuple[int, i
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
+#: Stages of :func:`stage_split`, in order: decoding, the edit's three stages, encoding.
+STAGES = ("decode", "input", "grid", "pass", "encode")
+
+
+def stage_split(model, repeats: int = 5, size: tuple[int, int] = (1080, 1920),
+                threads: tuple[int, ...] | None = None, formats: tuple[str, ...] | None = None) -> list[dict]:
+    """The student's 1080p edit split into stages, on one thread and on all: decoding the photo,
+    the network's input read from it, the grid (the network), the pass over the pixels (guide, slice,
+    apply, clamp, rounding) and encoding, for an 8-bit photo in and out (as ``retouch`` runs it) and for
+    a float32 photo in and out (instruction already encoded). The edit reuses its output buffer. Thread
+    counts other than torch's current one run in a subprocess started with them (with the shipped student).
+    ``formats``: the file formats timed (default JPEG and PNG; JPEG alone in FAST mode).
+
+    Returns:
+        One dict per (threads, path, format): ``threads``, ``path`` (``"8-bit"`` or ``"float32"``),
+        ``format`` (the file format decoded and encoded, 8-bit rows only), the stages' median ms,
+        ``edit`` (input + grid + pass) and ``floor`` (ms to copy the photo's bytes into a
+        preallocated, already-touched buffer: read once, write once).
+    """
+    import io
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    threads = threads or tuple(dict.fromkeys([1, os.cpu_count() or 1]))
+    formats = formats or config.pick(fast=("JPEG",), full=("JPEG", "PNG"))
+    gen = torch.Generator().manual_seed(0)
+    # a smooth photo-like image (random noise would make the codecs' work unrepresentative)
+    small = torch.rand(1, 3, size[0] // 60, size[1] // 60, generator=gen)
+    photo_f = F.interpolate(small, size=size, mode="bicubic", align_corners=False).clamp(0, 1)  # (1, 3, H, W)
+    hwc = (photo_f[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).contiguous()  # (H, W, 3)
+    files = {}
+    for fmt in formats:
+        buf = io.BytesIO()
+        Image.fromarray(hwc.numpy()).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        files[fmt] = buf.getvalue()
+    text = model.embed(["make it warmer"])
+    photo8 = hwc.permute(2, 0, 1)[None]
+    out8 = torch.empty_like(hwc).permute(2, 0, 1)[None]
+    outf = torch.empty_like(photo_f)
+    rows = []
+    n_threads = torch.get_num_threads()
+
+    def median(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * sorted(times)[len(times) // 2]
+
+    def edit_stages(image, out) -> dict:
+        runs = []
+        retouch_fused(model, image, text, out=out)
+        for _ in range(repeats):
+            t: dict = {}
+            retouch_fused(model, image, text, out=out, timings=t)
+            runs.append(t)
+        return {k: 1e3 * sorted(r[k] for r in runs)[len(runs) // 2] for k in ("input", "grid", "pass")}
+
+    try:
+        for n in threads:
+            if n != n_threads:
+                # another thread count in a fresh process: switching torch's thread count inside a process
+                # left the network's convolutions ~50x slower here (thread pools re-created per call)
+                rows += _stage_split_elsewhere(n, repeats, size, formats)
+                continue
+            with torch.no_grad():
+                for path, image, out in (("8-bit", photo8, out8), ("float32", photo_f, outf)):
+                    src = image.contiguous().flatten()
+                    dst = torch.empty_like(src).copy_(src)
+                    floor = median(lambda: dst.copy_(src))
+                    st = edit_stages(image, out)
+                    edit = sum(st.values())
+                    if path == "float32":
+                        rows.append({"threads": n, "path": path, "format": "-", "decode": float("nan"), **st,
+                                     "encode": float("nan"), "edit": edit, "floor": floor})
+                        continue
+                    for fmt, data in files.items():
+                        dec = median(lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                        enc = median(lambda: Image.fromarray(hwc.numpy()).save(
+                            io.BytesIO(), format=fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+                        rows.append({"threads": n, "path": path, "format": fmt, "decode": dec, **st, "encode": enc,
+                                     "edit": edit, "floor": floor})
+    finally:
+        torch.set_num_threads(n_threads)
+    return rows
+
+
+def _stage_split_elsewhere(threads: int, repeats: int, size: tuple[int, int], formats: tuple[str, ...]) -> list[dict]:
+    """:func:`stage_split` of the shipped student on ``threads`` threads, in a subprocess started with them."""
+    import subprocess
+
+    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+            "from course_lib.eval.bench_retouch import stage_split; from course_lib.student import load_student; "
+            "print(json.dumps(stage_split(load_student(device='cpu').eval(), int(sys.argv[2]), "
+            "(int(sys.argv[3]), int(sys.argv[4])), (int(sys.argv[1]),), tuple(sys.argv[5:]))))")
+    res = subprocess.run([sys.executable, "-c", code, str(threads), str(repeats), str(size[0]), str(size[1]), *formats],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def stages_table(rows: list[dict]) -> str:
+    """Markdown table of :func:`stage_split`'s rows."""
+    lines = ["The supervised student's 1080p edit by stage (ms, median); floor: copying the photo's bytes into "
+             "a preallocated buffer", "",
+             "| threads | photo | file | decode | network input | grid | pass | encode | edit | x off the floor |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        f = lambda v: "-" if v != v else f"{v:.1f}"  # noqa: E731
+        lines.append(f"| {r['threads']} | {r['path']} | {r['format']} | {f(r['decode'])} | {f(r['input'])} | "
+                     f"{f(r['grid'])} | {f(r['pass'])} | {f(r['encode'])} | {f(r['edit'])} | {r['edit'] / r['floor']:.1f} |")
+    return "\n".join(lines)
+
+
 def world_wording(paraphrases: str) -> str:
     """``--paraphrases`` -> the data world's wording: ``"train"`` or ``"heldout_phrasing"`` (``vsd-study`` uses it too)."""
     return "train" if paraphrases == "train" else "heldout_phrasing"
@@ -339,12 +456,15 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
         ms = interleaved_latency(timed, repeats)
         for r in rows:
             r["ms_1080p"] = ms.get(r["method"], float("nan"))
+        stages = stage_split(load_student(device="cpu").eval(), repeats)
     ref = next((r["ms_1080p"] for r in rows if is_teacher(r["method"], 50)), float("nan"))
     for r in rows:
         r["speedup"] = ref / r["ms_1080p"] if r["ms_1080p"] == r["ms_1080p"] and r["ms_1080p"] > 0 else float("nan")
     kid_label = "KID×10³ (VGG-16, ImageNet)" if perceptual.real else "KID×10³ (random VGG-16 features: offline fallback)"
     result = {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes,
               "data": data}
+    if latency:
+        result["stages"] = stages
     if data == "world":
         result.update(split=split, wording=world_wording(paraphrases),
                       groups={g: sum(k == g for k in batch["kind"]) for g in ("global", "content-aware")})
@@ -380,7 +500,8 @@ def format_table(result: dict, latency: bool = True) -> str:
     cols = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in columns(result)]
     if not latency:
         cols = tables.without(cols, LATENCY_COLUMNS)
-    return tables.markdown(result["rows"], cols, title=head, notes=result["notes"])
+    table = tables.markdown(result["rows"], cols, title=head, notes=result["notes"])
+    return table + ("\n\n" + stages_table(result["stages"]) if latency and result.get("stages") else "")
 
 
 #: What the papers claim (their numbers, not measured here).
