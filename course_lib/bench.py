@@ -55,11 +55,18 @@ def implementations(device: torch.device) -> dict[str, Callable]:
     return impls
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float:
-    """Bytes per second of a large ``dst.copy_(src)`` (read + write counted), median of ``repeats``."""
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5, inner: int = 1) -> float:
+    """Bytes per second of a large ``dst.copy_(src)`` (read + write counted), median of ``repeats``
+    measurements of ``inner`` copies each (several per measurement hide a GPU's launch and sync
+    time; ``nbytes`` larger than its L2 cache)."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    seconds = timed(dst.copy_, src, repeats=repeats, warmup=2)
+
+    def copies():
+        for _ in range(inner):
+            dst.copy_(src)
+
+    seconds = timed(copies, repeats=repeats, warmup=2) / inner
     return 2 * nbytes / seconds
 
 
@@ -106,7 +113,7 @@ def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, g
     return rows
 
 
-def _inputs(B: int, H: int, W: int, grid_shape: tuple[int, int, int], device: torch.device,
+def random_inputs(B: int, H: int, W: int, grid_shape: tuple[int, int, int], device: torch.device,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     D, Hg, Wg = grid_shape
     grid = torch.randn(B, 12, D, Hg, Wg, generator=gen).to(device)
@@ -162,7 +169,7 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
     rows = []
     passes = ["fwd", "fwd+bwd"] if backward else ["fwd"]
     for (W, H) in sizes:
-        grid, guide, image = _inputs(1, H, W, grid_shape, device, gen)
+        grid, guide, image = random_inputs(1, H, W, grid_shape, device, gen)
         dout = torch.randn(image.shape, generator=gen).to(device)
         cost = frame_cost(H, W, torch.float32, *grid_shape)
         mp = H * W / 1e6

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from course_lib import config
-from course_lib.apps import gpu_check
+from course_lib.harness import gpu_check
 from course_lib.config import REPO_ROOT
 
 

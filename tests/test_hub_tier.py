@@ -143,7 +143,7 @@ def test_one_loader_and_options(tiny_hub):
 
 
 def test_hub_check_tiny(tmp_path, capsys):
-    from course_lib.apps import hub_check
+    from course_lib.harness import hub_check
 
     rc = hub_check.main(["--tiny", "--out-dir", str(tmp_path), "--only", "teacher-eval,train-vsd"])
     out = capsys.readouterr().out

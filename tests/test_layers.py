@@ -21,7 +21,6 @@ OUTER = ("course_lib.studies", "course_lib.harness")
 # (importer, imported) pairs allowed inside functions: the imported module needs an optional package at import time
 ALLOWED_LATE = {("course_lib.fastslice", "course_lib.triton_slice"),  # triton: only where it is installed
                 ("course_lib.gpu_check", "course_lib.triton_slice"),
-                ("course_lib.apps.gpu_check", "course_lib.triton_slice"),
                 ("course_lib.harness.gpu_check", "course_lib.triton_slice")}
 
 

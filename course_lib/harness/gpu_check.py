@@ -43,8 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config
-from ..bench import PLANES, _inputs, parse_size, pass_call
-from ..bench import copy_bandwidth as cpu_bandwidth
+from ..bench import PLANES, copy_bandwidth, parse_size, pass_call, random_inputs
 from ..bilateral import slice_apply, slice_apply_grid_sample, slice_apply_reference
 from ..fastslice import frame_cost, slice_apply_triton, triton_available
 from ..student import featurise, load_student, retouch_fused, shipped_path
@@ -164,27 +163,6 @@ def wall_calls(fn: Callable[[], object], device, repeats: int, warmup: int) -> l
     return times
 
 
-def copy_bandwidth(device, nbytes: int, repeats: int = 10, inner: int = 5) -> float:
-    """Bytes per second of ``dst.copy_(src)`` on ``device`` (read + write counted), median.
-
-    On CUDA: a device-to-device copy of ``nbytes`` (larger than the L2 cache), ``inner`` copies
-    between two CUDA events per measurement. On the CPU: :func:`course_lib.bench.copy_bandwidth`.
-    """
-    import torch
-
-    if device.type != "cuda":
-        return cpu_bandwidth(device, nbytes=nbytes, repeats=max(1, repeats // 2))
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-
-    def copies():
-        for _ in range(inner):
-            dst.copy_(src)
-
-    ms = statistics.median(time_calls(copies, device, repeats, warmup=2)) / inner
-    return 2 * nbytes / (ms / 1e3)
-
-
 # =============================================================================================
 # Step 1: kernels against the reference
 # =============================================================================================
@@ -282,7 +260,8 @@ def bench_slice(device, sizes: list[str], dtypes=BENCH_DTYPES, repeats: int = 20
     """
     import torch
 
-    bandwidth = copy_bandwidth(device, copy_mib << 20)
+    bandwidth = copy_bandwidth(device, copy_mib << 20, repeats=10 if device.type == "cuda" else 5,
+                               inner=5 if device.type == "cuda" else 1)
     info({"bandwidth_GBps": bandwidth / 1e9, "copy_MiB": copy_mib, "grid": "x".join(map(str, grid_shape)),
           "repeats": repeats, "warmup": warmup,
           "timer": "CUDA events, L2 flushed before each call" if device.type == "cuda" else "time.perf_counter"})
@@ -293,7 +272,7 @@ def bench_slice(device, sizes: list[str], dtypes=BENCH_DTYPES, repeats: int = 20
     rows = []
     for text in sizes:
         W, H = parse_size(text)
-        grid32, guide32, image32 = _inputs(1, H, W, grid_shape, device, gen)
+        grid32, guide32, image32 = random_inputs(1, H, W, grid_shape, device, gen)
         dout32 = torch.randn(image32.shape, generator=gen).to(device)
         for name in dtypes:
             dtype = getattr(torch, name)
@@ -508,7 +487,7 @@ def _step_env(device: str, tiny: bool) -> dict[str, str]:
 def run_worker_step(step: str, device: str, tiny: bool, timeout: float) -> StepResult:
     """Steps 1-3: run :func:`worker` in a subprocess with ``timeout`` seconds and judge its rows."""
     res = StepResult(step, budget_s=timeout)
-    cmd = [sys.executable, "-m", "course_lib.apps.gpu_check", "--worker", step, "--device", device] + (["--tiny"] if tiny else [])
+    cmd = [sys.executable, "-m", "course_lib.harness.gpu_check", "--worker", step, "--device", device] + (["--tiny"] if tiny else [])
     res.command = " ".join(cmd[1:])
     t0 = time.perf_counter()
     rc, out, err, timed_out = _run(cmd, timeout, _step_env(device, tiny), config.REPO_ROOT)
