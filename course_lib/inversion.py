@@ -258,12 +258,18 @@ def save_inverter(forward: Teacher, out: str | Path, metadata: dict[str, str]) -
     return save_checkpoint(out, lora_state_dict(forward), "inverter_lora", {"lora_rank": rank}, meta)
 
 
+def inverter_teacher(metadata: dict[str, str]) -> str:
+    """The teacher tier an inverter checkpoint was trained on: its ``teacher`` key (older files:
+    ``embedded``). A LoRA only fits the UNet it was trained on."""
+    return metadata.get("teacher") or "embedded"
+
+
 def load_inverter(path: str | Path | None = None, teacher: Teacher | None = None) -> tuple[Teacher, dict[str, str]]:
     """The teacher with the trained inverter LoRA: ``(forward_model, metadata)``.
 
     Args:
         path: a checkpoint from :func:`save_inverter` (default: the shipped one).
-        teacher: the teacher it was trained on (default: ``load_teacher("embedded")``).
+        teacher: the teacher it was trained on (default: the one its metadata names, :func:`inverter_teacher`).
 
     Raises:
         FileNotFoundError: one line, when the file is missing.
@@ -272,7 +278,7 @@ def load_inverter(path: str | Path | None = None, teacher: Teacher | None = None
     if not p.is_file():
         raise FileNotFoundError(f"no inverter checkpoint at {p} (train one: python -m course_lib train-inverter)")
     state, info = load_checkpoint(p, "inverter_lora")
-    teacher = teacher or load_teacher("embedded")
+    teacher = teacher or load_teacher(inverter_teacher(info.metadata))
     rank = int(info.config["lora_rank"])
     fwd = make_forward_model(teacher, rank, 4.0 * rank)
     load_lora_state_dict(fwd, state)
@@ -388,11 +394,11 @@ _MODELS: dict[str, tuple[Teacher, Teacher]] = {}
 
 
 def shipped_models(path: str | None = None) -> tuple[Teacher, Teacher]:
-    """``(forward, backward)``: the shipped cycle-trained inverter and the embedded teacher (cached)."""
+    """``(forward, backward)``: the shipped cycle-trained inverter and the teacher it was trained on (cached)."""
     key = str(path or "")
     if key not in _MODELS:
-        teacher = load_teacher("embedded")
-        _MODELS[key] = (load_inverter(path, teacher)[0], teacher)
+        fwd, meta = load_inverter(path)
+        _MODELS[key] = (fwd, load_teacher(inverter_teacher(meta)))
     return _MODELS[key]
 
 

@@ -200,9 +200,10 @@ def test_shipped_inverter_beats_plain_ddim4():
 
     if not shipped_path().is_file():
         pytest.fail(f"missing shipped inverter {shipped_path()}")
-    T = load_teacher("embedded")
+    fwd, meta = load_inverter()  # on the teacher it was trained on, as its metadata says
+    assert meta["teacher"] == "world" and meta["data"] == "world"
+    T = load_teacher("world")
     x = world_test_batch(8, T.resolution)["source"]
-    fwd, meta = load_inverter(teacher=T)
     plain, _ = inv.reconstruct(T, T, x, 4)
     cycle, _ = inv.reconstruct(fwd, T, x, 4)
     assert float(psnr(cycle, x).mean()) > float(psnr(plain, x).mean()) + 3.0

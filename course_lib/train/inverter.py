@@ -121,7 +121,8 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
     gen = torch.Generator().manual_seed(70_000 + args.seed)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
-            "processes": str(acc.num_processes), **recipe_metadata("train-inverter", args)}
+            "processes": str(acc.num_processes), "teacher": args.teacher, "data": args.data,
+            "paired_targets": "none", **recipe_metadata("train-inverter", args)}
 
     def save(step: int) -> None:
         save_inverter(fwd, out, {**meta, "trained_steps": str(step), "log": json.dumps(log[-300:])})
