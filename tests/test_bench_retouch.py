@@ -160,7 +160,8 @@ def _tiny_student(path, data):
 
 def test_build_methods_world_keeps_only_students_trained_on_the_world(tmp_path):
     """A VSD student whose provenance says ``"data": "pairs"`` is skipped with the reason, one whose
-    provenance says ``"data": "world"`` is a row, so is an extra; first-world models are noted as skipped."""
+    provenance says ``"data": "world"`` is a row, so is an extra and the inverter (trained on the world
+    teacher); first-world models are noted as skipped."""
     import pytest
 
     _tiny_student(tmp_path / "student_supervised.safetensors", None)
@@ -172,11 +173,11 @@ def test_build_methods_world_keeps_only_students_trained_on_the_world(tmp_path):
     assert list(methods) == ["identity", "global affine (oracle: fitted to the target)",
                              "student, supervised (lesson 03)",
                              "student, VSD + alignment from scratch, no paired targets (lesson 06)", "candidate",
-                             "teacher (data world), 50 DDIM steps (lesson 04)"]
+                             "teacher (data world), 50 DDIM steps (lesson 04)",
+                             "Inverse-and-Edit, 4 + 8 steps, residual (lesson 07)"]  # the inverter of the world teacher
     assert ("student, VSD from scratch, no paired targets (lesson 05): skipped: trained on the first world "
             "(provenance data = pairs)") in notes
-    for skipped in ("student, VSD (lesson 05)", "student, VSD + alignment (lesson 06)", "global affine (learned)",
-                    "Inverse-and-Edit"):
+    for skipped in ("student, VSD (lesson 05)", "student, VSD + alignment (lesson 06)", "global affine (learned)"):
         assert any(n.startswith(skipped) and "skipped" in n for n in notes), skipped
     out = methods["candidate"](torch.rand(2, 3, 32, 32), ["make it warmer"] * 2, None)
     assert out.shape == (2, 3, 32, 32)

@@ -195,9 +195,9 @@ def build_methods(steps_teacher: tuple[int, ...] = (50, 4), data: str = "pairs",
     if teacher is None:
         teacher = load_teacher("world" if data == "world" else "embedded")
     methods.update(_teacher_methods(teacher, steps_teacher, data))
-    if data == "world":
-        notes.append("Inverse-and-Edit (lesson 07): skipped, a first-world model (its generator is the first "
-                     "world's teacher)")
+    if data != "world":
+        notes.append("Inverse-and-Edit (lesson 07): skipped, a model of the world teacher (its generator is "
+                     "that teacher, not the first world's)")
         return methods, notes
     try:
         fwd, gen = shipped_models()
