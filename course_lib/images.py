@@ -186,16 +186,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, overwrite: bool = False
         ImageError: the file exists (and not ``overwrite``), or the format is unknown.
         Nothing is left behind on failure: an existing file is never partially overwritten.
     """
-    from PIL import Image
-
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise ImageError(f"{p}: exists (use --overwrite to replace it)")
-    ext = p.suffix.lower()
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP"}
-    if ext not in formats:
-        raise ImageError(f"{p}: unknown output format {ext!r} (use one of {', '.join(sorted(formats))})")
-    return save_array(to_uint8(x), p, overwrite=overwrite, quality=quality)
+    return save_array(to_uint8(x), path, overwrite=overwrite, quality=quality)
 
 
 def save_array(array: np.ndarray, path: str | os.PathLike, overwrite: bool = False, quality: int = 95) -> Path:
