@@ -541,6 +541,8 @@ class Student(nn.Module):
             (B, 3, n, n) float in [0, 1].
         """
         n = self.cfg.net_size
+        if image.shape[-2:] == (n, n) and image.is_floating_point():
+            return image  # already the network's view
         if not torch.is_grad_enabled() and image.device.type == "cpu" and image.dtype in (torch.uint8, torch.float32):
             return resize_fast(image, (n, n))
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image
@@ -732,9 +734,7 @@ def retouch_fused(model: Student, image: torch.Tensor, text: torch.Tensor, stren
     image = image.to(model.device)
     low = model.network_input(image)  # (B, 3, n, n)
     lap("input")
-    s = torch.as_tensor(strength, dtype=low.dtype, device=low.device).reshape(-1, 1, 1, 1, 1)
-    # G_s = I + s (G - I)
-    grid = model.identity + s * model.delta(low, text.to(model.device))  # (B, 12, D, G, G)
+    grid = model.predict_grid(low, text.to(model.device), strength)  # (B, 12, D, G, G)
     lap("grid")
     res = retouch_pass(grid, image, model.guide, out=out)  # (B, 3, H, W)
     lap("pass")
