@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config
-from .data import RetouchPairs, decode_edits
 from .text import shared_encoder
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 
@@ -158,19 +157,25 @@ def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tens
     return sum(int(labels[p] == labels[i]) for i, p in enumerate(pred)) / len(pred)
 
 
-def heldout_retrieval(model: EditCLIP, n: int = 64, size: int | None = None, paraphrases: str = "heldout",
-                      seed: int = 4321) -> dict[str, float]:
-    """Top-1 instruction retrieval among ``n`` held-out-photo edits (right = same edit families and signs).
+def heldout_retrieval(model: EditCLIP, n: int = 64, size: int | None = None, wording: str = "heldout_phrasing",
+                      split: str = "test", seed: int = 4321) -> dict[str, float]:
+    """Top-1 instruction retrieval among ``n`` edits of photos the encoder never saw (right = same
+    edit families, targets and signs).
+
+    Args:
+        wording: a :data:`course_lib.grammar.WORDINGS_KINDS` entry. split: ``"val"`` or ``"test"`` photos.
 
     Returns:
         ``{"accuracy": ..., "chance": ...}``; chance is the expected accuracy of a random pick,
         ``mean_i #{j: label_j = label_i} / n`` (duplicate edits in the batch raise it above 1/n).
     """
-    ds = RetouchPairs(split="heldout", paraphrases=paraphrases, size=size or model.cfg.size, length=n, seed=seed)
+    from .world import RetouchWorld, decode_world_edits
+
+    ds = RetouchWorld(split=split, wording=wording, size=size or model.cfg.size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     src, tgt = torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items])
-    labels = ["|".join(sorted(f"{e.family}{'+' if e.amount > 0 else '-'}" for e in decode_edits(it["edits"])))
-              for it in items]
+    labels = ["|".join(sorted(f"{e.family}@{e.target}{'+' if e.amount > 0 else '-'}"
+                              for e in decode_world_edits(it["edits"]))) for it in items]
     chance = sum(labels.count(lab) for lab in labels) / n ** 2
     text = model.embed_instructions([it["instruction"] for it in items])
     return {"accuracy": retrieval_accuracy(model, src, tgt, text, labels), "chance": chance}

@@ -43,15 +43,15 @@ def test_edit_clip_shapes_gradients_and_round_trip(tmp_path):
 
 def test_edit_clip_learns_to_tell_edits_apart():
     """A few steps on the course data lower InfoNCE and lift retrieval above chance."""
-    from course_lib.data import RetouchPairs
+    from course_lib.world import RetouchWorld
 
     torch.manual_seed(0)
     m = EditCLIP(TINY)
-    ds = RetouchPairs(split="train", paraphrases="train", size=16, length=8 * 60, seed=0,
-                      families=("exposure", "temperature", "saturation"), compose_prob=0.0)
+    ds = RetouchWorld(split="train", wording="train", size=16, length=8 * 150, seed=0,
+                      families=("exposure", "temperature", "saturation"), p2=0.0, p3=0.0)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     losses = []
-    for step in range(60):
+    for step in range(150):
         items = [ds[step * 8 + j] for j in range(8)]
         src = torch.stack([it["source"] for it in items])
         tgt = torch.stack([it["target"] for it in items])
@@ -61,8 +61,8 @@ def test_edit_clip_learns_to_tell_edits_apart():
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.2
-    test = RetouchPairs(split="heldout", paraphrases="train", size=16, length=24, seed=5,
-                        families=("exposure", "temperature", "saturation"), compose_prob=0.0)
+    test = RetouchWorld(split="test", wording="train", size=16, length=24, seed=5,
+                        families=("exposure", "temperature", "saturation"), p2=0.0, p3=0.0)
     items = [test[i] for i in range(24)]
     src = torch.stack([it["source"] for it in items])
     tgt = torch.stack([it["target"] for it in items])
@@ -106,9 +106,9 @@ def test_train_align_resumes_exactly_and_ships(tmp_path):
     assert len(la) == len(lb) == 4
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    # the shipped encoder loads and retrieves far above chance on held-out photos
+    # the shipped encoder loads and retrieves far above chance on the test photos
     shipped = load_edit_clip(EDIT_CLIP_WEIGHTS)
-    r = heldout_retrieval(shipped, n=32, paraphrases="train")
+    r = heldout_retrieval(shipped, n=32, wording="train")
     assert r["accuracy"] > 3 * r["chance"]
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -238,7 +238,7 @@ def run(name: str, folder: str | os.PathLike | None = None, dry_run: bool = Fals
             print(f"error: reproduce {name}: the stage writing {st.out} failed (exit code {rc}); rerun to continue",
                   file=sys.stderr)
             return rc
-    print(f"reproduce {name}: wrote {stages(name, folder)[-1].out}")
+    print(f"reproduce {name}: {'would write' if dry_run else 'wrote'} {stages(name, folder)[-1].out}")
     return 0
 
 

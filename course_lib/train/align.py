@@ -1,13 +1,13 @@
 """``python -m course_lib train-align``: train the embedded edit encoder (lesson 06).
 
 :class:`course_lib.align.EditCLIP` learns, with CLIP's symmetric InfoNCE over each batch,
-to match an edit - (source, edited photo) from :class:`course_lib.data.RetouchPairs` on the
-training photos and phrasings - with the MiniLM embedding of its instruction. Seeded
+to match an edit - (source, edited photo) from :class:`course_lib.world.RetouchWorld` on the
+training photos and wording - with the MiniLM embedding of its instruction. Seeded
 (item ``i`` is a pure function of ``(seed, i)``), resumable (``OUT.state/``: optimiser,
 step, losses; safetensors + JSON), 🤗 Accelerate-ready (``accelerate launch -m
 course_lib.train.align``: ``--batch-size`` is per process; the embeddings of all processes
 are gathered, so InfoNCE's negatives are the whole global batch and the update equals one
-process's on that batch). At the end it reports top-1 retrieval accuracy on held-out photos
+process's on that batch). At the end it reports top-1 retrieval accuracy on the test photos
 (:func:`course_lib.align.heldout_retrieval`; chance: one in the batch size).
 
 The shipped ``data/weights/edit_clip.safetensors`` is this command's defaults
@@ -24,7 +24,7 @@ import torch
 from .. import config
 from ..align import (AlignError, EditCLIP, EditCLIPConfig, heldout_retrieval, info_nce, load_edit_clip,
                      save_edit_clip)
-from ..data import RetouchPairs
+from ..world import RetouchWorld
 from .common import (RunOptions, run_command, Shard, gather_with_grad, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
                      save_on_main, set_lr, setting, state_dir, summary, write_state)
@@ -42,7 +42,8 @@ class AlignArgs(RunOptions):
     size: int = setting(32, "side of each panel (pixels)")
     lr: float = setting(1e-3, "AdamW learning rate")
     warmup: int = setting(50, "linear warm-up steps, then a cosine to zero")
-    compose_prob: float = setting(0.3, "share of items with two or three edits")
+    p2: float = setting(0.25, "share of items with two edits")
+    p3: float = setting(0.1, "share of items with three edits")
 
 
 def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[EditCLIP, list[float]]:
@@ -62,12 +63,12 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
         start, losses = int(info["step"]), list(info["losses"])
     model, opt = acc.prepare(model, opt)
     net = acc.unwrap_model(model)
-    ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed,
-                      compose_prob=args.compose_prob)
+    ds = RetouchWorld(split="train", wording="train", size=args.size, length=2**31 - 1, seed=args.seed,
+                      p2=args.p2, p3=args.p3)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
 
     def save(step: int) -> None:
-        save_edit_clip(net, out, metadata={"trained_steps": str(step), "processes": str(acc.num_processes),
+        save_edit_clip(net, out, metadata={"trained_steps": str(step), "processes": str(acc.num_processes), "data": "world",
                                            **recipe_metadata("train-align", args)})
         tensors, meta = optimizer_tensors(opt)
         write_state(state_dir(out), tensors, {"optimizer": meta}, {"step": step, "losses": losses})
@@ -101,7 +102,7 @@ def train(args: AlignArgs, resume: bool = False, log_every: int = 25) -> tuple[E
 def main(argv: list[str] | None = None) -> int:
     args = parse_settings(AlignArgs, argv, "python -m course_lib train-align",
                           "Train the embedded edit encoder (EditCLIP) for the prompt-alignment loss with InfoNCE on "
-                          "the course's retouch pairs. Resumable; runs under 'accelerate launch' unchanged. The "
+                          "the training photos' edits. Resumable; runs under 'accelerate launch' unchanged. The "
                           "shipped one: python -m course_lib reproduce edit_clip", "edit_clip.safetensors")
     result, seconds, code = run_command(lambda: train(args, resume=args.resume),
                                         (FileNotFoundError, ValueError, AlignError))
@@ -109,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     model, losses = result
     print(summary("train-align", losses, seconds, "InfoNCE", args.out, ".3f"))
-    for phr in ("train", "heldout"):
-        r = heldout_retrieval(model, paraphrases=phr)
-        print(f"held-out photos, {phr} phrasings: top-1 retrieval among 64 = {r['accuracy']:.0%} "
-              f"(chance {r['chance']:.0%}; right = same edit families and signs)")
+    for wording in ("train", "heldout_phrasing", "heldout_synonym"):
+        r = heldout_retrieval(model, wording=wording)
+        print(f"test photos, {wording} wording: top-1 retrieval among 64 = {r['accuracy']:.0%} "
+              f"(chance {r['chance']:.0%}; right = same edit families, targets and signs)")
     return 0
 
 
