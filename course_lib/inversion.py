@@ -164,33 +164,21 @@ def consistency_map(model: Teacher, z_t: torch.Tensor, t: int, s: int, text: tor
     return ddim_step(z_t, eps_text(model, z_t, t, text), ab[0], ab[1])
 
 
-def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: torch.Tensor,
-                    generator: torch.Generator, steps: int = 4, n_fine: int = 50,
-                    shard=None) -> tuple[torch.Tensor, dict]:
-    """Consistency distillation of the forward (inversion) model from the teacher's DDIM solver (iCD).
-
-    One segment ``[b_k, b_{k+1}]`` of the ``steps``-step schedule and one point ``t_n`` of the
-    fine grid inside it are drawn; then
-
-    * ``z_n``: the photo noised to ``t_n`` (``√ᾱ x0 + √(1−ᾱ) ε``; at ``t_n = b_0`` the photo itself,
-      as :func:`invert` starts);
-    * ``z_{n+1}``: one DDIM *inversion* step of the frozen teacher from ``t_n`` to the next grid point;
-    * ``L = || f_θ(z_n, t_n) − sg[f_θ(z_{n+1}, t_{n+1})] ||²``, with ``f(z, b_{k+1}) = z`` at the
-      segment's end (:func:`consistency_map`; ``sg``: stop-gradient, the target network of
-      consistency training without an EMA).
-
-    Points on one teacher trajectory must map to the same end point; the end of the segment pins
-    it to the teacher's ODE, and the consistency propagates it down the segment.
+def cd_point(x0: torch.Tensor, generator: torch.Generator, steps: int = 4, n_fine: int = 50,
+             shard=None) -> tuple[torch.Tensor | None, int, int, int]:
+    """Where one consistency-distillation example of the forward model sits (iCD): a segment
+    ``[b_k, b_{k+1}]`` of the ``steps``-step schedule, a point ``t_n`` of the teacher's fine
+    ``n_fine``-step grid inside it, the next grid point and the noise.
 
     Args:
-        forward: the trainable forward model (teacher + LoRA). teacher: the frozen ODE solver.
-        x0: (B, C, h, w) photos in teacher space. text: (B, L, D) (∅ for inversion).
+        x0: (B, C, h, w) the photos (for the noise's shape, dtype and device).
         generator: draws the segment, the point and the noise (seeded training).
         shard: a :class:`course_lib.train.common.Shard`: the noise is drawn for its global batch and
             this process takes its rows, so several processes use what one process would.
 
     Returns:
-        ``(loss, parts)`` with ``parts = {"cd": float, "t": t_n}``.
+        ``(noise, t_n, t_next, s)``: noise (B, C, h, w), or ``None`` at ``t_n = b_0`` (the photo
+        itself is then the point, as :func:`invert` starts); ``t_n < t_next <= s = b_{k+1}``.
     """
     b = boundaries(steps)
     grid = solver_grid(n_fine, steps)
@@ -198,22 +186,48 @@ def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: 
     inside = [t for t in grid if b[k] <= t < b[k + 1]]
     t_n = inside[int(torch.randint(0, len(inside), (1,), generator=generator))]
     t_next = grid[grid.index(t_n) + 1]  # <= b[k + 1]
-    ab = teacher.alpha_bar(torch.tensor([t_n, t_next]))
-    if t_n == b[0]:
-        z_n = x0
-    else:
+    noise = None
+    if t_n != b[0]:
         rows = shard.global_batch if shard is not None else x0.shape[0]
         noise = torch.randn(rows, *x0.shape[1:], generator=generator)
         noise = (shard.take(noise) if shard is not None else noise).to(x0)  # (B, C, h, w)
+    return noise, t_n, t_next, b[k + 1]
+
+
+def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: torch.Tensor,
+                    noise: torch.Tensor | None, t_n: int, t_next: int, s: int) -> torch.Tensor:
+    """Consistency distillation of the forward (inversion) model from the teacher's DDIM solver
+    (iCD), at one point of the fine grid (:func:`cd_point` draws it):
+
+    * ``z_n = √ᾱ_{t_n} x0 + √(1−ᾱ_{t_n}) ε`` (``z_n = x0`` when ``noise`` is ``None``);
+    * ``z_{n+1}``: one DDIM *inversion* step of the frozen ``teacher`` from ``t_n`` to ``t_next``;
+    * ``L = mean || f_θ(z_n, t_n) − sg[f_θ(z_{n+1}, t_next)] ||²``, ``f`` = :func:`consistency_map` of
+      ``forward`` onto the segment's end ``s`` (``f(z, s) = z``; ``sg``: stop-gradient, the target
+      network of consistency training without an EMA).
+
+    Points on one teacher trajectory must map to the same end point; the end of the segment pins
+    it to the teacher's ODE, and the consistency propagates it down the segment.
+
+    Args:
+        forward: the trainable forward model (teacher + LoRA). teacher: the frozen ODE solver.
+        x0: (B, C, h, w) photos in teacher space. text: (B, L, D) (∅ for inversion).
+        noise: (B, C, h, w) or ``None``. t_n < t_next <= s: timesteps.
+
+    Returns:
+        the scalar loss; its gradient reaches ``forward`` (and ``x0``) through ``f_θ(z_n, t_n)`` only.
+    """
+    ab = teacher.alpha_bar(torch.tensor([t_n, t_next]))
+    if noise is None:
+        z_n = x0
+    else:
         # z_n = √ᾱ x0 + √(1 − ᾱ) ε
         z_n = ab[0].sqrt().to(x0) * x0 + (1 - ab[0]).sqrt().to(x0) * noise
     with torch.no_grad():
         # the teacher's solver step, inversion direction: t_n -> t_{n+1}
         z_next = ddim_step(z_n, eps_text(teacher, z_n, t_n, text), ab[0], ab[1])
-        target = consistency_map(forward, z_next, t_next, b[k + 1], text)  # = z_next at the segment's end
-    pred = consistency_map(forward, z_n, t_n, b[k + 1], text)
-    loss = (pred.float() - target.float()).pow(2).mean()
-    return loss, {"cd": float(loss.detach()), "t": t_n}
+        target = consistency_map(forward, z_next, t_next, s, text)  # = z_next at the segment's end
+    pred = consistency_map(forward, z_n, t_n, s, text)
+    return (pred.float() - target.float()).pow(2).mean()
 
 
 def noise_cycle_loss(forward: Teacher, backward: Teacher, z: torch.Tensor, text: torch.Tensor,

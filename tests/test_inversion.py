@@ -282,6 +282,12 @@ def test_consistency_map_boundary_and_one_invert_step(tiny_teacher):
     assert set(inv.boundaries(4)) <= set(grid) and grid[0] == 19 and grid[-1] == 999
 
 
+def cd(fwd, T, x0, null, g):
+    """One consistency-distillation example at a drawn point: ``(loss, t_n)``."""
+    noise, t_n, t_next, s = inv.cd_point(x0, g)
+    return inv.forward_cd_loss(fwd, T, x0, null, noise, t_n, t_next, s), t_n
+
+
 def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
     T = tiny_teacher
     fwd = inv.make_forward_model(T, rank=4, alpha=16)
@@ -290,9 +296,25 @@ def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
             p.normal_(std=0.05)
     x0 = T.to_space(torch.rand(2, 3, 16, 16))
     null = T.null_text(2)
-    loss, parts = inv.forward_cd_loss(fwd, T, x0, null, torch.Generator().manual_seed(3))
-    again, parts2 = inv.forward_cd_loss(fwd, T, x0, null, torch.Generator().manual_seed(3))
-    assert parts == parts2 and parts["t"] in inv.solver_grid()
+    loss, t = cd(fwd, T, x0, null, torch.Generator().manual_seed(3))
+    again, t2 = cd(fwd, T, x0, null, torch.Generator().manual_seed(3))
+    assert t == t2 and float(loss) == float(again) and t in inv.solver_grid()
+    # the target carries no gradient: x0's gradient is the prediction's alone
+    noise, t_n, t_next, s = inv.cd_point(x0, torch.Generator().manual_seed(3))
+    x_req = x0.clone().requires_grad_(True)
+    inv.forward_cd_loss(fwd, T, x_req, null, noise, t_n, t_next, s).backward()
+    x_pred = x0.clone().requires_grad_(True)
+    if noise is None:
+        z_n = x_pred
+    else:
+        ab = T.alpha_bar(torch.tensor([t_n]))
+        z_n = ab.sqrt() * x_pred + (1 - ab).sqrt() * noise
+    with torch.no_grad():
+        ab2 = T.alpha_bar(torch.tensor([t_n, t_next]))
+        z_next = inv.ddim_step(z_n, inv.eps_text(T, z_n, t_n, null), ab2[0], ab2[1])
+        target = inv.consistency_map(fwd, z_next, t_next, s, null)
+    (inv.consistency_map(fwd, z_n, t_n, s, null) - target).pow(2).mean().backward()
+    torch.testing.assert_close(x_req.grad, x_pred.grad)
     loss.backward()
     grads = [p.grad for p in lora_parameters(fwd)]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
@@ -319,13 +341,13 @@ def test_forward_cm_self_consistency_improves_with_distillation(tiny_teacher):
         # mean over segments of |f(z_n, t_n) - f(z_{n+1}, t_{n+1})|^2 at fixed points and noise
         g = torch.Generator().manual_seed(5)
         with torch.no_grad():
-            return sum(float(inv.forward_cd_loss(fwd, T, x0, null, g)[0]) for _ in range(12)) / 12
+            return sum(float(cd(fwd, T, x0, null, g)[0]) for _ in range(12)) / 12
 
     before = gap()
     opt = torch.optim.Adam(lora_parameters(fwd), lr=3e-4)
     g = torch.Generator().manual_seed(7)
     for _ in range(40):
-        loss, _ = inv.forward_cd_loss(fwd, T, x0, null, g)
+        loss, _ = cd(fwd, T, x0, null, g)
         opt.zero_grad()
         loss.backward()
         opt.step()

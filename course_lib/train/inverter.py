@@ -3,7 +3,7 @@
 **Stage 1, ``--stage cd``: a forward consistency model** (iCD). Per step, one segment of the
 4-step schedule and one point of the teacher's fine DDIM grid inside it; the LoRA learns to map
 every point of a teacher inversion trajectory to the segment's end
-(:func:`course_lib.inversion.forward_cd_loss`), plus ``--noise-weight`` times iCD's
+(:func:`course_lib.inversion.forward_cd_loss` at points drawn by :func:`~course_lib.inversion.cd_point`), plus ``--noise-weight`` times iCD's
 preservation ``F(G(z)) ≈ z`` on noise the frozen generator turns into images
 (:func:`course_lib.inversion.noise_cycle_loss`).
 
@@ -38,7 +38,7 @@ import torch
 from .. import config
 from ..data import RetouchPairs
 from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
-from ..inversion import (cycle_loss, forward_cd_loss, invert, load_inverter, make_forward_model, noise_cycle_loss,
+from ..inversion import (cd_point, cycle_loss, forward_cd_loss, invert, load_inverter, make_forward_model, noise_cycle_loss,
                          save_inverter, shipped_path)
 from ..world import RetouchWorld
 from ..perceptual import load_lpips
@@ -139,8 +139,9 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         # the draws of the step (segment, point, noise) come from (seed, step): resumable
         gen.manual_seed(70_000 + 1_000_003 * args.seed + step)
         if args.stage == "cd":
-            loss, parts = forward_cd_loss(fwd, teacher, x0, null, gen, args.inversion_steps, shard=shard)
-            parts = {"cd": parts["cd"]}
+            noise, t_n, t_next, s = cd_point(x0, gen, args.inversion_steps, shard=shard)
+            loss = forward_cd_loss(fwd, teacher, x0, null, noise, t_n, t_next, s)
+            parts = {"cd": float(loss.detach())}
         else:
             with torch.no_grad():
                 z_ref = invert(teacher, x0, null, args.inversion_steps)  # F_0(x): plain DDIM inversion
