@@ -432,6 +432,33 @@ def embedded_x0(unet, x_t: torch.Tensor, source: torch.Tensor, t: torch.Tensor, 
     return source + unet(torch.cat([x_t, source], 1), t, encoder_hidden_states=text, class_labels=text[:, 0]).sample
 
 
+def diffusion_loss(denoise, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
+                   max_weight: float = 5.0) -> torch.Tensor:
+    """The teacher's training objective at drawn ``(t, ε)``: the forward process, then a weighted x̂0 loss.
+
+    ``x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε``;  ``x̂0 = denoise(x_t, t)``;
+    ``L = mean over batch and pixels of w_t (x̂0 − x0)²``, ``w_t = min(1 + SNR_t, max_weight)``,
+    ``SNR_t = ᾱ_t / (1 − ᾱ_t)``. Since ``‖ε − ε̂‖² = SNR_t ‖x0 − x̂0‖²``, this is the ε-loss with the
+    weight ``min(1 + SNR_t, 5) / SNR_t`` (Min-SNR style): the noisy steps stay in play.
+
+    Args:
+        denoise: ``(x_t (B, C, h, w), t (B,)) -> x̂0 (B, C, h, w)``, the network read as a clean-image guess
+            (its conditions bound in).
+        x0: (B, C, h, w) clean targets in [-1, 1]. t: (B,) integer timesteps. noise: (B, C, h, w) ε.
+        alpha_bar: (num_train_timesteps,) the schedule's ᾱ.
+
+    Returns:
+        the scalar loss.
+    """
+    ab = alpha_bar.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1) ᾱ_t
+    # x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
+    x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * noise
+    x0_hat = denoise(x_t, t)
+    # w_t = min(1 + SNR_t, 5)
+    w = torch.clamp(1 + ab / (1 - ab), max=max_weight)
+    return (w * (x0_hat - x0) ** 2).mean()
+
+
 def build_embedded_unet(resolution: int = 32, channels: Sequence[int] = (32, 64, 128), film: bool = False):
     """A freshly initialised embedded-teacher UNet; its last conv starts at zero (x̂0 = source: no edit)."""
     from diffusers import UNet2DConditionModel

@@ -545,3 +545,27 @@ def test_teacher_eval_times_methods_after_one_untimed_call():
     assert calls == [1]
     r = S.run(fn, batch, keys=())
     assert r["ms_per_image"] < 50  # without the warm-up: at least 100 ms per image
+
+
+def test_diffusion_loss_is_the_forward_process_and_the_weighted_x0_loss():
+    from diffusers import DDPMScheduler
+
+    from course_lib.teacher import ddpm_config, diffusion_loss
+
+    sched = DDPMScheduler(**ddpm_config())
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    t, noise = torch.tensor([0, 10, 500, 999]), torch.randn(4, 3, 8, 8, generator=g)
+    seen = {}
+
+    def half(x_t, tt):
+        seen["x_t"], seen["t"] = x_t, tt
+        return 0.5 * x0
+
+    loss = diffusion_loss(half, x0, t, noise, sched.alphas_cumprod)
+    torch.testing.assert_close(seen["x_t"], sched.add_noise(x0, noise, t))  # diffusers' forward process
+    assert torch.equal(seen["t"], t)
+    ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    w = torch.clamp(1 + ab / (1 - ab), max=5.0)  # min(1 + SNR_t, 5)
+    torch.testing.assert_close(loss, (w * (0.5 * x0 - x0) ** 2).mean())
+    assert float(diffusion_loss(lambda x_t, tt: x0, x0, t, noise, sched.alphas_cumprod)) == 0.0

@@ -39,8 +39,8 @@ import torch
 from .. import config
 from ..data import RetouchPairs
 from ..grammar import training_vocabulary
-from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, embedded_unet_config, embedded_x0,
-                       reader_features, save_embedded_teacher)
+from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, diffusion_loss, embedded_unet_config,
+                       embedded_x0, reader_features, save_embedded_teacher)
 from ..text import MiniLMEncoder
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from .student import readout_loss
@@ -138,10 +138,11 @@ def load_flat(net: TeacherNet, weights: dict[str, torch.Tensor]) -> None:
     net.load_state_dict({(k if k.startswith("reader.") else "unet." + k): v for k, v in weights.items()})
 
 
-def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.Tensor, text: torch.Tensor,
-                   gen: torch.Generator, cfg: TrainConfig, shard: Shard | None = None,
-                   readout: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The denoising loss with condition dropout (residual x̂0 parameterisation, weighted).
+def step_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.Tensor, text: torch.Tensor,
+              gen: torch.Generator, cfg: TrainConfig, shard: Shard | None = None,
+              readout: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One training step's loss: draws (t, ε, condition dropout), then :func:`course_lib.teacher.diffusion_loss`
+    (residual x̂0 parameterisation, weighted), plus the reader's readout loss.
 
     Args:
         net: a :class:`TeacherNet` (reader and UNet).
@@ -160,24 +161,25 @@ def diffusion_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.T
     x0, src = target * 2 - 1, source * 2 - 1  # pixels in [-1, 1]
     t = shard.take(torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)).to(dev)
     noise = shard.take(torch.randn((n, *x0.shape[1:]), generator=gen)).to(dev)
-    # x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
-    x_t = sched.add_noise(x0, noise, t)
     # r < p_T: drop text; p_T ≤ r < p_T+p_I: drop image; next p_both: drop both
     r = shard.take(torch.rand(n, generator=gen)).to(dev)
     p_t, p_i, p_b = cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both
     drop_txt = ((r < p_t) | ((r >= p_t + p_i) & (r < p_t + p_i + p_b))).float()[:, None]
     drop_img = ((r >= p_t) & (r < p_t + p_i + p_b)).float()[:, None, None, None]
     src = src * (1 - drop_img)  # (B, 3, r, r)
-    ab = sched.alphas_cumprod.to(dev)[t]  # (B,) ᾱ_t
-    # x̂0 = source + r: the network predicts the edit, not the image; dropped text = zero tokens
-    x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0])
-    # ‖ε − ε̂‖² = SNR_t·‖x0 − x̂0‖², SNR_t = ᾱ_t/(1−ᾱ_t); we weight by w_t = min(1 + SNR_t, 5)
-    w = torch.clamp(1 + ab / (1 - ab), max=5.0).view(-1, 1, 1, 1)
-    out = {"diffusion": (w * (x0_hat - x0) ** 2).mean()}
+    reads = []
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # x̂0 = source + r: the network predicts the edit, not the image; dropped text = zero tokens
+        x0_hat, read = net(x_t, src, t, text, 1 - drop_txt[:, 0])
+        reads.append(read)
+        return x0_hat
+
+    out = {"diffusion": diffusion_loss(denoise, x0, t, noise, sched.alphas_cumprod)}
     out["loss"] = out["diffusion"]
-    if read is not None and readout is not None:
+    if reads[0] is not None and readout is not None:
         # L = L_diffusion + w·(BCE(presence) + squared error of the named edits' strengths), on every row
-        out["readout"] = readout_loss(*read, *(r.to(dev) for r in readout))
+        out["readout"] = readout_loss(*reads[0], *(r.to(dev) for r in readout))
         out["loss"] = out["loss"] + cfg.readout_weight * out["readout"]
     return out
 
@@ -371,8 +373,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
         targets = None
         if reader is not None and reader.readout is not None:
             targets = tuple(map(torch.stack, zip(*(readout_targets(e) for e in batch["edits"]))))  # (B, K) x 2
-        parts = diffusion_loss(net, sched, batch["source"].to(acc.device), batch["target"].to(acc.device),
-                               text, gen, cfg, shard, readout=targets)
+        parts = step_loss(net, sched, batch["source"].to(acc.device), batch["target"].to(acc.device),
+                          text, gen, cfg, shard, readout=targets)
         loss = parts["loss"]
         acc.backward(loss)
         if cfg.grad_clip > 0:
