@@ -137,6 +137,29 @@ class EditCLIP(nn.Module):
         return shared_encoder(self.cfg.text_encoder).encode(instructions).to(self.logit_scale.device)
 
 
+def alignment_loss(model: EditCLIP, source: torch.Tensor, output: torch.Tensor, text_emb: torch.Tensor,
+                   gather=None) -> torch.Tensor:
+    """The prompt-alignment loss of distillation (lesson 06): InfoNCE between the student's edits and
+    their instructions, through the frozen edit encoder.
+
+    ``L_align = InfoNCE(E_edit(I, st(g_θ(I, y))), E_text(y))`` over the batch, where ``st`` is a
+    straight-through clamp to [0, 1]: the encoder sees valid pixels, and the gradient reaches the
+    student's output unchanged even where it is out of range.
+
+    Args:
+        model: the frozen :class:`EditCLIP`. source, output: (B, 3, H, W), output with its graph.
+        text_emb: (B, text_dim) the instructions' sentence embeddings (``model.embed_instructions``).
+        gather: ``x -> x`` over all processes (with gradient) so the negatives are the global batch
+            (default: this process's batch).
+
+    Returns:
+        the scalar loss.
+    """
+    gather = gather or (lambda x: x)
+    shown = output + (output.clamp(0, 1) - output).detach()  # forward: clamp; backward: identity
+    return info_nce(gather(model.encode_edit(source, shown)), gather(model.encode_text(text_emb)), model.logit_scale)
+
+
 def retrieval_accuracy(model: EditCLIP, source: torch.Tensor, output: torch.Tensor, text_emb: torch.Tensor,
                        labels: list[str] | None = None) -> float:
     """Top-1 accuracy of picking each edit's instruction among the batch's instructions.

@@ -125,3 +125,21 @@ def test_temperature_sweep_finds_the_sharpest_useful_scale():
     same = torch.nn.functional.normalize(torch.ones(6, 3), dim=-1)  # no information: log N at every scale
     flat, _ = align.temperature_sweep(same, same, torch.tensor([0.0, 3.0]))
     assert torch.allclose(flat, torch.full((2,), math.log(6)), atol=1e-5)
+
+
+def test_alignment_loss_is_info_nce_through_a_straight_through_clamp():
+    from course_lib.align import alignment_loss
+
+    torch.manual_seed(0)
+    m = EditCLIP(TINY).eval()
+    src = torch.rand(4, 3, 16, 16)
+    out = (src + 0.8 * torch.randn(4, 3, 16, 16)).requires_grad_(True)  # many pixels outside [0, 1]
+    text = torch.randn(4, m.cfg.text_dim if hasattr(m.cfg, "text_dim") else 384)
+    loss = alignment_loss(m, src, out, text)
+    with torch.no_grad():
+        want = info_nce(m.encode_edit(src, out.clamp(0, 1)), m.encode_text(text), m.logit_scale)
+    torch.testing.assert_close(loss, want)  # the encoder sees the clamped pixels
+    loss.backward()
+    # the gradient reaches every pixel, also those the clamp cut (straight-through)
+    outside = (out < 0) | (out > 1)
+    assert outside.any() and bool((out.grad[outside] != 0).any())

@@ -224,3 +224,14 @@ def test_gradient_alignment_diagnostic():
     assert all(-1 <= r["pixel"] <= 1 for r in rows)
     assert sum(r["pixel"] for r in rows) / len(rows) > 0.2  # the guidance direction points towards the edit
     assert len(alignment_plot(rows).axes) == 1
+
+
+def test_regression_loss_is_half_the_squared_distance_per_image():
+    from course_lib.distill import regression_loss
+
+    s = torch.rand(3, 3, 4, 4, requires_grad=True)
+    t = torch.rand(3, 3, 4, 4)
+    loss = regression_loss(s, t)
+    torch.testing.assert_close(loss, 0.5 * ((s - t) ** 2).sum() / 3)
+    loss.backward()
+    torch.testing.assert_close(s.grad, (s - t).detach() / 3)  # the same units as vsd_loss's gradient

@@ -193,7 +193,7 @@ def edit_preview(teacher: Teacher, source: torch.Tensor, instruction: str, steps
 
 
 def change_cosine(pred: torch.Tensor, source: torch.Tensor, target: torch.Tensor, min_rms: float = 1e-3) -> torch.Tensor:
-    """How well a predicted edit points along the true one (lesson 04, exercise 4.4).
+    """How well a predicted edit points along the true one (lesson 04, exercise 4.5).
 
     Args:
         pred, source, target: (B, 3, h, w) images in [0, 1].

@@ -41,22 +41,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from .. import config
-from ..align import info_nce, load_edit_clip
+from ..align import alignment_loss, load_edit_clip
 from ..bilateral import grid_tv
 from ..data import RetouchPairs, resize
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
-                       make_fake_score, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
+                       make_fake_score, regression_loss, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
 from ..student import Student, StudentConfig, edit_code, load_student, save_student, shipped_path
 from ..teacher import TEACHER_HELP, TEACHER_PATH_HELP, TIERS, frozen_dtype, load_teacher
 from .student import readout_loss
@@ -261,9 +264,24 @@ def teacher_edits(teacher, args: VSDArgs) -> dict:
     src = torch.stack([it["source"] for it in items])
     instr = [it["instruction"] for it in items]
     small = resize(src, teacher.working_size(*src.shape[-2:]))
+    # the set is a pure function of the teacher's weights, the crops and instructions and the steps:
+    # runs that share them (e.g. with and without the alignment loss) compute it once
+    key = hashlib.sha256(json.dumps([instr, args.regress_steps]).encode() + src.numpy().tobytes())
+    for module in (m for m in vars(teacher).values() if isinstance(m, torch.nn.Module)):  # UNet, reader
+        for p in module.state_dict().values():
+            key.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    cache = config.CACHE_DIR / "regression_sets" / f"{key.hexdigest()[:24]}.safetensors"
+    if cache.is_file():
+        return {"source": src, "instruction": instr, "edit": safetensors.torch.load_file(cache)["edit"]}
     out = [teacher.edit(small[i:i + 32], instr[i:i + 32], steps=args.regress_steps, seed=30_000 + i).float().cpu()
            for i in config.progress(range(0, len(src), 32), desc="teacher edits (regression set)")]
-    return {"source": src, "instruction": instr, "edit": torch.cat(out)}
+    edit = torch.cat(out)
+    if hasattr(teacher, "unet"):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        safetensors.torch.save_file({"edit": edit.contiguous()}, tmp)
+        os.replace(tmp, cache)
+    return {"source": src, "instruction": instr, "edit": edit}
 
 
 def t_max_at(step: int, args: VSDArgs) -> int:
@@ -398,9 +416,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
             r_out = student(r_src, r_text, code=teacher_code(teacher, r_text).to(r_src) if reads_teacher else None)
             r_out = torch.nn.functional.interpolate(r_out, size=regress["edit"].shape[-2:], mode="bilinear",
                                                     align_corners=False, antialias=True)
-            # in the units of vsd_loss (½‖·‖² per image): its gradient per pixel is (student − teacher)/B,
-            # comparable to the VSD gradient; a mean over pixels would be ~3000x weaker at 32 x 32
-            reg = 0.5 * (r_out - regress["edit"][idx].to(r_out)).pow(2).sum() / r_out.shape[0]
+            # ½‖student − teacher‖² per image, in the units of vsd_loss
+            reg = regression_loss(r_out, regress["edit"][idx].to(r_out))
             loss = loss + args.regress_weight * reg
         if args.tv_weight > 0:
             # + λ_TV TV(grid): smooth grids, as the supervised loop (lesson 03)
@@ -408,10 +425,8 @@ def train(args: VSDArgs, resume: bool = False, teacher=None, log_every: int = 10
         align = torch.zeros(())
         if edit_clip is not None:
             # L_align = InfoNCE(edit(source, output), instruction) over the (global) batch (straight-through clamp)
-            shown = out_img + (out_img.clamp(0, 1) - out_img).detach()
-            edits = gather_with_grad(acc, edit_clip.encode_edit(src, shown))
-            texts = gather_with_grad(acc, edit_clip.encode_text(edit_clip.embed_instructions(instr)))
-            align = info_nce(edits, texts, edit_clip.logit_scale)
+            align = alignment_loss(edit_clip, src, out_img, edit_clip.embed_instructions(instr),
+                                   gather=lambda x: gather_with_grad(acc, x))
             loss = loss + args.align_weight * align
         opt_s.zero_grad(set_to_none=True)
         acc.backward(loss)
