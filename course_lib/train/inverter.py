@@ -70,6 +70,11 @@ class InverterArgs(RunOptions):
     teacher_path: str | None = setting(None, TEACHER_PATH_HELP)
 
 
+def training_data(args: InverterArgs, resolution: int) -> RetouchWorld:
+    """The run's photos: random crops (and flips) of the training photos at the teacher's resolution."""
+    return RetouchWorld(split="train", size=resolution, length=2**31 - 1, seed=args.seed)
+
+
 def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=None) -> tuple[object, list[dict]]:
     """Run (or resume) cycle-consistency training of the inverter.
 
@@ -109,8 +114,7 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         load_optimizer_tensors(opt, tensors, meta["opt"], prefix="opt.")
         start, log = int(st["step"]), list(st["log"])
     sync_parameters(acc, lora_parameters(fwd))  # every process starts from the main one's LoRA
-    # the training photos: random crops and flips
-    ds = RetouchWorld(split="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    ds = training_data(args, teacher.resolution)
     gen = torch.Generator().manual_seed(70_000 + args.seed)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
