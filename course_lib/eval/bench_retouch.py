@@ -499,7 +499,7 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
     """The papers' claims next to what this course measured, as Markdown, every number read from results.
 
     Args:
-        result: a :func:`run` result (``data/results/bench_retouch_*.json``), with latencies.
+        result: a :func:`run` result (``data/results/bench_retouch.json``), with latencies.
         inversion: ``inversion-eval``'s results (``data/results/inversion.json``), for the
             Inverse-and-Edit row (left out when ``None``).
 
@@ -597,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
     p.add_argument("--overwrite", action="store_true", help="replace existing bench_retouch.csv/.md/.png")
     p.add_argument("--json", default=None, help="also write the result and its command here (e.g. under data/results/)")
+    p.add_argument("--note", action="append", default=[], help="a line for the table's notes (e.g. how busy the machine was)")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -606,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = parse_extra(a.extra)
         tables.check_free(output_paths(out) + ([Path(a.json)] if a.json else []), a.overwrite)
         result = run(a.n, a.size, repeats=a.repeats, latency=not a.no_latency, split=a.split, extra=extra)
+        result["notes"] += a.note
         result["command"] = "python -m course_lib bench retouch " + shlex.join(
             x for x in (argv if argv is not None else sys.argv[2:]) if x != "--overwrite")
         result["threads"] = torch.get_num_threads()
