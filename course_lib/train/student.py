@@ -386,7 +386,7 @@ def calibration_texts(seed: int = 0, n: int | None = None) -> tuple[list[str], l
 def main(argv: list[str] | None = None) -> int:
     args = parse_settings(TrainArgs, argv, "python -m course_lib train-student",
                           "Train the text-conditioned grid predictor with supervised L2 on the synthetic retouch pairs "
-                          "(train photos, train paraphrases). Resumable; runs under 'accelerate launch' unchanged. "
+                          "(training photos, training wording). Resumable; runs under 'accelerate launch' unchanged. "
                           "The shipped student: python -m course_lib reproduce student_supervised",
                           "student.safetensors")
 
