@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("course_lib.apps.cli:data_main", "the embedded photos: prepare, manifest, world (the 2.0 collection), oracle (why the grid is needed)"),
     "notebooks": ("course_lib.apps.cli:notebooks_main", "generate student notebooks from solutions/ (--check: drift test)"),
     "train-teacher": ("course_lib.train.teacher:main", "train the embedded diffusion teacher (resumable, Accelerate)"),
-    "teacher-eval": ("course_lib.eval.teacher:main", "teacher quality vs DDIM steps on held-out photos and paraphrases"),
+    "teacher-eval": ("course_lib.eval.teacher:main", "teacher quality vs DDIM steps on the test photos, two wordings"),
     "train-student": ("course_lib.train.student:main", "train the text-conditioned grid predictor (supervised, resumable)"),
     "train-vsd": ("course_lib.train.vsd:main", "distil the teacher into the grid student with VSD (no paired targets)"),
     "vsd-study": ("course_lib.studies.vsd_study:main", "score VSD students of the from-scratch ablation next to the identity and the teacher"),

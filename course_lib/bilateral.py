@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import load_photo, luma, resize, shadows, highlights, temperature, tone_curve, saturation
+from .data import luma, resize, shadows, highlights, temperature, tone_curve, saturation
 from . import metrics
 
 IMPLS = ("auto", "reference", "grid_sample", "triton", "cpu")
@@ -656,7 +656,7 @@ EDITS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def explore(photo: str | torch.Tensor = "coffee", spatial_bins: int = 16, luma_bins: int = 8,
+def explore(photo: torch.Tensor, spatial_bins: int = 16, luma_bins: int = 8,
             strength: float = 1.0, guide_type: str = "luma", edit: str = "shadows & highlights",
             size: int = 256, low_size: int = 128, impl: str = "auto") -> dict:
     """The lesson's explorer: fit a BGU grid to an edit made at low resolution, apply it.
@@ -666,7 +666,7 @@ def explore(photo: str | torch.Tensor = "coffee", spatial_bins: int = 16, luma_b
     and sliced at ``size`` with the chosen guide.
 
     Args:
-        photo: a bundled photo name or a (3, H, W) tensor.
+        photo: a (3, H, W) tensor in [0, 1] (e.g. :func:`course_lib.world.load_photo`).
         spatial_bins: grid cells along the shorter side (the other side keeps the aspect).
         luma_bins: D. strength: blend toward identity (0 = no edit, >1 exaggerates).
         guide_type: ``"luma"``, ``"curve"``, ``"mlp"`` (untrained) or ``"flat"`` (a constant
@@ -681,7 +681,7 @@ def explore(photo: str | torch.Tensor = "coffee", spatial_bins: int = 16, luma_b
         ``target``), ``seconds``; ``grid`` (1, 12, D, Hg, Wg).
     """
     t0 = time.perf_counter()
-    full = load_photo(photo, size) if isinstance(photo, str) else resize(photo, size)
+    full = resize(photo, size)
     low = resize(full, low_size)
     if guide_type == "flat":
         guide_fn: Callable[[torch.Tensor], torch.Tensor] = lambda x: torch.full_like(x[:, 0], 0.5)  # noqa: E731

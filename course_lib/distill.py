@@ -31,7 +31,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import RetouchPairs, resize
+from .data import resize
+from .world import GLOBAL_FAMILIES, RetouchWorld
 from .student import Student, StudentConfig
 from .teacher import Guidance, Teacher
 
@@ -376,7 +377,8 @@ def run_vsd_steps(step, teacher: Teacher, seed: int = 0, steps: int = 3, size: i
     fake = make_fake_score(teacher, rank=2, alpha=4)
     opt_s = torch.optim.Adam(model.parameters(), lr=1e-3)
     opt_f = torch.optim.Adam(lora_parameters(fake), lr=1e-3)
-    ds = RetouchPairs("train", "train", size=size, length=steps * batch, seed=seed)
+    ds = RetouchWorld("train", "train", size=size, length=steps * batch, seed=seed,
+                      families=GLOBAL_FAMILIES)
     gen = torch.Generator().manual_seed(seed)
     cfg = VSDConfig(guidance=(1.0, 2.0), fake_steps=2)
     losses = []

@@ -1,4 +1,4 @@
-"""Open wording for the data world 2.0: an instruction grammar instead of fixed templates.
+"""Open wording for the photo collection: an instruction grammar instead of fixed templates.
 
 An instruction is built from parts, one per edit, each rendered from a *pattern* of its edit
 family and direction:

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import FAMILY, Edit, decode_edits, luma
+from .data import GLOBAL_OPS, luma
 
 # ---------------------------------------------------------------------- PSNR
 
@@ -204,7 +204,15 @@ def attributes(img: torch.Tensor, source: torch.Tensor) -> dict[str, torch.Tenso
     }
 
 
-ATTRIBUTES = tuple(FAMILY)
+ATTRIBUTES = tuple(GLOBAL_OPS)
+
+
+def named_families(edits) -> list[str]:
+    """The family names of one item's edits: a list of edits (each with ``.family``) or their
+    string encoding (:func:`course_lib.world.encode_world_edits`, e.g. ``"region_exposure@sky:+1.200"``)."""
+    if isinstance(edits, str):
+        return [part.split(":")[0].partition("@")[0] for part in filter(None, edits.split(";"))]
+    return [e.family for e in edits]
 #: An instructed attribute passes when it moves the ground truth's way and
 #: ``|d_out - d_gt| <= TOL_REL |d_gt| + TOL_ABS``.
 TOL_REL, TOL_ABS = 0.5, 0.005
@@ -216,7 +224,7 @@ TOL_OTHER = 0.02
 
 
 def instruction_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-                         edits: Sequence[Sequence[Edit] | str]) -> torch.Tensor:
+                         edits: Sequence[Sequence | str]) -> torch.Tensor:
     """Did each output follow its instruction? One boolean per image.
 
     For every family ``f`` the attribute change ``d_out = A_f(output) - A_f(source)`` is
@@ -228,14 +236,14 @@ def instruction_accuracy(output: torch.Tensor, source: torch.Tensor, target: tor
 
     Args:
         output, source, target: (B, 3, H, W) in [0, 1].
-        edits: per image, a list of :class:`course_lib.data.Edit` or its string encoding.
+        edits: per image, a list of :class:`course_lib.world.WorldEdit` or its string encoding.
 
     Returns:
         (B,) bool tensor.
     """
     a_out, a_src, a_tgt = attributes(output, source), attributes(source, source), attributes(target, source)
     ok = torch.ones(output.shape[0], dtype=torch.bool)
-    named = [{e.family for e in (decode_edits(x) if isinstance(x, str) else x)} for x in edits]
+    named = [set(named_families(x)) for x in edits]
     for fam in ATTRIBUTES:
         d_out = (a_out[fam] - a_src[fam]).cpu()
         d_gt = (a_tgt[fam] - a_src[fam]).cpu()
@@ -248,7 +256,7 @@ def instruction_accuracy(output: torch.Tensor, source: torch.Tensor, target: tor
 
 
 def direction_counts(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-                     edits: Sequence[Sequence[Edit] | str]) -> tuple[torch.Tensor, torch.Tensor]:
+                     edits: Sequence[Sequence | str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: how many instructed families moved the ground truth's way, and how many were tested.
 
     A family is tested when its ground-truth effect ``|A_f(target) - A_f(source)|`` is at least
@@ -260,17 +268,19 @@ def direction_counts(output: torch.Tensor, source: torch.Tensor, target: torch.T
     a_out, a_src, a_tgt = (attributes(x, source) for x in (output, source, target))
     hits, tested = torch.zeros(output.shape[0], dtype=torch.long), torch.zeros(output.shape[0], dtype=torch.long)
     for i, enc in enumerate(edits):
-        for e in (decode_edits(enc) if isinstance(enc, str) else enc):
-            d_gt = float(a_tgt[e.family][i] - a_src[e.family][i])
+        for fam in named_families(enc):
+            if fam not in a_tgt:  # a family without a global attribute (colour, spatial, region, local)
+                continue
+            d_gt = float(a_tgt[fam][i] - a_src[fam][i])
             if abs(d_gt) >= MIN_EFFECT:
-                d_out = float(a_out[e.family][i] - a_src[e.family][i])
+                d_out = float(a_out[fam][i] - a_src[fam][i])
                 hits[i] += int(d_out * d_gt > 0)
                 tested[i] += 1
     return hits, tested
 
 
 def direction_accuracy(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
-                       edits: Sequence[Sequence[Edit] | str]) -> float:
+                       edits: Sequence[Sequence | str]) -> float:
     """Percentage of instructed (image, family) pairs whose attribute moved the ground truth's way.
 
     Families whose ground-truth effect is below :data:`MIN_EFFECT` are skipped (see

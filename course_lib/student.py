@@ -42,7 +42,7 @@ from . import fastslice  # noqa: F401 - registers lesson 02's fused kernels for 
 from .fastslice import load_cpu_extension, resize_fast, retouch_pass
 from .text import bag_of_words, shared_encoder
 from .bilateral import CurveGuide, LumaGuide, grid_tv, identity_grid, make_guide, slice_apply
-from .data import RetouchPairs, load_photo, resize
+from .data import resize
 from .grammar import describe
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
@@ -685,11 +685,11 @@ def train_step(model: Student, opt: torch.optim.Optimizer, source: torch.Tensor,
 
 def run_train_steps(step, seed: int = 0, steps: int = 3, size: int = 32, batch: int = 4) -> list[torch.Tensor]:
     """Exercise 3.5's check: ``steps`` calls of ``step`` (a function like :func:`train_step`) from the
-    same tiny fresh student and first-world training items. Returns ``[parameters, MSEs]``, flat."""
+    same tiny fresh student and training items (global families, :class:`course_lib.world.RetouchWorld`). Returns ``[parameters, MSEs]``, flat."""
     torch.manual_seed(seed)
     model = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ds = RetouchPairs("train", "train", size=size, length=steps * batch, seed=seed)
+    ds = world.RetouchWorld("train", "train", size=size, length=steps * batch, seed=seed, families=world.GLOBAL_FAMILIES)
     mses = []
     for k in range(steps):
         items = [ds[k * batch + i] for i in range(batch)]
@@ -869,8 +869,7 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
 
     Args:
         model: a :class:`Student`.
-        photo: a bundled photo name (:func:`course_lib.world.photo_names` or
-            :func:`course_lib.data.photo_names`) or a (3, H, W) tensor.
+        photo: a photo name (:func:`course_lib.world.photo_names`) or a (3, H, W) tensor.
         instruction: any text (empty: no edit).
         strength: >= 0.
         size: shorter side of the shown image.
@@ -884,7 +883,7 @@ def explore(model: Student, photo: str | torch.Tensor = "chelsea", instruction: 
 
     t0 = time.perf_counter()
     if isinstance(photo, str):
-        before = world.load_photo(photo, size) if photo in world.photo_names() else load_photo(photo, size)
+        before = world.load_photo(photo, size)
     else:
         before = resize(photo, size)
     understood = (understood_line(read_instruction(model, instruction)[0])

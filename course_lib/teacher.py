@@ -4,16 +4,18 @@ Two tiers share the interface :class:`Teacher` (InstructPix2Pix, Brooks et al. 2
 
 * :class:`EmbeddedTeacher` (default, offline): a small ``UNet2DConditionModel`` that
   denoises **pixels** in [-1, 1] at 32x32. Its input is the noisy target
-  concatenated with the source photo (6 channels); the instruction's MiniLM
-  embedding (384-d) enters by cross-attention (one token) and is also added to
-  the timestep embedding. The UNet's output is read as a *residual* clean-image
+  concatenated with the source photo (6 channels); the instruction is read by an
+  :class:`InstructionReader` (MiniLM's sentence embedding and the training words ->
+  a few tokens) that enter by cross-attention, the first also through the timestep
+  embedding (FiLM of the ResNet blocks). The UNet's output is read as a *residual* clean-image
   guess, x̂0 = source + output, and turned into the noise prediction
   ε̂ = (x_t − √ᾱ_t·x̂0)/√(1−ᾱ_t) (:func:`x0_to_eps`): ε, x0 and v are interchangeable
   given x_t, and with one right answer per (photo, instruction) the residual x0 form
   trains far faster on a CPU (a first ε-parameterised run still had colour casts after
-  1000 steps). Trained by the course on :class:`course_lib.data.RetouchPairs` and shipped as
+  1000 steps). Trained by the course on the collection's training photos and all its edit
+  families (:class:`course_lib.world.RetouchWorld`) and shipped as
   ``data/weights/teacher_embedded.safetensors``. Reproduce it with two runs (the second
-  fine-tunes the first's EMA weights with a fresh optimiser and new data seed):
+  continues the first at a low constant rate with a new data seed):
   ``python -m course_lib reproduce teacher_embedded`` (``course_lib/recipes/teacher_embedded.yaml``).
 
 * :class:`HubTeacher`: the real InstructPix2Pix pipeline (``timbrooks/instruct-pix2pix``)
@@ -40,11 +42,8 @@ from .text import MiniLMEncoder, bag_of_words
 from .util.hub import hf_file
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_checkpoint, save_checkpoint
 
-#: Where the shipped embedded teacher lives.
+#: Where the shipped embedded teacher lives (trained on the collection's training photos and all its families).
 EMBEDDED_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_embedded.safetensors"
-#: The embedded teacher of the data world 2.0 (``--teacher world``): the same network, fine-tuned on
-#: the world's training photos and families (content-aware ones included); issue 19's teacher.
-WORLD_WEIGHTS: Path = config.WEIGHTS_DIR / "teacher_world.safetensors"
 #: The checkpoint kind of an embedded teacher (:mod:`course_lib.util.checkpoint`).
 KIND = "teacher"
 
@@ -282,7 +281,7 @@ def embedded_unet_config(resolution: int = 32, channels: Sequence[int] = (32, 64
 
 
 class InstructionReader(torch.nn.Module):
-    """The world teacher's reading of an instruction: MiniLM's pooled vector -> ``tokens`` tokens.
+    """The teacher's reading of an instruction: MiniLM's pooled vector -> ``tokens`` tokens.
 
     One pooled vector through the class embedding and a one-token cross-attention was too weak a
     path for the diffusion loss to learn *which* edit is asked (issue 19's study: at t = 999 the
@@ -356,7 +355,7 @@ class EmbeddedTeacher(Teacher):
         text_encoder: an object with ``encode(list[str]) -> (N, 384)``; default
             :class:`course_lib.text.MiniLMEncoder` (loaded on first use).
         default_guidance: ``(s_img, s_txt)``.
-        reader: an :class:`InstructionReader` (the world teacher's text path), or ``None`` (the
+        reader: an :class:`InstructionReader` (the teacher's text path), or ``None`` (the
             pooled MiniLM vector is the one token).
     """
 
@@ -523,7 +522,7 @@ def checkpoint_info(path: str | Path | None = None) -> dict:
 
 
 #: The teacher tiers every command accepts (``--teacher``).
-TIERS: tuple[str, ...] = ("embedded", "world", "hub")
+TIERS: tuple[str, ...] = ("embedded", "hub")
 
 
 def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
@@ -531,8 +530,7 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     """The one teacher loader every command uses.
 
     Args:
-        tier: ``"embedded"`` (the course's checkpoint of the first world, :func:`load_embedded_teacher`),
-            ``"world"`` (the same network trained on the data world 2.0, :data:`WORLD_WEIGHTS`) or
+        tier: ``"embedded"`` (the course's own teacher, :func:`load_embedded_teacher`) or
             ``"hub"`` (InstructPix2Pix, :func:`load_hub_teacher`).
         path: embedded: a checkpoint file (default the shipped one); hub: a local
             ``save_pretrained`` folder or a hub id (default :data:`HUB_REPO`).
@@ -545,16 +543,13 @@ def load_teacher(tier: str = "embedded", path: str | os.PathLike | None = None,
     """
     if tier == "embedded":
         return load_embedded_teacher(path, device=device, **kwargs)
-    if tier == "world":
-        return load_embedded_teacher(path or WORLD_WEIGHTS, device=device, **kwargs)
     if tier == "hub":
         return load_hub_teacher(path or HUB_REPO, device=device, dtype=dtype, **kwargs)
     raise ValueError(f"tier must be one of {TIERS}, not {tier!r}")
 
 
 #: What ``--teacher`` means in every command that uses a teacher (``--teacher-path``: :data:`TEACHER_PATH_HELP`).
-TEACHER_HELP = ("teacher tier: the embedded 32-px teacher of the first world, the embedded teacher of the data world "
-                "2.0 (world) or the hub InstructPix2Pix")
+TEACHER_HELP = "teacher tier: the course's embedded 32-px teacher or the hub InstructPix2Pix"
 
 
 def add_teacher_options(parser, default: str = "embedded") -> None:
@@ -597,7 +592,7 @@ def frozen_dtype(device: torch.device | str, mixed_precision: str | None = None)
 
 #: The InstructPix2Pix checkpoint on the Hugging Face hub.
 HUB_REPO = "timbrooks/instruct-pix2pix"
-TEACHER_PATH_HELP = ("embedded/world: a teacher checkpoint (default: the shipped one); hub: a local pipeline folder or "
+TEACHER_PATH_HELP = ("embedded: a teacher checkpoint (default: the shipped one); hub: a local pipeline folder or "
                      f"a hub id (default {HUB_REPO})")
 
 

@@ -35,21 +35,22 @@ import torch.nn.functional as F
 
 from . import config
 from .bilateral import LumaGuide, fit_bgu, identity_grid, slice_apply
-from .data import load_photo, resize
+from .data import resize
+from .world import load_photo
 
 # ----------------------------------------------------------------------------- a demo clip
 
 
 def make_demo_clip(photo_name: str = "coffee", n_frames: int = 24,
                    size: int | tuple[int, int] = (96, 128)) -> torch.Tensor:
-    """A small pan-and-zoom clip over a bundled photo (a camera drifting across a still scene).
+    """A small pan-and-zoom clip over a photo of the collection (a camera drifting across a still scene).
 
     The crop window starts at the left of the photo covering 85% of its height and ends at
     the right covering 60% (a slow zoom in), sampled bilinearly (with antialiasing, so the
     frames do not shimmer on their own).
 
     Args:
-        photo_name: one of :func:`course_lib.data.photo_names`.
+        photo_name: one of :func:`course_lib.world.photo_names`.
         n_frames: T >= 1.
         size: ``(H, W)`` of the frames, or an int for square frames.
 

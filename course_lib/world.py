@@ -1,25 +1,21 @@
-"""The data world 2.0: a real photo collection, content-aware and spatial edits, open wording.
-
-The first world (:mod:`course_lib.data`: 9 package photos, 9 pointwise colour edits, fixed
-templates) trains every shipped model and stays as it is. This module adds a second one that
-later lessons retrain on.
+"""The course's data: a real photo collection, edit families with exact ground truth, open wording.
 
 Photos
     45 free-licensed photographs from Debian's desktop-background packages, vendored in
     ``data/photos/`` (JPEG, long side <= 1024 px, ``manifest.json`` with package, original file,
-    author, licence, scene tags; made by ``scripts/vendor_photos.py``), plus 7 of the package
-    photos of the first world (the Middlebury motorcycle pair is left out: a stereo twin and a
-    research-only licence). Splits are fixed by a hash of the file content
-    (:func:`split_of`): ~60 % train, ~15 % validation, ~25 % test; photos of one scene or event
-    (the demo album's labels) share a split.
+    author, licence, scene tags; made by ``scripts/vendor_photos.py``), plus 7 sample photos that
+    ship inside scikit-image, scikit-learn and matplotlib (:data:`PACKAGE_PHOTOS`). Splits are
+    fixed by a hash of the file content (:func:`split_of`): ~60 % train, ~15 % validation, ~25 %
+    test; photos of one scene or event (the demo album's labels) share a split.
 
 Edits
-    The 9 global families of the first world, and 10 families that must *look at the image*:
-    colour-selective HSL edits of one hue range, graduated and radial (spatial) filters, edits of
-    a content region (sky, skin tones, foliage) and clarity (local contrast on an edge-aware
-    base/detail split). Each is an exact, differentiable function of the photo; masks are in
-    [0, 1] and pixels where the mask is 0 are returned unchanged. A region the photo lacks gives
-    the identity (:func:`region_mask`'s presence gate).
+    19 families: the 9 global colour operators of :mod:`course_lib.data` (exposure, contrast,
+    ..., highlights), and 10 families that must *look at the image*: colour-selective HSL edits
+    of one hue range, graduated and radial (spatial) filters, edits of a content region (sky,
+    skin tones, foliage) and clarity (local contrast on an edge-aware base/detail split). Each is
+    an exact, differentiable function of the photo; masks are in [0, 1] and pixels where the mask
+    is 0 are returned unchanged. A region the photo lacks gives the identity
+    (:func:`region_mask`'s presence gate).
 
 Instructions
     :mod:`course_lib.grammar`: verbs x objects x modifiers, complaints, polite requests,
@@ -63,11 +59,18 @@ FREE_LICENCES = ("GPL-2.0-or-later", "LGPL-3.0", "LGPL-2.1", "CC-BY-SA-3.0", "CC
 #: Packages whose photos are reserved for evaluation outside the project: never vendored.
 RESERVED_PACKAGES = ("mate-backgrounds", "lomiri-wallpapers")
 
-#: Package photos of the first world that join the collection, with their scene tags.
-PACKAGE_PHOTOS: dict[str, tuple[str, ...]] = {
-    "astronaut": ("people", "skin", "objects"), "coffee": ("food", "objects", "interior"),
-    "rocket": ("sky", "objects", "landscape"), "china": ("architecture", "sky", "foliage"),
-    "chelsea": ("animal",), "flower": ("flowers", "foliage"), "grace_hopper": ("people", "skin"),
+#: Sample photos that ship inside installed packages: (package, where it is read from, licence, scene tags).
+PACKAGE_PHOTOS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "astronaut": ("scikit-image", "skimage.data.astronaut", "public domain (NASA)", ("people", "skin", "objects")),
+    "coffee": ("scikit-image", "skimage.data.coffee", "CC0 (Rachel Michetti)", ("food", "objects", "interior")),
+    "rocket": ("scikit-image", "skimage.data.rocket", "public domain (SpaceX)", ("sky", "objects", "landscape")),
+    "china": ("scikit-learn", "sklearn.datasets.load_sample_image('china.jpg')", "CC BY 2.0 (danielbuechele, Flickr)",
+              ("architecture", "sky", "foliage")),
+    "chelsea": ("scikit-image", "skimage.data.chelsea", "CC0 (Stefan van der Walt)", ("animal",)),
+    "flower": ("scikit-learn", "sklearn.datasets.load_sample_image('flower.jpg')", "CC BY 2.0 (vultilion, Flickr)",
+               ("flowers", "foliage")),
+    "grace_hopper": ("matplotlib", "matplotlib.cbook.get_sample_data('grace_hopper.jpg')", "public domain (U.S. Navy)",
+                     ("people", "skin")),
 }
 
 
@@ -88,7 +91,7 @@ class WorldPhoto:
 
 
 def _package_file(name: str) -> Path:
-    """The file a first-world package photo is read from (its bytes decide its split)."""
+    """The file a package photo is read from (its bytes decide its split)."""
     if name in ("astronaut", "coffee", "chelsea", "rocket"):
         import skimage
 
@@ -122,11 +125,10 @@ def photos() -> tuple[WorldPhoto, ...]:
         rows.append(dict(name=r["name"], package=r["package"], original=r["original"], author=r["author"],
                          licence=r["licence"], tags=tuple(r["tags"]), group=r["group"], sha256=r["sha256"],
                          vendored=True))
-    info = {p.name: p for p in data.PHOTOS}
-    for name, tags in PACKAGE_PHOTOS.items():
+    for name, (package, loader, licence, tags) in PACKAGE_PHOTOS.items():
         digest = hashlib.sha256(_package_file(name).read_bytes()).hexdigest()
-        rows.append(dict(name=name, package=info[name].package, original=info[name].loader, author="",
-                         licence=info[name].licence, tags=tags, group=name, sha256=digest, vendored=False))
+        rows.append(dict(name=name, package=package, original=loader, author="",
+                         licence=licence, tags=tags, group=name, sha256=digest, vendored=False))
     groups: dict[str, list[str]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r["sha256"])
@@ -150,11 +152,10 @@ def photo_info(name: str) -> WorldPhoto:
 @functools.lru_cache(maxsize=8)
 def _photo_tensor(name: str) -> torch.Tensor:
     p = photo_info(name)
-    if not p.vendored:
-        return data.load_photo(name)
     from PIL import Image
 
-    with Image.open(PHOTO_DIR / f"{name}.jpg") as im:
+    # a package photo is read from its package's file (PNG or JPEG), a vendored one from data/photos
+    with Image.open(PHOTO_DIR / f"{name}.jpg" if p.vendored else _package_file(name)) as im:
         arr = np.asarray(im.convert("RGB"))
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float() / 255.0
 
@@ -480,13 +481,13 @@ def clarity(img: torch.Tensor, amount, target: str = "") -> torch.Tensor:
 
 
 def _global(name: str) -> Callable:
-    fn = data.FAMILY[name].fn
+    fn = data.GLOBAL_OPS[name][0]
 
     def apply(img: torch.Tensor, amount, target: str = "") -> torch.Tensor:
         return fn(img, amount)
 
     apply.__name__ = name
-    apply.__doc__ = f"The first world's global ``{name}`` (:func:`course_lib.data.{name}`); no target."
+    apply.__doc__ = f"The global colour operator ``{name}`` (:func:`course_lib.data.{name}`); no target."
     return apply
 
 
@@ -494,7 +495,7 @@ def _global(name: str) -> Callable:
 class WorldFamily:
     """An edit family of the world: ``fn(img, amount, target)``, the amount for strength 1, targets.
 
-    ``kind``: ``"global"`` (pointwise colour edits of the first world), ``"colour"`` (one hue
+    ``kind``: ``"global"`` (pointwise colour operators, :data:`course_lib.data.GLOBAL_OPS`), ``"colour"`` (one hue
     range), ``"spatial"`` (a region of the frame), ``"region"`` (a content region) or
     ``"local"`` (depends on a neighbourhood: clarity).
     """
@@ -508,7 +509,7 @@ class WorldFamily:
 
 _HUES = tuple(HUE_RANGES)
 WORLD_FAMILIES: tuple[WorldFamily, ...] = tuple(
-    [WorldFamily(f.name, "global", _global(f.name), f.unit) for f in data.FAMILIES] + [
+    [WorldFamily(name, "global", _global(name), unit) for name, (_, unit) in data.GLOBAL_OPS.items()] + [
         WorldFamily("hsl_saturation", "colour", hsl_saturation, 1.0, _HUES),
         WorldFamily("hsl_luminance", "colour", hsl_luminance, 1.2, _HUES),
         WorldFamily("hsl_hue", "colour", hsl_hue, 1.0, _HUES),
@@ -521,8 +522,10 @@ WORLD_FAMILIES: tuple[WorldFamily, ...] = tuple(
         WorldFamily("clarity", "local", clarity, 1.5),
     ])
 WORLD_FAMILY = {f.name: f for f in WORLD_FAMILIES}
-#: The families that must look at the image (everything but the first world's global ones).
+#: The families that must look at the image (everything but the global colour operators).
 NEW_FAMILIES = tuple(f.name for f in WORLD_FAMILIES if f.kind != "global")
+#: The nine global families (a fast subset: what a single colour transform can do exactly).
+GLOBAL_FAMILIES = tuple(f.name for f in WORLD_FAMILIES if f.kind == "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -658,7 +661,7 @@ def phrasing_counts() -> dict[str, dict[str, int]]:
 
 
 class RetouchWorld(torch.utils.data.Dataset):
-    """(source, instruction, target) triples of the data world 2.0.
+    """(source, instruction, target) triples of the photo collection.
 
     Item ``i`` is a pure function of ``(seed, i)``: a photo of the split, a random crop (35-100 %
     of the shorter side, aspect 3:4 to 4:3, horizontal flip half of the time; never a vertical

@@ -12,7 +12,8 @@ import torch
 from course_lib import bilateral as bl
 from course_lib.checks import float_tol
 from course_lib.config import REPO_ROOT
-from course_lib.data import load_photo, luma, resize
+from course_lib.data import luma, resize
+from course_lib.world import load_photo
 from course_lib.metrics import psnr
 
 
@@ -222,7 +223,7 @@ def test_dispatcher():
 
 
 def test_explore_and_widget():
-    res = bl.explore("chelsea", spatial_bins=8, luma_bins=4, strength=1.0, guide_type="luma", size=96, low_size=48,
+    res = bl.explore(load_photo("chelsea"), spatial_bins=8, luma_bins=4, strength=1.0, guide_type="luma", size=96, low_size=48,
                      impl="grid_sample")
     h, w = res["before"].shape[-2:]
     assert min(h, w) == 96
@@ -231,7 +232,7 @@ def test_explore_and_widget():
     assert res["guide"].shape == (h, w)
     assert res["grid"].shape[2:] == (4, 8, round(8 * w / h)) or res["grid"].shape[2:] == (4, round(8 * h / w), 8)
     assert res["psnr_after"] > res["psnr_upsampled"]
-    zero = bl.explore("chelsea", spatial_bins=4, luma_bins=2, strength=0.0, guide_type="flat", size=64, low_size=32,
+    zero = bl.explore(load_photo("chelsea"), spatial_bins=4, luma_bins=2, strength=0.0, guide_type="flat", size=64, low_size=32,
                       impl="grid_sample")
     torch.testing.assert_close(zero["after"], zero["before"], atol=1e-5, rtol=0)
 
@@ -240,7 +241,7 @@ def test_explore_and_widget():
     calls = []
 
     def view(spatial_bins, luma_bins, strength, guide_type):
-        out = bl.explore("chelsea", spatial_bins, luma_bins, strength, guide_type, size=64, low_size=32, impl="grid_sample")
+        out = bl.explore(load_photo("chelsea"), spatial_bins, luma_bins, strength, guide_type, size=64, low_size=32, impl="grid_sample")
         calls.append((spatial_bins, luma_bins, strength, guide_type, out["psnr_after"]))
 
     ui = widgets.interactive(view, spatial_bins=widgets.IntSlider(8, 2, 32), luma_bins=widgets.IntSlider(4, 1, 16),

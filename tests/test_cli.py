@@ -45,3 +45,11 @@ def test_doctor_offline(capsys):
 def test_data_manifest(capsys):
     assert main(["data", "manifest"]) == 0
     assert "grace_hopper" in capsys.readouterr().out
+
+
+def test_data_prepare_reads_every_photo_of_the_collection(capsys):
+    from course_lib import world
+
+    assert main(["data", "prepare"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(world.photo_names())} photos" in out and "test" in out

@@ -178,7 +178,7 @@ def test_vsd_direction_points_from_fake_to_teacher(weighting):
         torch.testing.assert_close(grad, -((1 - ab).sqrt() * ab.sqrt()).expand_as(grad))
 
 
-@pytest.mark.parametrize("name", ["student_vsd.safetensors", "student_vsd_align.safetensors"])
+@pytest.mark.parametrize("name", ["student_vsd_scratch.safetensors"])
 def test_shipped_vsd_students_load_and_edit(name):
     import json
 
@@ -204,7 +204,7 @@ def test_shipped_vsd_students_load_and_edit(name):
 
 def test_gradient_alignment_diagnostic():
     """The first VSD gradient from the identity with the fake = teacher: zero without text
-    guidance, and pointing towards the edit with it (the shipped teacher, a few held-out items)."""
+    guidance, and pointing towards the edit with it (the shipped teacher, a few test items)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +214,9 @@ def test_gradient_alignment_diagnostic():
     from course_lib.viz import alignment_plot
 
     t = load_teacher()
-    b = heldout_batch(6, 48, paraphrases="train")
+    from course_lib.world import GLOBAL_FAMILIES
+
+    b = heldout_batch(6, 48, wording="train", families=GLOBAL_FAMILIES)
     bins = ((20, 300), (300, 700), (700, 980))
     none = distill.gradient_alignment(t, b["source"], b["target"], b["instruction"], t_bins=bins, draws=1,
                                       guidance=(1.0, 1.0))

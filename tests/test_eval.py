@@ -6,13 +6,15 @@ import math
 import pytest
 import torch
 
+from course_lib import world
 from course_lib.eval import score as S, tables
-from course_lib.eval.heldout import heldout_batch, take
+from course_lib.eval.heldout import check_scoring_photos, heldout_batch, take
 
 
 def test_heldout_batch_is_the_same_items_every_time():
-    a = heldout_batch(3, 32, paraphrases="train")
-    b = heldout_batch(5, 32, paraphrases="train")
+    a = heldout_batch(3, 32, wording="train")
+    b = heldout_batch(5, 32, wording="train")
+    assert set(a["photo"]) <= set(world.photo_names("test"))
     assert a["source"].shape == (3, 3, 32, 32) and len(a["instruction"]) == len(a["edits"]) == 3
     assert torch.equal(a["source"], b["source"][:3]) and a["instruction"] == b["instruction"][:3]
     part = take(b, slice(1, 3))
@@ -20,7 +22,7 @@ def test_heldout_batch_is_the_same_items_every_time():
 
 
 def test_score_keys_units_and_chunking():
-    batch = heldout_batch(4, 32, paraphrases="train")
+    batch = heldout_batch(4, 32, wording="train", families=world.GLOBAL_FAMILIES)
     s = S.score(batch["target"], batch)  # the oracle: right on target
     assert list(s) == list(S.EDIT_KEYS)
     assert math.isinf(s["psnr"]) and s["de00"] == 0 and s["accuracy"] == 100.0 and s["direction"] == 100.0
@@ -33,6 +35,55 @@ def test_score_keys_units_and_chunking():
     assert 0 < whole["scores"]["accuracy"] <= 100 and whole["ms_per_image"] >= 0
     with pytest.raises(KeyError):
         S.per_item(batch["source"], batch, keys=("nope",))
+
+
+def test_every_scoring_entry_point_refuses_training_photos(monkeypatch):
+    """The guard in the scoring code: a batch that names a training photo is refused (one line) by
+    score, run and everything built on them (bench retouch, vsd-study, inversion-eval, teacher-eval,
+    evaluate); the test-set builders refuse the training split."""
+    from course_lib.eval import bench_retouch as br, world as W
+    from course_lib.eval.inversion import evaluate_inversion
+
+    train = world.RetouchWorld("train", "train", size=16, length=2, seed=0)
+    items = [train[i] for i in range(2)]
+    batch = {"source": torch.stack([it["source"] for it in items]), "target": torch.stack([it["target"] for it in items]),
+             "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items],
+             "photo": [it["photo"] for it in items]}
+    for call in (lambda: S.score(batch["source"], batch), lambda: S.run(lambda s, i, t: s, batch, keys=())):
+        with pytest.raises(ValueError, match="refusing to score on training photos") as err:
+            call()
+        assert "\n" not in str(err.value)
+    for split in ("train", "nope"):
+        with pytest.raises(ValueError, match="never on training photos"):
+            heldout_batch(2, 16, split=split)
+        with pytest.raises(ValueError):
+            W.world_batch(2, 16, split=split)
+    check_scoring_photos(world.photo_names("test") + world.photo_names("val") + ["an upload"])  # these pass
+    # the entry points build their items with heldout_batch: handing them a training split fails there
+    monkeypatch.setattr(W, "heldout_batch", lambda *a, **k: batch)
+    with pytest.raises(ValueError, match="training photos"):
+        br.run(n=2, size=16, latency=False, methods={"identity": lambda s, i, t: s}, notes=[])
+    from course_lib.eval import inversion as I
+
+    monkeypatch.setattr(I, "heldout_batch", lambda *a, **k: batch)
+    with pytest.raises(ValueError, match="training photos"):
+        evaluate_inversion(None, type("T", (), {"resolution": 16})(), n=2,
+                           perceptual=lambda a, b: (a - b).abs().mean((1, 2, 3)))
+
+
+def test_no_training_path_reads_a_validation_or_test_photo():
+    """Every trainer's data (student, teacher, VSD and its regression set, inverter, edit encoder) and the
+    instruction banks draw from the training photos only."""
+    from course_lib.train import inverter as inv, student as st, teacher as te, vsd
+
+    train = set(world.photo_names("train"))
+    sets = [st.training_data(st.TrainArgs(size=16)), te.training_data(te.TrainConfig(resolution=16)),
+            vsd.training_items(vsd.VSDArgs(size=16)), vsd.training_items(vsd.VSDArgs(size=16), seed_offset=20_000),
+            inv.training_data(inv.InverterArgs(), 16), world.RetouchWorld("train", size=16, length=8)]
+    for ds in sets:
+        base = getattr(ds, "ds", ds)  # WithoutTargets wraps the dataset
+        assert set(base.photos) == train
+        assert all(ds[i]["photo"] in train for i in range(6))
 
 
 def test_markdown_and_csv_formats():

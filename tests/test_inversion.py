@@ -73,7 +73,7 @@ def test_more_ddim_steps_reconstruct_better():
     from course_lib.teacher import load_teacher
 
     T = load_teacher("embedded")
-    x = heldout_batch(2, T.resolution, paraphrases="train")["source"]
+    x = heldout_batch(2, T.resolution, wording="train")["source"]
     p = [float(psnr(inv.reconstruct(T, T, x, n)[0], x).mean()) for n in (2, 25)]
     assert p[1] > p[0] + 5
 
@@ -191,9 +191,9 @@ def test_hub_tier_inversion_round_trip(tiny_hub):
 
 
 def test_shipped_inverter_beats_plain_ddim4():
-    """The claim of lesson 07 in miniature, on the data world's test photos (measured, can fail):
+    """The claim of lesson 07 in miniature, on the test photos (measured, can fail):
     a regression of the inverter towards plain DDIM inversion loses the margin."""
-    from course_lib.eval.heldout import world_test_batch
+    from course_lib.eval.heldout import heldout_batch
     from course_lib.metrics import psnr
     from course_lib.teacher import load_teacher
     from course_lib.inversion import load_inverter, shipped_path
@@ -201,9 +201,9 @@ def test_shipped_inverter_beats_plain_ddim4():
     if not shipped_path().is_file():
         pytest.fail(f"missing shipped inverter {shipped_path()}")
     fwd, meta = load_inverter()  # on the teacher it was trained on, as its metadata says
-    assert meta["teacher"] == "world" and meta["data"] == "world"
-    T = load_teacher("world")
-    x = world_test_batch(8, T.resolution)["source"]
+    assert meta["teacher"] == "embedded" and meta["data"] == "world"
+    T = load_teacher("embedded")
+    x = heldout_batch(8, T.resolution, wording="train")["source"]
     plain, _ = inv.reconstruct(T, T, x, 4)
     cycle, _ = inv.reconstruct(fwd, T, x, 4)
     assert float(psnr(cycle, x).mean()) > float(psnr(plain, x).mean()) + 3.0
@@ -247,7 +247,7 @@ def test_inversion_eval_command(tmp_path, capsys):
                  "--stages", f"plain={plain}", "--curve", "1,2", "--ref-steps", "10", "--residual"]) == 0
     md = out.read_text()
     result = json.loads(js.read_text())
-    assert result["photos"] == "world" and result["n"] == 2 and "inversion-eval" in result["command"]
+    assert result["photos"] == "test" and result["n"] == 2 and "inversion-eval" in result["command"]
     assert {r["method"] for r in result["reconstruction"]} == {"DDIM-10", "DDIM-4", "cycle-trained 4-step"}
     # a LoRA at zero is plain DDIM inversion: its stage row equals the DDIM-4 row
     ddim4 = next(r for r in result["reconstruction"] if r["method"] == "DDIM-4")
@@ -356,19 +356,19 @@ def test_forward_cm_self_consistency_improves_with_distillation(tiny_teacher):
 
 
 def test_train_inverter_stages_on_world_photos(tiny_teacher, tmp_path):
-    """Stage 1 (consistency distillation + noise cycle) on the data world's photos, then stage 2
+    """Stage 1 (consistency distillation + noise cycle) on the training photos, then stage 2
     (cycle) started from its checkpoint; both resumable checkpoints in the one format."""
     from course_lib.distill import lora_state_dict
     from course_lib.inversion import load_inverter
     from course_lib.train.inverter import InverterArgs, train
 
     T = tiny_teacher
-    cd = InverterArgs(steps=2, batch_size=2, lr=1e-3, lora_rank=4, stage="cd", noise_weight=0.5, data="world",
+    cd = InverterArgs(steps=2, batch_size=2, lr=1e-3, lora_rank=4, stage="cd", noise_weight=0.5,
                       out=str(tmp_path / "cd.safetensors"))
     fwd, log = train(cd, teacher=T, perceptual=_l2)
     assert len(log) == 2 and {"cd", "noise_cycle", "loss"} <= set(log[0]) and "lpips" not in log[0]
     stage1, _ = load_inverter(tmp_path / "cd.safetensors", teacher=T)
-    cyc = InverterArgs(steps=1, batch_size=2, lr=0.0, lora_rank=4, data="world", init=str(tmp_path / "cd.safetensors"),
+    cyc = InverterArgs(steps=1, batch_size=2, lr=0.0, lora_rank=4, init=str(tmp_path / "cd.safetensors"),
                        out=str(tmp_path / "cycle.safetensors"))
     fwd2, log2 = train(cyc, teacher=T, perceptual=_l2)
     assert "lpips" in log2[0]
@@ -376,19 +376,6 @@ def test_train_inverter_stages_on_world_photos(tiny_teacher, tmp_path):
         torch.testing.assert_close(lora_state_dict(fwd2)[k], v)
     with pytest.raises(ValueError):
         train(InverterArgs(steps=1, batch_size=2, stage="nonsense"), teacher=T, perceptual=_l2)
-
-
-def test_inversion_photos_are_the_world_test_photos():
-    """The inverter trains on the data world's training photos; its table uses only test photos."""
-    from course_lib import world
-    from course_lib.eval.heldout import WorldTestPairs, world_test_batch
-
-    ds = WorldTestPairs(size=16, length=24)
-    names = {ds[i]["photo"] for i in range(24)}
-    assert names <= set(world.photo_names("test")) and not names & set(world.photo_names("train"))
-    b = world_test_batch(3, 16)
-    assert b["source"].shape == (3, 3, 16, 16) and len(b["instruction"]) == 3
-    assert torch.equal(world_test_batch(3, 16)["source"], b["source"])  # the same items every time
 
 
 def test_cycle_and_consistency_figures_render():

@@ -56,7 +56,7 @@ TRAINERS = {
                  "ckpt.safetensors.state/state.json"],
                 {"ckpt.safetensors": {"": _lrs(2e-3, warmup=1, decay="cosine", floor=0.05)}}),
     # the world teacher: its instruction reader (pre-trained alike on every rank) trains with the UNet
-    "teacher": (2, ["--resolution", "16", "--channels", "8,16", "--lr", "5e-4", "--warmup", "1", "--data", "world",
+    "teacher": (2, ["--resolution", "16", "--channels", "8,16", "--lr", "5e-4", "--warmup", "1",
                     "--reader-tokens", "2", "--reader-hidden", "16", "--reader-pretrain", "3", "--reader-bank", "16",
                     "--out", "{d}/ckpt.safetensors"],
                 ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
@@ -78,7 +78,7 @@ TRAINERS = {
                  ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors", "ckpt.safetensors.state/state.json"],
                  {"ckpt.safetensors": {"": _lrs(1e-3)}}),
     # stage 1 of the inverter: the draws of each step (segment, point, noise) are shared across ranks
-    "inverter:cd": (1, ["--stage", "cd", "--noise-weight", "1", "--data", "world", "--lora-rank", "2",
+    "inverter:cd": (1, ["--stage", "cd", "--noise-weight", "1", "--lora-rank", "2",
                         "--inversion-steps", "2", "--lr", "1e-3", "--out", "{d}/ckpt.safetensors"],
                     ["ckpt.safetensors", "ckpt.safetensors.state/state.safetensors",
                      "ckpt.safetensors.state/state.json"],

@@ -222,7 +222,7 @@ def test_train_step_is_the_trainers_step():
     from course_lib.train.student import TrainArgs, schedule, train, training_data
 
     args = TrainArgs(steps=1, batch_size=2, size=24, net_size=32, grid_size=8, luma_bins=4, channels=16, lr=1e-3,
-                     warmup=1, data="pairs", word_dropout=0.0)
+                     warmup=1, readout_weight=0.0, vocab=False, word_dropout=0.0)
     trained, losses = train(args)
     config.seed_everything(args.seed)
     cfg = StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, act=args.act, film_hidden=args.film_hidden)

@@ -245,7 +245,7 @@ def test_quality_vs_steps_and_widget_callback(tiny_teacher):
     from course_lib.eval.teacher import (edit_preview, format_table, plot_quality_vs_steps, teacher_quality_vs_steps,
                                          x0_trajectory)
 
-    batch = heldout_batch(2, 16)
+    batch = heldout_batch(2, 16, families=("temperature", "exposure"))
     rows = teacher_quality_vs_steps(tiny_teacher, steps=(1, 2), batch=batch,
                                     others={"oracle": lambda src, texts, tgt: tgt})
     assert [r["method"] for r in rows] == ["identity", "oracle", "teacher", "teacher"]
@@ -285,31 +285,31 @@ def test_train_teacher_init_from_checkpoint(tmp_path):
 
 
 
-def test_train_teacher_on_the_data_world(tmp_path):
-    """``--data world`` trains on the data world 2.0's training photos (content-aware edits included)
-    and records it; an unknown ``--data`` is refused."""
+def test_train_teacher_on_the_training_photos(tmp_path):
+    """The teacher trains on the collection's training photos (content-aware edits included) and records it."""
     from course_lib.train.teacher import TrainConfig, train, training_data
 
     cfg = TrainConfig(steps=2, batch_size=2, resolution=16, channels=(8, 16), warmup=1, out=str(tmp_path / "w.safetensors"),
-                      data="world", save_every=10, log_every=1)
+                      save_every=10, log_every=1)
     ds = training_data(cfg)
     assert type(ds).__name__ == "RetouchWorld" and ds.split == "train" and ds[0]["source"].shape == (3, 16, 16)
     out = train(cfg, text_encoder=HashText())
     assert len(out["losses"]) == 2 and all(math.isfinite(v) for _, v in out["losses"])
-    assert checkpoint_info(tmp_path / "w.safetensors")["train"]["data"] == "world"
-    with pytest.raises(ValueError):
-        training_data(dataclasses.replace(cfg, data="nope"))
+    info = checkpoint_info(tmp_path / "w.safetensors")
+    assert info["train"]["data"] == "world" and info["data"] == "world" and info["paired_targets"] == "exact"
 
 
-def test_world_tier_and_world_quality_table(tiny_teacher, tmp_path):
-    """``--teacher world`` is one more tier (a missing file is one clear error); ``teacher-eval
-    --data world`` scores the data world's test photos by wording and kind of edit."""
+def test_tiers_and_world_quality_table(tiny_teacher, tmp_path):
+    """The tiers are embedded and hub (a missing file is one clear error, an unknown tier too);
+    ``teacher-eval`` scores the test photos by wording and kind of edit."""
     from course_lib.eval.teacher import world_quality_vs_steps, world_table
     from course_lib.teacher import TIERS, TeacherError, load_teacher
 
-    assert "world" in TIERS
+    assert TIERS == ("embedded", "hub")
     with pytest.raises(TeacherError, match="no teacher checkpoint"):
-        load_teacher("world", tmp_path / "absent.safetensors")
+        load_teacher("embedded", tmp_path / "absent.safetensors")
+    with pytest.raises(ValueError, match="tier must be one of"):
+        load_teacher("world")
     rows = world_quality_vs_steps(tiny_teacher, steps=(1,), n=3, wordings=("train",),
                                   others={"oracle": lambda s, i, t: t})
     by = {(r["method"], r["group"]): r for r in rows}
@@ -328,13 +328,14 @@ def test_teacher_eval_writes_its_results(tmp_path, monkeypatch, tiny_teacher):
     args = ["--n", "2", "--steps", "1", "--out", str(tmp_path / "q.png"), "--json", str(tmp_path / "q.json")]
     assert teacher_eval.main(args) == 0
     saved = json.loads((tmp_path / "q.json").read_text())
-    assert [r["method"] for r in saved["rows"]] == ["identity", "teacher"]
+    assert {(r["method"], r["wording"]) for r in saved["rows"]} == {
+        (m, w) for m in ("identity", "teacher") for w in ("train", "heldout_phrasing")}
     assert saved["command"].startswith("python -m course_lib teacher-eval") and "--n 2" in saved["command"]
     assert teacher_eval.main(args) == 2  # exists: refused before running
 
 
 def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
-    """``--reader-tokens T --film`` (data world): the reader's tokens condition the UNet, its readout heads
+    """``--reader-tokens T --film``: the reader's tokens condition the UNet, its readout heads
     learn from the auxiliary loss (pre-training lowers it), resuming reproduces a straight run,
     the export holds the reader and loads into a teacher whose text is T tokens (∅ too), and a
     checkpoint without a reader loads as before."""
@@ -362,7 +363,7 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
 
     def cfg(steps, out, resume=False):
         return TrainConfig(steps=steps, batch_size=2, resolution=16, channels=(8, 16), warmup=1, ema_decay=0.9,
-                           data="world", reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64, film=True,
+                           reader_tokens=3, reader_hidden=32, reader_pretrain=5, reader_bank=64, film=True,
                            out=str(tmp_path / out), save_every=2, log_every=1, resume=resume)
 
     straight = train(cfg(4, "a.safetensors"), text_encoder=HashText())
@@ -390,15 +391,15 @@ def test_instruction_reader_teacher_trains_resumes_exports_and_edits(tmp_path):
     torch.testing.assert_close(emb, T.reader(reader_features(["make the sky warmer", "brighten it"], HashText().encode, V)))
     out = T.edit(torch.rand(1, 3, 16, 16), "make the sky warmer", steps=2, guidance=(1.5, 2.0))
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
-    # the shipped first-world teacher has no reader: one pooled token
-    assert load_embedded_teacher(device="cpu", text_encoder=HashText()).encode_text(["x"]).shape == (1, 1, 384)
-    # teacher-eval --data world --probe --json: the probe and the checkpoint's training record are in the file
+    # the shipped teacher reads with 4 tokens
+    assert load_embedded_teacher(device="cpu", text_encoder=HashText()).encode_text(["x"]).shape == (1, 4, 384)
+    # teacher-eval --probe --json: the probe and the checkpoint's training record are in the file
     from course_lib.eval import teacher as teacher_eval
 
     real_load = teacher_eval.load_teacher
     try:
         teacher_eval.load_teacher = lambda *a, **k: T
-        args = ["--data", "world", "--teacher", "world", "--teacher-path", str(tmp_path / "a.safetensors"), "--n", "2",
+        args = ["--teacher-path", str(tmp_path / "a.safetensors"), "--n", "2",
                 "--steps", "1", "--probe", "--split", "val", "--out", str(tmp_path / "w.png"),
                 "--json", str(tmp_path / "w.json")]
         assert teacher_eval.main(args) == 0

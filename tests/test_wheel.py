@@ -23,13 +23,9 @@ ROOT = config.REPO_ROOT
 LOADERS = {
     "student_supervised.safetensors": "student.load_student(W / name)",
     "student_global_affine.safetensors": "student.load_student(W / name)",
-    "student_vsd.safetensors": "student.load_student(W / name)",
-    "student_vsd_align.safetensors": "student.load_student(W / name)",
     "student_vsd_scratch.safetensors": "student.load_student(W / name)",
-    "student_vsd_scratch_first_world.safetensors": "student.load_student(W / name)",
     "student_vsd_align_scratch.safetensors": "student.load_student(W / name)",
     "teacher_embedded.safetensors": "teacher.load_embedded_teacher(W / name, device='cpu')",
-    "teacher_world.safetensors": "teacher.load_teacher('world', device='cpu')",
     "edit_clip.safetensors": "align.load_edit_clip(W / name)",
     "inverter_lora.safetensors": "inversion.load_inverter(W / name)",
     "lpips_vgg_lin.safetensors": "perceptual.load_lpips()",

@@ -49,7 +49,7 @@ def test_manifest_covers_every_vendored_file():
         assert max(r["width"], r["height"]) <= 1024
         assert r["file"] in credits and r["author"].split(" (")[0] in credits, f"docs/photos.md must credit {r['file']}"
     assert total <= 15e6
-    assert len(rows) >= 20  # at least 20 real photos beyond the first world's 9
+    assert len(rows) >= 20  # at least 20 vendored photos beyond the packages' sample photos
 
 
 def test_collection_splits_are_fixed_by_content_and_disjoint():
@@ -80,7 +80,10 @@ def test_load_photo_vendored_and_package():
     x = world.load_photo("kite")
     assert x.dtype == torch.float32 and x.shape[0] == 3 and max(x.shape[1:]) <= 1024 and x.std() > 0.05
     assert world.load_photo("kite", 64).shape[-2:] == (64, 102)
-    assert torch.equal(world.load_photo("coffee"), data.load_photo("coffee"))
+    import skimage.data
+
+    # a package photo is the package's own pixels
+    assert torch.equal(world.load_photo("coffee"), torch.from_numpy(skimage.data.coffee()).permute(2, 0, 1).float() / 255)
 
 
 # ---------------------------------------------------------------- masks
@@ -125,15 +128,15 @@ def test_families_and_targets():
     names = [f.name for f in world.WORLD_FAMILIES]  # the count is read, never written here
     assert len(set(names)) == len(names) == len(world.WORLD_FAMILY) and NEW
     assert sorted(NEW) == sorted(n for n in names if world.WORLD_FAMILY[n].kind != "global")
-    assert [f.name for f in world.WORLD_FAMILIES[:9]] == [f.name for f in data.FAMILIES]
+    assert [f.name for f in world.WORLD_FAMILIES[:9]] == list(data.GLOBAL_OPS) == list(world.GLOBAL_FAMILIES)
     kinds = {f.kind for f in world.WORLD_FAMILIES}
     assert kinds == {"global", "colour", "spatial", "region", "local"}
 
 
-def test_global_families_are_the_first_worlds():
+def test_global_families_are_the_colour_operators():
     img = rand_img()
-    for f in data.FAMILIES:
-        assert torch.equal(world.WORLD_FAMILY[f.name].fn(img, 0.4), f.fn(img, 0.4))
+    for name, (fn, unit) in data.GLOBAL_OPS.items():
+        assert torch.equal(world.WORLD_FAMILY[name].fn(img, 0.4), fn(img, 0.4)) and world.WORLD_FAMILY[name].unit == unit
 
 
 def _expo(x, a, m):  # img 2^(a m / 2.2)

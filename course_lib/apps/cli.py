@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from .. import config, data, grammar, oracle, world
+from .. import config, grammar, oracle, world
 from ..config import no_network
 from ..util.notebooks import README, NotebookError, generate
 from ..viz import course_map
@@ -26,16 +27,17 @@ def doctor_main(argv: list[str]) -> int:
 
 def data_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib data",
-                                     description="The embedded photos. prepare: write the first world's package photos "
-                                                 "as PNG with a manifest (data/cache/photos); manifest: print that "
-                                                 "manifest; world: list the data world 2.0's collection with splits, "
+                                     description="The photo collection. prepare: read every photo once (checks that the "
+                                                 "vendored files and the packages' sample photos are there); manifest: "
+                                                 "print every photo's source, licence and split; world: list the "
+                                                 "collection with splits, "
                                                  "scene counts and phrasing counts; oracle: the oracle study (global "
                                                  "affine, luma curve and bilateral-grid fits of every edit family on "
                                                  "the test photos) -> outputs/oracle/*.md and *.json, never "
                                                  "overwriting a file.")
     parser.add_argument("action", choices=["prepare", "manifest", "world", "oracle"])
     parser.add_argument("--out", default=None,
-                        help="folder for 'prepare' (default data/cache/photos) or 'oracle' (default outputs/oracle)")
+                        help="folder for 'oracle' (default outputs/oracle)")
     parser.add_argument("--photos", type=int, default=None,
                         help="oracle: use the first N test photos (default all; FAST mode 3)")
     parser.add_argument("--size", type=int, default=None,
@@ -43,7 +45,7 @@ def data_main(argv: list[str]) -> int:
     parser.add_argument("--fast", action="store_true", help="oracle: the FAST variant whatever COURSE_MODE says")
     args = parser.parse_args(argv)
     if args.action == "manifest":
-        print(json.dumps(data.manifest(), indent=1))
+        print(json.dumps([dataclasses.asdict(p) for p in world.photos()], indent=1))
         return 0
     if args.action == "world":
         for split in world.WORLD_SPLITS:
@@ -65,11 +67,11 @@ def data_main(argv: list[str]) -> int:
         print(oracle.markdown(result))
         print("wrote " + ", ".join(map(str, paths)))
         return 0
-    out = data.prepare(args.out)
-    rows = data.manifest()
-    print(f"data: {len(rows)} photos in {out} "
-          f"({sum(r['split'] == 'train' for r in rows)} train, {sum(r['split'] == 'heldout' for r in rows)} held out); "
-          f"data world 2.0: {len(world.photo_names())} photos in {world.PHOTO_DIR}")
+    for name in world.photo_names():
+        world.load_photo(name, 8)  # raises if a photo is missing
+    counts = {s: len(world.photo_names(s)) for s in world.WORLD_SPLITS}
+    print(f"data: {len(world.photo_names())} photos ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+          f"vendored in {world.PHOTO_DIR} or read from installed packages")
     return 0
 
 

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import config, data
+from .. import config, world
 from ..fastslice import retouch_pass
 from ..data import resize
 from ..images import ImageError, load_image, save_image, to_uint8
@@ -352,7 +352,7 @@ class Studio:
         G = model.cfg.grid_size
 
         layout = W.Layout(width="auto")
-        self.photo = W.Dropdown(options=data.photo_names(), value=photo, description="photo")
+        self.photo = W.Dropdown(options=world.photo_names(), value=photo, description="photo")
         self.upload = W.FileUpload(accept="image/*", multiple=False,
                                    description=f"upload (max {self.max_upload_bytes / 2**20:g} MB)",
                                    layout=W.Layout(width="auto"))
@@ -411,7 +411,7 @@ class Studio:
             self.view,
             self.download,
         ])
-        self._set_source(photo, data.load_photo(photo))
+        self._set_source(photo, world.load_photo(photo))
         self._on_model()
 
     @classmethod
@@ -442,7 +442,7 @@ class Studio:
         if name in self.sources:
             self._set_source(name, self.sources[name])
         else:
-            self._set_source(name, data.load_photo(name))
+            self._set_source(name, world.load_photo(name))
         self._auto_apply()
 
     def _on_upload(self, change=None) -> None:

@@ -2,8 +2,8 @@
 
 One layer above the lessons (lesson modules never import it):
 
-* :mod:`~course_lib.eval.heldout` - THE held-out evaluation set (held-out photos x held-out or
-  training paraphrases), as one batch dict;
+* :mod:`~course_lib.eval.heldout` - THE evaluation set (the test photos, or the validation photos, in
+  one wording), as one batch dict, and the guard that refuses training photos in any score;
 * :mod:`~course_lib.eval.score` - THE method interface (``fn(source, instructions, target) ->
   output``), THE scoring function (:func:`~course_lib.eval.score.score`: one set of keys and
   units for every table) and the loop that runs a method over the set;

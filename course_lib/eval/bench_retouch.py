@@ -1,40 +1,37 @@
-"""``python -m course_lib bench retouch``: the paper-style results table on the course's held-out benchmark (lesson 08).
+"""``python -m course_lib bench retouch``: the paper-style results table on the test photos (lesson 08).
 
-Every method edits the same held-out photos under **held-out paraphrases** (the hardest split:
-photos and wordings the models never saw; ``--paraphrases train`` for new photos only) and
-is scored against the exact ground truth:
+Every method edits the same test crops (:func:`course_lib.eval.world.world_batch`, never seen in
+training) under the **training wording** and under **held-out phrasings**, and is scored against the
+exact ground truth:
 
-* fidelity: PSNR (dB), CIEDE2000, and KID (kernel inception distance, Bińkowski et al. 2018,
-  :func:`course_lib.metrics.kid`) between the set of outputs and the set of targets, on VGG-16 features - the ImageNet
-  backbone when :mod:`course_lib.perceptual` finds it, otherwise its random-feature fallback,
-  labelled as such in every header;
-* instruction accuracy (%) and content drift (:mod:`course_lib.eval.score`);
-* latency for one 1080p photo on this machine (every method timed round-robin, median) and the
-  speed-up over the 50-step teacher.
+* fidelity: PSNR (dB; also over the **global** and the **content-aware** items,
+  :func:`course_lib.eval.world.kind_of`), CIEDE2000, and KID (kernel inception distance,
+  Bińkowski et al. 2018, :func:`course_lib.metrics.kid`) between the set of outputs and the set of
+  targets, on VGG-16 features - the ImageNet backbone when :mod:`course_lib.perceptual` finds it,
+  otherwise its random-feature fallback, labelled as such in every header;
+* edit accuracy (%: went half-way to the target) and content drift (:mod:`course_lib.eval.score`);
+* latency for one 1080p photo on this machine (every method timed in one round-robin run, median)
+  and the speed-up over the 50-step teacher.
 
-Diffusion methods (the teacher at 50 and 4 steps, Inverse-and-Edit) work at the teacher's
-32 x 32 px; their *change* is upsampled and added to the photo (the same low-frequency edit
-transfer as :func:`course_lib.inversion.edit_image`), so they are not penalised for blur they
-did not cause. Methods whose checkpoint is missing are listed as skipped, never invented.
-
-``--data world`` runs the same table on the data world 2.0 (:mod:`course_lib.eval.world`): its
-``--split`` photos (test or val) in the training wording or held-out phrasings, the world
-teacher (``load_teacher("world")``) at 50 and 4 steps as the reference, the supervised student
-(trained on the world) and only those VSD students whose checkpoint's provenance says
-``"data": "world"``; first-world models (the fine-tuned VSD students, the learned global affine,
-Inverse-and-Edit) are listed as skipped. Each row also gives the PSNR over the **global** and
-the **content-aware** items (:func:`course_lib.eval.world.kind_of`). ``--extra NAME=PATH`` adds
-student checkpoints (e.g. candidates under ``outputs/``) to either table.
-Outputs (``bench_retouch.{csv,md,png}``) replace earlier ones only with ``--overwrite``.
+The methods are :data:`REGISTRY` (name -> factory, in table order): identity and the oracles as
+reference rows, the shipped students, the teacher at 50 and 4 steps and Inverse-and-Edit. Adding a
+method is one entry. Diffusion methods work at the teacher's 32 x 32 px; their *change* is upsampled
+and added to the photo (the same low-frequency edit transfer as :func:`course_lib.inversion.edit_image`),
+so they are not penalised for blur they did not cause. A method whose checkpoint is missing, or was
+not trained on the collection, is listed as skipped, never invented. ``--extra NAME=PATH`` adds
+student checkpoints (e.g. candidates under ``outputs/``). Outputs (``bench_retouch.{csv,md,png}``)
+replace earlier ones only with ``--overwrite``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,42 +39,27 @@ import torch.nn.functional as F
 from .. import bench, config
 from ..inversion import invert_and_edit, shipped_models
 from ..metrics import apply_affine, fit_global_affine, kid
+from ..oracle import oracle_fits
 from ..perceptual import load_lpips
 from ..student import load_student, read_metadata, retouch_fused
 from ..teacher import load_teacher
 from . import score as S, tables
 from . import world as W
-from .heldout import SEED, heldout_batch
+from .heldout import SEED
 from .student import load_baseline, student_method
 
 Method = S.Method
-#: Columns of ``bench_retouch.csv`` (and keys of the rows).
-COLUMNS = ("method", "psnr", "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
+#: The two wordings of every table: the training grammar, and held-out whole phrasings (suffix ``_heldout``).
+WORDINGS = ("train", "heldout_phrasing")
+SUFFIX = {"train": "", "heldout_phrasing": "_heldout"}
+#: The scores every method gets per wording (besides the set-level KID and the PSNR per kind of edit).
+KEYS = ("psnr", "de00", "edit_accuracy", "drift")
+#: Columns of ``bench_retouch.csv`` (and keys of the rows): the training wording, then the held-out phrasings.
+COLUMNS = ("method", "psnr", ("psnr_global", "PSNR global (dB) ↑"), ("psnr_content", "PSNR content-aware (dB) ↑"),
+           "de00", "kid", "edit_accuracy", "drift", ("psnr_heldout", "PSNR held-out phrasing (dB) ↑"),
+           ("edit_accuracy_heldout", "edit accuracy held-out phrasing (%) ↑"), "ms_1080p", "speedup")
 #: The columns that time a method (one 1080p photo, and the speed-up over the 50-step teacher).
 LATENCY_COLUMNS = ("ms_1080p", "speedup")
-#: ``--data world``: :data:`COLUMNS` with the PSNR over the global and the content-aware items.
-WORLD_COLUMNS = ("method", "psnr", ("psnr_global", "PSNR global (dB) ↑"),
-                 ("psnr_content", "PSNR content-aware (dB) ↑"), "de00", "kid", "accuracy", "drift", "ms_1080p", "speedup")
-#: The scores every method gets (besides the set-level KID).
-KEYS = ("psnr", "de00", "accuracy", "drift")
-#: ``--data`` choices: the first world's held-out pairs, or the data world 2.0.
-DATA = ("pairs", "world")
-#: The VSD students of lessons 05 and 06: table label -> checkpoint name in the weights folder.
-VSD_STUDENTS = {"student, VSD (lesson 05)": "student_vsd.safetensors",
-                "student, VSD from scratch, no paired targets (lesson 05)": "student_vsd_scratch.safetensors",
-                "student, VSD + alignment (lesson 06)": "student_vsd_align.safetensors",
-                "student, VSD + alignment from scratch, no paired targets (lesson 06)":
-                    "student_vsd_align_scratch.safetensors"}
-#: ``--data pairs``: the first world's copy of a VSD student whose shipped name now holds the data world's.
-FIRST_WORLD_FILES = {"student_vsd_scratch.safetensors": "student_vsd_scratch_first_world.safetensors"}
-
-
-def first_world_path(weights: Path, name: str) -> Path:
-    """Where the first world's copy of the shipped student ``name`` is: ``weights /``
-    :data:`FIRST_WORLD_FILES` ``[name]`` when that file exists (the name itself now holds the data
-    world's student), else ``weights / name``."""
-    first = weights / FIRST_WORLD_FILES.get(name, name)
-    return first if first.is_file() else weights / name
 
 
 def transfer_edit(source: torch.Tensor, small_source: torch.Tensor, small_edit: torch.Tensor) -> torch.Tensor:
@@ -96,20 +78,18 @@ def at_teacher_size(teacher, src: torch.Tensor) -> torch.Tensor:
     return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
-def teacher_label(steps: int, data: str = "pairs") -> str:
-    """The table label of the teacher at ``steps`` DDIM steps: ``"teacher, 50 DDIM steps (lesson 04)"``,
-    or ``"teacher (data world), 50 DDIM steps (lesson 04)"`` for ``data="world"``."""
-    return f"teacher{' (data world)' if data == 'world' else ''}, {steps} DDIM steps (lesson 04)"
+def teacher_label(steps: int) -> str:
+    """The table label of the teacher at ``steps`` DDIM steps: ``"teacher, 50 DDIM steps (lesson 04)"``."""
+    return f"teacher, {steps} DDIM steps (lesson 04)"
 
 
 def is_teacher(method: str, steps: int) -> bool:
-    """Whether a row's ``method`` is the teacher at ``steps`` steps, of either world (``"teacher, 50 …"``
-    or ``"teacher (data world), 50 …"``; not ``"teacher, 500 …"``)."""
-    return method.replace("teacher (data world),", "teacher,", 1).startswith(f"teacher, {steps} ")
+    """Whether a row's ``method`` is the teacher at ``steps`` steps (``"teacher, 50 …"``; not ``"teacher, 500 …"``)."""
+    return method.startswith(f"teacher, {steps} ")
 
 
 def teacher_row(result: dict, steps: int = 50) -> dict | None:
-    """The row of the teacher at ``steps`` steps in a :func:`run` result (either world), ``None`` if absent."""
+    """The row of the teacher at ``steps`` steps in a :func:`run` result, ``None`` if absent."""
     return next((r for r in result["rows"] if is_teacher(r["method"], steps)), None)
 
 
@@ -135,110 +115,127 @@ def parse_extra(text: str | None) -> dict[str, Path]:
     return out
 
 
-def _teacher_methods(teacher, steps_teacher: tuple[int, ...], data: str) -> dict[str, Method]:
-    """The teacher at each number of steps, at its working size, its change transferred onto the photo."""
-    out: dict[str, Method] = {}
-    for n in steps_teacher:
-        def teacher_fn(s, i, t, n=n):
+# ----------------------------------------------------------------------------- the methods
+
+
+@dataclasses.dataclass
+class Context:
+    """What a method's factory may use: the weights folder and the teacher (loaded once, on first use)."""
+
+    weights: Path
+    teacher_: object = None
+
+    @property
+    def teacher(self):
+        if self.teacher_ is None:
+            self.teacher_ = load_teacher("embedded")
+        return self.teacher_
+
+
+Factory = Callable[[Context], Method]
+
+
+def trained_on(path: Path) -> str | None:
+    """What a student checkpoint says it was trained on: its ``data`` key (or its provenance's)."""
+    meta = read_metadata(path)
+    return meta.get("data") or json.loads(meta.get("provenance", "{}") or "{}").get("data")
+
+
+def student_file(name: str, global_affine: bool = False) -> Factory:
+    """A factory for a shipped student ``name`` in the weights folder, checked to be trained on the collection.
+
+    Raises (in the factory):
+        FileNotFoundError: no such checkpoint. ValueError: trained on other data.
+    """
+    def make(ctx: Context) -> Method:
+        path = ctx.weights / name
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        if trained_on(path) != "world":
+            raise ValueError(f"not trained on the photo collection (its metadata says data = {trained_on(path)})")
+        model = load_baseline(path, device="cpu") if global_affine else load_student(path, device="cpu")
+        return student_method(model.eval())
+    return make
+
+
+def teacher_steps(n: int) -> Factory:
+    """A factory for the teacher at ``n`` DDIM steps, at its working size, its change transferred onto the photo."""
+    def make(ctx: Context) -> Method:
+        teacher = ctx.teacher
+
+        def fn(s, i, t):
             small = at_teacher_size(teacher, s)
             return transfer_edit(s, small, teacher.edit(small, i, steps=n))
-        out[teacher_label(n, data)] = teacher_fn
-    return out
+        return fn
+    return make
 
 
-def build_methods(steps_teacher: tuple[int, ...] = (50, 4), data: str = "pairs",
-                  extra: dict[str, str | Path] | None = None, weights_dir: str | Path | None = None,
-                  teacher=None) -> tuple[dict[str, Method], list[str]]:
+def inverse_and_edit(ctx: Context) -> Method:
+    """Inverse-and-Edit in the studio's mode: the round trip's error removed (x + G(z; y) − G(z; ∅)), 4 + 8 steps."""
+    fwd, gen = shipped_models()
+
+    def fn(s, i, t):
+        small = at_teacher_size(gen, s)
+        return transfer_edit(s, small, invert_and_edit(fwd, gen, small, i, 4, residual=True))
+    return fn
+
+
+#: Every method of the table, in order: name -> factory. Adding a method is one entry.
+REGISTRY: dict[str, Factory] = {
+    "identity": lambda ctx: (lambda s, i, t: s),
+    "global affine (oracle: fitted to the target)": lambda ctx: (lambda s, i, t: apply_affine(fit_global_affine(s, t), s)),
+    "grid (oracle: BGU fitted to the target)": lambda ctx: (lambda s, i, t: oracle_fits(s, t)["grid"]),
+    "global affine (learned)": student_file("student_global_affine.safetensors", global_affine=True),
+    "student, supervised (lesson 03)": student_file("student_supervised.safetensors"),
+    "student, VSD from scratch, no paired targets (lesson 05)": student_file("student_vsd_scratch.safetensors"),
+    "student, VSD + alignment from scratch, no paired targets (lesson 06)":
+        student_file("student_vsd_align_scratch.safetensors"),
+    teacher_label(50): teacher_steps(50),
+    teacher_label(4): teacher_steps(4),
+    "Inverse-and-Edit, 4 + 8 steps, residual (lesson 07)": inverse_and_edit,
+}
+
+
+def build_methods(names: Sequence[str] | None = None, extra: dict[str, str | Path] | None = None,
+                  weights_dir: str | Path | None = None, teacher=None) -> tuple[dict[str, Method], list[str]]:
     """Name -> ``fn(source (B,3,H,W), instructions, target) -> output``, and notes on skipped methods.
 
     Args:
-        steps_teacher: the teacher's rows, one per number of DDIM steps.
-        data: ``"pairs"`` (the first world: its teacher, every shipped student, Inverse-and-Edit) or
-            ``"world"`` (the data world 2.0: the world teacher, the supervised student, the VSD students
-            whose checkpoint's provenance has ``"data": "world"``; first-world models are noted as skipped).
-        extra: more students, table label -> checkpoint path (added after the shipped ones).
+        names: the :data:`REGISTRY` entries to build (default all), kept in the registry's order.
+        extra: more students, table label -> checkpoint path (added after the registry's students).
         weights_dir: where the shipped students are (default :data:`course_lib.config.WEIGHTS_DIR`).
-        teacher: the teacher to use (default ``load_teacher("embedded")``, ``load_teacher("world")`` for
-            ``data="world"``).
+        teacher: the teacher to use (default ``load_teacher("embedded")``, loaded when first needed).
 
     Returns:
         ``(methods, notes)``: methods in table order, and one line per skipped method with its reason.
 
     Raises:
-        ValueError: an unknown ``data``, or an extra label that is already a method.
+        ValueError: an unknown name, or an extra label that is already a method.
     """
-    if data not in DATA:
-        raise ValueError(f"data must be one of {DATA}, not {data!r}")
-    weights = Path(weights_dir) if weights_dir is not None else config.WEIGHTS_DIR
-    methods: dict[str, Method] = {"identity": lambda s, i, t: s}
+    unknown = set(names or ()) - set(REGISTRY)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(REGISTRY)}")
+    ctx = Context(Path(weights_dir) if weights_dir is not None else config.WEIGHTS_DIR, teacher)
+    methods: dict[str, Method] = {}
     notes: list[str] = []
-    methods["global affine (oracle: fitted to the target)"] = lambda s, i, t: apply_affine(fit_global_affine(s, t), s)
-    if data == "world":
-        methods.update(_world_students(weights, notes))
-    else:
-        baseline = load_baseline(weights / "student_global_affine.safetensors" if weights_dir is not None else None,
-                                 device="cpu")
-        if baseline is not None:
-            methods["global affine (learned)"] = student_method(baseline.eval())
-        supervised = weights / "student_supervised.safetensors" if weights_dir is not None else None
-        methods["student, supervised (lesson 03)"] = student_method(load_student(supervised, device="cpu").eval())
-        for label, name in VSD_STUDENTS.items():
-            path = first_world_path(weights, name)
-            if path.is_file():
+    for name, make in REGISTRY.items():
+        if names is not None and name not in names:
+            continue
+        if name.startswith("teacher") and extra:  # the extra students go after the shipped ones
+            for label, path in extra.items():
+                if label in methods or label in REGISTRY:
+                    raise ValueError(f"--extra name {label!r} is already a method of the table")
                 methods[label] = student_method(load_student(path, device="cpu").eval())
-            else:
-                notes.append(f"{label}: skipped, no checkpoint at {path}")
+            extra = None
+        try:
+            methods[name] = make(ctx)
+        except (FileNotFoundError, ValueError) as exc:
+            notes.append(f"{name}: skipped ({str(exc).splitlines()[0]})")
     for label, path in (extra or {}).items():
-        if label in methods:
+        if label in methods or label in REGISTRY:
             raise ValueError(f"--extra name {label!r} is already a method of the table")
         methods[label] = student_method(load_student(path, device="cpu").eval())
-    if teacher is None:
-        teacher = load_teacher("world" if data == "world" else "embedded")
-    methods.update(_teacher_methods(teacher, steps_teacher, data))
-    if data != "world":
-        notes.append("Inverse-and-Edit (lesson 07): skipped, a model of the world teacher (its generator is "
-                     "that teacher, not the first world's)")
-        return methods, notes
-    try:
-        fwd, gen = shipped_models()
-
-        def ie_fn(s, i, t):
-            small = at_teacher_size(gen, s)
-            return transfer_edit(s, small, invert_and_edit(fwd, gen, small, i, 4, residual=True))
-        # the studio's mode: the round trip's error removed (x + G(z; y) − G(z; ∅)), 4 + 8 steps
-        methods["Inverse-and-Edit, 4 + 8 steps, residual (lesson 07)"] = ie_fn
-    except FileNotFoundError as exc:
-        notes.append(f"Inverse-and-Edit: skipped ({str(exc).splitlines()[0]})")
     return methods, notes
-
-
-def _world_students(weights: Path, notes: list[str]) -> dict[str, Method]:
-    """The data world's students in ``weights``: the supervised one and every VSD student whose
-    provenance says ``"data": "world"``; a line in ``notes`` for each one skipped (and for the learned
-    global affine, a first-world model)."""
-    notes.append("global affine (learned): skipped, a first-world model (trained on the first world's pairs)")
-    out: dict[str, Method] = {}
-    supervised = weights / "student_supervised.safetensors"
-    if supervised.is_file():
-        out["student, supervised (lesson 03)"] = student_method(load_student(supervised, device="cpu").eval())
-    else:
-        notes.append(f"student, supervised (lesson 03): skipped, no checkpoint at {supervised}")
-    for label, name in VSD_STUDENTS.items():
-        path = weights / name
-        if not path.is_file():
-            notes.append(f"{label}: skipped, no checkpoint at {path}")
-            continue
-        trained_on = json.loads(read_metadata(path).get("provenance", "{}") or "{}").get("data")
-        if trained_on == "world":
-            out[label] = student_method(load_student(path, device="cpu").eval())
-        elif trained_on == "pairs":
-            notes.append(f"{label}: skipped: trained on the first world (provenance data = pairs)")
-        elif trained_on is None:
-            notes.append(f"{label}: skipped: a first-world model (fine-tuned from the first world's student; "
-                         "its checkpoint records no provenance data)")
-        else:
-            notes.append(f"{label}: skipped: not trained on the data world (provenance data = {trained_on})")
-    return out
 
 
 # ----------------------------------------------------------------------------- KID
@@ -396,60 +393,54 @@ def stages_table(rows: list[dict]) -> str:
 
 
 def world_wording(paraphrases: str) -> str:
-    """``--paraphrases`` -> the data world's wording: ``"train"`` or ``"heldout_phrasing"`` (``vsd-study`` uses it too)."""
+    """``--paraphrases`` (``"train"`` or ``"heldout"``) -> the wording: ``"train"`` or ``"heldout_phrasing"`` (``vsd-study``)."""
     return "train" if paraphrases == "train" else "heldout_phrasing"
 
 
-def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldout", seed: int = SEED,
-        batch_size: int = 16, repeats: int | None = None, latency: bool = True,
-        methods: dict[str, Method] | None = None, notes: list[str] | None = None, data: str = "pairs",
-        split: str = "test", extra: dict[str, str | Path] | None = None) -> dict:
-    """Score every method (see the module docstring).
+def run(n: int | None = None, size: int | None = None, seed: int = SEED, batch_size: int = 16,
+        repeats: int | None = None, latency: bool = True, methods: dict[str, Method] | None = None,
+        notes: list[str] | None = None, split: str = "test", extra: dict[str, str | Path] | None = None,
+        wordings: Sequence[str] = WORDINGS) -> dict:
+    """Score every method on the same ``n`` crops of the ``split`` photos in each wording (module docstring).
 
     Args:
-        n: items (default 8 FAST / 96 FULL). size: image side in pixels (default 64 / 128).
-        paraphrases: ``"heldout"`` or ``"train"`` phrasings (for ``data="world"``: held-out phrasings or the
-            training wording, :func:`world_wording`).
-        repeats: timed 1080p calls per method (default 1 FAST / 7 FULL). latency: time them at all.
-        methods, notes: the methods to score and notes on skipped ones (default :func:`build_methods`).
-        data: ``"pairs"``, the first world's held-out photos (``seed`` picks them), or ``"world"``, ``n``
-            items of the data world 2.0's ``split`` photos (``"test"`` or ``"val"``;
-            :func:`course_lib.eval.world.world_batch`).
-        extra: more students for :func:`build_methods`, label -> checkpoint (ignored when ``methods`` is given).
+        n: items per wording (default 8 FAST / 96 FULL). size: image side in pixels (default 64 / 128).
+        seed: evaluation-set seed. batch_size: items per call. repeats: timed 1080p calls per method.
+        latency: time every method (one round-robin run) and split the student's edit by stage.
+        methods, notes: the table's methods and skipped-method notes (default :func:`build_methods`).
+        split: ``"test"`` (default) or ``"val"`` (choosing recipes). extra: more students for
+            :func:`build_methods` (ignored when ``methods`` is given). wordings: of :data:`WORDINGS`.
 
     Returns:
-        dict with ``rows`` (method, psnr, de00, kid, accuracy (%), drift, ms_1080p, speedup; with
-        ``data="world"`` also ``psnr_global`` and ``psnr_content``, the PSNR over the items of each kind,
-        ``nan`` when there are none), ``n``, ``size``, ``paraphrases``, ``kid_label``, ``notes`` (skipped
-        methods) and ``data``; with ``data="world"`` also ``split``, ``wording`` and ``groups`` (items per
-        kind of edit). ``speedup`` is over the 50-step teacher of either world (:func:`teacher_row`).
+        dict with ``rows`` (per method: the keys of :data:`KEYS`, ``kid``, ``psnr_global`` and
+        ``psnr_content`` (``nan`` when there are no such items) for each wording, suffixed as in
+        :data:`SUFFIX`; ``ms_1080p`` and ``speedup`` over the 50-step teacher), ``n``, ``size``,
+        ``split``, ``wordings``, ``groups`` (items per kind of edit and wording), ``kid_label``,
+        ``notes`` and (with ``latency``) ``stages``.
     """
-    if data not in DATA:
-        raise ValueError(f"data must be one of {DATA}, not {data!r}")
     n = n or config.pick(fast=8, full=96)
     size = size or config.pick(fast=64, full=128)
     repeats = repeats or config.pick(fast=1, full=7)
     if methods is None:
-        methods, notes = build_methods(data=data, extra=extra)
+        methods, notes = build_methods(extra=extra)
     notes = list(notes or [])
     perceptual = load_lpips()
-    if data == "world":
-        batch = W.world_batch(n, size, world_wording(paraphrases), seed, split=split)
-    else:
-        batch = heldout_batch(n, size, seed, paraphrases)
-    tgt_feats = vgg_features(perceptual, batch["target"])
+    batches = {w: W.world_batch(n, size, w, seed, split=split) for w in wordings}
+    tgt_feats = {w: vgg_features(perceptual, b["target"]) for w, b in batches.items()}
     rows = []
-    bar = config.progress(total=len(methods), desc="bench retouch", disable=config.is_fast())
+    bar = config.progress(total=len(methods) * len(batches), desc="bench retouch", disable=config.is_fast())
     for name, fn in methods.items():
-        r = S.run(lambda s, i, t: fn(s, i, t).float(), batch, batch_size, KEYS, keep_output=True)
-        rows.append({"method": name, **{k: r["scores"][k] for k in ("psnr", "de00")},
-                     "kid": 1000 * kid(vgg_features(perceptual, r["output"]), tgt_feats),
-                     **{k: r["scores"][k] for k in ("accuracy", "drift")}, "ms_1080p": float("nan")})
-        if data == "world":
+        row = {"method": name}
+        for w, batch in batches.items():
+            x = SUFFIX.get(w, f"_{w}")
+            r = S.run(lambda s, i, t: fn(s, i, t).float(), batch, batch_size, KEYS, keep_output=True)
             groups = W.group_scores({"psnr": r["items"]["psnr"]}, batch["kind"])
-            rows[-1]["psnr_global"] = groups["global"].get("psnr", float("nan"))
-            rows[-1]["psnr_content"] = groups["content-aware"].get("psnr", float("nan"))
-        bar.update(1)
+            row.update({f"{k}{x}": r["scores"][k] for k in KEYS})
+            row.update({f"kid{x}": 1000 * kid(vgg_features(perceptual, r["output"]), tgt_feats[w]),
+                        f"psnr_global{x}": groups["global"].get("psnr", float("nan")),
+                        f"psnr_content{x}": groups["content-aware"].get("psnr", float("nan"))})
+            bar.update(1)
+        rows.append({**row, "ms_1080p": float("nan")})
     bar.close()
     if latency:
         timed = {k: fn for k, fn in methods.items() if k != "identity" and "oracle" not in k}
@@ -461,43 +452,27 @@ def run(n: int | None = None, size: int | None = None, paraphrases: str = "heldo
     for r in rows:
         r["speedup"] = ref / r["ms_1080p"] if r["ms_1080p"] == r["ms_1080p"] and r["ms_1080p"] > 0 else float("nan")
     kid_label = "KID×10³ (VGG-16, ImageNet)" if perceptual.real else "KID×10³ (random VGG-16 features: offline fallback)"
-    result = {"rows": rows, "n": n, "size": size, "paraphrases": paraphrases, "kid_label": kid_label, "notes": notes,
-              "data": data}
+    result = {"rows": rows, "n": n, "size": size, "split": split, "wordings": list(batches), "kid_label": kid_label,
+              "notes": notes, "groups": {w: {g: sum(k == g for k in b["kind"]) for g in ("global", "content-aware")}
+                                         for w, b in batches.items()}}
     if latency:
         result["stages"] = stages
-    if data == "world":
-        result.update(split=split, wording=world_wording(paraphrases),
-                      groups={g: sum(k == g for k in batch["kind"]) for g in ("global", "content-aware")})
     return result
 
 
-def columns(result: dict) -> tuple:
-    """The table's columns: :data:`WORLD_COLUMNS` for a ``data="world"`` result, else :data:`COLUMNS`."""
-    return WORLD_COLUMNS if result.get("data") == "world" else COLUMNS
-
-
-def photos(result: dict) -> str:
-    """Which photos a result is on: ``"held-out photos"`` or ``"data world 2.0 test photos"`` (its split)."""
-    if result.get("data") == "world":
-        return f"data world 2.0 {result.get('split', 'test')} photos"
-    return "held-out photos"
-
-
 def format_table(result: dict, latency: bool = True) -> str:
-    """Markdown table of :func:`run` (world results: the items per kind of edit in the title).
+    """Markdown table of :func:`run` (the items per kind of edit in the title).
 
     Args:
         latency: show the latency columns (:data:`LATENCY_COLUMNS`); ``False`` leaves them out, for
-            a run made with ``--no-latency`` or one whose latencies are quoted from another run only
-            (lesson 08 quotes the training-phrasing run's), whether the rows hold them or not.
+            a run made with ``--no-latency``, whether the rows hold them or not.
     """
-    n = f"n = {result['n']}"
-    if result.get("data") == "world":
-        g = result.get("groups", {})
-        n += f" ({g.get('global', '?')} global, {g.get('content-aware', '?')} content-aware edits), world teacher"
-    head = (f"{photos(result)} × {result['paraphrases']} phrasings, {n}, {result['size']} px; "
+    g = result.get("groups", {}).get("train", {})
+    head = (f"{result.get('split', 'test')} photos, n = {result['n']} per wording ({g.get('global', '?')} global, "
+            f"{g.get('content-aware', '?')} content-aware edits with the training wording), {result['size']} px; "
+            "scores with the training wording, then with held-out phrasings; "
             + ("latency: one 1080p photo on this machine" if latency else "latency: not shown"))
-    cols = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in columns(result)]
+    cols = [("kid", f"{result['kid_label']} ↓") if c == "kid" else c for c in COLUMNS]
     if not latency:
         cols = tables.without(cols, LATENCY_COLUMNS)
     table = tables.markdown(result["rows"], cols, title=head, notes=result["notes"])
@@ -524,7 +499,7 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
     """The papers' claims next to what this course measured, as Markdown, every number read from results.
 
     Args:
-        result: a :func:`run` result (``data/results/bench_retouch_*.json``), with latencies.
+        result: a :func:`run` result (``data/results/bench_retouch.json``), with latencies.
         inversion: ``inversion-eval``'s results (``data/results/inversion.json``), for the
             Inverse-and-Edit row (left out when ``None``).
 
@@ -537,8 +512,7 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
     if st is None or t50 is None:
         raise KeyError("papers_table needs a student row and the 50-step teacher's row")
     name, thr = st["method"].split(" (")[0], result.get("threads", "?")
-    tier = "data world teacher" if result.get("data") == "world" else "embedded tier"
-    lines = [f"| claim | paper | this course (CPU, {tier}) |", "|---|---|---|",
+    lines = ["| claim | paper | this course (CPU, embedded tier) |", "|---|---|---|",
              f"| one 1080p photo, grid student | {PAPER_CLAIMS['latency']} | {st['ms_1080p']:.0f} ms on {thr} CPU "
              f"thread(s) of this machine ({name}): a CPU time, not comparable with a GPU's |"]
     cells = [f"{st['speedup']:.1f}× over the 50-step teacher ({t50['ms_1080p']:.0f} ms)"]
@@ -552,7 +526,7 @@ def papers_table(result: dict, inversion: dict | None = None) -> str:
     lines.append(f"| no content drift | {PAPER_CLAIMS['drift']} | drift {', '.join(drift)} |")
     if st["method"] == PAPER_STUDENT:
         lines.append(f"| trained without pairs | {PAPER_CLAIMS['no_pairs']} | {st['psnr']:.2f} dB PSNR against the "
-                     f"50-step teacher's {t50['psnr']:.2f} dB ({result['paraphrases']} phrasings, {photos(result)}) |")
+                     f"50-step teacher's {t50['psnr']:.2f} dB (training wording, {result.get('split', 'test')} photos) |")
     if inversion is not None:
         rec = {r["method"]: r for r in inversion["reconstruction"]}
         ddim, cyc = rec["DDIM-50"], rec["cycle-trained 4-step"]
@@ -579,7 +553,7 @@ def plot(result: dict, path: Path | None = None):
     ax.set_xscale("log")
     ax.set_xlabel("ms per 1080p photo (this machine)")
     ax.set_ylabel("PSNR to ground truth (dB)")
-    ax.set_title(f"{photos(result)} × {result['paraphrases']} phrasings (n = {result['n']})", fontsize=9)
+    ax.set_title(f"{result.get('split', 'test')} photos × training wording (n = {result['n']})", fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -598,7 +572,7 @@ def write(result: dict, out: Path, overwrite: bool = False) -> list[Path]:
     csv_path, md_path, png_path = output_paths(out)
     fig = plot(result)
     try:
-        return tables.write({csv_path: tables.csv_text(result["rows"], columns(result)), md_path: format_table(result) + "\n",
+        return tables.write({csv_path: tables.csv_text(result["rows"], COLUMNS), md_path: format_table(result) + "\n",
                              png_path: lambda tmp: fig.savefig(tmp, dpi=120, format="png")}, overwrite=overwrite)
     finally:
         plt.close(fig)
@@ -606,21 +580,15 @@ def write(result: dict, out: Path, overwrite: bool = False) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib bench retouch",
-                                description="The paper-style results table: every method on held-out photos x "
-                                            "held-out paraphrases (fidelity, KID, accuracy, drift, 1080p latency, "
-                                            "speed-up over the 50-step teacher). Writes CSV, markdown and a plot. "
-                                            "--data world: the same on the data world 2.0's photos with the world "
-                                            "teacher, PSNR also per kind of edit (global, content-aware).")
-    p.add_argument("--n", type=int, default=None, help="items (default: 8 FAST / 96 FULL)")
+                                description="The paper-style results table: every method on the same test crops with "
+                                            "the training wording and with held-out phrasings (PSNR overall, global "
+                                            "and content-aware, ΔE00, KID, edit accuracy, drift, 1080p latency from "
+                                            "one round-robin run, speed-up over the 50-step teacher). Writes CSV, "
+                                            "markdown and a plot.")
+    p.add_argument("--n", type=int, default=None, help="items per wording (default: 8 FAST / 96 FULL)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: 64 FAST / 128 FULL)")
-    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
-                   help="held-out or training phrasings (--data world: held-out phrasings or the training wording)")
-    p.add_argument("--data", choices=list(DATA), default="pairs",
-                   help="pairs: the first world's held-out photos, its teacher and students (default); world: the "
-                        "data world 2.0's photos (--split) with the world teacher, the supervised student and the "
-                        "VSD students whose provenance says data = world (first-world models listed as skipped)")
-    p.add_argument("--split", choices=["test", "val"], default=None,
-                   help="with --data world: the world's test (default) or validation photos")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="the test photos (default) or the validation photos (to choose a recipe)")
     p.add_argument("--extra", default=None, metavar="NAME=PATH[,NAME=PATH...]",
                    help="more student checkpoints to score, each as a row named NAME (e.g. candidates under outputs/)")
     p.add_argument("--repeats", type=int, default=None, help="timed 1080p calls per method, round-robin over the methods (median)")
@@ -629,18 +597,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help=f"output folder (default {config.OUTPUT_DIR})")
     p.add_argument("--overwrite", action="store_true", help="replace existing bench_retouch.csv/.md/.png")
     p.add_argument("--json", default=None, help="also write the result and its command here (e.g. under data/results/)")
+    p.add_argument("--note", action="append", default=[], help="a line for the table's notes (e.g. how busy the machine was)")
     a = p.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     out = Path(a.out) if a.out else config.OUTPUT_DIR
     t0 = time.perf_counter()
     try:
-        if a.split is not None and a.data != "world":
-            raise ValueError("--split is for --data world (the first world's held-out photos have no split)")
         extra = parse_extra(a.extra)
         tables.check_free(output_paths(out) + ([Path(a.json)] if a.json else []), a.overwrite)
-        result = run(a.n, a.size, a.paraphrases, repeats=a.repeats, latency=not a.no_latency, data=a.data,
-                     split=a.split or "test", extra=extra)
+        result = run(a.n, a.size, repeats=a.repeats, latency=not a.no_latency, split=a.split, extra=extra)
+        result["notes"] += a.note
         result["command"] = "python -m course_lib bench retouch " + shlex.join(
             x for x in (argv if argv is not None else sys.argv[2:]) if x != "--overwrite")
         result["threads"] = torch.get_num_threads()

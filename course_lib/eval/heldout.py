@@ -1,32 +1,49 @@
-"""The held-out evaluation set: the one builder every evaluation table draws its items from.
+"""The evaluation set: the one builder every evaluation table draws its items from, and the guard
+that keeps training photos out of every score.
 
-Items come from :class:`course_lib.data.RetouchPairs` on the **held-out photos** (never seen in
-training) with the **held-out paraphrases** (``paraphrases="heldout"``: wording never seen
-either) or the training ones (``"train"``: new photos only). The same ``(n, size, seed,
-paraphrases)`` always gives the same items in the same order.
+Items are :class:`course_lib.world.RetouchWorld` crops of the **test photos** (never seen in
+training; ``split="val"`` for choosing recipes) in one wording: the training grammar
+(``"train"``), held-out whole phrasings (``"heldout_phrasing"``) or held-out synonyms
+(``"heldout_synonym"``). The same ``(n, size, seed, wording, split)`` always gives the same items
+in the same order.
 """
 from __future__ import annotations
 
-import functools
+from typing import Iterable, Sequence
 
 import torch
 
 from .. import world
-from ..data import RetouchPairs
 
 #: The evaluation-set seed every table uses unless told otherwise.
 SEED = 1234
+#: The splits a score may be computed on (never ``"train"``).
+SCORING_SPLITS = ("test", "val")
 
 
-def heldout_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "heldout") -> dict:
-    """``n`` held-out-photo pairs at ``size`` pixels, with ``"heldout"`` (default) or ``"train"`` phrasings.
+def check_scoring_photos(photos: Iterable[str]) -> None:
+    """Raise ``ValueError`` (one line) if any named photo is a training photo of the collection.
+
+    Every scoring entry point calls this on the photos of its items; names outside the collection
+    (uploads, synthetic images) pass.
+    """
+    known = set(world.photo_names())
+    bad = sorted({p for p in photos if p in known and world.photo_info(p).split == "train"})
+    if bad:
+        raise ValueError(f"refusing to score on training photos {bad}: score on the test (or validation) photos")
+
+
+def heldout_batch(n: int, size: int, seed: int = SEED, wording: str = "heldout_phrasing", split: str = "test",
+                  families: Sequence[str] | None = None) -> dict:
+    """``n`` items of the test (or validation) photos at ``size`` pixels in one wording, as one batch.
 
     Returns:
-        dict with ``source``, ``target`` (n, 3, size, size) in [0, 1], ``instruction`` and
-        ``edits`` (lists of n str: the instruction and its edits' encoding, see
-        :func:`course_lib.data.decode_edits`).
+        dict with ``source``, ``target`` (n, 3, size, size) in [0, 1], and lists of n str:
+        ``instruction``, ``edits`` (:func:`course_lib.world.encode_world_edits`) and ``photo``.
     """
-    return _batch(RetouchPairs(split="heldout", paraphrases=paraphrases, size=size, length=n, seed=seed))
+    if split not in SCORING_SPLITS:
+        raise ValueError(f"split must be one of {SCORING_SPLITS}, not {split!r}: scores are never on training photos")
+    return _batch(world.RetouchWorld(split=split, wording=wording, size=size, length=n, seed=seed, families=families))
 
 
 def _batch(ds) -> dict:
@@ -34,27 +51,8 @@ def _batch(ds) -> dict:
     items = [ds[i] for i in range(len(ds))]
     return {"source": torch.stack([it["source"] for it in items]),
             "target": torch.stack([it["target"] for it in items]),
-            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items]}
-
-
-class WorldTestPairs(RetouchPairs):
-    """The first world's edits and phrasings (the ones lesson 04's teacher knows) on the data world
-    2.0's **test** photos, which no model of the course trains on (lesson 07's inversion table:
-    the inverter trains on the world's training photos, the teacher on the first world's)."""
-
-    def __init__(self, paraphrases: str = "train", size: int = 32, length: int = 16, seed: int = SEED) -> None:
-        super().__init__(split="train", paraphrases=paraphrases, size=size, length=length, seed=seed)
-        self.photos, self.split = world.photo_names("test"), "world-test"
-
-    @staticmethod
-    @functools.lru_cache(maxsize=None)
-    def _base(name: str) -> torch.Tensor:
-        return world.load_photo(name, size=512)
-
-
-def world_test_batch(n: int, size: int, seed: int = SEED, paraphrases: str = "train") -> dict:
-    """:func:`heldout_batch` on :class:`WorldTestPairs` (the data world 2.0's test photos)."""
-    return _batch(WorldTestPairs(paraphrases=paraphrases, size=size, length=n, seed=seed))
+            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items],
+            "photo": [it["photo"] for it in items]}
 
 
 def take(batch: dict, index: slice) -> dict:

@@ -1,8 +1,8 @@
 """``python -m course_lib inversion-eval``: lesson 07's reconstruction and editing tables.
 
-Reconstruction (∅ text) of held-out 32 px photos by DDIM-50, DDIM-4 and the cycle-trained 4-step
+Reconstruction (∅ text) of 32 px crops of the test photos by DDIM-50, DDIM-4 and the cycle-trained 4-step
 inverter (:mod:`course_lib.inversion`), scored by PSNR (dB), SSIM and LPIPS; editing of the same
-photos under their *training-phrasing* instructions, scored like every other editing table
+crops under training-wording instructions, scored like every other editing table
 (:func:`course_lib.eval.score.score`: PSNR dB, ΔE00, instruction accuracy %, direction %, drift).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..perceptual import load_lpips
 from ..student import load_student
 from ..teacher import Teacher, add_teacher_options, load_teacher
 from . import score as S, tables
-from .heldout import SEED, heldout_batch, world_test_batch
+from .heldout import SEED, heldout_batch
 from .student import student_method
 
 #: Columns of the two tables (and keys of their rows).
@@ -32,22 +32,20 @@ EDITING_COLUMNS = ("method", "steps", *S.EDIT_KEYS, "ms_per_image")
 
 def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: int = SEED, perceptual=None,
                        student=None, edit_steps: int = 4, guidance: float = 1.0, tau: float = 0.8,
-                       ref_steps: int = 50, photos: str = "world", stages: dict[str, Teacher] | None = None,
+                       ref_steps: int = 50, stages: dict[str, Teacher] | None = None,
                        curve_steps: Sequence[int] = (), residual_rows: bool = False) -> dict:
-    """Reconstruction and editing on held-out photos (lesson 07's table).
+    """Reconstruction and editing on the test photos (lesson 07's table).
 
-    Reconstruction (∅ text) of ``n`` held-out 32 px photos by DDIM-50, DDIM-4 and the cycle-trained
+    Reconstruction (∅ text) of ``n`` 32 px crops of the test photos by DDIM-50, DDIM-4 and the cycle-trained
     4-step inverter: PSNR, SSIM, LPIPS (see ``perceptual.label``) and ms per image (one batch,
-    this machine). Editing of the same photos under their *training-phrasing* instructions,
+    this machine). Editing of the same crops under training-wording instructions,
     scored with :func:`course_lib.eval.score.score`: Inverse-and-Edit with the trained inverter
     (4 + 4 steps), inversion editing with DDIM-50, the teacher's own 50-step edit, and (if given)
     the grid student.
 
     ``ref_steps`` (default 50) is the step count of the DDIM references (a smoke check lowers it).
-    ``photos``: ``"world"`` (default) the data world 2.0's test photos, which neither the teacher
-    nor the inverter trained on (:func:`course_lib.eval.heldout.world_test_batch`), or
-    ``"heldout"`` the first world's three held-out photos (two of them are training photos of
-    the data world 2.0, so an inverter trained there must not be scored on them).
+    The photos are the test photos, which neither the teacher nor the inverter trained on
+    (:func:`course_lib.eval.heldout.heldout_batch`, training wording).
 
     ``stages``: more forward models (name -> model, e.g. each training stage's checkpoint) whose
     ``edit_steps`` round trip is scored like the cycle-trained row (``result["stages"]``);
@@ -62,10 +60,7 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
     perceptual = perceptual or load_lpips()
     if isinstance(perceptual, torch.nn.Module):  # a plain loss function (tests) has no device
         perceptual = perceptual.to(teacher.device)
-    if photos not in ("world", "heldout"):
-        raise ValueError(f"photos must be 'world' or 'heldout', got {photos!r}")
-    make = world_test_batch if photos == "world" else heldout_batch
-    batch = make(n, teacher.resolution, seed=seed, paraphrases="train")
+    batch = heldout_batch(n, teacher.resolution, seed=seed, wording="train")
     x = batch["source"]
     same = {**batch, "target": x}  # reconstruction: the photo is its own target
 
@@ -102,7 +97,7 @@ def evaluate_inversion(forward: Teacher, teacher: Teacher, n: int = 48, seed: in
         r = S.run(fn, batch)
         edits.append({"method": name, "steps": steps, **r["scores"], "ms_per_image": r["ms_per_image"]})
     return {"reconstruction": recon, "editing": edits, "perceptual": perceptual.label,
-            "resolution": int(teacher.resolution), "photos": photos, "n": n, "stages": stage_rows,
+            "resolution": int(teacher.resolution), "photos": "test", "n": n, "stages": stage_rows,
             "steps_curve": curve}
 
 
@@ -136,7 +131,7 @@ def targets(result: dict) -> dict[str, float]:
 def tables_markdown(result: dict) -> str:
     """The two tables of :func:`evaluate_inversion` as markdown."""
     px = result.get("resolution", 32)
-    where = "test photos" if result.get("photos", "heldout") == "world" else "held-out photos"
+    where = "test photos"
     recon = [("method", f"reconstruction ({where}, {px} px)") if c == "method" else
              ("lpips", f"{result['perceptual']} ↓") if c == "lpips" else c for c in RECONSTRUCTION_COLUMNS]
     edit = [("method", "editing (training phrasings)") if c == "method" else c for c in EDITING_COLUMNS]
@@ -152,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m course_lib inversion-eval``: lesson 07's table (reconstruction and editing)."""
     p = argparse.ArgumentParser(prog="python -m course_lib inversion-eval",
                                 description="Reconstruction (DDIM-50, DDIM-4, cycle-trained 4-step inverter) and "
-                                            "inversion editing on held-out photos, as one markdown table.")
-    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out photos")
+                                            "inversion editing on the test photos, as one markdown table.")
+    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="test items")
     p.add_argument("--inverter", default=None, help="inverter checkpoint (default: the shipped one)")
     p.add_argument("--no-student", action="store_true", help="leave the grid student out of the editing table")
     add_teacher_options(p)
@@ -164,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="more inverters scored like the shipped one: 'name=checkpoint,name=checkpoint' "
                         "(e.g. each training stage)")
     p.add_argument("--curve", default=None, help="comma-separated step counts of plain DDIM round trips (a curve)")
-    p.add_argument("--photos", choices=("world", "heldout"), default="world",
-                   help="the data world 2.0's test photos (default) or the first world's held-out photos")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                    help="also score both inversion editors with the round trip's error removed "
                         "(x + G(z; y) - G(z; empty text); the studio's mode; default on)")
@@ -192,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             stages[name.strip()] = load_inverter(path.strip(), teacher)[0]
         curve = [int(v) for v in a.curve.split(",")] if a.curve else []
         result = evaluate_inversion(forward, teacher, n=a.n, student=student, edit_steps=a.steps,
-                                    ref_steps=a.ref_steps, photos=a.photos, stages=stages, curve_steps=curve,
+                                    ref_steps=a.ref_steps, stages=stages, curve_steps=curve,
                                     residual_rows=a.residual)
         result["targets"] = targets(result)
         result["command"] = "python -m course_lib inversion-eval " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -2,7 +2,7 @@
 
 A **method** is any ``fn(source (B, 3, H, W), instructions (B str), target (B, 3, H, W)) -> output
 (B, 3, H, W)`` in [0, 1] (only oracles look at ``target``). :func:`run` applies one to a
-held-out batch (:func:`course_lib.eval.heldout.heldout_batch`) in chunks, times it and scores it;
+test batch (:func:`course_lib.eval.heldout.heldout_batch`) in chunks, times it and scores it;
 :func:`score` scores outputs that are already there. Every table uses these keys and units:
 
 ========== ================================================================ ==========
@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import metrics
-from .heldout import size_of, take
+from .heldout import check_scoring_photos, size_of, take
 
 Method = Callable[[torch.Tensor, list[str], torch.Tensor], torch.Tensor]
 
@@ -169,7 +169,11 @@ def score(output: torch.Tensor, batch: dict, keys: Sequence[str] = EDIT_KEYS, pe
     Args:
         output: (N, 3, H, W) in [0, 1]. batch: see :func:`course_lib.eval.heldout.heldout_batch`.
         keys, perceptual: see :func:`per_item`.
+
+    Raises:
+        ValueError: the batch names a training photo (:func:`~course_lib.eval.heldout.check_scoring_photos`).
     """
+    check_scoring_photos(batch.get("photo", ()))
     return summarise(per_item(output, batch, keys, perceptual))
 
 
@@ -186,7 +190,11 @@ def run(fn: Method, batch: dict, batch_size: int | None = None, keys: Sequence[s
     Returns:
         dict with ``items`` (per-image scores, key -> (N,)), ``scores`` (their :func:`summarise`),
         ``ms_per_image`` (wall time of the calls / N) and ``output`` (or ``None``).
+
+    Raises:
+        ValueError: the batch names a training photo (:func:`~course_lib.eval.heldout.check_scoring_photos`).
     """
+    check_scoring_photos(batch.get("photo", ()))
     n = size_of(batch)
     step = batch_size or n
     parts, outs, seconds = [], [], 0.0

@@ -1,7 +1,7 @@
 """Measuring the teacher: quality vs sampling steps, x̂0 trajectories, an interactive preview.
 
-``python -m course_lib teacher-eval`` prints the quality-vs-steps table on held-out
-photos x held-out paraphrases (never seen in training) and saves the plot.
+``python -m course_lib teacher-eval`` prints the quality-vs-steps table on the test photos (never
+seen in training) with the training wording and held-out phrasings, by kind of edit, and saves the plot.
 
 All numbers are computed at the teacher's working resolution (the ground truth is
 the exact edit of the same downsized source), so they measure the teacher, not
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import torch
 
-from .. import config, metrics, student as student_lib
-from ..teacher import (EMBEDDED_WEIGHTS, WORLD_WEIGHTS, EmbeddedTeacher, Teacher, TeacherError, add_teacher_options,
+from .. import config, metrics
+from ..teacher import (EMBEDDED_WEIGHTS, EmbeddedTeacher, Teacher, TeacherError, add_teacher_options,
                        checkpoint_info, load_teacher)
 from ..viz import show_images
 from ..world import RetouchWorld
@@ -33,25 +33,25 @@ def teacher_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25
                              guidance: tuple[float, float] | None = None, seed: int = 0,
                              batch: dict | None = None, chunk: int = 24,
                              others: dict[str, S.Method] | None = None,
-                             paraphrases: str = "heldout") -> list[dict]:
-    """Teacher edits on held-out photos x held-out paraphrases, for several DDIM step counts.
+                             wording: str = "heldout_phrasing") -> list[dict]:
+    """Teacher edits on test photos in one wording, for several DDIM step counts.
 
     Args:
         teacher: any :class:`course_lib.teacher.Teacher`.
         steps: DDIM step counts to try.
-        n: number of held-out pairs (ignored when ``batch`` is given).
+        n: number of test items (ignored when ``batch`` is given).
         guidance: ``(s_img, s_txt)``; seed: seeds the initial noise.
         chunk: images per sampling call.
         others: extra one-pass methods to score, name -> method ``fn(sources (n, 3, r, r),
             instructions, targets)`` (:data:`course_lib.eval.score.Method`, e.g. a student); they get
             rows with ``steps = 1``.
-        paraphrases: ``"heldout"`` phrasings (default) or the ``"train"`` ones (new photos only).
+        wording: ``"heldout_phrasing"`` (default), ``"train"`` or ``"heldout_synonym"``.
 
     Returns:
         One dict per row: ``method`` ("identity" first, then ``others``, then "teacher"), ``steps``,
         ``psnr``, ``de00``, ``accuracy``, ``direction``, ``drift``, ``ms_per_image`` (wall time / n).
     """
-    batch = batch or heldout_batch(n, teacher.resolution, paraphrases=paraphrases)
+    batch = batch or heldout_batch(n, teacher.resolution, wording=wording)
     rows = [{"method": "identity", "steps": 0, **S.score(batch["source"], batch), "ms_per_image": 0.0}]
     for name, fn in (others or {}).items():
         warm_up(fn, batch)
@@ -79,7 +79,7 @@ def world_quality_vs_steps(teacher: Teacher, steps: Sequence[int] = (4, 10, 25, 
                            wordings: Sequence[str] = ("train", "heldout_phrasing"), guidance=None, seed: int = 0,
                            others: dict[str, S.Method] | None = None, chunk: int = 48, size: int | None = None,
                            split: str = "test") -> list[dict]:
-    """The teacher on the data world 2.0's **test photos** (or ``split="val"``: the validation photos,
+    """The teacher on the **test photos** (or ``split="val"``: the validation photos,
     where a checkpoint or its guidance is chosen), per wording and kind of edit.
 
     Items are :func:`course_lib.eval.world.world_batch` crops at the teacher's working size (or
@@ -212,7 +212,7 @@ def change_cosine(pred: torch.Tensor, source: torch.Tensor, target: torch.Tensor
 @torch.no_grad()
 def x0_probe(teacher: Teacher, n: int = 64, ts: Sequence[int] = (999, 800, 500, 200, 50), draws: int = 8,
              seed: int = 123) -> dict:
-    """What an embedded teacher's one-call guess x̂0 knows, on ``n`` training crops of the data world.
+    """What an embedded teacher's one-call guess x̂0 knows, on ``n`` training crops.
 
     At t = 999 the noisy input is almost pure noise, so the best guess is E[x0 | source, text]: the
     regression a student would make. A teacher that reads *which* edit is asked predicts a change
@@ -256,28 +256,22 @@ def x0_probe(teacher: Teacher, n: int = 64, ts: Sequence[int] = (999, 800, 500, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib teacher-eval",
-                                description="Teacher quality vs DDIM steps on held-out photos x held-out (or training) "
-                                            "paraphrases.")
+                                description="Teacher quality vs DDIM steps on the test photos, with the training "
+                                            "wording and held-out phrasings, split by kind of edit.")
     p.add_argument("--steps", default="4,10,25,50", help="comma-separated DDIM step counts (default %(default)s)")
-    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out pairs")
+    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="test items per wording")
     p.add_argument("--guidance", default=None, help="s_img,s_txt (default: the checkpoint's)")
     add_teacher_options(p)
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "teacher_quality_vs_steps.png"), help="the plot (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot")
-    p.add_argument("--student", action="store_true", help="also score the shipped student, if there is one")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--paraphrases", choices=["heldout", "train"], default="heldout",
-                   help="instruction phrasings: held out from training (default) or the training ones")
-    p.add_argument("--data", choices=["pairs", "world"], default="pairs",
-                   help="pairs: the first world's held-out photos (lesson 04); world: the data world 2.0's test "
-                        "photos with training wording and held-out phrasings, split by kind of edit")
     p.add_argument("--json", default=None, help="also write the rows (and the command) as JSON here")
     p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="with --data world: the test photos (default) or the validation photos (to choose a "
-                        "checkpoint or its guidance without looking at the test photos)")
+                   help="the test photos (default) or the validation photos (to choose a checkpoint or its "
+                        "guidance without looking at the test photos)")
     p.add_argument("--probe", action="store_true",
-                   help="with --data world: also probe the one-call guess x̂0 on training crops (x0_probe: PSNR by "
-                        "timestep with and without the text, the change's cosine at t = 999)")
+                   help="also probe the one-call guess x̂0 on training crops (x0_probe: PSNR by timestep with and "
+                        "without the text, the change's cosine at t = 999)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
@@ -291,36 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     g = tuple(float(x) for x in a.guidance.split(",")) if a.guidance else None
-    if a.data == "world":
-        return _main_world(a, teacher, g)
-    others = {}
-    if a.student:
-        if student_lib.shipped_path().is_file():
-            model = student_lib.load_student()
-            others["student"] = lambda src, texts, tgt: student_lib.retouch(model, src, texts)
-        else:
-            print(f"no student checkpoint at {student_lib.shipped_path()}: student row skipped")
-    rows = teacher_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, others=others,
-                                    paraphrases=a.paraphrases)
-    print(f"guidance {g or teacher.default_guidance}, {a.n} held-out-photo pairs ({a.paraphrases} phrasings) "
-          f"at {teacher.resolution}px")
-    print(format_table(rows))
-    fig = plot_quality_vs_steps(rows)
-    fmt = Path(a.out).suffix.lstrip(".") or "png"
-    files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=fmt)}
-    if a.json:
-        files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,
-                                          "paraphrases": a.paraphrases, "threads": torch.get_num_threads(),
-                                          "guidance": list(g or teacher.default_guidance),
-                                          "command": _command(a)}, indent=1) + "\n"
-    try:
-        tables.write(files, overwrite=a.overwrite)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"plot: {a.out}" + (f"; results: {a.json}" if a.json else ""))
-    print(tables.json_text(rows))
-    return 0
+    return _main_world(a, teacher, g)
 
 
 def _command(a: argparse.Namespace, skip: tuple[str, ...] = ()) -> str:
@@ -333,7 +298,7 @@ def _training_record(a: argparse.Namespace, teacher: Teacher) -> dict | None:
     text path), so a results file says which network it scored."""
     if not isinstance(teacher, EmbeddedTeacher):
         return None
-    path = a.teacher_path or (WORLD_WEIGHTS if a.teacher == "world" else EMBEDDED_WEIGHTS)
+    path = a.teacher_path or EMBEDDED_WEIGHTS
     info = checkpoint_info(path)
     train = {k: v for k, v in (info.get("train") or {}).items() if k != "losses"}
     return {"file": Path(path).name, **train, "reader": info["config"].get("reader") is not None,
@@ -343,7 +308,7 @@ def _training_record(a: argparse.Namespace, teacher: Teacher) -> dict | None:
 
 
 def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
-    """``teacher-eval --data world``: :func:`world_quality_vs_steps`, printed, plotted and (``--json``) written."""
+    """``teacher-eval``: :func:`world_quality_vs_steps`, printed, plotted and (``--json``) written."""
     probe = x0_probe(teacher) if a.probe else None
     if probe:
         print(f"x̂0 probe on {probe['n']} training crops: identity {probe['identity']:.2f} dB; " + ", ".join(
@@ -351,11 +316,11 @@ def _main_world(a: argparse.Namespace, teacher: Teacher, g) -> int:
               + f"; t=999 change cosine {probe['cosine']:.2f}, RMS {probe['rms_pred']:.3f} vs {probe['rms_true']:.3f}")
     rows = world_quality_vs_steps(teacher, [int(s) for s in a.steps.split(",")], n=a.n, guidance=g, split=a.split)
     print(f"guidance {g or teacher.default_guidance}, {a.n} {a.split}-photo items per wording at {teacher.resolution}px "
-          f"(PSNR dB; the data world 2.0)")
+          f"(PSNR dB)")
     print(world_table(rows))
     plot_rows = [r for r in rows if r["wording"] == "train" and r["group"] == "all"]
     fig = plot_quality_vs_steps(plot_rows)
-    command = _command(a, skip=("student", "paraphrases"))
+    command = _command(a)
     files = {a.out: lambda tmp: fig.savefig(tmp, dpi=100, format=Path(a.out).suffix.lstrip(".") or "png")}
     if a.json:
         files[a.json] = tables.json_text({"rows": rows, "n": a.n, "resolution": teacher.resolution,

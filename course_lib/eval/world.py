@@ -1,9 +1,9 @@
-"""``python -m course_lib evaluate`` on the data world 2.0: the student on test photos, by wording and kind of edit.
+"""``python -m course_lib evaluate`` : the student on test photos, by wording and kind of edit.
 
 Items are :class:`course_lib.world.RetouchWorld` crops of the **test photos** (never seen in
 training) with three wordings: the training grammar (``train``), held-out whole phrasings
 (``heldout_phrasing``) and held-out synonyms (``heldout_synonym``). Each table row is split by
-kind of edit: **global** (every edit of the instruction is one of the first world's families)
+kind of edit: **global** (every edit of the instruction is one of the nine global colour families)
 and **content-aware** (at least one colour-selective, spatial, region or clarity edit).
 
 Methods: ``identity``; ``global affine (oracle)`` (the best single 3x4 transform fitted to the
@@ -32,7 +32,7 @@ from ..metrics import apply_affine, fit_global_affine, latency_ms
 from ..oracle import oracle_fits
 from ..student import read_instruction
 from . import score as S, tables
-from .heldout import SEED
+from .heldout import SEED, heldout_batch
 
 WORDINGS = grammar.WORDINGS_KINDS
 KEYS = ("psnr", "de00", "edit_accuracy", "drift", "locality")
@@ -41,7 +41,7 @@ METHODS = ("identity", "global affine (oracle)", "grid (oracle)", "global affine
 
 
 def kind_of(edits: str) -> str:
-    """``"global"`` if every edit is a first-world family, ``"content-aware"`` otherwise, ``"none"`` for ""."""
+    """``"global"`` if every edit is of a global family, ``"content-aware"`` otherwise, ``"none"`` for ""."""
     fams = [e.family for e in world.decode_world_edits(edits)]
     if not fams:
         return "none"
@@ -51,11 +51,8 @@ def kind_of(edits: str) -> str:
 def world_batch(n: int, size: int, wording: str = "train", seed: int = SEED, split: str = "test") -> dict:
     """``n`` items of the test photos in one wording, as one batch dict (``source``, ``target``
     (n, 3, size, size), ``instruction``, ``edits``, ``kind`` lists). The same arguments give the same items."""
-    ds = world.RetouchWorld(split=split, wording=wording, size=size, length=n, seed=seed)
-    items = [ds[i] for i in range(n)]
-    return {"source": torch.stack([it["source"] for it in items]), "target": torch.stack([it["target"] for it in items]),
-            "instruction": [it["instruction"] for it in items], "edits": [it["edits"] for it in items],
-            "kind": [kind_of(it["edits"]) for it in items]}
+    batch = heldout_batch(n, size, seed, wording, split)
+    return {**batch, "kind": [kind_of(e) for e in batch["edits"]]}
 
 
 def _student(model) -> S.Method:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from ..eval import tables
 
-#: The world-teacher study: results files under ``data/results/teacher_world/`` and what each
+#: The teacher study: results files under ``data/results/teacher_world/`` and what each
 #: variant is (the numbers, training steps included, come from the files).
 STUDY_VARIANTS: dict[str, str] = {
-    "first_world": "lesson 04's teacher (first world), pooled MiniLM token",
     "pooled_token": "fine-tuned on the world, pooled MiniLM token",
     "reader_init": "the same + instruction reader (tokens)",
     "film_scratch": "from scratch: instruction reader + FiLM",
@@ -19,7 +18,7 @@ STUDY_VARIANTS: dict[str, str] = {
 
 
 def study_summary(saved: dict) -> dict:
-    """One variant of the world-teacher study from its ``teacher-eval --data world --probe --json`` file:
+    """One variant of the teacher study from its ``teacher-eval --probe --json`` file:
     the identity's and the teacher's PSNR (all items) per wording and step count, the x̂0 probe,
     the training record, ``groups`` (global / content-aware: identity and teacher PSNR with the training
     wording at the most steps) and ``meets`` (the targets)."""

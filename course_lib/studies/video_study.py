@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .. import data, video
+from .. import video, world
 from ..student import load_student, shipped_path
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from ..util.checkpoint import CheckpointError
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "each factor (edit jump, grid flicker, lag in 8-bit levels); then the same "
                                             "noise for every frame, and the shipped student on the same clip. The "
                                             "defaults are lesson 09's FULL mode (about a minute on one CPU thread).")
-    p.add_argument("--photo", default="china", choices=data.photo_names(), help="photo of the demo clip")
+    p.add_argument("--photo", default="china", choices=world.photo_names(), help="photo of the demo clip")
     p.add_argument("--frames", type=int, default=36, help="frames of the clip (at least 2)")
     p.add_argument("--height", type=int, default=144)
     p.add_argument("--width", type=int, default=192)

@@ -1,14 +1,15 @@
 """``python -m course_lib vsd-study``: the VSD-from-scratch recipe ablation of lesson 05.
 
-Every student named on the command line is scored on the same items - **held-out photos** x
-**training phrasings** by default (the issue's test: new photos, known wording) - next to the
+Every student named on the command line is scored on the same items - the **test photos** (or the
+validation photos) x the **training wording** by default (new photos, known wording) - next to the
 identity and the teacher's own 50-step edit (its 32 px change transferred onto the photo, as in
 ``bench retouch``). For each student the table also gives what its checkpoint says of its
 training: steps, recipe (from the provenance written by ``train-vsd``) and whether it saw paired
 targets, and the curve of its monitor (MSE to a held-back truth / the identity's, from the log
 stored in the checkpoint) for the training-curve figure.
 
-Scores: :mod:`course_lib.eval.score` (PSNR dB, ΔE00, instruction accuracy %, direction %, drift).
+Scores: the world's keys (:data:`course_lib.eval.world.KEYS`), one row per method and group of
+edits (global, content-aware, all).
 """
 from __future__ import annotations
 
@@ -23,13 +24,12 @@ from .. import config
 from ..student import load_student, read_metadata
 from ..teacher import TeacherError, add_teacher_options, load_teacher
 from ..eval import score as S, tables, world as W
-from ..eval.bench_retouch import WORLD_COLUMNS as BENCH_WORLD_COLUMNS, at_teacher_size, transfer_edit, world_wording
-from ..eval.heldout import SEED, heldout_batch
+from ..eval.bench_retouch import COLUMNS as BENCH_COLUMNS, at_teacher_size, transfer_edit, world_wording
+from ..eval.heldout import SEED
 from ..eval.student import student_method
 
-COLUMNS = ("method", "steps", "paired_targets", *S.EDIT_KEYS)
-#: ``--data world``: one row per method and group of edits (global, content-aware, all), the world's scores
-WORLD_COLUMNS = ("method", "group", "steps", "paired_targets", *W.KEYS)
+#: One row per method and group of edits (global, content-aware, all), the world's scores.
+COLUMNS = ("method", "group", "steps", "paired_targets", *W.KEYS)
 
 
 def checkpoint_record(path: str | Path) -> dict:
@@ -43,51 +43,19 @@ def checkpoint_record(path: str | Path) -> dict:
 
 
 def study(students: dict[str, str], teacher, n: int = 48, size: int = 64, paraphrases: str = "train",
-          teacher_steps: int = 50, seed: int = SEED, data: str = "pairs", split: str = "test") -> dict:
-    """Score the identity, the teacher and every student on the same held-out items.
+          teacher_steps: int = 50, seed: int = SEED, split: str = "test") -> dict:
+    """Score the identity, the teacher and every student on the same ``n`` items of the ``split``
+    photos (test or val) in the training wording (``paraphrases="train"``) or held-out phrasings,
+    scored with the world's keys, one row per method and group (``global``, ``content-aware``, ``all``).
 
     Args:
         students: display name -> checkpoint path.
         teacher: the teacher the students were distilled from.
-        data: ``"pairs"``, the first world's held-out photos (``seed`` picks them), or ``"world"``: the data
-            world 2.0's ``split`` photos (test or val), rows per group of edits (:func:`_study_world`).
 
     Returns:
-        ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases"}`` (with
-        ``data="world"`` also ``data`` and ``split``, and each row has a ``group``).
+        ``{"rows": [...], "records": {name: checkpoint_record}, "n", "size", "paraphrases", "split"}``.
     """
-    if data == "world":
-        return _study_world(students, teacher, n, size, paraphrases, teacher_steps, split)
-    batch = heldout_batch(n, size, seed, paraphrases)
-    rows = [{"method": "identity", "steps": 0, "paired_targets": "-", **S.score(batch["source"], batch)}]
-
-    rows.append({"method": f"teacher, {teacher_steps} DDIM steps", "steps": "-", "paired_targets": "yes",
-                 **S.run(_teacher_fn(teacher, teacher_steps), batch)["scores"]})
-    records = {}
-    for name, path in students.items():
-        records[name] = rec = checkpoint_record(path)
-        model = load_student(path, device="cpu").eval()
-        rows.append({"method": name, "steps": rec["steps"], "paired_targets": rec["paired_targets"],
-                     **S.run(student_method(model), batch)["scores"]})
-    return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases}
-
-
-def _teacher_fn(teacher, teacher_steps: int) -> S.Method:
-    """The teacher's ``teacher_steps``-step edit at its working size, its change transferred onto the photo."""
-    def fn(s, i, t):
-        small = at_teacher_size(teacher, s)
-        out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
-                         for k in range(0, len(i), 24)])
-        return transfer_edit(s, small, out)
-    return fn
-
-
-def _study_world(students: dict[str, str], teacher, n: int, size: int, paraphrases: str, teacher_steps: int,
-                 split: str) -> dict:
-    """:func:`study` on the data world 2.0: ``n`` items of its ``split`` photos in the training wording
-    (``paraphrases="train"``) or held-out phrasings, scored with the world's keys, one row per method and
-    group (``global``, ``content-aware``, ``all``)."""
-    batch = W.world_batch(n, size, world_wording(paraphrases), W.SEED, split=split)
+    batch = W.world_batch(n, size, world_wording(paraphrases), seed, split=split)
     fns = {("identity", 0, "-"): lambda s, i, t: s,
            (f"teacher, {teacher_steps} DDIM steps", "-", "yes"): _teacher_fn(teacher, teacher_steps)}
     records = {}
@@ -100,8 +68,17 @@ def _study_world(students: dict[str, str], teacher, n: int, size: int, paraphras
         r = S.run(fn, batch, None, W.KEYS)
         for g, sc in W.group_scores(r["items"], batch["kind"]).items():
             rows.append({"method": name, "group": g, "steps": steps, "paired_targets": paired, **sc})
-    return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases, "data": "world",
-            "split": split}
+    return {"rows": rows, "records": records, "n": n, "size": size, "paraphrases": paraphrases, "split": split}
+
+
+def _teacher_fn(teacher, teacher_steps: int) -> S.Method:
+    """The teacher's ``teacher_steps``-step edit at its working size, its change transferred onto the photo."""
+    def fn(s, i, t):
+        small = at_teacher_size(teacher, s)
+        out = torch.cat([teacher.edit(small[k:k + 24], i[k:k + 24], steps=teacher_steps, seed=k)
+                         for k in range(0, len(i), 24)])
+        return transfer_edit(s, small, out)
+    return fn
 
 
 def seed_summary(rows: list[dict], recipes: dict[str, list[str]], keys=S.EDIT_KEYS) -> list[dict]:
@@ -148,8 +125,8 @@ def verdict(result: dict, group: str = "all") -> dict:
     targets at least as good as the teacher's row and at least the identity + 3 dB (PSNR)?
 
     Args:
-        result: a :func:`study` result (first world: no ``group`` field; data world: rows per group).
-        group: which group's rows to read on the data world (``"all"``, ``"global"``, ``"content-aware"``).
+        result: a :func:`study` result (rows per group).
+        group: which group's rows to read (``"all"``, ``"global"``, ``"content-aware"``).
 
     Returns:
         ``{"best": name, "student": row, "teacher": row, "identity": row, "meets": bool,
@@ -173,15 +150,15 @@ def verdict(result: dict, group: str = "all") -> dict:
 
 
 #: :func:`by_group`'s columns: PSNR over all items and per group of edits, then the scores over all.
-GROUP_COLUMNS = ("method", "steps", ("psnr", "PSNR all (dB) ↑"), *BENCH_WORLD_COLUMNS[2:4], "edit_accuracy", "drift")
+GROUP_COLUMNS = ("method", "steps", ("psnr", "PSNR all (dB) ↑"), *BENCH_COLUMNS[2:4], "edit_accuracy", "drift")
 
 
 def by_group(result: dict) -> list[dict]:
-    """A data-world study's rows, one per method: PSNR over all items, the global and the
+    """A study's rows, one per method: PSNR over all items, the global and the
     content-aware ones, and the edit accuracy and drift over all (for :data:`GROUP_COLUMNS`).
 
     Args:
-        result: a :func:`study` result with ``data: world`` (rows per method and group).
+        result: a :func:`study` result (rows per method and group).
 
     Returns:
         One dict per method, in the result's order.
@@ -233,16 +210,12 @@ def plot_curves(result: dict):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib vsd-study",
                                 description="Score VSD students (each recipe of the ablation) next to the identity "
-                                            "and the 50-step teacher on held-out photos.")
+                                            "and the 50-step teacher on the test (or validation) photos.")
     p.add_argument("--students", required=True, help="comma-separated NAME=CHECKPOINT pairs")
-    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="held-out items")
+    p.add_argument("--n", type=int, default=config.pick(fast=8, full=48), help="items")
     p.add_argument("--size", type=int, default=64, help="image side (pixels)")
     p.add_argument("--paraphrases", choices=["train", "heldout"], default="train")
-    p.add_argument("--data", choices=["pairs", "world"], default="pairs",
-                   help="pairs: the first world's held-out photos (default); world: the data world 2.0's photos "
-                        "(--split), rows per group of edits (use the teacher the students learned from, e.g. "
-                        "--teacher world)")
-    p.add_argument("--split", choices=["test", "val"], default="test", help="with --data world: which photos")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="which photos")
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     add_teacher_options(p)
@@ -265,12 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, TeacherError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps, data=a.data, split=a.split)
+    result = study(students, teacher, a.n, a.size, a.paraphrases, a.teacher_steps, split=a.split)
     result["teacher"] = a.teacher_path or a.teacher
     result["command"] = tables.command_line("vsd-study", a, skip=("json", "overwrite", "threads"))
-    where = f"data world {a.split} photos" if a.data == "world" else "held-out photos"
-    print(tables.markdown(result["rows"], WORLD_COLUMNS if a.data == "world" else COLUMNS,
-                          title=f"{where} x {a.paraphrases} phrasings, n = {a.n}, {a.size} px"))
+    print(tables.markdown(result["rows"], COLUMNS, title=f"{a.split} photos x {a.paraphrases} phrasings, n = {a.n}, {a.size} px"))
     if a.json:
         tables.write({a.json: tables.json_text(result, indent=1) + "\n"}, overwrite=a.overwrite)
         print(f"wrote {a.json}")

@@ -176,9 +176,17 @@ def settings_of(args: Any) -> dict:
     return {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "recipe_file")}
 
 
+#: What each trainer fits its outputs to: ``"exact"`` (the collection's exact ground-truth edits) or
+#: ``"none"`` (no paired target: distilled from a teacher, or a reconstruction of the input itself).
+PAIRED_TARGETS = {"train-student": "exact", "train-teacher": "exact", "train-align": "exact",
+                  "train-vsd": "none", "train-inverter": "none"}
+
+
 def recipe_metadata(command: str, args: Any) -> dict[str, str]:
     """What every new checkpoint records of how it was made: ``recipe`` (JSON: the command, its full
-    settings and the ``recipe`` of the checkpoint it started from, if any) and ``recipe_file``."""
+    settings and the ``recipe`` of the checkpoint it started from, if any), ``recipe_file``, ``data``
+    (always ``"world"``: the photo collection's training photos), ``paired_targets``
+    (:data:`PAIRED_TARGETS`) and, for a trainer that uses a teacher, ``teacher`` (its tier)."""
     init = getattr(args, "init", None)
     parent = None
     if isinstance(init, str) and Path(init).is_file():
@@ -186,7 +194,10 @@ def recipe_metadata(command: str, args: Any) -> dict[str, str]:
 
         with safe_open(init, framework="pt") as f:
             parent = json.loads((f.metadata() or {}).get("recipe", "null"))
-    meta = {"recipe": json.dumps({"command": command, "settings": settings_of(args), "init": parent})}
+    meta = {"recipe": json.dumps({"command": command, "settings": settings_of(args), "init": parent}),
+            "data": "world", "paired_targets": PAIRED_TARGETS.get(command, "none")}
+    if getattr(args, "teacher", None):
+        meta["teacher"] = str(args.teacher)
     if getattr(args, "recipe_file", None):
         meta["recipe_file"] = Path(args.recipe_file).name
     return meta

@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 from .. import config
-from ..data import RetouchPairs
 from ..distill import load_lora_state_dict, lora_parameters, lora_state_dict
 from ..inversion import (cd_point, cycle_loss, forward_cd_loss, invert, load_inverter, make_forward_model, noise_cycle_loss,
                          save_inverter, shipped_path)
@@ -66,11 +65,14 @@ class InverterArgs(RunOptions):
                                                      "inversion (stage 1); cycle: cycle-consistency fine-tuning "
                                                      "through the frozen generator (stage 2)")
     noise_weight: float = setting(0.0, "weight of iCD's preservation F(G(z)) = z on generated images (0: off)")
-    data: Literal["pairs", "world"] = setting("pairs", "training photos: the first world's six or the data world "
-                                                       "2.0's (random crops, flips)")
     init: str | None = setting(None, "start from this inverter checkpoint (e.g. stage 1's)")
     teacher: str = setting("embedded", TEACHER_HELP, choices=list(TIERS))
     teacher_path: str | None = setting(None, TEACHER_PATH_HELP)
+
+
+def training_data(args: InverterArgs, resolution: int) -> RetouchWorld:
+    """The run's photos: random crops (and flips) of the training photos at the teacher's resolution."""
+    return RetouchWorld(split="train", size=resolution, length=2**31 - 1, seed=args.seed)
 
 
 def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=None) -> tuple[object, list[dict]]:
@@ -94,8 +96,6 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         perceptual = perceptual.to(teacher.device)
     if args.stage not in ("cycle", "cd"):
         raise ValueError(f"--stage must be 'cycle' or 'cd', got {args.stage!r}")
-    if args.data not in ("pairs", "world"):
-        raise ValueError(f"--data must be 'pairs' or 'world', got {args.data!r}")
     fwd = make_forward_model(teacher, args.lora_rank, 4.0 * args.lora_rank)
     if args.init and not resume:
         # start from another inverter (stage 1's forward consistency model): its LoRA, fresh optimiser
@@ -114,15 +114,11 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         load_optimizer_tensors(opt, tensors, meta["opt"], prefix="opt.")
         start, log = int(st["step"]), list(st["log"])
     sync_parameters(acc, lora_parameters(fwd))  # every process starts from the main one's LoRA
-    if args.data == "world":  # the data world 2.0's training photos: random crops and flips
-        ds = RetouchWorld(split="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
-    else:
-        ds = RetouchPairs(split="train", paraphrases="train", size=teacher.resolution, length=2**31 - 1, seed=args.seed)
+    ds = training_data(args, teacher.resolution)
     gen = torch.Generator().manual_seed(70_000 + args.seed)
     shard = Shard.of(acc, args.batch_size)  # this process's share of each step
     meta = {"lora_rank": str(args.lora_rank), "perceptual": perceptual.label if hasattr(perceptual, "label") else "",
-            "processes": str(acc.num_processes), "teacher": args.teacher, "data": args.data,
-            "paired_targets": "none", **recipe_metadata("train-inverter", args)}
+            "processes": str(acc.num_processes), **recipe_metadata("train-inverter", args)}
 
     def save(step: int) -> None:
         save_inverter(fwd, out, {**meta, "trained_steps": str(step), "log": json.dumps(log[-300:])})

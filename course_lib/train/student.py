@@ -3,9 +3,8 @@
     loss = mean((student(source, embed(instruction)) - target)^2) + tv_weight * TV(grid)
            [+ readout_weight * (BCE(presence) + squared error of the named edits' strengths)]
 
-on the data world 2.0 (:class:`course_lib.world.RetouchWorld`: training photos, training
-wording; the bracket when the student has "understood as" heads) or, with ``--data pairs``, the
-first world (:class:`course_lib.data.RetouchPairs`), with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
+on the photo collection (:class:`course_lib.world.RetouchWorld`: training photos, training
+wording; the bracket when the student has "understood as" heads), with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
 ``Accelerator`` wraps the model and optimiser, so the same file runs as one CPU process
 (``python -m course_lib train-student``) and on GPUs (``accelerate launch -m
 course_lib.train.student ...``; ``--batch-size`` is per process and the processes split each
@@ -21,7 +20,7 @@ No pickle is written or read.
 
 The shipped checkpoint ``data/weights/student_supervised.safetensors`` is one resumable run of
 its recipe (``course_lib/recipes/student_supervised.yaml``, ``python -m course_lib reproduce
-student_supervised``) on the data world 2.0, the learned global-affine baseline the same recipe
+student_supervised``), the learned global-affine baseline the same recipe
 with ``--global-affine`` (``student_global_affine.yaml``):
 
 1. stage 0 (``--text-pretrain-steps``): the text pathway and the "understood as" heads alone, on
@@ -35,9 +34,6 @@ with ``--global-affine`` (``student_global_affine.yaml``):
    by clause (``--clauses 4``, :func:`course_lib.student.split_clauses`), trained alone for
    longer, replaces the first; the image pathway is untouched (the wording study measured each
    change alone).
-
-The first world's student (ReLU, text features straight into FiLM; the VSD students of lessons
-05-06 start from it) is ``--data pairs --act relu`` (``course_lib/recipes/student_vsd.yaml``).
 """
 from __future__ import annotations
 
@@ -52,7 +48,6 @@ import torch
 
 from .. import config
 from ..bilateral import grid_tv
-from ..data import RetouchPairs
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
 from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
@@ -78,18 +73,17 @@ class TrainArgs(RunOptions):
     warmup: int = setting(100, "linear warm-up steps", fast=5)
     tv_weight: float = setting(1e-4, "total-variation weight on the predicted grid")
     compose_prob: float = setting(0.3, "share of items with two or three edits")
-    families: Names | None = setting(None, "comma-separated edit families to train on (default: all of the data world)")
+    families: Names | None = setting(None, "comma-separated edit families to train on (default: all)")
     text_encoder: str = setting("minilm", "the sentence encoder")
     global_affine: bool = setting(False, "train the global-affine baseline (one 3x4 transform per photo) instead of "
                                          "the grid")
-    data: Literal["world", "pairs"] = setting("world", "the data world 2.0 or the first world's retouch pairs")
     act: Literal["leaky", "relu"] = setting("leaky", "image pathway activation")
-    readout_weight: float = setting(0.1, "weight of the 'understood as' heads' loss (world data; 0: no heads)")
+    readout_weight: float = setting(0.1, "weight of the 'understood as' heads' loss (0: no heads)")
     none_prob: float = setting(0.05, "share of requests that name no edit (target = the photo)")
     workers: int = setting(0, "background processes that make the batches (0: none; 1 suits a 2-core CPU)")
     text_layers: int = setting(1, "layers of the text adapter MLP")
     film_hidden: int = setting(128, "width of the text adapter MLP")
-    vocab: bool = setting(True, "also read the training words (world data); --no-vocab: the sentence embedding only")
+    vocab: bool = setting(True, "also read the training words; --no-vocab: the sentence embedding only")
     word_dropout: float = setting(0.3, "share of instructions whose word indicators are hidden in training")
     text_pretrain_steps: int = setting(0, "stage 0: train the text pathway alone for this many steps on a bank of "
                                           "instructions first")
@@ -113,21 +107,12 @@ def schedule(step: int, args: TrainArgs) -> float:
     return lr_at(step, args.lr, args.warmup, args.steps, "cosine", floor=0.05)
 
 
-def training_data(args: TrainArgs) -> RetouchPairs | RetouchWorld:
-    """The run's items: training photos and wording, item ``i`` a pure function of ``(seed, i)``.
-
-    ``args.data == "world"``: the data world 2.0 (:class:`course_lib.world.RetouchWorld`, with
-    ``none_prob`` of requests that name no edit); ``"pairs"``: the first world
-    (:class:`course_lib.data.RetouchPairs`).
-    """
-    if args.data == "world":
-        return RetouchWorld(split="train", wording="train", size=args.size, length=2**31 - 1, seed=args.seed,
-                            p2=args.compose_prob * 0.7, p3=args.compose_prob * 0.3, families=args.families,
-                            p_none=args.none_prob)
-    if args.data != "pairs":
-        raise ValueError(f"--data must be 'world' or 'pairs', not {args.data!r}")
-    return RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1, seed=args.seed,
-                        compose_prob=args.compose_prob, families=args.families)
+def training_data(args: TrainArgs) -> RetouchWorld:
+    """The run's items: training photos and wording (:class:`course_lib.world.RetouchWorld`, with
+    ``none_prob`` of requests that name no edit), item ``i`` a pure function of ``(seed, i)``."""
+    return RetouchWorld(split="train", wording="train", size=args.size, length=2**31 - 1, seed=args.seed,
+                        p2=args.compose_prob * 0.7, p3=args.compose_prob * 0.3, families=args.families,
+                        p_none=args.none_prob)
 
 
 class Embed:
@@ -248,12 +233,12 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
 
     accelerator = Accelerator()
     config.seed_everything(args.seed)
-    readout = args.data == "world" and args.readout_weight > 0
+    readout = args.readout_weight > 0
     cfg = StudentConfig(net_size=args.net_size, grid_size=args.grid_size, luma_bins=args.luma_bins,
                         channels=args.channels, text_encoder=args.text_encoder,
                         global_affine=args.global_affine, act=args.act, text_layers=args.text_layers,
                         film_hidden=args.film_hidden,
-                        vocab=tuple(sorted(training_vocabulary())) if args.vocab and args.data == "world" else (),
+                        vocab=tuple(sorted(training_vocabulary())) if args.vocab else (),
                         readout=READOUT_LABELS if readout else (), film_reads=args.film_reads, coords=args.coords,
                         clauses=args.clauses)
     out = Path(args.out) if args.out else None
@@ -401,7 +386,7 @@ def calibration_texts(seed: int = 0, n: int | None = None) -> tuple[list[str], l
 def main(argv: list[str] | None = None) -> int:
     args = parse_settings(TrainArgs, argv, "python -m course_lib train-student",
                           "Train the text-conditioned grid predictor with supervised L2 on the synthetic retouch pairs "
-                          "(train photos, train paraphrases). Resumable; runs under 'accelerate launch' unchanged. "
+                          "(training photos, training wording). Resumable; runs under 'accelerate launch' unchanged. "
                           "The shipped student: python -m course_lib reproduce student_supervised",
                           "student.safetensors")
 

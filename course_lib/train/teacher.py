@@ -2,8 +2,8 @@
 
 The recipe (InstructPix2Pix, Brooks et al. 2023, in pixel space at 32x32):
 
-* data: :class:`course_lib.data.RetouchPairs` on the *train* photos and *train*
-  paraphrases; item ``i`` of the run is a pure function of ``(seed, i)``;
+* data: :class:`course_lib.world.RetouchWorld` on the *train* photos and *train*
+  wording; item ``i`` of the run is a pure function of ``(seed, i)``;
 * forward process (diffusers ``DDPMScheduler.add_noise``): ``x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε``,
   ``t ~ U{0, …, 999}``; the UNet predicts ``x̂0 − source`` and the loss is
   ``min(1 + SNR_t, 5)·‖x_0 − x̂0‖²`` (ε-MSE is ``SNR_t·‖x_0 − x̂0‖²``: we lift the weight
@@ -22,8 +22,8 @@ EMA weights); ``OUT.state/`` holds what ``--resume`` continues from (weights, EM
 state in safetensors, never pickle; rerunning with ``--resume`` and no state starts afresh).
 ``--init CKPT`` starts from an exported checkpoint's weights instead (fine-tuning: fresh
 optimiser; the provenance is recorded).
-The shipped checkpoints were made with two runs each: ``course_lib/recipes/teacher_embedded.yaml``
-and ``teacher_world.yaml`` (``python -m course_lib reproduce --list`` prints the commands).
+The shipped checkpoint was made with two runs: ``course_lib/recipes/teacher_embedded.yaml``
+(``python -m course_lib reproduce --list`` prints the commands).
 """
 from __future__ import annotations
 
@@ -31,13 +31,11 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from .. import config
-from ..data import RetouchPairs
 from ..grammar import training_vocabulary
 from ..teacher import (InstructionReader, build_embedded_unet, ddpm_config, diffusion_loss, embedded_unet_config,
                        embedded_x0, reader_features, save_embedded_teacher)
@@ -76,10 +74,8 @@ class TrainConfig(RunOptions):
     log_every: int = setting(25, "steps per logged loss")
     init: str | None = setting(None, "start from the weights of an exported teacher checkpoint (e.g. the shipped one)")
     default_guidance: Floats = setting(Floats((1.5, 3.0)), "s_img,s_txt stored in the exported checkpoint")
-    data: Literal["pairs", "world"] = setting("pairs", "training photos and edits: the first world (pairs) or the "
-                                                       "data world 2.0 (world)")
-    reader_tokens: int = setting(0, "T > 0: read the instruction with an InstructionReader (an MLP with readout heads "
-                                    "on --data world) into T tokens for the UNet; 0: the pooled MiniLM vector is the "
+    reader_tokens: int = setting(0, "T > 0: read the instruction with an InstructionReader (an MLP with readout heads) "
+                                    "into T tokens for the UNet; 0: the pooled MiniLM vector is the "
                                     "one token")
     reader_hidden: int = setting(256, "the reader's width")
     readout_weight: float = setting(1.0, "weight of the reader's auxiliary readout loss")
@@ -93,18 +89,11 @@ class TrainConfig(RunOptions):
     export_only: bool = setting(False, "only export OUT.state/ to OUT (no training)")
 
 
-def training_data(cfg: TrainConfig) -> RetouchPairs | RetouchWorld:
-    """The run's items (train photos, train wording): item ``i`` is a pure function of ``(seed, i)``.
-
-    ``cfg.data == "pairs"``: the first world (nine photos, global edits, :class:`RetouchPairs`);
-    ``"world"``: the data world 2.0 (its training photos, random crops, content-aware families,
-    one to three edits per instruction, :class:`course_lib.world.RetouchWorld`).
-    """
-    if cfg.data == "world":
-        return RetouchWorld("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
-    if cfg.data != "pairs":
-        raise ValueError(f"--data must be 'pairs' or 'world', got {cfg.data!r}")
-    return RetouchPairs("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
+def training_data(cfg: TrainConfig) -> RetouchWorld:
+    """The run's items: training photos (random crops), every family, one to three edits per
+    instruction in the training wording (:class:`course_lib.world.RetouchWorld`); item ``i`` is a
+    pure function of ``(seed, i)``."""
+    return RetouchWorld("train", "train", size=cfg.resolution, length=2**31 - 1, seed=cfg.seed)
 
 
 class TeacherNet(torch.nn.Module):
@@ -246,12 +235,11 @@ def _init_info(init: str | None) -> dict | None:
 
 
 def build_reader(cfg: TrainConfig) -> InstructionReader | None:
-    """The run's :class:`InstructionReader` (``cfg.reader_tokens`` > 0; readout heads on the data world), or ``None``."""
+    """The run's :class:`InstructionReader` with readout heads (``cfg.reader_tokens`` > 0), or ``None``."""
     if cfg.reader_tokens <= 0:
         return None
-    world = cfg.data == "world"
-    return InstructionReader(384, cfg.reader_hidden, cfg.reader_tokens, len(READOUT_LABELS) if world else 0,
-                             vocab=tuple(sorted(training_vocabulary())) if world and cfg.reader_vocab else ())
+    return InstructionReader(384, cfg.reader_hidden, cfg.reader_tokens, len(READOUT_LABELS),
+                             vocab=tuple(sorted(training_vocabulary())) if cfg.reader_vocab else ())
 
 
 def export_checkpoint(weights: dict[str, torch.Tensor], cfg: TrainConfig, path: str | Path, info: dict) -> Path:
@@ -280,7 +268,7 @@ def export_from_state(cfg: TrainConfig) -> Path:
                               channels=Ints(run["channels"]), default_guidance=cfg.default_guidance,
                               steps=int(st["step"]), recipe_file=cfg.recipe_file)
     info = {"steps": int(st["step"]), "batch_size": run["batch_size"] * st.get("processes", 1), "lr": run["lr"],
-            "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": run.get("data", "pairs"),
+            "cooldown": run.get("cooldown", 0), "lr_floor": run.get("lr_floor", 0.1), "data": "world",
             "reader_tokens": cfg.reader_tokens,
             "ema_decay": run["ema_decay"], "seed": run["seed"], "final_loss": losses[-1][1] if losses else None,
             "losses": losses, "init": _init_info(run.get("init"))}
@@ -410,7 +398,7 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
     if cfg.out and acc.is_main_process:
         weights = ema if ema is not None else flat_weights(model)
         info = {"steps": cfg.steps, "batch_size": cfg.batch_size * acc.num_processes, "lr": cfg.lr,
-                "cooldown": cfg.cooldown, "lr_floor": cfg.lr_floor, "data": cfg.data,
+                "cooldown": cfg.cooldown, "lr_floor": cfg.lr_floor, "data": "world",
                 "reader_tokens": cfg.reader_tokens, "readout_weight": cfg.readout_weight,
                 "reader_pretrain": cfg.reader_pretrain, "reader_vocab": cfg.reader_vocab, "film": cfg.film,
                 "word_dropout": cfg.word_dropout,
@@ -424,8 +412,8 @@ def train(cfg: TrainConfig, unet=None, text_encoder=None) -> dict:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return parse_settings(TrainConfig, argv, "python -m course_lib train-teacher",
                           "Train the embedded instruction-editing diffusion teacher (resumable; runs under 'accelerate "
-                          "launch' unchanged). The shipped ones: python -m course_lib reproduce teacher_embedded "
-                          "(teacher_world)", "teacher.safetensors")
+                          "launch' unchanged). The shipped one: python -m course_lib reproduce teacher_embedded",
+                          "teacher.safetensors")
 
 
 def main(argv: list[str] | None = None) -> int:

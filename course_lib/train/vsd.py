@@ -28,8 +28,7 @@ training photos, :func:`teacher_edits`: teacher outputs, never ground truth).
 **No paired targets**: the training items pass through :class:`WithoutTargets`, which drops the
 data's ground truth (``target``, ``edits``) before the trainer sees them. The only ground truth
 in a run is the *monitor* (``mse_gt`` / ``mse_id`` in the log): a fixed batch of validation photos
-(the data world's; the first world has no validation photos, so its monitor uses training photos
-with another seed), scored without gradients and never fed back. Seeded; item ``i`` of the data is a pure function of
+scored without gradients and never fed back. Seeded; item ``i`` of the data is a pure function of
 ``(seed, i)``; ``--resume`` continues exactly from ``OUT`` and ``OUT.state/`` (student
 weights, LoRA weights, both optimisers, step and logs, all safetensors/JSON, no pickle).
 Written with 🤗 Accelerate, so ``accelerate launch -m course_lib.train.vsd ...`` runs it on
@@ -56,7 +55,7 @@ import torch
 from .. import config
 from ..align import alignment_loss, load_edit_clip
 from ..bilateral import grid_tv
-from ..data import RetouchPairs, resize
+from ..data import resize
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank
 from ..distill import (VSDConfig, fake_score_loss, load_lora_state_dict, lora_parameters, lora_state_dict,
                        make_fake_score, regression_loss, sample_timesteps, to_teacher_space, vsd_grad, vsd_loss)
@@ -98,8 +97,6 @@ class VSDArgs(RunOptions):
     tv_weight: float = setting(1e-4, "total-variation weight on the predicted grid (as supervised; 0 = off)")
     align_weight: float = setting(0.0, "weight of the prompt-alignment InfoNCE loss (lesson 06; 0 = VSD only)")
     align_path: str | None = setting(None, "edit encoder checkpoint (default: the shipped one)")
-    data: Literal["pairs", "world"] = setting("pairs", "training photos: the first world (pairs) or the data world "
-                                                       "2.0 (world; use --teacher world)")
     # the recipe for VSD from scratch (each off by default: the pure-VSD ablation)
     noise_samples: int = setting(1, "(t, noise) draws per item, their gradients averaged")
     ema_decay: float = setting(0.0, "keep an EMA of the student and save it (0 = off)")
@@ -135,10 +132,9 @@ def _student(args: VSDArgs, teacher=None) -> Student:
                   f"{info['agreement']:.1%} of 1024 other training-wording instructions")
         return student
     if args.init == "identity":
-        # a fresh student: its head starts at zero, so its first edit is the identity; on the
-        # data world it also reads coordinates (graduated and radial filters need them)
-        return Student(StudentConfig(net_size=128, grid_size=args.grid_size, act="leaky",
-                                     coords=args.data == "world"))
+        # a fresh student: its head starts at zero, so its first edit is the identity; it also
+        # reads coordinates (graduated and radial filters need them)
+        return Student(StudentConfig(net_size=128, grid_size=args.grid_size, act="leaky", coords=True))
     return load_student(args.init, device="cpu")
 
 
@@ -229,22 +225,13 @@ class WithoutTargets(torch.utils.data.Dataset):
 
 def training_items(args: VSDArgs, seed_offset: int = 0) -> WithoutTargets:
     """The run's training photos and instructions (train wording), without targets."""
-    if args.data == "world":
-        ds = RetouchWorld("train", "train", size=args.size, length=2**31 - 1, seed=args.seed + seed_offset)
-    elif args.data == "pairs":
-        ds = RetouchPairs(split="train", paraphrases="train", size=args.size, length=2**31 - 1,
-                          seed=args.seed + seed_offset)
-    else:
-        raise ValueError(f"--data must be 'pairs' or 'world', got {args.data!r}")
-    return WithoutTargets(ds)
+    return WithoutTargets(RetouchWorld("train", "train", size=args.size, length=2**31 - 1, seed=args.seed + seed_offset))
 
 
 def monitor_batch(args: VSDArgs) -> dict:
-    """The monitor's fixed items (with their ground truth, used only to log ``mse_gt``): validation
-    photos of the data world, or training photos of the first world drawn with another seed."""
+    """The monitor's fixed items (with their ground truth, used only to log ``mse_gt``): validation photos."""
     n = args.monitor_items
-    ds = (RetouchWorld("val", "train", size=args.size, length=n, seed=10_000 + args.seed) if args.data == "world"
-          else RetouchPairs("train", "train", size=args.size, length=n, seed=10_000 + args.seed))
+    ds = RetouchWorld("val", "train", size=args.size, length=n, seed=10_000 + args.seed)
     items = [ds[i] for i in range(n)]
     return {"source": torch.stack([it["source"] for it in items]), "target": torch.stack([it["target"] for it in items]),
             "instruction": [it["instruction"] for it in items]}
@@ -314,7 +301,7 @@ def provenance(args: VSDArgs) -> dict:
     return {"init": args.init, "student": args.student, "teacher": args.teacher,
             "reading": (f"distilled from the teacher's reader on {args.reader_bank} training-wording instructions "
                         f"(texts only), {args.reader_steps} steps; in training the image pathway reads the "
-                        "teacher's code" if args.student == "reader" else "its own text features"), "teacher_path": args.teacher_path, "data": args.data,
+                        "teacher's code" if args.student == "reader" else "its own text features"), "teacher_path": args.teacher_path, "data": "world",
             "targets_seen": "none (WithoutTargets); the monitor scores validation photos without gradients",
             "regression": (f"teacher's own {args.regress_steps}-step edits of {args.regress_items} training crops"
                            if args.regress_weight > 0 else "none")}
