@@ -31,6 +31,7 @@ from torch import nn
 from . import config
 from .text import shared_encoder
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from .world import RetouchWorld, decode_world_edits
 
 #: Where the shipped edit encoder lives.
 EDIT_CLIP_WEIGHTS: Path = config.WEIGHTS_DIR / "edit_clip.safetensors"
@@ -192,8 +193,6 @@ def heldout_retrieval(model: EditCLIP, n: int = 64, size: int | None = None, wor
         ``{"accuracy": ..., "chance": ...}``; chance is the expected accuracy of a random pick,
         ``mean_i #{j: label_j = label_i} / n`` (duplicate edits in the batch raise it above 1/n).
     """
-    from .world import RetouchWorld, decode_world_edits
-
     ds = RetouchWorld(split=split, wording=wording, size=size or model.cfg.size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     src, tgt = torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items])

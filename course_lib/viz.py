@@ -437,7 +437,7 @@ COURSE_MAP: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
      ("student_supervised", "student_global_affine")),
     ("04 teacher", ("teacher", "train/teacher", "eval/teacher"), ("teacher_embedded",)),
     ("05 VSD", ("distill", "vsd_toy", "train/vsd"), ("student_vsd_scratch",)),
-    ("06 alignment", ("align", "train/align"), ("edit_clip", "student_vsd_align_scratch")),
+    ("06 alignment", ("align", "train/align"), ("edit_clip",)),
     ("07 inversion", ("inversion", "train/inverter", "eval/inversion"), ("inverter_lora", "lpips_vgg_lin")),
     ("08 benchmark", ("bench", "eval/bench_retouch", "eval/score"), ()),
     ("09 studio", ("apps/studio", "apps/retouch", "video"), ()),

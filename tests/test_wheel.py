@@ -24,7 +24,6 @@ LOADERS = {
     "student_supervised.safetensors": "student.load_student(W / name)",
     "student_global_affine.safetensors": "student.load_student(W / name)",
     "student_vsd_scratch.safetensors": "student.load_student(W / name)",
-    "student_vsd_align_scratch.safetensors": "student.load_student(W / name)",
     "teacher_embedded.safetensors": "teacher.load_embedded_teacher(W / name, device='cpu')",
     "edit_clip.safetensors": "align.load_edit_clip(W / name)",
     "inverter_lora.safetensors": "inversion.load_inverter(W / name)",

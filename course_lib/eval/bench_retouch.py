@@ -188,8 +188,6 @@ REGISTRY: dict[str, Factory] = {
     "global affine (learned)": student_file("student_global_affine.safetensors", global_affine=True),
     "student, supervised (lesson 03)": student_file("student_supervised.safetensors"),
     "student, VSD from scratch, no paired targets (lesson 05)": student_file("student_vsd_scratch.safetensors"),
-    "student, VSD + alignment from scratch, no paired targets (lesson 06)":
-        student_file("student_vsd_align_scratch.safetensors"),
     teacher_label(50): teacher_steps(50),
     teacher_label(4): teacher_steps(4),
     "Inverse-and-Edit, 4 + 8 steps, residual (lesson 07)": inverse_and_edit,

@@ -80,7 +80,7 @@ class VSDArgs(RunOptions):
     student: Literal["film", "reader"] = setting(
         "film", "a fresh student (--init identity): 'film' (FiLM on its own text features) or 'reader' (its readout "
                 "heads first learn the teacher's reading of instructions, texts only; its image pathway reads that "
-                "edit code; needs --teacher world)")
+                "edit code; needs the embedded teacher)")
     reader_steps: int = setting(3000, "--student reader: steps distilling the teacher's reading")
     reader_bank: int = setting(20000, "--student reader: training-wording instructions (texts only) for those steps")
     grid_size: int = setting(16, "spatial grid cells per side of a fresh student (--init identity only)")
