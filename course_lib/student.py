@@ -90,6 +90,10 @@ class StudentConfig:
         coords: the local path also reads three coordinate maps (y, x and the squared distance
             from the centre, CoordConv): convolutions with zero padding hardly know *where* a cell
             is, which graduated and radial filters need.
+        word_vectors: the reader also reads the mean sentence-encoder embedding of the clause's
+            content words, each embedded alone (:func:`word_vector_mean`): a word it never trained on
+            still lands near the training words of the same meaning, where the word indicators
+            (``vocab``) see nothing.
         clauses: how many clauses the reader reads one at a time (:func:`split_clauses`); 1 reads
             the whole sentence at once. A sentence embedding and a bag of words are *bags*: in
             "make the sky warmer and the shadows darker" nothing says which adjective goes with
@@ -116,6 +120,7 @@ class StudentConfig:
     film_reads: str = "text"
     coords: bool = False
     clauses: int = 1
+    word_vectors: bool = False
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -137,7 +142,12 @@ class StudentConfig:
     def slot_dim(self) -> int:
         """Features of one clause: the sentence embedding and the word indicators (and with
         ``clauses > 1`` a last 0/1 entry: is this slot a clause or padding)."""
-        return self.text_dim + len(self.vocab) + (1 if self.clauses > 1 else 0)
+        return self.text_dim + len(self.vocab) + self.word_dim + (1 if self.clauses > 1 else 0)
+
+    @property
+    def word_dim(self) -> int:
+        """Features of the word-vector mean (:attr:`word_vectors`): ``text_dim`` or 0."""
+        return self.text_dim if self.word_vectors else 0
 
     @property
     def n_down(self) -> int:
@@ -151,6 +161,7 @@ class StudentConfig:
     def from_json(cls, text: str) -> "StudentConfig":
         d = json.loads(text)
         d.setdefault("act", "relu")  # written before the field existed: those students used ReLU
+        d.setdefault("word_vectors", False)
         return cls(**d)
 
 
@@ -283,6 +294,32 @@ def split_clauses(text: str, max_clauses: int) -> list[str]:
     return parts
 
 
+#: Words that carry no edit, left out of :func:`word_vector_mean`.
+STOPWORDS = frozenset("a an the it its it's is are be was this that to of in on and or but then also so too please "
+                      "could can would you i i'd me my make get give let look looks feel feels should want like "
+                      "bit little lot some more less much way very".split())
+
+
+def word_vector_mean(pieces: Sequence[str], encode) -> torch.Tensor:
+    """The mean embedding of each text's content words, every word embedded alone: (N, D).
+
+    Words outside :data:`STOPWORDS` are encoded one by one (a few thousand distinct words: the
+    encoder's cache holds them) and averaged, times ``sqrt(D)`` (entries of about unit size, as the
+    layer-normalised sentence embedding); a text without content words gives zeros."""
+    split = [[w for w in re.findall(r"[a-z]+(?:[-'][a-z]+)*", str(t).lower()) if w not in STOPWORDS]
+             for t in pieces]
+    vocab = sorted({w for ws in split for w in ws})
+    if not vocab:
+        return torch.zeros(len(pieces), int(encode(["a"]).shape[1]))
+    emb = encode(vocab).detach().float().cpu()  # (W, D)
+    index = {w: i for i, w in enumerate(vocab)}
+    out = torch.zeros(len(pieces), emb.shape[1])
+    for n, ws in enumerate(split):
+        if ws:
+            out[n] = emb[[index[w] for w in ws]].mean(0)
+    return out * math.sqrt(emb.shape[1])
+
+
 def featurise(texts: Sequence[str], cfg: "StudentConfig", encode=None) -> torch.Tensor:
     """What a student reads of its instructions: the sentence embedding of ``cfg.text_encoder``,
     then, with a vocabulary, the word indicators: (N, text_dim + V) on the CPU.
@@ -303,7 +340,10 @@ def featurise(texts: Sequence[str], cfg: "StudentConfig", encode=None) -> torch.
 
     def read(pieces: list[str]) -> torch.Tensor:
         emb = encode(list(pieces)).detach().float().cpu()  # (n, text_dim)
-        return torch.cat([emb, bag_of_words(pieces, cfg.vocab)], dim=1) if cfg.vocab else emb
+        parts = [emb] + ([bag_of_words(pieces, cfg.vocab)] if cfg.vocab else [])
+        if cfg.word_vectors:  # (n, text_dim): the words' own embeddings, after the indicators
+            parts.append(word_vector_mean(pieces, encode))
+        return torch.cat(parts, dim=1)
 
     texts = list(texts)
     if cfg.clauses == 1:
@@ -421,8 +461,8 @@ class Student(nn.Module):
         self.splat = nn.ModuleList(_conv(cin, cout, 2) for cin, cout in zip([3] + widths[:-1], widths))
         # text MLP shared by the FiLM layers; LayerNorm brings unit-norm embeddings to unit scale
         V = len(cfg.vocab)
-        norm = SplitNorm(cfg.text_dim, V) if V else nn.LayerNorm(cfg.text_dim)
-        layers: list[nn.Module] = [norm, nn.Linear(cfg.text_dim + V, cfg.film_hidden), nn.ReLU()]
+        norm = SplitNorm(cfg.text_dim, V) if V or cfg.word_vectors else nn.LayerNorm(cfg.text_dim)
+        layers: list[nn.Module] = [norm, nn.Linear(cfg.text_dim + V + cfg.word_dim, cfg.film_hidden), nn.ReLU()]
         for _ in range(cfg.text_layers - 1):  # a deeper adapter for open wording
             layers += [nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU()]
         self.text_mlp = nn.Sequential(*layers)

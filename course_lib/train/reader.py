@@ -1,0 +1,81 @@
+"""The reader's training text: the world's training wording plus everyday wording (lesson 03).
+
+The student's reader (text pathway and "understood as" heads) trains alone on a featurised bank of
+instructions (:func:`course_lib.train.student.pretrain_text`). :func:`reader_bank_texts` draws that
+bank: the world's training instructions (:func:`course_lib.world.instruction_bank`) and, for a share
+``everyday`` of them, the same edits worded with the reader's everyday patterns and objects
+(:func:`course_lib.grammar.render_everyday_part`) or everyday requests that name no edit
+(:data:`course_lib.grammar.NON_EDITS_EVERYDAY`). No held-out word is in any of it
+(``tests/test_reader.py``). :func:`word_indicator_dropout` hides single word indicators, so that
+the reader learns to read a word's meaning from its embedding when its indicator is missing - as
+for every word it never trained on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import grammar, world
+from ..student import StudentConfig, featurise, indicator_mask
+
+
+def everyday_instruction(rng: np.random.Generator, p2: float = 0.25, p3: float = 0.1) -> tuple[str, list]:
+    """One to three edits (as :func:`course_lib.world.sample_world_instruction`) in everyday wording."""
+    names = list(world.WORLD_FAMILY)
+    u = rng.random()
+    n = 3 if u < p3 else 2 if u < p2 + p3 else 1
+    chosen = rng.choice(len(names), size=n, replace=False)
+    parts, edits = [], []
+    for idx in chosen:
+        fam = world.WORLD_FAMILY[names[int(idx)]]
+        target = fam.targets[int(rng.integers(len(fam.targets)))]
+        direction = 1 if rng.random() < 0.5 else -1
+        strength = str(rng.choice(list(grammar.STRENGTHS)))
+        parts.append(grammar.render_everyday_part(fam.name, direction, target, strength, rng))
+        edits.append(world.WorldEdit(fam.name, direction * grammar.STRENGTHS[strength] * fam.unit, target))
+    return grammar.compose(parts, rng, "train"), edits
+
+
+def reader_bank_texts(n: int, rng: np.random.Generator, none_prob: float = 0.05,
+                      everyday: float = 0.0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """``n`` instructions for the reader and their readout targets ``(texts, P, S)``.
+
+    ``everyday = 0`` is exactly :func:`course_lib.world.instruction_bank`; otherwise that bank's
+    items are kept and a share ``everyday`` of them is replaced by everyday wording (a ``none_prob``
+    share of those an everyday non-edit), drawn from a generator of its own."""
+    texts, P, S = world.instruction_bank(n, rng, none_prob)
+    if everyday <= 0:
+        return texts, P, S
+    g = np.random.default_rng([int(rng.integers(2 ** 31)), 1])
+    for i in range(n):
+        if g.random() >= everyday:
+            continue
+        if g.random() < none_prob:
+            pool = grammar.NON_EDITS_EVERYDAY + grammar.NON_EDITS
+            t, e = str(pool[int(g.integers(len(pool)))]), ""
+        else:
+            t, edits = everyday_instruction(g)
+            e = world.encode_world_edits(edits)
+        texts[i] = t
+        P[i], S[i] = world.readout_targets(e)
+    return texts, P, S
+
+
+def reader_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05, everyday: float = 0.0) -> dict:
+    """:func:`reader_bank_texts` featurised for ``cfg``: ``X`` (n, features), ``P``, ``S`` (n, K), ``texts``."""
+    from ..text import shared_encoder
+
+    texts, P, S = reader_bank_texts(n, np.random.default_rng([30_000, seed]), none_prob, everyday)
+    shared_encoder(cfg.text_encoder).for_open_wording()
+    X = torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, n, 256)])
+    return {"X": X, "P": P, "S": S, "texts": texts}
+
+
+def word_indicator_dropout(x: torch.Tensor, cfg: StudentConfig, p: float, g: torch.Generator) -> torch.Tensor:
+    """Hide each word indicator of ``x`` (featurised, (B, features)) with probability ``p``: a word
+    whose indicator is hidden is read only through the sentence embedding and the word vectors."""
+    if p <= 0 or not cfg.vocab:
+        return x
+    words = indicator_mask(cfg)  # (features,)
+    keep = (torch.rand(x.shape, generator=g) >= p).to(x.dtype)
+    return torch.where(words, x * keep, x)
