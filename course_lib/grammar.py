@@ -717,6 +717,17 @@ def describe(family: str, target: str, strength: float) -> str:
     return f"{what + ' ' if what else ''}{adj} ({strength:+.1f})"
 
 
+def example_instruction(family: str, target: str, positive: bool) -> str:
+    """A plain training instruction for one edit, as the refusal message and the studio's
+    alternatives offer it: ``("region_temperature", "sky", True)`` -> ``"make the sky warmer"``."""
+    adj = WORDINGS[family][0 if positive else 1].adjs[0]
+    if "{hue}" in adj:
+        adj = adj.format(hue=HUE_TOWARDS[target][0 if positive else 1][0])
+    if family == "clarity":
+        return "add clarity" if positive else "reduce the clarity"
+    return f"make {(FAMILY_OBJECTS.get(family) or OBJECTS[target])[0]} {adj}"
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 

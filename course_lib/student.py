@@ -43,7 +43,7 @@ from .fastslice import load_cpu_extension, resize_fast, retouch_pass
 from .text import bag_of_words, shared_encoder
 from .bilateral import CurveGuide, LumaGuide, grid_tv, identity_grid, make_guide, slice_apply
 from .data import RetouchPairs, load_photo, resize
-from .grammar import describe
+from .grammar import describe, example_instruction
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
@@ -875,6 +875,54 @@ def read_instruction(model: Student, instructions: str | Sequence[str]) -> list[
     return out
 
 
+#: A refused instruction whose most likely edit reaches this share of the presence threshold is not
+#: refused: the student applies that edit and says it was unsure (:func:`interpret`).
+UNSURE_FACTOR = 0.5
+
+
+def closest_readings(model: Student, instructions: str | Sequence[str], k: int = 3) -> list[list[dict]]:
+    """The ``k`` most likely edits of each instruction whatever the threshold (dicts as
+    :func:`read_instruction`'s, most likely first; the sign is the strength the student read)."""
+    texts = [instructions] if isinstance(instructions, str) else list(instructions)
+    with torch.no_grad():
+        logits, strength = model.understand(model.embed(texts))
+    probs = torch.sigmoid(logits).cpu()
+    out = []
+    for b in range(len(texts)):
+        top = probs[b].topk(min(k, probs.shape[1]))
+        rows = []
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            fam, _, target = model.cfg.readout[i].partition("@")
+            rows.append({"label": model.cfg.readout[i], "family": fam, "target": target,
+                         "strength": float(strength[b, i]), "p": float(p)})
+        out.append(rows)
+    return out
+
+
+def interpret(model: Student, instruction: str, k: int = 3, unsure_factor: float = UNSURE_FACTOR) -> dict:
+    """What the student will do with an instruction, for the ``retouch`` command and the studio.
+
+    Returns:
+        dict ``readings`` (the edits it applies, :func:`read_instruction`'s dicts), ``unsure`` (True when
+        nothing reached the threshold and the most likely edit, at least ``unsure_factor`` times the
+        threshold, is applied alone), ``apply_text`` (the text to embed: the instruction, or when
+        unsure a plain instruction of that edit, :func:`course_lib.grammar.example_instruction`),
+        ``alternatives`` (up to ``k`` other likely edits: dicts with ``line`` and ``instruction``, one
+        click each in the studio; for a refused instruction the closest edits it knows).
+    """
+    readings = read_instruction(model, instruction)[0]
+    close = closest_readings(model, instruction, k + max(len(readings), 1))[0]
+    unsure, apply_text = False, instruction
+    if not readings and close and close[0]["p"] >= unsure_factor * model.cfg.readout_threshold:
+        readings, unsure = [close[0]], True
+        apply_text = example_instruction(close[0]["family"], close[0]["target"], close[0]["strength"] >= 0)
+    chosen = {r["label"] for r in readings}
+    alts = [{"line": describe(r["family"], r["target"], r["strength"]),
+             "instruction": example_instruction(r["family"], r["target"], r["strength"] >= 0), "p": r["p"]}
+            for r in close if r["label"] not in chosen][:k]
+    return {"readings": readings, "unsure": unsure, "apply_text": apply_text, "alternatives": alts}
+
+
 def understood_line(readings: Sequence[dict]) -> str:
     """``"understood: sky warmer (+1.0), darker (-0.5)"`` (see :func:`course_lib.grammar.describe`)."""
     if not readings:
@@ -987,6 +1035,7 @@ def load_student(path: str | os.PathLike | None = None, device: str | torch.devi
     return model.to(dev).eval()
 
 
-__all__ = ["Student", "StudentConfig", "pathway_report", "read_instruction", "understood_line", "calibrate_readout", "FiLM", "film", "grid_from_head", "retouch", "retouch_fused", "curve_guide_fast", "explore", "save_student",
+__all__ = ["Student", "StudentConfig", "pathway_report", "read_instruction", "understood_line", "interpret",
+           "closest_readings", "calibrate_readout", "FiLM", "film", "grid_from_head", "retouch", "retouch_fused", "curve_guide_fast", "explore", "save_student",
            "load_student", "read_metadata", "KIND", "shipped_path", "n_parameters", "CheckpointError",
            "CurveGuide", "LumaGuide"]
