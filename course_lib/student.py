@@ -90,10 +90,14 @@ class StudentConfig:
         coords: the local path also reads three coordinate maps (y, x and the squared distance
             from the centre, CoordConv): convolutions with zero padding hardly know *where* a cell
             is, which graduated and radial filters need.
-        word_vectors: the reader also reads the mean sentence-encoder embedding of the clause's
-            content words, each embedded alone (:func:`word_vector_mean`): a word it never trained on
-            still lands near the training words of the same meaning, where the word indicators
-            (``vocab``) see nothing.
+        word_vectors: a second reader for clauses with a word it never trained on. The first reader
+            (sentence embedding and word indicators) reads its training words precisely, but a word
+            outside ``vocab`` is invisible to the indicators. Each clause also gets the mean
+            sentence-encoder embedding of its content words, each embedded alone
+            (:func:`word_vector_mean`), and a flag: does it have a content word outside ``vocab``?
+            Flagged clauses are read by the second reader (``text_mlp_b``, ``readout_head_b``: the
+            sentence embedding and the word vectors, no indicators), where a new word lands near
+            training words of similar meaning (:meth:`Student.understand`).
         clauses: how many clauses the reader reads one at a time (:func:`split_clauses`); 1 reads
             the whole sentence at once. A sentence embedding and a bag of words are *bags*: in
             "make the sky warmer and the shadows darker" nothing says which adjective goes with
@@ -130,6 +134,8 @@ class StudentConfig:
             raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
         if self.film_reads not in ("text", "code") or (self.film_reads == "code" and not self.readout):
             raise ValueError(f"film_reads must be 'text' or 'code' (with readout labels), got {self.film_reads!r}")
+        if self.word_vectors and self.film_reads != "code":
+            raise ValueError("word_vectors needs film_reads='code' (the image pathway reads what was understood)")
         if self.clauses < 1 or (self.clauses > 1 and self.film_reads != "code"):
             raise ValueError(f"clauses must be >= 1, and > 1 only with film_reads='code', got {self.clauses}")
         ratio = self.net_size // self.grid_size
@@ -146,8 +152,9 @@ class StudentConfig:
 
     @property
     def word_dim(self) -> int:
-        """Features of the word-vector mean (:attr:`word_vectors`): ``text_dim`` or 0."""
-        return self.text_dim if self.word_vectors else 0
+        """Features of the word vectors (:attr:`word_vectors`): their mean (``text_dim``) and the
+        new-word flag, or 0."""
+        return self.text_dim + 1 if self.word_vectors else 0
 
     @property
     def n_down(self) -> int:
@@ -341,8 +348,11 @@ def featurise(texts: Sequence[str], cfg: "StudentConfig", encode=None) -> torch.
     def read(pieces: list[str]) -> torch.Tensor:
         emb = encode(list(pieces)).detach().float().cpu()  # (n, text_dim)
         parts = [emb] + ([bag_of_words(pieces, cfg.vocab)] if cfg.vocab else [])
-        if cfg.word_vectors:  # (n, text_dim): the words' own embeddings, after the indicators
-            parts.append(word_vector_mean(pieces, encode))
+        if cfg.word_vectors:  # (n, text_dim + 1): the words' own embeddings and the new-word flag
+            known = set(cfg.vocab)
+            new = [any(w not in known and w not in STOPWORDS for w in re.findall(r"[a-z]+(?:[-'][a-z]+)*", p.lower()))
+                   for p in pieces]
+            parts += [word_vector_mean(pieces, encode), torch.tensor(new, dtype=torch.float32)[:, None]]
         return torch.cat(parts, dim=1)
 
     texts = list(texts)
@@ -462,7 +472,7 @@ class Student(nn.Module):
         # text MLP shared by the FiLM layers; LayerNorm brings unit-norm embeddings to unit scale
         V = len(cfg.vocab)
         norm = SplitNorm(cfg.text_dim, V) if V or cfg.word_vectors else nn.LayerNorm(cfg.text_dim)
-        layers: list[nn.Module] = [norm, nn.Linear(cfg.text_dim + V + cfg.word_dim, cfg.film_hidden), nn.ReLU()]
+        layers: list[nn.Module] = [norm, nn.Linear(cfg.text_dim + V, cfg.film_hidden), nn.ReLU()]
         for _ in range(cfg.text_layers - 1):  # a deeper adapter for open wording
             layers += [nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU()]
         self.text_mlp = nn.Sequential(*layers)
@@ -491,6 +501,11 @@ class Student(nn.Module):
         self.readout_head = (nn.Sequential(nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU(),
                                            nn.Linear(cfg.film_hidden, 2 * len(cfg.readout)))
                              if cfg.readout else None)
+        if cfg.word_vectors:  # the second reader: sentence embedding + word vectors, for clauses with a new word
+            self.text_mlp_b = nn.Sequential(SplitNorm(cfg.text_dim, cfg.text_dim),
+                                            nn.Linear(2 * cfg.text_dim, cfg.film_hidden), nn.ReLU())
+            self.readout_head_b = nn.Sequential(nn.Linear(cfg.film_hidden, cfg.film_hidden), nn.ReLU(),
+                                                nn.Linear(cfg.film_hidden, 2 * len(cfg.readout)))
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         """The image pathway's activation (LeakyReLU keeps a gradient where ReLU would be dead)."""
@@ -656,7 +671,7 @@ class Student(nn.Module):
             return torch.cat([th, edit_code(torch.sigmoid(logits), strength)], dim=-1)  # (B, film_hidden + 2K)
         return code if self.cfg.film_reads == "code" else torch.cat([self.text_mlp(text), code], dim=-1)
 
-    def understand(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def understand(self, text: torch.Tensor, which: str = "route") -> tuple[torch.Tensor, torch.Tensor]:
         """What the instruction asks for, read from its embedding alone.
 
         With ``cfg.clauses > 1`` every clause is read alone by the same MLP and heads, and the
@@ -665,6 +680,8 @@ class Student(nn.Module):
 
         Args:
             text: (B, features) instruction features (:meth:`embed`).
+            which: with ``cfg.word_vectors``: ``"route"`` (each clause to the reader that suits it),
+                ``"a"`` or ``"b"`` (one reader for every clause; training).
 
         Returns:
             ``(logits, strength)``: (B, K) presence logits and (B, K) signed strengths over
@@ -676,12 +693,26 @@ class Student(nn.Module):
         if self.readout_head is None:
             raise RuntimeError("this student has no 'understood as' heads (trained before they existed)")
         if self.cfg.clauses == 1:
-            logits, strength = self.readout_head(self.text_mlp(text)).chunk(2, dim=-1)  # (B, K) each
-            return logits, strength
+            return self._read_clauses(text, which)  # (B, K) each
         B, L = text.shape[0], self.cfg.clauses
         slots = text.reshape(B, L, self.cfg.slot_dim)
-        logit_l, s_l = self.readout_head(self.text_mlp(slots[..., :-1])).chunk(2, dim=-1)  # (B, L, K) each
+        logit_l, s_l = self._read_clauses(slots[..., :-1], which)  # (B, L, K) each
         return combine_clauses(logit_l, s_l, slots[..., -1])
+
+    def _read_clauses(self, x: torch.Tensor, which: str = "route") -> tuple[torch.Tensor, torch.Tensor]:
+        """Presence logits and strengths of clause features (..., text_dim + V [+ text_dim + 1]):
+        the first reader, or with ``cfg.word_vectors`` the second one where the clause has a new word
+        (``which``: ``"route"``, ``"a"`` or ``"b"``, the last two for training)."""
+        D, V = self.cfg.text_dim, len(self.cfg.vocab)
+        if not self.cfg.word_vectors or which == "a":
+            return self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
+        xb = torch.cat([x[..., :D], x[..., D + V:D + V + D]], dim=-1)  # sentence + word vectors
+        lb, sb = self.readout_head_b(self.text_mlp_b(xb)).chunk(2, dim=-1)
+        if which == "b":
+            return lb, sb
+        la, sa = self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
+        new = x[..., D + V + D:D + V + D + 1] > 0.5  # (..., 1)
+        return torch.where(new, lb, la), torch.where(new, sb, sa)
 
     # ------------------------------------------------------------------ text
     def embed(self, instructions: Sequence[str] | str) -> torch.Tensor:

@@ -76,7 +76,7 @@ def test_score_everyday_counts_exact_family_and_refusals():
     assert s["refused"] == pytest.approx(100 / 3)
 
 
-def test_word_vectors_add_the_mean_word_embedding_per_clause():
+def test_word_vectors_and_the_second_reader_for_clauses_with_a_new_word():
     class Enc:
         dim = 4
 
@@ -90,15 +90,21 @@ def test_word_vectors_add_the_mean_word_embedding_per_clause():
     old = S.shared_encoder
     S.shared_encoder = lambda name: Enc()
     try:
-        x = featurise(["make the sky warmer, then the sky", "the it a"], cfg)
+        x = featurise(["make the sky warmer, then the sky", "the it a", "make the heavens warmer"], cfg)
     finally:
         S.shared_encoder = old
-    assert x.shape == (2, 2 * cfg.slot_dim) and cfg.slot_dim == 4 + 2 + 4 + 1
-    slots = x.reshape(2, 2, cfg.slot_dim)
+    assert cfg.slot_dim == 4 + 2 + (4 + 1) + 1 and x.shape == (3, 2 * cfg.slot_dim)
+    slots = x.reshape(3, 2, cfg.slot_dim)
     assert slots[0, 0, 4:6].tolist() == [1.0, 1.0] and slots[0, 1, 4:6].tolist() == [1.0, 0.0]
     assert slots[0, 0, 6:10].abs().sum() > 0 and slots[1, 0, 6:10].abs().sum() == 0  # stop words only: zeros
-    m = Student(cfg)  # the adapter reads sentence + indicators + word vectors
-    assert m.text_mlp[1].in_features == 4 + 2 + 4
+    assert slots[0, :, 10].tolist() == [0.0, 0.0] and slots[2, 0, 10] == 1.0  # "heavens" is new
+    torch.manual_seed(0)
+    m = Student(cfg).eval()
+    assert m.text_mlp[1].in_features == 4 + 2 and m.text_mlp_b[1].in_features == 8
+    with torch.no_grad():
+        routed, a, b = m.understand(x), m.understand(x, "a"), m.understand(x, "b")
+    assert torch.allclose(routed[0][0], a[0][0]) and torch.allclose(routed[0][2], b[0][2])
+    assert not torch.allclose(routed[0][2], a[0][2])
 
 
 # ---------------------------------------------------------------- refusal and the studio

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .. import config, grammar, world
-from ..student import load_student, read_instruction
+from ..student import UNSURE_FACTOR, closest_readings, featurise, load_student, read_instruction
+from ..text import MiniLMEncoder, shared_encoder
 from .heldout import SEED
 from .world import score_reads
 
@@ -124,6 +125,13 @@ def _read_sets(model, texts: Sequence[str]) -> list[set]:
     return [{(x["label"], x["strength"] > 0) for x in r} for r in read_instruction(model, list(texts))]
 
 
+def _refused_with_fallback(model, texts: Sequence[str]) -> float:
+    """% of texts the apps refuse: not even the most likely edit reaches ``UNSURE_FACTOR`` times the
+    threshold (:func:`course_lib.student.interpret` applies it, saying it was not sure)."""
+    top = [r[0]["p"] if r else 0.0 for r in closest_readings(model, list(texts), 1)]
+    return 100 * sum(p < UNSURE_FACTOR * model.cfg.readout_threshold for p in top) / max(len(top), 1)
+
+
 def reader_report(model, n: int = 1000, n_non_edits: int = 300, seed: int = SEED) -> dict:
     """Every reading score of one student (see the module docstring).
 
@@ -139,12 +147,15 @@ def reader_report(model, n: int = 1000, n_non_edits: int = 300, seed: int = SEED
     for w in grammar.WORDINGS_KINDS:
         texts, edits = wording_set(n, w, seed)
         out["wordings"][w] = score_reads(_read_sets(model, texts), edits)
+        out.setdefault("refused_with_fallback", {})[w] = _refused_with_fallback(model, texts)
     rng = np.random.default_rng([seed, 7])
     non = [grammar.non_edit_text(rng, "heldout") for _ in range(n_non_edits)]
     out["non_edit_refusal"] = 100 * sum(not r for r in _read_sets(model, non)) / n_non_edits
+    out["non_edit_refusal_with_fallback"] = _refused_with_fallback(model, non)
     texts = [t for t, _ in EVERYDAY]
     reads = _read_sets(model, texts)
     out["everyday"] = score_everyday(reads)
+    out["refused_with_fallback"]["everyday"] = _refused_with_fallback(model, texts)
     unseen = [i for i, t in enumerate(texts) if unseen_words(t)]
     out["everyday_unseen"] = {**score_everyday([reads[i] for i in unseen], [EVERYDAY[i] for i in unseen]),
                               "n": len(unseen)}
@@ -180,6 +191,10 @@ def markdown(result: dict) -> str:
     lines.append("| requests naming no edit, refused (held-out grammar / hand-written) | " + " | ".join(
         f"{r['non_edit_refusal']:.0f} / {r['everyday_non_edit_refusal']:.0f}" for r in result["readers"].values())
                  + " |")
+    lines.append("| apps, with the 'not sure' fallback: real requests refused (train / phrasing / synonym / everyday); "
+                 "non-edits refused | " + " | ".join(
+                     " / ".join(f"{r['refused_with_fallback'][k]:.1f}" for k in (*grammar.WORDINGS_KINDS, "everyday"))
+                     + f"; {r['non_edit_refusal_with_fallback']:.0f}" for r in result["readers"].values()) + " |")
     parts = ["\n".join(lines)]
     if result.get("leak"):
         lk = result["leak"]
@@ -187,6 +202,10 @@ def markdown(result: dict) -> str:
         rows += [f"| {k} | {v['leak']:.3f} | {v['psnr']:.2f} | {v['n']} |" for k, v in lk["students"].items()]
         rows.append(f"| target (ground truth) | {lk['target_leak']:.3f} | - | {lk['n']} |")
         parts.append("Region and colour-range edits on the test photos:\n\n" + "\n".join(rows))
+    if result.get("ms_1080p"):
+        parts.append("Milliseconds per 1080p photo, side by side: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in result["ms_1080p"].items()) + "; reading a new instruction (once per "
+            "request): " + ", ".join(f"{k} {v:.0f}" for k, v in result["ms_read"].items()) + ".")
     return "\n\n".join(parts)
 
 
@@ -248,6 +267,22 @@ def leak_study(students: dict, n: int = 120, size: int = 128, seed: int = SEED) 
     return {"students": res, "target_leak": leak(tgt), "n": len(items), "size": size, "seed": seed}
 
 
+def reading_ms(model, texts: Sequence[str] = ("make the heavens a smidge toastier", "give it a frosty look",
+                                               "lift the shadows and make the sky warmer")) -> float:
+    """Median milliseconds to read one instruction never read before (sentence and word embeddings
+    computed, not cached; the encoder already loaded): once per request, whatever the photo's size."""
+    enc = MiniLMEncoder()
+    enc._model = shared_encoder(model.cfg.text_encoder).model  # the loaded weights, an empty cache
+    times = []
+    for t in texts:
+        enc._cache.clear()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.understand(featurise([t], model.cfg, encode=enc.encode))
+        times.append(1000 * (time.perf_counter() - t0))
+    return sorted(times)[len(times) // 2]
+
+
 # --------------------------------------------------------------------------- command
 
 
@@ -261,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=config.pick(fast=60, full=1000), help="instructions per wording")
     p.add_argument("--leak-items", type=int, default=config.pick(fast=8, full=120), help="items of the leak study "
                                                                                           "(0: skip it)")
+    p.add_argument("--latency", action="store_true", help="also time each student per 1080p photo, side by side, "
+                                                          "and reading a new instruction")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--out", default=str(config.OUTPUT_DIR / "reader" / "reader.json"))
     a = p.parse_args(argv)
@@ -270,12 +307,19 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         students[name] = load_student(None if path in ("", "shipped") else path)
     t0 = time.perf_counter()
-    result = {"readers": {k: reader_report(m, a.n, seed=a.seed) for k, m in students.items()}}
+    result = {"readers": {k: reader_report(m, a.n, seed=a.seed) for k, m in students.items()},
+              "students": {spec.partition("=")[0]: spec.partition("=")[2] for spec in a.student or ["shipped=shipped"]}}
     if a.leak_items:
         result["leak"] = leak_study(students, a.leak_items, seed=a.seed)
+    if a.latency:
+        from .world import latencies
+
+        result["ms_1080p"] = latencies(students)
+        result["ms_read"] = {k: reading_ms(m) for k, m in students.items()}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["command"] = ("python -m course_lib.eval.reader " + " ".join(f"--student {s}" for s in a.student)
-                         + f" --n {a.n} --leak-items {a.leak_items} --seed {a.seed} --out {a.out}")
+                         + f" --n {a.n} --leak-items {a.leak_items}" + (" --latency" if a.latency else "")
+                         + f" --seed {a.seed} --out {a.out}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -1,14 +1,15 @@
 """The reader's training text: the world's training wording plus everyday wording (lesson 03).
 
 The student's reader (text pathway and "understood as" heads) trains alone on a featurised bank of
-instructions (:func:`course_lib.train.student.pretrain_text`). :func:`reader_bank_texts` draws that
-bank: the world's training instructions (:func:`course_lib.world.instruction_bank`) and, for a share
-``everyday`` of them, the same edits worded with the reader's everyday patterns and objects
+instructions (:func:`course_lib.train.student.pretrain_text`). With ``--word-vectors`` it has a second
+reader for clauses with a word outside the first one's vocabulary (:attr:`course_lib.student.StudentConfig.word_vectors`),
+trained here (:func:`train_second_reader`) on a bank that :func:`reader_bank_texts` draws: the world's
+training instructions (:func:`course_lib.world.instruction_bank`) and, for a share ``everyday`` of
+them, edits worded with the reader's everyday patterns and objects
 (:func:`course_lib.grammar.render_everyday_part`) or everyday requests that name no edit
 (:data:`course_lib.grammar.NON_EDITS_EVERYDAY`). No held-out word is in any of it
-(``tests/test_reader.py``). :func:`word_indicator_dropout` hides single word indicators, so that
-the reader learns to read a word's meaning from its embedding when its indicator is missing - as
-for every word it never trained on.
+(``tests/test_reader.py``). :func:`align_second_reader` gives it the first reader's threshold;
+:func:`word_indicator_dropout` (``--indicator-dropout``) hides single word indicators.
 """
 from __future__ import annotations
 
@@ -79,3 +80,55 @@ def word_indicator_dropout(x: torch.Tensor, cfg: StudentConfig, p: float, g: tor
     words = indicator_mask(cfg)  # (features,)
     keep = (torch.rand(x.shape, generator=g) >= p).to(x.dtype)
     return torch.where(words, x * keep, x)
+
+
+def train_second_reader(model, bank: dict, steps: int, lr: float = 1e-3, seed: int = 0, batch: int = 64) -> list[float]:
+    """Train the second reader (``cfg.word_vectors``: sentence embedding + word vectors) alone on a
+    featurised bank, every clause through it; the first reader is untouched. It trains for fewer
+    steps than the first: it is the one for wording it never saw, and a reader trained to
+    certainty on the training wording refuses more of the rest (measured, ``data/results/reader.json``).
+
+    Returns:
+        the readout losses, one per step.
+    """
+    from .student import readout_loss
+
+    params = list(model.text_mlp_b.parameters()) + list(model.readout_head_b.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(41_000 + seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
+        loss = readout_loss(*model.understand(bank["X"][idx], "b"), bank["P"][idx], bank["S"][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def balanced_threshold(m_pos: torch.Tensor, m_neg: torch.Tensor) -> float:
+    """The lowest presence threshold of best balanced accuracy ``(P[m_pos >= t] + P[m_neg < t]) / 2``
+    (:func:`course_lib.student.calibrate_readout` takes the middle of the best; the lowest refuses
+    the fewest real requests worded in a way the calibration texts are not)."""
+    cands = torch.cat([m_pos, m_neg]).sort().values
+    mids = torch.cat([cands[:1] / 2, (cands[1:] + cands[:-1]) / 2, (cands[-1:] + 1) / 2])
+    bal = torch.stack([((m_pos >= t).float().mean() + (m_neg < t).float().mean()) / 2 for t in mids])
+    return float(mids[int(torch.nonzero(bal >= bal.max() - 1e-9)[0])])
+
+
+@torch.no_grad()
+def align_second_reader(model, positives: list[str], negatives: list[str]) -> float:
+    """Give the second reader the first's presence threshold: its own threshold ``t_b`` is calibrated
+    on ``positives`` / ``negatives`` (:func:`balanced_threshold`) and its presence logits shifted by
+    ``logit(t) - logit(t_b)`` (the last layer's bias), so ``cfg.readout_threshold`` serves both.
+    Returns ``t_b``."""
+    x_pos, x_neg = model.embed(positives), model.embed(negatives)
+    m_pos = torch.sigmoid(model.understand(x_pos, "b")[0]).amax(1).cpu()
+    m_neg = torch.sigmoid(model.understand(x_neg, "b")[0]).amax(1).cpu()
+    t_b = balanced_threshold(m_pos, m_neg)
+    t = model.cfg.readout_threshold
+    shift = float(torch.logit(torch.tensor(t)) - torch.logit(torch.tensor(t_b)))
+    K = len(model.cfg.readout)
+    model.readout_head_b[-1].bias[:K] += shift
+    return t_b

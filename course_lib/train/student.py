@@ -54,7 +54,7 @@ from .. import config
 from ..bilateral import grid_tv
 from ..data import RetouchPairs
 from ..world import READOUT_LABELS, RetouchWorld, instruction_bank, readout_targets
-from ..grammar import non_edit_text, reader_vocabulary, training_vocabulary
+from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
                        indicator_mask, load_student, read_metadata, save_student)
 from ..text import shared_encoder
@@ -106,9 +106,12 @@ class TrainArgs(RunOptions):
     reader_only: bool = setting(False, "with --init: keep its image pathway and train only a new text reader "
                                        "(--film-hidden, --text-layers, --clauses, --text-pretrain-steps, --text-bank, "
                                        "--word-dropout); needs --film-reads code")
-    word_vectors: bool = setting(False, "the reader also reads the mean embedding of the instruction's words, each "
-                                        "embedded alone (words it never trained on land near known ones)")
-    everyday: float = setting(0.0, "share of the reader's bank in the reader's everyday wording (grammar.EVERYDAY)")
+    word_vectors: bool = setting(False, "a second reader for clauses with a word outside the training vocabulary: "
+                                        "the sentence embedding and the mean embedding of the words, each embedded "
+                                        "alone (words it never trained on land near known ones)")
+    second_reader_steps: int = setting(4000, "with --word-vectors: steps of the second reader (alone, on the bank)")
+    everyday: float = setting(0.0, "with --word-vectors: share of the second reader's bank in the reader's everyday "
+                                   "wording (grammar.EVERYDAY)")
     indicator_dropout: float = setting(0.0, "hide each word indicator of the reader's bank with this probability")
 
 
@@ -388,19 +391,25 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     if model.cfg.film_reads != "code":
         raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
                          "(trained with --film-reads code)")
-    vocab = (tuple(sorted(reader_vocabulary() if args.everyday > 0 else training_vocabulary())) if args.vocab
-             else ())
     cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers,
-                              clauses=args.clauses, word_vectors=args.word_vectors,
-                              vocab=vocab if (args.everyday > 0 or args.word_vectors or not args.vocab) else model.cfg.vocab)
+                              clauses=args.clauses, word_vectors=args.word_vectors)
     config.seed_everything(args.seed)
     new = Student(cfg)
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
     missing, unexpected = new.load_state_dict(keep, strict=False)
-    assert not unexpected and all(k.startswith(("text_mlp.", "readout_head.")) for k in missing), missing
-    losses = pretrain_text(new, args)
+    assert not unexpected and all(k.startswith(("text_mlp", "readout_head")) for k in missing), missing
+    # the first reader: the world's training wording, its words (as before the second reader existed)
+    losses = pretrain_text(new, dataclasses.replace(args, everyday=0.0),
+                           bank=text_bank(args.text_bank, args.seed, new.cfg, args.none_prob))
+    if cfg.word_vectors:  # the reader of clauses with a new word, also on everyday wording (course_lib.train.reader)
+        from .reader import align_second_reader, train_second_reader
+
+        bank = text_bank(args.text_bank, args.seed, new.cfg, args.none_prob, args.everyday)
+        train_second_reader(new, bank, args.second_reader_steps, args.lr, args.seed)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
+    if cfg.word_vectors:
+        align_second_reader(new, *calibration_texts(args.seed))
     return new, losses
 
 
