@@ -177,6 +177,18 @@ def table_rows(report: dict) -> list[dict]:
     return rows
 
 
+def targets(report: dict) -> dict[str, tuple[float, str, bool]]:
+    """Issue 37's reading targets for one reader's report: name -> (value, target, met)."""
+    w = report["wordings"]
+    rows = {"family + direction, held-out phrasings (%)": (w["heldout_phrasing"]["family_direction"], ">= 95", 95),
+            "family + direction, held-out synonyms (%)": (w["heldout_synonym"]["family_direction"], ">= 85", 85),
+            "non-edits refused (%)": (report["non_edit_refusal"], ">= 95", 95)}
+    out = {k: (v, t, v >= lim) for k, (v, t, lim) in rows.items()}
+    worst = max(w[k]["refused"] for k in w)
+    out["false refusal, worst wording kind (%)"] = (worst, "<= 3", worst <= 3)
+    return out
+
+
 def markdown(result: dict) -> str:
     """Before/after table per wording kind, then the non-edit refusals (and the leak study when present)."""
     names = list(result["readers"])
@@ -202,6 +214,9 @@ def markdown(result: dict) -> str:
         rows += [f"| {k} | {v['leak']:.3f} | {v['psnr']:.2f} | {v['n']} |" for k, v in lk["students"].items()]
         rows.append(f"| target (ground truth) | {lk['target_leak']:.3f} | - | {lk['n']} |")
         parts.append("Region and colour-range edits on the test photos:\n\n" + "\n".join(rows))
+    last = list(result["readers"])[-1]
+    parts.append(f"Targets ({last}): " + "; ".join(f"{k} {v:.1f} (target {t}: {'met' if ok else 'not met'})"
+                                                for k, (v, t, ok) in targets(result["readers"][last]).items()) + ".")
     if result.get("ms_1080p"):
         parts.append("Milliseconds per 1080p photo, side by side: " + ", ".join(
             f"{k} {v:.0f}" for k, v in result["ms_1080p"].items()) + "; reading a new instruction (once per "
