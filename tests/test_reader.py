@@ -175,3 +175,29 @@ def test_results_file_has_every_wording_kind_and_its_command():
             > r["readers"]["before"]["wordings"]["heldout_synonym"]["family_direction"])
     assert "leak" in r and set(r["leak"]["students"]) >= {"before", "after"}
     assert "| wording kind |" in ER.markdown(r)
+
+
+def test_reader_only_with_a_second_reader_keeps_the_image_pathway(tmp_path):
+    """``train-student --reader-only --word-vectors --everyday``: both readers train, the image weights
+    stay, the recipe records the new settings and the second reader is used for clauses with a new word."""
+    from course_lib.student import load_student, save_student
+    from course_lib.train import student as TS
+
+    cfg = dataclasses.replace(SMALL, film_reads="code", coords=True, vocab=tuple(sorted(grammar.training_vocabulary())))
+    m = Student(cfg)
+    src = save_student(m, tmp_path / "s.safetensors", metadata={"command": "x"})
+    out = tmp_path / "r.safetensors"
+    assert TS.main(["--init", str(src), "--reader-only", "--film-hidden", "32", "--text-pretrain-steps", "5",
+                    "--text-bank", "40", "--clauses", "2", "--word-vectors", "--everyday", "0.5",
+                    "--second-reader-steps", "5", "--out", str(out)]) == 0
+    new = load_student(out)
+    assert new.cfg.word_vectors and new.cfg.vocab == cfg.vocab and hasattr(new, "readout_head_b")
+    for k, v in m.state_dict().items():
+        if not k.startswith(("text_mlp", "readout_head")):
+            assert torch.equal(v, new.state_dict()[k]), k
+    settings = json.loads(read_metadata(out)["recipe"])["settings"]
+    assert settings["word_vectors"] and settings["everyday"] == 0.5 and settings["second_reader_steps"] == 5
+    x = new.embed(["make the sky warmer", "make the heavens toastier"])
+    assert x.reshape(2, 2, -1)[:, 0, -2].tolist() == [0.0, 1.0]  # the new-word flag of the first clause
+    with torch.no_grad():
+        assert torch.allclose(new.understand(x)[0][1], new.understand(x, "b")[0][1])

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from .. import config, grammar, world
-from ..student import UNSURE_FACTOR, closest_readings, featurise, load_student, read_instruction
+from ..student import UNSURE_FACTOR, closest_readings, featurise, load_student, read_instruction, understood_line
 from ..text import MiniLMEncoder, shared_encoder
 from .heldout import SEED
-from .world import score_reads
+from .world import latencies, score_reads
 
 #: Hand-written everyday instructions (not from the grammar) and the readings that count as right:
 #: ``(text, alternatives)``, each alternative a set of ``"label+"``/``"label-"`` (label
@@ -141,8 +141,6 @@ def reader_report(model, n: int = 1000, n_non_edits: int = 300, seed: int = SEED
         word of no training text), ``everyday_non_edit_refusal``, ``readings`` (text -> understood
         line, for :data:`EVERYDAY`), ``threshold``.
     """
-    from ..student import understood_line
-
     out: dict = {"wordings": {}, "n": n, "seed": seed, "threshold": model.cfg.readout_threshold}
     for w in grammar.WORDINGS_KINDS:
         texts, edits = wording_set(n, w, seed)
@@ -327,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.leak_items:
         result["leak"] = leak_study(students, a.leak_items, seed=a.seed)
     if a.latency:
-        from .world import latencies
-
         result["ms_1080p"] = latencies(students)
         result["ms_read"] = {k: reading_ms(m) for k, m in students.items()}
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -18,6 +18,7 @@ import torch
 
 from .. import grammar, world
 from ..student import StudentConfig, featurise, indicator_mask
+from ..text import shared_encoder
 
 
 def everyday_instruction(rng: np.random.Generator, p2: float = 0.25, p3: float = 0.1) -> tuple[str, list]:
@@ -64,8 +65,6 @@ def reader_bank_texts(n: int, rng: np.random.Generator, none_prob: float = 0.05,
 
 def reader_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05, everyday: float = 0.0) -> dict:
     """:func:`reader_bank_texts` featurised for ``cfg``: ``X`` (n, features), ``P``, ``S`` (n, K), ``texts``."""
-    from ..text import shared_encoder
-
     texts, P, S = reader_bank_texts(n, np.random.default_rng([30_000, seed]), none_prob, everyday)
     shared_encoder(cfg.text_encoder).for_open_wording()
     X = torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, n, 256)])
@@ -82,24 +81,26 @@ def word_indicator_dropout(x: torch.Tensor, cfg: StudentConfig, p: float, g: tor
     return torch.where(words, x * keep, x)
 
 
-def train_second_reader(model, bank: dict, steps: int, lr: float = 1e-3, seed: int = 0, batch: int = 64) -> list[float]:
+def train_second_reader(model, bank: dict, steps: int, loss_fn, lr: float = 1e-3, seed: int = 0,
+                        batch: int = 64) -> list[float]:
     """Train the second reader (``cfg.word_vectors``: sentence embedding + word vectors) alone on a
     featurised bank, every clause through it; the first reader is untouched. It trains for fewer
     steps than the first: it is the one for wording it never saw, and a reader trained to
     certainty on the training wording refuses more of the rest (measured, ``data/results/reader.json``).
 
+    ``loss_fn(logits, strength, present, target_strength)``: the reading loss
+    (:func:`course_lib.train.student.readout_loss`).
+
     Returns:
         the readout losses, one per step.
     """
-    from .student import readout_loss
-
     params = list(model.text_mlp_b.parameters()) + list(model.readout_head_b.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(41_000 + seed)
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
-        loss = readout_loss(*model.understand(bank["X"][idx], "b"), bank["P"][idx], bank["S"][idx])
+        loss = loss_fn(*model.understand(bank["X"][idx], "b"), bank["P"][idx], bank["S"][idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -58,6 +58,7 @@ from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
                        indicator_mask, load_student, read_metadata, save_student)
 from ..text import shared_encoder
+from .reader import align_second_reader, reader_bank, train_second_reader, word_indicator_dropout
 from .common import (Names, RunOptions, run_command, Shard, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
                      save_on_main, set_lr, setting, state_dir, summary, write_state)
@@ -334,8 +335,6 @@ def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05, ev
     once: ``X`` (n, text_dim + V), readout targets ``P`` and ``S`` (n, K). Encoding is the cost
     (about 3 minutes for 20,000 on one CPU thread); training on the bank is then cheap."""
     if everyday > 0:  # the reader's everyday wording mixed in (course_lib.train.reader)
-        from .reader import reader_bank
-
         return reader_bank(n, seed, cfg, none_prob, everyday)
     texts, P, S = instruction_bank(n, np.random.default_rng([30_000, seed]), none_prob)
     shared_encoder(cfg.text_encoder).for_open_wording()
@@ -365,8 +364,6 @@ def pretrain_text(model: Student, args: TrainArgs, batch: int = 64, bank: dict |
         idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
         x = word_dropout(bank["X"][idx], model.cfg, args.word_dropout, 50_000 + args.seed, step)
         if getattr(args, "indicator_dropout", 0.0) > 0:
-            from .reader import word_indicator_dropout
-
             x = word_indicator_dropout(x, model.cfg, args.indicator_dropout, g)
         loss = readout_loss(*model.understand(x), bank["P"][idx], bank["S"][idx])
         opt.zero_grad(set_to_none=True)
@@ -402,10 +399,8 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     losses = pretrain_text(new, dataclasses.replace(args, everyday=0.0),
                            bank=text_bank(args.text_bank, args.seed, new.cfg, args.none_prob))
     if cfg.word_vectors:  # the reader of clauses with a new word, also on everyday wording (course_lib.train.reader)
-        from .reader import align_second_reader, train_second_reader
-
         bank = text_bank(args.text_bank, args.seed, new.cfg, args.none_prob, args.everyday)
-        train_second_reader(new, bank, args.second_reader_steps, args.lr, args.seed)
+        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
     if cfg.word_vectors:
