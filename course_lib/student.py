@@ -95,9 +95,10 @@ class StudentConfig:
             outside ``vocab`` is invisible to the indicators. Each clause also gets the mean
             sentence-encoder embedding of its content words, each embedded alone
             (:func:`word_vector_mean`), and a flag: does it have a content word outside ``vocab``?
-            Flagged clauses are read by the second reader (``text_mlp_b``, ``readout_head_b``: the
-            sentence embedding and the word vectors, no indicators), where a new word lands near
-            training words of similar meaning (:meth:`Student.understand`).
+            A flagged clause in which the first reader reads nothing is read by the second reader
+            (``text_mlp_b``, ``readout_head_b``: the sentence embedding and the word vectors, no
+            indicators), where a new word lands near training words of similar meaning
+            (:meth:`Student.understand`).
         clauses: how many clauses the reader reads one at a time (:func:`split_clauses`); 1 reads
             the whole sentence at once. A sentence embedding and a bag of words are *bags*: in
             "make the sky warmer and the shadows darker" nothing says which adjective goes with
@@ -711,8 +712,13 @@ class Student(nn.Module):
         if which == "b":
             return lb, sb
         la, sa = self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
+        # the second reader only where the clause has a new word and the first reads nothing in it: what
+        # the first does read it reads with its strengths (routing every new-word clause to the second
+        # cost 2.9 dB (global) and 1.3 dB (content-aware) on held-out phrasings in `evaluate`)
         new = x[..., D + V + D:D + V + D + 1] > 0.5  # (..., 1)
-        return torch.where(new, lb, la), torch.where(new, sb, sa)
+        blind = torch.sigmoid(la).amax(-1, keepdim=True) < self.cfg.readout_threshold  # (..., 1)
+        use_b = new & blind
+        return torch.where(use_b, lb, la), torch.where(use_b, sb, sa)
 
     # ------------------------------------------------------------------ text
     def embed(self, instructions: Sequence[str] | str) -> torch.Tensor:

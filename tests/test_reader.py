@@ -84,7 +84,9 @@ def test_word_vectors_and_the_second_reader_for_clauses_with_a_new_word():
             return torch.nn.functional.normalize(torch.stack([torch.tensor([len(t), 1.0, t.count("e"), 0.5])
                                                               for t in texts]), dim=-1)
 
-    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"))
+    # threshold above 1: the first reader reads nothing, so every clause with a new word goes to the second
+    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"),
+                              readout_threshold=1.01)
     import course_lib.student as S
 
     old = S.shared_encoder
@@ -200,4 +202,7 @@ def test_reader_only_with_a_second_reader_keeps_the_image_pathway(tmp_path):
     x = new.embed(["make the sky warmer", "make the heavens toastier"])
     assert x.reshape(2, 2, -1)[:, 0, -2].tolist() == [0.0, 1.0]  # the new-word flag of the first clause
     with torch.no_grad():
-        assert torch.allclose(new.understand(x)[0][1], new.understand(x, "b")[0][1])
+        routed, a, b = new.understand(x), new.understand(x, "a"), new.understand(x, "b")
+    assert torch.allclose(routed[0][0], a[0][0])  # no new word: the first reader
+    blind = torch.sigmoid(a[0][1]).amax() < new.cfg.readout_threshold  # one clause: its reading is the whole's
+    assert torch.allclose(routed[0][1], (b if blind else a)[0][1])
