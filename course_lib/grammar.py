@@ -224,7 +224,7 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
            "{obj} {look} {deg} too grey", "the colours are too weak"),
           ("more saturated", "more colourful", "more colorful"),
           ("pump up the colours{adv}",),
-          ("make {obj} {cmp} more vivid", "amplify the colours{adv}")),
+          ("make {obj} {cmp} more intense", "amplify the colours{adv}")),
         W(("decrease the saturation{adv}", "reduce the saturation{adv}", "desaturate {obj}{adv}", "mute the colours{adv}",
            "lower the saturation{adv}", "tone down the colours{adv}", "drain some colour from {obj}",
            "take the saturation down{adv}"),
@@ -232,7 +232,7 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
            "{obj} {be} {deg} too colourful"),
           ("less saturated", "less colourful", "more muted"),
           ("make the colours {cmp} quieter",),
-          ("bleach the colours{adv}", "make {obj} {cmp} paler"))),
+          ("bleach the colours{adv}", "make {obj} {cmp} more subdued"))),
     "vibrance": (
         W(("increase the vibrance{adv}", "boost the vibrance{adv}", "add vibrance{adv}", "raise the vibrance{adv}",
            "liven up the muted colours{adv}", "boost the dull colours{adv}", "bring the muted colours to life",
@@ -265,7 +265,7 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
            "the light feels {deg} too hot"),
           ("cooler", "colder", "bluer"),
           ("give {obj} a wintry feel",),
-          ("make {obj} {cmp} frostier", "make {obj} {cmp} icier"))),
+          ("make {obj} {cmp} frostier", "chill {obj}{adv}"))),
     "tint": (
         W(("shift the tint towards magenta{adv}", "add a magenta tint{adv}", "push the tint to magenta{adv}",
            "tint {obj} magenta{adv}", "add some magenta{adv}", "move the tint towards pink{adv}",
@@ -295,7 +295,7 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
           ("{obj} {look} {deg} too punchy", "the tones are {deg} too hard", "{obj} {look} {deg} too crunchy"),
           ("more faded", "more matte"),
           ("give {obj} a {acmp} retro fade",),
-          ("make {obj} {cmp} more vintage", "give {obj} a {acmp} dusty look"))),
+          ("make {obj} {cmp} more weathered", "give {obj} a {acmp} dusty look"))),
     "shadows": (
         W(("lift the shadows{adv}", "brighten the shadows{adv}", "open up the shadows{adv}",
            "bring up the shadows{adv}", "recover the shadows{adv}", "raise the shadows{adv}",
@@ -334,13 +334,13 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
            "{obj} {look} {deg} faded"),
           ("more saturated", "richer", "stronger"),
           ("crank up {obj}{adv}",),
-          ("make {obj} {cmp} more vivid", "amplify {obj}{adv}")),
+          ("make {obj} {cmp} more intense", "amplify {obj}{adv}")),
         W(_SAT_DOWN_DO + ("soften {obj}{adv}",),
           ("{obj} {be} {deg} too strong", "{obj} {look} {deg} oversaturated", "{obj} {be} {deg} too loud",
            "{obj} {look} {deg} garish"),
           ("less saturated", "more muted", "weaker"),
           ("dial back {obj}{adv}",),
-          ("make {obj} {cmp} paler", "bleach {obj}{adv}"))),
+          ("make {obj} {cmp} more subdued", "bleach {obj}{adv}"))),
     "hsl_luminance": (
         W(("brighten {obj}{adv}", "lighten {obj}{adv}", "lift {obj}{adv}", "raise the luminance of {obj}{adv}",
            "increase the luminance of {obj}{adv}", "make {obj} glow{adv}", "open up {obj}{adv}",
@@ -398,7 +398,7 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
           ("{obj} {look} {deg} too warm", "{obj} {be} {deg} too orange", "{obj} {feel} {deg} too hot"),
           ("cooler", "colder", "bluer"),
           ("bathe {obj} in cold light",),
-          ("make {obj} {cmp} frostier", "make {obj} {cmp} icier"))),
+          ("make {obj} {cmp} frostier", "chill {obj}{adv}"))),
     "radial_exposure": (
         W(_BRIGHT_DO + ("spotlight {obj}{adv}", "put a soft light on {obj}", "@edges:remove the vignette{adv}",
                         "@edges:undo the vignetting{adv}", "@centre:light the subject in the middle{adv}"),
@@ -437,20 +437,20 @@ WORDINGS: dict[str, tuple[Wording, Wording]] = {
            "{obj} {look} {deg} too yellow"),
           ("cooler", "colder", "bluer"),
           ("bathe {obj} in cold light",),
-          ("make {obj} {cmp} frostier", "make {obj} {cmp} icier"))),
+          ("make {obj} {cmp} frostier", "chill {obj}{adv}"))),
     "region_saturation": (
         W(_SAT_UP_DO + ("make the colour of {obj} {cmp} richer",),
           ("{obj} {look} {deg} dull", "{obj} {look} {deg} washed out", "{obj} {look} {deg} too grey",
            "{obj} {look} {deg} faded"),
           ("more saturated", "richer", "more colourful"),
           ("crank up {obj}{adv}",),
-          ("make {obj} {cmp} more vivid", "amplify {obj}{adv}")),
+          ("make {obj} {cmp} more intense", "amplify {obj}{adv}")),
         W(_SAT_DOWN_DO + ("make the colour of {obj} {cmp} calmer",),
           ("{obj} {be} {deg} too strong", "{obj} {look} {deg} oversaturated", "{obj} {look} {deg} garish",
            "{obj} {look} {deg} too colourful"),
           ("less saturated", "more muted", "less colourful"),
           ("dial back {obj}{adv}",),
-          ("make {obj} {cmp} paler", "bleach {obj}{adv}"))),
+          ("make {obj} {cmp} more subdued", "bleach {obj}{adv}"))),
     "clarity": (
         W(("add clarity{adv}", "increase the clarity{adv}", "boost the clarity{adv}", "bring out the texture{adv}",
            "bring out the details{adv}", "add local contrast{adv}", "enhance the texture{adv}",
@@ -599,6 +599,95 @@ NON_EDITS_HELDOUT = ("make it better please", "can you improve this?", "make it 
                      "make it look professional", "edit", "perfect it", "anything", "why?")
 
 
+# --------------------------------------------------------------------------- everyday words (the reader's)
+
+#: Everyday wording that only the student's *reader* trains on (never the image data, so the world's
+#: training items stay as they were): colloquial patterns per family and direction ``(more, less)``,
+#: "give it a chilly feel"-style wishes (the result named, not the complaint), colour and material
+#: words. Hand-written; no word of :data:`HELDOUT_SYNONYMS` may appear here (tested).
+EVERYDAY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "exposure": (("turn up the brightness{adv}", "bump the exposure up{adv}", "make {obj} {cmp} less dark",
+                  "{obj} {be} {deg} too dark to see", "give {obj} a {acmp} brighter look"),
+                 ("turn down the brightness{adv}", "knock the exposure down{adv}", "make {obj} {cmp} less bright",
+                  "make {obj} {cmp} moodier", "give {obj} a {acmp} darker look")),
+    "contrast": (("bump up the contrast{adv}", "more contrast{adv}", "make the darks darker and the lights lighter",
+                  "give {obj} {cmp} stronger contrast"),
+                 ("ease off the contrast{adv}", "less contrast{adv}", "make {obj} {cmp} flatter",
+                  "give {obj} {cmp} gentler contrast")),
+    "saturation": (("make the colours {cmp} more vivid", "make {obj} {cmp} more vivid", "bump up the colours{adv}",
+                    "give {obj} {cmp} richer colours", "make the colours {cmp} stronger", "more colour{adv}"),
+                   ("make the colours {cmp} paler", "make {obj} {cmp} paler", "take the colour out of {obj}{adv}",
+                    "turn {obj} almost monochrome", "make {obj} {cmp} more monochrome", "make the colours {cmp} greyer",
+                    "less colour{adv}", "make the colours {cmp} less vivid")),
+    "temperature": (("make {obj} {cmp} sunnier", "give {obj} a {acmp} warm feel", "give {obj} a sunny look",
+                     "make {obj} feel like summer", "make {obj} {cmp} more summery", "{obj} {look} {deg} too icy",
+                     "{obj} {look} {deg} too bluish", "make {obj} {cmp} less blue", "give {obj} a warm feel"),
+                    ("make {obj} {cmp} icier", "give {obj} a chilly feel", "give {obj} a {acmp} cold look",
+                     "make {obj} look icy", "give {obj} a frosty look", "make {obj} feel like winter",
+                     "{obj} {look} {deg} too yellowish", "{obj} {look} {deg} too orangey",
+                     "make {obj} {cmp} less yellow", "give {obj} a cool feel")),
+    "tint": (("make {obj} {cmp} less green", "add pink{adv}"), ("make {obj} {cmp} less pink", "add green{adv}")),
+    "tone_curve": (("add some snap{adv}", "give {obj} {cmp} more punch"),
+                   ("give {obj} a {acmp} vintage look", "make {obj} {cmp} more vintage",
+                    "make {obj} look like an old photo", "give {obj} a washed-out film look")),
+    "shadows": (("lift the darks{adv}", "brighten the dark bits{adv}", "make the darks {cmp} lighter"),
+                ("deepen the darks{adv}", "darken the dark bits{adv}", "make the darks {cmp} darker")),
+    "highlights": (("make the bright bits {cmp} brighter", "brighten the whites{adv}"),
+                   ("the whites are {deg} blown", "bring down the whites{adv}", "knock back the highlights{adv}",
+                    "make the bright bits {cmp} darker")),
+    "hsl_saturation": (("make {obj} {cmp} more vivid", "make {obj} {cmp} more colourful"),
+                       ("make {obj} {cmp} paler", "make {obj} {cmp} less vivid", "make {obj} {cmp} greyer")),
+    "hsl_hue": (("turn {obj} {hue}{adv}", "make {obj} {cmp} {hue}"), ("turn {obj} {hue}{adv}", "make {obj} {cmp} {hue}")),
+    "region_saturation": (("make {obj} {cmp} more vivid", "make {obj} {cmp} more colourful", "make {obj} {cmp} lusher"),
+                          ("make {obj} {cmp} paler", "make {obj} {cmp} less vivid", "make {obj} {cmp} greyer")),
+    "region_temperature": (("make {obj} {cmp} sunnier", "give {obj} a warm feel"),
+                           ("make {obj} {cmp} icier", "give {obj} a chilly feel")),
+    "radial_exposure": (("@edges:brighten the sides{adv}",), ("@edges:darken the sides of the frame{adv}",)),
+}
+#: Everyday object phrases of targets, for the reader (added to the training ones).
+EVERYDAY_OBJECTS: dict[str, tuple[str, ...]] = {
+    "sky": ("the clouds", "the sky and the clouds"),
+    "skin": ("the face", "the portrait", "the cheeks"),
+    "foliage": ("the lawn", "the meadow", "the bushes", "the forest", "the hedge"),
+    "bottom": ("the ground", "the bottom of the picture"), "top": ("the top of the picture",),
+    "edges": ("the sides", "the outside of the frame"), "centre": ("the middle of the picture",),
+    "reds": ("the red bits", "the red flowers"), "oranges": ("the orange bits",), "yellows": ("the yellow bits",),
+    "greens": ("the green bits",), "blues": ("the blue bits", "the sea"), "purples": ("the purple flowers",),
+    "magentas": ("the pink flowers",), "aquas": ("the teal areas",),
+}
+#: Everyday requests that name no edit, for the reader (training; none of :data:`NON_EDITS_HELDOUT`).
+NON_EDITS_EVERYDAY = ("what a lovely day", "where was this taken?", "nice shot!", "what camera is this?",
+                      "send it to my phone", "who is in the picture?", "i took this yesterday", "what do you think?",
+                      "let me know", "good night", "is it raining?", "tell me a joke", "a red car", "a green field",
+                      "a blue sky over the sea", "my garden in spring", "sunset at the beach", "do it again",
+                      "make it amazing", "just make it look right", "can you do magic?")
+
+
+@functools.lru_cache(maxsize=None)
+def everyday_patterns(family: str, direction: int) -> tuple[Pattern, ...]:
+    """The reader's everyday patterns of a family and direction (``()`` where it has none)."""
+    pair = EVERYDAY.get(family)
+    return tuple(_pattern(t, True) for t in pair[0 if direction > 0 else 1]) if pair else ()
+
+
+def render_everyday_part(family: str, direction: int, target: str, strength: str,
+                         rng: np.random.Generator) -> tuple[str, bool]:
+    """One instruction part in everyday wording (the reader's training only): half the time an
+    everyday pattern, else a training pattern; the object an everyday one where the target has some
+    (half the time), else a training one. Same return as :func:`render_part`."""
+    pool = [p for p in everyday_patterns(family, direction) if p.fits(target)]
+    if not pool or rng.random() < 0.5:
+        pool = [p for p in patterns(family, direction, "train") if p.fits(target)]
+    usable = [p for p in pool if strength == "normal" or has_strength_slot(p)] or pool
+    p = usable[int(rng.integers(len(usable)))]
+    objs = objects(family, target)
+    extra = EVERYDAY_OBJECTS.get(target, ()) if family not in FAMILY_OBJECTS else ()
+    if extra and rng.random() < 0.5:
+        objs = extra
+    hues = HUE_TOWARDS.get(target, (("",), ("",)))[0 if direction > 0 else 1]
+    return _fill(p.text, str(rng.choice(objs)), strength, str(rng.choice(hues)), rng, False), p.imperative
+
+
 def non_edit_text(rng: np.random.Generator, wording: str = "train") -> str:
     """A request that names no edit: a phrase of :data:`NON_EDITS` (held out: of
     :data:`NON_EDITS_HELDOUT`) or, a third of the time, a random string of letters."""
@@ -626,6 +715,17 @@ def describe(family: str, target: str, strength: float) -> str:
         adj = adj.format(hue=HUE_TOWARDS[target][0 if plus else 1][0])
     what = target or {"shadows": "shadows", "highlights": "highlights", "clarity": "texture"}.get(family, "")
     return f"{what + ' ' if what else ''}{adj} ({strength:+.1f})"
+
+
+def example_instruction(family: str, target: str, positive: bool) -> str:
+    """A plain training instruction for one edit, as the refusal message and the studio's
+    alternatives offer it: ``("region_temperature", "sky", True)`` -> ``"make the sky warmer"``."""
+    adj = WORDINGS[family][0 if positive else 1].adjs[0]
+    if "{hue}" in adj:
+        adj = adj.format(hue=HUE_TOWARDS[target][0 if positive else 1][0])
+    if family == "clarity":
+        return "add clarity" if positive else "reduce the clarity"
+    return f"make {(FAMILY_OBJECTS.get(family) or OBJECTS[target])[0]} {adj}"
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -661,6 +761,23 @@ def training_vocabulary() -> frozenset[str]:
     return frozenset(w for t in training_texts() for w in words(t))
 
 
+def reader_training_texts() -> Iterable[str]:
+    """Every piece of text the student's reader trains on: :func:`training_texts` and the everyday
+    wording (:data:`EVERYDAY`, :data:`EVERYDAY_OBJECTS`, :data:`NON_EDITS_EVERYDAY`)."""
+    yield from training_texts()
+    for fam in EVERYDAY:
+        for d in (1, -1):
+            yield from (_slot_free(p.text) for p in everyday_patterns(fam, d))
+    yield from (o for objs in EVERYDAY_OBJECTS.values() for o in objs)
+    yield from NON_EDITS_EVERYDAY
+
+
+@functools.lru_cache(maxsize=None)
+def reader_vocabulary() -> frozenset[str]:
+    """Every word the reader's training text can contain (:func:`reader_training_texts`)."""
+    return frozenset(w for t in reader_training_texts() for w in words(t))
+
+
 def synonym_texts() -> Iterable[str]:
     """Every piece of held-out synonym material: synonym patterns, objects and strength words."""
     for fam in WORDINGS:
@@ -673,11 +790,13 @@ def synonym_texts() -> Iterable[str]:
 
 
 def _heldout_synonyms() -> tuple[str, ...]:
-    vocab = training_vocabulary()
+    vocab = training_vocabulary() | reader_vocabulary()
     return tuple(sorted({w for t in synonym_texts() for w in words(t)} - vocab))
 
 
-#: Words that appear only in ``heldout_synonym`` wording, never in training text.
+#: Words that appear only in ``heldout_synonym`` wording, never in training text (the world's nor
+#: the reader's everyday wording). Chosen to measure generalisation: the most common word of a family
+#: ("vivid", "paler", "icier", "vintage") is trained, rarer synonyms are held out.
 HELDOUT_SYNONYMS: tuple[str, ...] = _heldout_synonyms()
 
 

@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from . import config
-from .data import FAMILIES, STRENGTHS, render, templates
+from . import grammar
 from .util.files import atomic_write
 from .util.hub import hf_cached
 
@@ -335,29 +336,43 @@ def shared_encoder(name: str = "minilm") -> TextEncoder:
     return _SHARED[name]
 
 
-def paraphrase_neighbours(encoder: TextEncoder | None = None) -> dict:
-    """How far a frozen encoder alone gets on the held-out phrasings: nearest training phrasing.
+def grammar_sentences(wording: str = "train") -> list[tuple[str, str, int]]:
+    """One sentence per pattern of the world's grammar (:mod:`course_lib.grammar`) in a wording, with
+    its family and direction: ``(text, family, direction)``. Slots are filled at normal strength with
+    the family's first object (a target's: its first target's) and first hue word."""
+    rng = np.random.default_rng(0)
+    out = []
+    for fam in grammar.WORDINGS:
+        target = ("reds" if fam.startswith("hsl_") else "top" if fam.startswith("graduated_") else
+                  "edges" if fam == "radial_exposure" else "sky" if fam.startswith("region_") else "")
+        for d in (1, -1):
+            hue = grammar.HUE_TOWARDS.get(target, (("",), ("",)))[0 if d > 0 else 1][0]
+            obj = grammar.objects(fam, target)[0]
+            for p in grammar.patterns(fam, d, wording):
+                if p.fits(target):
+                    out.append((grammar._fill(p.text, obj, "normal", hue, rng, wording == "heldout_synonym"), fam, d))
+    return out
 
-    Every held-out template is rendered at every strength and matched (cosine similarity) to
-    the nearest rendered *training* instruction. If that neighbour names the same edit family
-    and direction, a model that only ever saw the training phrasings can be expected to
-    generalise; otherwise the encoder itself places the new wording closer to another edit.
+
+def paraphrase_neighbours(encoder: TextEncoder | None = None, wording: str = "heldout_phrasing") -> dict:
+    """How far a frozen encoder alone gets on held-out wording: the nearest training sentence.
+
+    Every held-out pattern of the world's grammar is rendered once (:func:`grammar_sentences`) and
+    matched (cosine similarity) to the nearest rendered *training* pattern. If that neighbour names
+    the same edit family and direction, a model that only ever saw the training wording can be
+    expected to generalise; otherwise the encoder itself places the new wording closer to another edit.
 
     Args:
-        encoder: any :class:`TextEncoder` (default: the shared MiniLM encoder).
+        encoder: any object with ``encode(texts) -> (N, D)`` (default: the shared MiniLM encoder).
+        wording: ``"heldout_phrasing"`` or ``"heldout_synonym"``.
 
     Returns:
-        dict with ``n`` (held-out instructions), ``family`` and ``family_direction`` (fractions
-        whose nearest training instruction has the same family / family and direction), and
-        ``misses``: list of ``(held-out instruction, nearest training instruction)``.
+        dict with ``n`` (held-out sentences), ``family`` and ``family_direction`` (fractions whose
+        nearest training sentence has the same family / family and direction), and ``misses``: list
+        of ``(held-out sentence, nearest training sentence)``.
     """
     enc = encoder or shared_encoder("minilm")
-
-    def rows(split: str) -> list[tuple[str, str, int]]:
-        return [(render(t, s), f.name, d) for f in FAMILIES for d in (1, -1)
-                for t in templates(f.name, d, split) for s in STRENGTHS]
-
-    train, held = rows("train"), rows("heldout")
+    train, held = grammar_sentences("train"), grammar_sentences(wording)
     e_train = torch.nn.functional.normalize(enc.encode([r[0] for r in train]).float(), dim=-1)
     e_held = torch.nn.functional.normalize(enc.encode([r[0] for r in held]).float(), dim=-1)
     nearest = (e_held @ e_train.T).argmax(dim=1).tolist()  # (n_held,)

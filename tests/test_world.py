@@ -270,7 +270,9 @@ def test_heldout_synonyms_are_words_absent_from_training():
     syn = set(grammar.HELDOUT_SYNONYMS)
     assert len(syn) >= 40 and not (syn & vocab)
     # pinned: adding one of these to the training grammar must fail this test
-    assert {"illuminate", "toastier", "heavens", "greenery", "complexion", "smidge", "vivid", "periphery"} <= syn
+    assert {"illuminate", "toastier", "heavens", "greenery", "complexion", "smidge", "intense", "periphery"} <= syn
+    # the most common word of a family is trained (issue 37): "vivid" is the reader's, not held out
+    assert not {"vivid", "paler", "icier", "vintage"} & syn
     for f in grammar.WORDINGS:
         for d in (1, -1):
             for p in grammar.patterns(f, d, "heldout_synonym"):

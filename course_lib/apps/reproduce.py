@@ -190,10 +190,16 @@ def recipe_record(name: str) -> dict:
 
 
 def comparable(record: dict | None) -> dict | None:
-    """A ``recipe`` record without what does not change the trained weights (:data:`RUN_ONLY`, paths)."""
+    """A ``recipe`` record without what does not change the trained weights (:data:`RUN_ONLY`, paths).
+    A setting the record lacks (a checkpoint made before the setting existed) counts at its default."""
     if record is None:
         return None
-    settings = {k: v for k, v in record["settings"].items() if k not in RUN_ONLY}
+    try:
+        defaults = json.loads(json.dumps(settings_of(settings_class(record["command"])())))
+    except (RecipeError, TypeError):
+        defaults = {}
+    merged = {**{k: v for k, v in defaults.items() if k not in record["settings"]}, **record["settings"]}
+    settings = {k: v for k, v in merged.items() if k not in RUN_ONLY}
     if isinstance(settings.get("init"), str) and settings["init"].endswith(".safetensors"):
         settings["init"] = "<the previous stage>"
     return {"command": record["command"], "settings": settings, "init": comparable(record.get("init"))}

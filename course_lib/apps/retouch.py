@@ -26,9 +26,12 @@
   ``error: ...`` on stderr and the **other files are still processed**; the exit code is 1
   if any file failed, 2 for a bad command line or a missing checkpoint, 0 otherwise.
 * Understood as: a student with "understood as" heads (the shipped one) first prints what it
-  read, e.g. ``understood: sky warmer (+1.0), shadows brighter (+0.5)``; when it recognises no
-  edit ("xxxx", "make it better") it writes nothing, prints one ``error:`` line naming a few
-  instructions it does understand, and exits with code 2.
+  read, e.g. ``understood: sky warmer (+1.0), shadows brighter (+0.5)``, and close readings it
+  could also mean ("or did you mean ..."). When no edit reaches the threshold but one comes close
+  (:func:`course_lib.student.interpret`) it applies that one and says it was not sure; when it
+  recognises no edit ("xxxx", "make it better") it writes nothing, prints one ``error:`` line
+  naming the closest edits it knows for those words (or a few instructions it understands), and
+  exits with code 2.
 * Offline: uses the shipped checkpoint and the embedded MiniLM text encoder.
 * Speed: a photo is decoded to 8 bits, edited in one pass from the 8-bit photo to the 8-bit
   result (:func:`course_lib.student.retouch_fused`) and encoded; each file's line reports the three
@@ -43,7 +46,7 @@ from pathlib import Path
 
 from .. import config
 from ..images import ImageError, load_image_u8, save_array
-from ..student import CheckpointError, load_student, read_instruction, retouch_fused, understood_line
+from ..student import CheckpointError, interpret, load_student, retouch_fused, understood_line
 from ..text import TextEncoderError
 from ..video import retouch_stream
 from . import clips
@@ -51,6 +54,21 @@ from .clips import VIDEO_SUFFIXES, VIDEO_WRITABLE, is_clip
 
 #: Instructions named when one is not understood (a student with "understood as" heads refuses those).
 EXAMPLES = ("make the sky warmer", "brighten the shadows a little", "add clarity", "make it cooler")
+#: An alternative reading at least this likely is named after what was understood ("or did you mean ...").
+CLOSE_P = 0.1
+
+
+def refusal_message(instruction: str, alternatives: list[dict]) -> str:
+    """The one ``error:`` line for an instruction that names no edit the student knows: the closest
+    edits it does know for these words (:func:`course_lib.student.interpret`'s alternatives, where
+    any is at least a little likely), else a few instructions it understands."""
+    close = [x["instruction"] for x in alternatives if x["p"] >= 0.01]
+    if close:
+        return (f"error: no edit recognised in {instruction!r}; the closest edits I know: "
+                + ", ".join(f'"{x}"' for x in close))
+    return f"error: no edit recognised in {instruction!r}; try e.g. " + ", ".join(f'"{x}"' for x in EXAMPLES)
+
+
 WRITABLE = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
 
@@ -154,14 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TextEncoderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    apply_text = a.instruction
     if model.cfg.readout:
-        readings = read_instruction(model, a.instruction)[0]
-        if not readings:
-            print(f"error: no edit recognised in {a.instruction!r}; try e.g. " + ", ".join(f'"{x}"' for x in EXAMPLES),
-                  file=sys.stderr)
+        seen = interpret(model, a.instruction)
+        if not seen["readings"]:
+            print(refusal_message(a.instruction, seen["alternatives"]), file=sys.stderr)
             return 2
-        print(understood_line(readings))
-    text = model.embed([a.instruction])  # (1, features), once for all photos
+        line = understood_line(seen["readings"])
+        if seen["unsure"]:
+            line += f' (not sure: applying "{seen["apply_text"]}")'
+        if seen["alternatives"] and seen["alternatives"][0]["p"] >= CLOSE_P:
+            line += "; or did you mean " + ", ".join(f'"{x["instruction"]}"' for x in seen["alternatives"]
+                                                    if x["p"] >= CLOSE_P) + "?"
+        print(line)
+        apply_text = seen["apply_text"]
+    text = model.embed([apply_text])  # (1, features), once for all photos
     failed = 0
     for src, dst in config.progress(list(zip(inputs, outputs)), desc="retouch", unit="img",
                                     disable=len(inputs) < 2 or config.is_fast()):

@@ -64,7 +64,7 @@ from .. import config, world
 from ..fastslice import retouch_pass
 from ..data import resize
 from ..images import ImageError, load_image, save_image, to_uint8
-from ..student import load_student, read_instruction, retouch_fused, understood_line
+from ..student import interpret, load_student, retouch_fused, understood_line
 from ..teacher import add_teacher_options, load_teacher
 
 #: Default upload limit (MB = 2**20 bytes); ``python -m course_lib studio --max-upload-mb``.
@@ -379,6 +379,7 @@ class Studio:
         self.view = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start"))
         self.timing = W.HTML("")
         self.understood = W.HTML("")  # what the student read from the instruction (if it has the heads)
+        self.alternatives = W.HBox([])  # close readings, one click each (the instruction becomes that edit's)
         self.status = W.HTML("")
         self.download = W.HTML("")
         self.note = W.HTML("")
@@ -386,7 +387,7 @@ class Studio:
                        (self.strength, "strength"), (self.cells, "cells"), (self.model_choice, "model"),
                        (self.apply_button, "apply"), (self.view, "view"), (self.timing, "timing"),
                        (self.status, "status"), (self.download, "download"), (self.split, "split"),
-                       (self.understood, "understood")):
+                       (self.understood, "understood"), (self.alternatives, "alternatives")):
             w.add_class(f"studio-{cls}")
 
         self.photo.observe(self._on_photo, names="value")
@@ -401,7 +402,7 @@ class Studio:
         self.ui = W.VBox([
             W.HTML("<h3>InstantRetouch studio</h3>"),
             W.HBox([self.photo, self.upload], layout=layout),
-            self.instruction, self.understood, self.source_instruction,
+            self.instruction, self.understood, self.alternatives, self.source_instruction,
             W.HBox([self.strength, self.cells]),
             W.HBox([self.model_choice, self.inverse_unavailable, self.inverse_note]),
             self.note,
@@ -513,6 +514,7 @@ class Studio:
         H, W = self.source.shape[-2:]
         if m == STUDENT:
             t0 = time.perf_counter()
+            text = self.reading()["apply_text"] if self.reading() else text  # unsure: the edit it applies
             out = edit_student(self.student, self.source, text, s, cells=int(self.cells.value))
             G = int(self.cells.value)
             return EditResult(out, time.perf_counter() - t0, m,
@@ -533,18 +535,49 @@ class Studio:
             return EditResult(out, time.perf_counter() - t0, m, f"{W} x {H} px")
         raise StudioError(f"unknown model {m!r}")
 
-    def understood_text(self) -> str:
-        """The student's reading of the instruction (``"understood: sky warmer (+1.0)"``), or "" when
-        the student has no "understood as" heads, another model is chosen or the instruction is empty."""
+    def reading(self) -> dict | None:
+        """:func:`course_lib.student.interpret` of the instruction (cached per text), or ``None`` when the
+        student has no "understood as" heads, another model is chosen or the instruction is empty."""
         text = self.instruction.value
         if self.model_choice.value != STUDENT or not text.strip() or not getattr(self.student.cfg, "readout", ()):
+            return None
+        if getattr(self, "_reading", (None,))[0] != (id(self.student), text):
+            self._reading = ((id(self.student), text), interpret(self.student, text))
+        return self._reading[1]
+
+    def understood_text(self) -> str:
+        """The student's reading of the instruction (``"understood: sky warmer (+1.0)"``, with
+        ``(not sure: applying "...")`` when it applies its most likely reading), or ""."""
+        seen = self.reading()
+        if seen is None:
             return ""
-        return understood_line(read_instruction(self.student, text)[0])
+        line = understood_line(seen["readings"])
+        return line + (f' (not sure: applying "{seen["apply_text"]}")' if seen["unsure"] else "")
+
+    def _show_alternatives(self) -> None:
+        """One button per close reading (at least 1 % likely); a click makes it the instruction."""
+        import ipywidgets as W
+
+        seen = self.reading()
+        alts = [x for x in (seen or {}).get("alternatives", []) if x["p"] >= 0.01]
+
+        def choose(instruction: str):
+            return lambda _: setattr(self.instruction, "value", instruction)
+
+        buttons = []
+        for x in alts:
+            b = W.Button(description=x["instruction"], tooltip=f"{x['line']}, p = {x['p']:.2f}",
+                         layout=W.Layout(width="auto"))
+            b.add_class("studio-alternative")
+            b.on_click(choose(x["instruction"]))
+            buttons.append(b)
+        self.alternatives.children = ([W.HTML("<i>or did you mean:</i>")] + buttons) if buttons else []
 
     def apply(self) -> EditResult | None:
         """Edit, then update the view, the timing label and the download link. Errors go to the status line."""
         try:
             self.understood.value = f'<span class="studio-understood-text">{html.escape(self.understood_text())}</span>'
+            self._show_alternatives()
             result = self.edit()
         except Exception as exc:  # an app must survive any model's failure: one line, the picture kept
             msg = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -53,6 +53,7 @@ from ..grammar import non_edit_text, training_vocabulary
 from ..student import (CheckpointError, Student, StudentConfig, calibrate_readout, edit_code, featurise,
                        indicator_mask, load_student, read_metadata, save_student)
 from ..text import shared_encoder
+from .reader import align_second_reader, reader_bank, train_second_reader, word_indicator_dropout
 from .common import (Names, RunOptions, run_command, Shard, is_main_process, load_optimizer_tensors, lr_at,
                      mean_over_processes, optimizer_tensors, parse_settings, read_state, recipe_metadata, run_option,
                      save_on_main, set_lr, setting, state_dir, summary, write_state)
@@ -100,6 +101,13 @@ class TrainArgs(RunOptions):
     reader_only: bool = setting(False, "with --init: keep its image pathway and train only a new text reader "
                                        "(--film-hidden, --text-layers, --clauses, --text-pretrain-steps, --text-bank, "
                                        "--word-dropout); needs --film-reads code")
+    word_vectors: bool = setting(False, "a second reader for clauses with a word outside the training vocabulary: "
+                                        "the sentence embedding and the mean embedding of the words, each embedded "
+                                        "alone (words it never trained on land near known ones)")
+    second_reader_steps: int = setting(4000, "with --word-vectors: steps of the second reader (alone, on the bank)")
+    everyday: float = setting(0.0, "with --word-vectors: share of the second reader's bank in the reader's everyday "
+                                   "wording (grammar.EVERYDAY)")
+    indicator_dropout: float = setting(0.0, "hide each word indicator of the reader's bank with this probability")
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -307,10 +315,12 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     return final, losses
 
 
-def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05) -> dict[str, torch.Tensor]:
+def text_bank(n: int, seed: int, cfg: StudentConfig, none_prob: float = 0.05, everyday: float = 0.0) -> dict[str, torch.Tensor]:
     """``n`` training instructions (training wording, a ``none_prob`` share naming no edit), featurised
     once: ``X`` (n, text_dim + V), readout targets ``P`` and ``S`` (n, K). Encoding is the cost
     (about 3 minutes for 20,000 on one CPU thread); training on the bank is then cheap."""
+    if everyday > 0:  # the reader's everyday wording mixed in (course_lib.train.reader)
+        return reader_bank(n, seed, cfg, none_prob, everyday)
     texts, P, S = instruction_bank(n, np.random.default_rng([30_000, seed]), none_prob)
     shared_encoder(cfg.text_encoder).for_open_wording()
     X = torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, n, 256)])
@@ -329,7 +339,8 @@ def pretrain_text(model: Student, args: TrainArgs, batch: int = 64, bank: dict |
     Returns:
         the readout losses, one per step.
     """
-    bank = bank if bank is not None else text_bank(args.text_bank, args.seed, model.cfg, args.none_prob)
+    bank = bank if bank is not None else text_bank(args.text_bank, args.seed, model.cfg, args.none_prob,
+                                                   getattr(args, "everyday", 0.0))
     params = list(model.text_mlp.parameters()) + list(model.readout_head.parameters())
     opt = torch.optim.Adam(params, lr=args.lr)
     g = torch.Generator().manual_seed(40_000 + args.seed)
@@ -337,6 +348,8 @@ def pretrain_text(model: Student, args: TrainArgs, batch: int = 64, bank: dict |
     for step in config.progress(range(args.text_pretrain_steps), desc="text pathway", disable=config.is_fast()):
         idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
         x = word_dropout(bank["X"][idx], model.cfg, args.word_dropout, 50_000 + args.seed, step)
+        if getattr(args, "indicator_dropout", 0.0) > 0:
+            x = word_indicator_dropout(x, model.cfg, args.indicator_dropout, g)
         loss = readout_loss(*model.understand(x), bank["P"][idx], bank["S"][idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -361,15 +374,22 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
         raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
                          "(trained with --film-reads code)")
     cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers,
-                              clauses=args.clauses)
+                              clauses=args.clauses, word_vectors=args.word_vectors)
     config.seed_everything(args.seed)
     new = Student(cfg)
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
     missing, unexpected = new.load_state_dict(keep, strict=False)
-    assert not unexpected and all(k.startswith(("text_mlp.", "readout_head.")) for k in missing), missing
-    losses = pretrain_text(new, args)
+    assert not unexpected and all(k.startswith(("text_mlp", "readout_head")) for k in missing), missing
+    # the first reader: the world's training wording, its words (as before the second reader existed)
+    losses = pretrain_text(new, dataclasses.replace(args, everyday=0.0),
+                           bank=text_bank(args.text_bank, args.seed, new.cfg, args.none_prob))
+    if cfg.word_vectors:  # the reader of clauses with a new word, also on everyday wording (course_lib.train.reader)
+        bank = text_bank(args.text_bank, args.seed, new.cfg, args.none_prob, args.everyday)
+        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
+    if cfg.word_vectors:
+        align_second_reader(new, *calibration_texts(args.seed))
     return new, losses
 
 
