@@ -12,8 +12,6 @@ Shapes: images are (3, H, W) or (B, 3, H, W) float in [0, 1]; ``amount`` a float
 """
 from __future__ import annotations
 
-import dataclasses
-import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -188,98 +186,3 @@ def random_crop(img: torch.Tensor, rng: np.random.Generator, size: int, min_side
     if rng.random() < 0.5:
         crop = crop.flip(-1)
     return resize(crop, (size, size))
-
-
-# --------------------------------------------------------------------------- fixed templates
-# Kept only for course_lib.text's nearest-neighbour template analysis, which another change
-# removes; delete this block (Family, FAMILIES, STRENGTHS, templates, render) together with it.
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """An edit family: its function, the amount for strength 1, and paraphrases.
-
-    ``up``/``down`` are instruction templates for amount > 0 / < 0. The last
-    ``HELD_OUT_PER_DIRECTION`` of each list are held out from training.
-    ``{cmp}`` takes a comparative modifier ("slightly", "much"), ``{vrb}`` an
-    adverb at the end ("a little", "a lot").
-    """
-
-    name: str
-    fn: Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]
-    unit: float
-    up: tuple[str, ...]
-    down: tuple[str, ...]
-
-
-HELD_OUT_PER_DIRECTION = 2
-
-FAMILIES: tuple[Family, ...] = (
-    Family("exposure", exposure, 0.7,
-           ("make it {cmp} brighter", "brighten the photo {vrb}", "increase the exposure {vrb}",
-            "make the image {cmp} lighter", "give the picture {cmp} more light", "raise the exposure {vrb}"),
-           ("make it {cmp} darker", "darken the photo {vrb}", "decrease the exposure {vrb}",
-            "make the image {cmp} dimmer", "lower the exposure {vrb}", "give the picture {cmp} less light")),
-    Family("contrast", contrast, 0.3,
-           ("make it {cmp} more contrasty", "increase the contrast {vrb}", "add contrast {vrb}",
-            "boost the contrast {vrb}", "give it {cmp} more contrast", "strengthen the contrast {vrb}"),
-           ("make it {cmp} less contrasty", "reduce the contrast {vrb}", "lower the contrast {vrb}",
-            "soften the contrast {vrb}", "give it {cmp} less contrast", "decrease the contrast {vrb}")),
-    Family("saturation", saturation, 0.45,
-           ("make it {cmp} more saturated", "increase the saturation {vrb}", "boost the saturation {vrb}",
-            "make the colours {cmp} stronger", "saturate the colours {vrb}", "make the colors {cmp} richer"),
-           ("make it {cmp} less saturated", "decrease the saturation {vrb}", "desaturate the photo {vrb}",
-            "make the colours {cmp} weaker", "mute the colours {vrb}", "make the colors {cmp} duller")),
-    Family("vibrance", vibrance, 0.6,
-           ("increase the vibrance {vrb}", "boost the vibrance {vrb}", "add vibrance {vrb}",
-            "make the muted colours {cmp} livelier", "make it {cmp} more vibrant", "raise the vibrance {vrb}"),
-           ("decrease the vibrance {vrb}", "reduce the vibrance {vrb}", "remove vibrance {vrb}",
-            "make the muted colours {cmp} calmer", "make it {cmp} less vibrant", "tone down the vibrance {vrb}")),
-    Family("temperature", temperature, 0.5,
-           ("make it {cmp} warmer", "warm up the photo {vrb}", "give it a {cmp} warmer tone",
-            "raise the colour temperature {vrb}", "make the light {cmp} more golden", "add warmth {vrb}"),
-           ("make it {cmp} cooler", "cool down the photo {vrb}", "give it a {cmp} cooler tone",
-            "lower the colour temperature {vrb}", "make the light {cmp} colder", "make it {cmp} bluer")),
-    Family("tint", tint, 0.5,
-           ("shift the tint towards magenta {vrb}", "add a magenta tint {vrb}", "make it {cmp} more magenta",
-            "push the tint to magenta {vrb}", "make it {cmp} pinker", "tint it magenta {vrb}"),
-           ("shift the tint towards green {vrb}", "add a green tint {vrb}", "make it {cmp} greener",
-            "push the tint to green {vrb}", "tint it green {vrb}", "give it a {cmp} greener cast")),
-    Family("tone_curve", tone_curve, 0.5,
-           ("apply an S-curve {vrb}", "add punch to the tones {vrb}", "make the tones {cmp} punchier",
-            "steepen the tone curve {vrb}", "give it {cmp} more pop", "make the midtones {cmp} snappier"),
-           ("fade the photo {vrb}", "make the tones {cmp} softer", "give it a {cmp} faded look",
-            "flatten the tone curve {vrb}", "make it look {cmp} more washed out", "apply a matte fade {vrb}")),
-    Family("shadows", shadows, 0.6,
-           ("brighten the shadows {vrb}", "lift the shadows {vrb}", "open up the shadows {vrb}",
-            "make the shadows {cmp} lighter", "bring up the shadows {vrb}", "make the dark areas {cmp} brighter"),
-           ("deepen the shadows {vrb}", "darken the shadows {vrb}", "make the shadows {cmp} darker",
-            "crush the shadows {vrb}", "make the dark areas {cmp} darker", "push the shadows down {vrb}")),
-    Family("highlights", highlights, 0.6,
-           ("boost the highlights {vrb}", "brighten the highlights {vrb}", "make the highlights {cmp} brighter",
-            "lift the highlights {vrb}", "make the bright areas {cmp} brighter", "push the highlights up {vrb}"),
-           ("tame the highlights {vrb}", "recover the highlights {vrb}", "pull down the highlights {vrb}",
-            "make the highlights {cmp} darker", "make the bright areas {cmp} dimmer", "reduce the highlights {vrb}")),
-)
-FAMILY = {f.name: f for f in FAMILIES}
-
-#: Strength words and the factor they put on a family's unit amount.
-STRENGTHS = {"slightly": 0.5, "normal": 1.0, "strongly": 1.8}
-CMP_WORDS = {"slightly": ("slightly", "a bit", "a little"), "normal": ("",), "strongly": ("much", "a lot", "far")}
-VRB_WORDS = {"slightly": ("slightly", "a little", "gently"), "normal": ("",), "strongly": ("a lot", "strongly", "heavily")}
-
-
-def templates(family: str, direction: int, split: str = "train") -> tuple[str, ...]:
-    """Instruction templates of one family and direction (+1/-1) for ``"train"``,
-    ``"heldout"`` or ``"all"`` paraphrases."""
-    fam = FAMILY[family]
-    t = fam.up if direction > 0 else fam.down
-    k = HELD_OUT_PER_DIRECTION
-    return {"train": t[:-k], "heldout": t[-k:], "all": t}[split]
-
-
-def render(template: str, strength: str, rng: np.random.Generator | None = None) -> str:
-    """Fill a template's ``{cmp}``/``{vrb}`` slot with a word for ``strength``."""
-    rng = rng or np.random.default_rng(0)
-    text = template.format(cmp=rng.choice(CMP_WORDS[strength]), vrb=rng.choice(VRB_WORDS[strength]))
-    return re.sub(r"\s+", " ", text).strip()
