@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "memory per command.")
     p.add_argument("--tiny", action="store_true", help="the tiny random pipeline instead (seconds; the tests)")
     p.add_argument("--pipeline", default=None, help="use this pipeline folder (default: build the random one once)")
-    p.add_argument("--out-dir", default=str(OUT_DIR), help="pipelines, logs and the table (default %(default)s)")
+    p.add_argument("--out-dir", default=str(OUT_DIR), help="pipelines, logs and the table (default: outputs/hub_check)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(COMMANDS)}")
     p.add_argument("--limit", type=float, default=None, help="seconds per command (default 1200; tiny 120)")
     p.add_argument("--fetch", action="store_true",
