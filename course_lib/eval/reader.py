@@ -110,9 +110,10 @@ def unseen_words(text: str) -> list[str]:
     return sorted(grammar.words(text) - grammar.reader_vocabulary())
 
 
-def wording_set(n: int, wording: str, seed: int = SEED) -> tuple[list[str], list[str]]:
-    """``n`` fresh instructions of the grammar in one wording and their encoded edits (deterministic)."""
-    rng = np.random.default_rng([70_000, seed, grammar.WORDINGS_KINDS.index(wording)])
+def wording_set(n: int, wording: str, seed: int = SEED, salt: int = 70_000) -> tuple[list[str], list[str]]:
+    """``n`` fresh instructions of the grammar in one wording and their encoded edits (deterministic;
+    ``salt`` keeps one study's set apart from another's)."""
+    rng = np.random.default_rng([salt, seed, grammar.WORDINGS_KINDS.index(wording)])
     texts, edits = [], []
     for _ in range(n):
         t, e = world.sample_world_instruction(rng, wording)

@@ -32,6 +32,7 @@ from .. import config, grammar, world
 from ..grammar import training_vocabulary
 from ..student import Student, StudentConfig, featurise
 from ..train.student import TrainArgs, pretrain_text, text_bank
+from ..eval.reader import wording_set
 from ..eval.world import score_reads
 
 #: The reference recipe (the shipped student's stage 0) and the one-change variants.
@@ -58,16 +59,6 @@ class StudyArgs:
     lr: float = 1e-3
     word_dropout: float = 0.3
     seed: int = 0
-
-
-def _eval_set(n: int, wording: str, seed: int) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng([60_000, seed, grammar.WORDINGS_KINDS.index(wording)])
-    texts, edits = [], []
-    for _ in range(n):
-        t, e = world.sample_world_instruction(rng, wording)
-        texts.append(t)
-        edits.append(world.encode_world_edits(e))
-    return texts, edits
 
 
 def score_readout(model: Student, X: torch.Tensor, edits: list[str], threshold: float = 0.5) -> dict[str, float]:
@@ -119,7 +110,7 @@ def featurised(args: StudyArgs, clauses: int = 1) -> tuple[dict, dict]:
     bank["cfg"] = cfg
     evals = {}
     for w in grammar.WORDINGS_KINDS:
-        texts, edits = _eval_set(args.test, w, args.seed)
+        texts, edits = wording_set(args.test, w, args.seed, salt=60_000)
         evals[w] = (torch.cat([featurise(texts[k:k + 256], cfg) for k in range(0, len(texts), 256)]), edits)
     return bank, evals
 
