@@ -95,6 +95,9 @@ def notebooks_main(argv: list[str]) -> int:
         return 1 if results else 0
     if write_course_map():
         results.append(str(COURSE_MAP_PNG))
+    from ..util.figures import write_figures
+
+    results += write_figures()
     print(f"notebooks: wrote {len(results)} file(s)" + "".join(f"\n  {r}" for r in results))
     return 0
 

@@ -19,8 +19,12 @@ explicitly. In markdown cells, text between ``<!-- BEGIN ANSWER -->`` and
 ``<!-- END ANSWER -->`` becomes ``*Your answer here.*``.
 
 Both kinds of notebook are written with outputs and execution counts stripped.
+Markdown markers ``<!--r FILE POINTER FORMAT-->value<!--/r-->`` get their values from
+``data/results/`` in both notebooks (:mod:`course_lib.util.render`).
+
 ``python -m course_lib notebooks`` regenerates; ``--check`` exits non-zero when
-any student notebook differs from what its solution would generate.
+any student notebook differs from what its solution would generate, or a rendered number
+differs from its results file.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from pathlib import Path
 
 from .. import config
 from ..config import REPO_ROOT
+from .render import RenderError, render_notebook
 
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -237,12 +242,18 @@ def generate(check: bool = False, solutions: Path = SOLUTIONS_DIR, notebooks: Pa
     expected_names = {p.name for p in sources}
     for sol in sources:
         raw = load(sol)
-        nb = _publish(raw)
+        try:
+            nb = _publish(render_notebook(raw, where=sol.name))
+        except RenderError as exc:
+            raise NotebookError(str(exc)) from None
         student = dumps(make_student(nb, lesson_number(sol), where=str(sol.name)))
         target = Path(notebooks) / sol.name
         if check:
-            if dumps(strip_outputs(nb)) != dumps(strip_outputs(raw)):
+            if dumps(strip_outputs(_publish(raw))) != dumps(strip_outputs(raw)):
                 results.append(f"{sol}: its Colab links do not name config.REPO_URL; run python -m course_lib notebooks")
+            if dumps(strip_outputs(render_notebook(raw))) != dumps(strip_outputs(raw)):
+                results.append(f"{sol}: a number in its Markdown differs from its results file; "
+                               "run python -m course_lib notebooks")
             if has_outputs(nb):
                 results.append(f"{sol}: has outputs; strip them (python -m course_lib notebooks strips both)")
             if not target.exists():

@@ -34,7 +34,9 @@ PAPER = re.compile(r"<!--\s*paper:\s*(.*?)\s*-->", re.S)
 NUMBER = re.compile(r"(?<![\w.\-/])([+\-−]?\d+(?:\.\d+)?)(?:\s*(" + _UNIT + r"))?(?![\w.]*\d)")
 #: what is never a measurement: code, formulas, links, ids, numbered parts of the course, comments
 _SKIP = [re.compile(p, re.S) for p in (
-    r"```.*?```", r"`[^`]*`", r"\$[^$]*\$", r"\]\([^)]*\)", r"https?://\S+", r"<!--.*?-->",
+    r"```.*?```", r"`[^`]*`", r"\$[^$]*\$", r"\]\([^)]*\)", r"https?://\S+",
+    r"<!--r\s.*?<!--/r-->",  # rendered from a results file (course_lib.util.render checks these)
+    r"<!--.*?-->",
     r"\b\d{4}\.\d{4,5}\b",  # arXiv ids
     r"(?i)\b(?:exercises?|lessons?|sections?|questions?|steps?|Q|figure|table|part|cell|issue)\s+\d+(?:\.\d+)*",
 )]
