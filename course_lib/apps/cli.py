@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import config, grammar, oracle, world
 from ..config import no_network
+from ..util.figures import write_figures
 from ..util.notebooks import README, NotebookError, generate
 from ..viz import course_map
 from .docs import generate_docs
@@ -95,8 +96,6 @@ def notebooks_main(argv: list[str]) -> int:
         return 1 if results else 0
     if write_course_map():
         results.append(str(COURSE_MAP_PNG))
-    from ..util.figures import write_figures
-
     results += write_figures()
     print(f"notebooks: wrote {len(results)} file(s)" + "".join(f"\n  {r}" for r in results))
     return 0
