@@ -69,21 +69,32 @@ def write_figures(names=None, out_dir: Path = FIGURES_DIR) -> list[str]:
 
 @figure("vsd_alignment.png")
 def vsd_alignment():
-    """Lesson 06: edit accuracy and PSNR of VSD with and without the alignment loss, by wording."""
+    """Lesson 06: PSNR and edit accuracy of VSD with and without the alignment loss, one point per seed.
+
+    Each recipe gets a column per wording (training, held-out phrasings); a dot is one run (seed), the
+    bar the mean over seeds, so the seeds' spread is read next to the difference between recipes.
+    """
     import matplotlib.pyplot as plt
 
+    recipes = (("VSD", "tab:blue"), ("VSD + alignment", "tab:orange"))
+    wordings = (("train", "training wording"), ("heldout", "held-out phrasings"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for ax, metric, label in ((axes[0], "psnr", "PSNR to the teacher's edit (dB)"),
                               (axes[1], "edit_accuracy", "edit accuracy (%)")):
-        for k, wording in enumerate(("train", "heldout")):
-            rows = [r for r in results(f"vsd_align_{wording}.json")["rows"]
-                    if r["group"] == "all" and r["method"].startswith("VSD")]
-            xs = [i + 0.38 * k for i in range(len(rows))]
-            ax.bar(xs, [r[metric] for r in rows], width=0.36,
-                   label="training wording" if wording == "train" else "held-out phrasings")
-            ax.set_xticks([i + 0.19 for i in range(len(rows))], [r["method"] for r in rows],
-                          rotation=20, ha="right", fontsize=7)
+        for k, (wording, wlabel) in enumerate(wordings):
+            rows = [r for r in results(f"vsd_align_{wording}.json")["rows"] if r["group"] == "all"]
+            for j, (recipe, colour) in enumerate(recipes):
+                v = [r[metric] for r in rows if r["method"].startswith(recipe + " (seed")]
+                x = 3 * k + j
+                ax.hlines(sum(v) / len(v), x - 0.3, x + 0.3, colors=colour, lw=2,
+                          label=recipe if k == 0 else None)
+                ax.plot([x] * len(v), v, "o", color=colour, ms=5, alpha=0.8)
+            ref = [r[metric] for r in rows if r["method"].startswith("teacher")]
+            ax.hlines(ref, 3 * k - 0.5, 3 * k + 1.5, colors="grey", linestyles=":",
+                      label="teacher, 50 steps" if k == 0 else None)
+        ax.set_xticks([0.5, 3.5], [w for _, w in wordings], fontsize=8)
+        ax.set_xlim(-0.8, 4.8)
         ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
