@@ -761,7 +761,7 @@ def train_step(model: Student, opt: torch.optim.Optimizer, source: torch.Tensor,
 
 
 def run_train_steps(step, seed: int = 0, steps: int = 3, size: int = 32, batch: int = 4) -> list[torch.Tensor]:
-    """Exercise 3.5's check: ``steps`` calls of ``step`` (a function like :func:`train_step`) from the
+    """Exercise 3.3's check: ``steps`` calls of ``step`` (a function like :func:`train_step`) from the
     same tiny fresh student and training items (global families, :class:`course_lib.world.RetouchWorld`). Returns ``[parameters, MSEs]``, flat."""
     torch.manual_seed(seed)
     model = Student(StudentConfig(net_size=32, grid_size=8, luma_bins=4, channels=16, fc=(32,)))

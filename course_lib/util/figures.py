@@ -98,3 +98,33 @@ def vsd_alignment():
     axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+# lesson 03
+@figure("student_world.png")
+def student_world():
+    """Lesson 03: the student against the learned global affine, the identity and the oracles (test photos)."""
+    import matplotlib.pyplot as plt
+
+    res = results("student_world.json")
+    row = {(r["method"], r["wording"], r["group"]): r for r in res["rows"]}
+    methods = [m for m in ("identity", "global affine (learned)", "student", "global affine (oracle)", "grid (oracle)")
+               if any(k[0] == m for k in row)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    panels = ((axes[0], "psnr", "train", ("global", "content-aware"), "PSNR (dB), training wording"),
+              (axes[1], "edit_accuracy", None, ("train", "heldout_phrasing", "heldout_synonym"),
+               "edit accuracy (%), all items"))
+    for ax, metric, wording, keys, title in panels:
+        width = 0.8 / len(methods)
+        for j, m in enumerate(methods):
+            vals = [row.get((m, wording, k) if wording else (m, k, "all"), {}).get(metric, float("nan")) for k in keys]
+            ax.bar([i + j * width for i in range(len(keys))], vals, width=width, label=m,
+                   hatch="//" if "oracle" in m else None, alpha=0.6 if "oracle" in m else 1.0)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], [k.replace("_", " ") for k in keys], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylim(bottom=15)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(f"test photos, {res['n']} items per wording at {res['size']} px", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=7, frameon=False)
+    return fig

@@ -189,7 +189,7 @@ def exercise_table(solutions: Path = SOLUTIONS_DIR) -> str:
         found = exercises(load(sol), lesson_number(sol))
         total += len(found)
         what = ", ".join(f"`{name}`" for _, name in found) or "-"
-        rows.append(f"| {sol.name[:2]} | {len(found)} | {what} |")
+        rows.append(f"| {sol.name.split('_')[0]} | {len(found)} | {what} |")  # 03x: lab notes
     return "\n".join(["| lesson | exercises | what the student writes |", "|---|---:|---|", *rows,
                       f"| all | {total} | |"])
 
