@@ -128,3 +128,83 @@ def student_world():
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=7, frameon=False)
     return fig
+
+
+# lessons 04-05
+
+def _bench_row(bench: dict, prefix: str) -> dict:
+    return next(r for r in bench["rows"] if r["method"].startswith(prefix))
+
+
+@figure("teacher_steps_cost.png")
+def teacher_steps_cost():
+    """Lesson 04: the teacher at 4 and 50 DDIM steps against doing nothing (PSNR by wording) and its cost."""
+    import matplotlib.pyplot as plt
+
+    bench = results("bench_retouch.json")
+    rows = [("do nothing", _bench_row(bench, "identity")), ("teacher, 4 steps", _bench_row(bench, "teacher, 4 ")),
+            ("teacher, 50 steps", _bench_row(bench, "teacher, 50 "))]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3), gridspec_kw={"width_ratios": [1.6, 1]})
+    for k, (key, label) in enumerate((("psnr", "training wording"), ("psnr_heldout", "held-out phrasings"))):
+        xs = [i + 0.38 * k for i in range(len(rows))]
+        axes[0].bar(xs, [r[key] for _, r in rows], width=0.36, label=label)
+    axes[0].set_xticks([i + 0.19 for i in range(len(rows))], [n for n, _ in rows], fontsize=8)
+    axes[0].set_ylim(min(r["psnr"] for _, r in rows) - 2, max(r["psnr"] for _, r in rows) + 1.5)
+    axes[0].set_ylabel("PSNR to the target (dB)")
+    axes[0].set_title(f"test photos, n = {bench['n']} per wording", fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper left")
+    timed = rows[1:]
+    axes[1].bar([n for n, _ in timed], [r["ms_1080p"] for _, r in timed], color="gray")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("ms per 1080p photo (CPU)")
+    axes[1].set_title(f"cost, {bench['threads']} thread(s)", fontsize=9)
+    axes[1].tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("teacher_probe.png")
+def teacher_probe():
+    """Lesson 04: PSNR of the teacher's one-call guess x̂0 at each t, with and without the instruction."""
+    import matplotlib.pyplot as plt
+
+    probe = results("teacher_world/film_tail.json")["probe"]
+    ts = sorted(probe["t"], key=int)
+    fig, ax = plt.subplots(figsize=(4.8, 3))
+    for key, label in (("text", "with the instruction"), ("no_text", "without it (∅)")):
+        ax.plot([int(t) for t in ts], [probe["t"][t][key] for t in ts], "o-", label=label)
+    ax.axhline(probe["identity"], color="gray", ls="--", label="do nothing")
+    ax.set_xlabel("timestep t (999 = pure noise)")
+    ax.set_ylabel("PSNR of x̂0 (dB)")
+    ax.set_title(f"one call's guess x̂0, {probe['n']} training crops", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@figure("vsd_student_cost.png")
+def vsd_student_cost():
+    """Lesson 05: the VSD student against the teacher, the supervised student and doing nothing, and their cost."""
+    import matplotlib.pyplot as plt
+
+    bench = results("bench_retouch.json")
+    rows = [("do nothing", _bench_row(bench, "identity")), ("supervised\nstudent", _bench_row(bench, "student, supervised")),
+            ("VSD student", _bench_row(bench, "student, VSD from scratch")),
+            ("teacher,\n4 steps", _bench_row(bench, "teacher, 4 ")), ("teacher,\n50 steps", _bench_row(bench, "teacher, 50 "))]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3), gridspec_kw={"width_ratios": [1.7, 1]})
+    for k, (key, label) in enumerate((("psnr", "training wording"), ("psnr_heldout", "held-out phrasings"))):
+        xs = [i + 0.38 * k for i in range(len(rows))]
+        axes[0].bar(xs, [r[key] for _, r in rows], width=0.36, label=label)
+    axes[0].set_xticks([i + 0.19 for i in range(len(rows))], [n for n, _ in rows], fontsize=7)
+    axes[0].set_ylim(min(r["psnr"] for _, r in rows) - 2, max(r["psnr"] for _, r in rows) + 1.5)
+    axes[0].set_ylabel("PSNR to the target (dB)")
+    axes[0].set_title(f"test photos, n = {bench['n']} per wording", fontsize=9)
+    axes[0].legend(fontsize=7, loc="upper right")
+    timed = rows[1:]
+    axes[1].bar([n for n, _ in timed], [r["ms_1080p"] for _, r in timed], color="gray")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("ms per 1080p photo (CPU)")
+    axes[1].set_title(f"cost, {bench['threads']} thread(s)", fontsize=9)
+    axes[1].tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig

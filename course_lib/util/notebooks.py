@@ -187,6 +187,8 @@ def exercise_table(solutions: Path = SOLUTIONS_DIR) -> str:
     rows, total = [], 0
     for sol in sorted(Path(solutions).glob("[0-9]*.ipynb")):
         found = exercises(load(sol), lesson_number(sol))
+        if not found and sol.stem.endswith("_lab"):  # optional lab notes (NNx_name_lab) without exercises
+            continue
         total += len(found)
         what = ", ".join(f"`{name}`" for _, name in found) or "-"
         rows.append(f"| {sol.name.split('_')[0]} | {len(found)} | {what} |")  # 03x: lab notes
