@@ -87,22 +87,32 @@ def test_cli_writes_json_with_its_command_and_never_overwrites(tmp_path, tiny_te
 
 
 def test_lesson_renders_the_smoothing_table_from_the_results_file(tmp_path, monkeypatch):
-    """Cell 'video_smoothing.json' of lesson 09: change the file, and the table and the bullets change with it."""
+    """Lesson 09: change video_smoothing.json, and the table (code cell) and the bullets (Markdown
+    rendered from the file) change with it."""
+    from course_lib.util import render
+
     source = _cell("video_smoothing.json")
     shipped = json.loads((config.RESULTS_DIR / "video_smoothing.json").read_text())
     assert shipped["command"].startswith("python -m course_lib video-study")
-    ns = lambda: {"config": types.SimpleNamespace(RESULTS_DIR=tmp_path), "a_show": 0.8}  # noqa: E731
+    ns = lambda: {"config": types.SimpleNamespace(RESULTS_DIR=tmp_path)}  # noqa: E731
     (tmp_path / "video_smoothing.json").write_text(json.dumps(shipped))
-    text = _run_cell(source, ns(), monkeypatch)
     t0 = shipped["teacher"][0]["edit_jump"]
-    assert f"| teacher, fresh noise | 0 | {t0:.2f} |" in text and f"edit jump by {t0:.2f} levels" in text
+    assert f"| teacher, fresh noise | 0 | {t0:.2f} |" in _run_cell(source, ns(), monkeypatch)
+    bullets = next("".join(c["source"]) for c in json.loads(LESSON.read_text())["cells"]
+                   if c["cell_type"] == "markdown" and "video_smoothing.json /same_noise" in "".join(c["source"]))
+    strip = lambda t: render.MARK.sub(lambda m: m.group("text"), t)  # noqa: E731
+    text = strip(render.render_text(bullets, tmp_path))
+    assert f"edit jump by {t0:.2f} levels" in text and "lower than the strongest smoothing" in text
     changed = json.loads(json.dumps(shipped))
     changed["teacher"][0]["edit_jump"] = 9.87
     changed["same_noise"]["edit_jump"] = 5.43  # now worse than smoothing: the verdict turns
     (tmp_path / "video_smoothing.json").write_text(json.dumps(changed))
-    text2 = _run_cell(source, ns(), monkeypatch)
+    render.clear_cache()
+    text2 = strip(render.render_text(bullets, tmp_path))
+    render.clear_cache()
     assert "9.87" in text2 and "5.43" in text2 and "9.87" not in text
-    assert "better than any smoothing factor" in text and "better than any smoothing factor" not in text2
+    assert "higher than the strongest smoothing" in text2
+    assert "| teacher, fresh noise | 0 | 9.87 |" in _run_cell(source, ns(), monkeypatch)
 
 
 def test_lesson_grid_verdict_follows_the_measurement(monkeypatch):

@@ -208,3 +208,48 @@ def vsd_student_cost():
     axes[1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     return fig
+
+
+# lesson 07
+@figure("inversion_editing.png")
+def inversion_editing():
+    """Lesson 07: reconstruction PSNR against time (plain DDIM at each step count, the trained
+    4-step inverter), and editing by inversion against doing nothing, on the test photos."""
+    import matplotlib.pyplot as plt
+
+    res = results("inversion.json")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 1.25]})
+    curve = res["steps_curve"]
+    left.semilogx([r["ms_per_image"] for r in curve], [r["psnr"] for r in curve], "o-", c="#777777",
+                  label="plain DDIM, n + n steps")
+    for r in curve:
+        left.annotate(str(r["steps"]), (r["ms_per_image"], r["psnr"]), textcoords="offset points",
+                      xytext=(4, -10), fontsize=7, color="#555555")
+    marks = [(r, "#1f5fa8") for r in res["reconstruction"] if not r["method"].startswith("DDIM")]
+    marks += [(r, "#e08a00") for r in res.get("stages", [])]
+    for r, colour in marks:
+        left.plot(r["ms_per_image"], r["psnr"], "s", c=colour, ms=7,
+                  label=r["method"].split(":")[0] + " (4 + 4 steps)")
+    left.set_xlabel("ms per image (round trip)")
+    left.set_ylabel("reconstruction PSNR (dB)")
+    left.set_title("inverting and regenerating a test photo", fontsize=9)
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+    rows = res["editing"]
+    ident = next(r for r in rows if r["method"] == "identity")
+    colours = ["#999999" if r["method"] == "identity" else "#1f5fa8" if "Inverse-and-Edit" in r["method"]
+               else "#e08a00" if r["method"].startswith("DDIM") else "#2e8b57" for r in rows]
+    right.barh(range(len(rows)), [r["psnr"] for r in rows], color=colours)
+    right.axvline(ident["psnr"], color="#b22222", ls="--", lw=1, label="doing nothing (identity)")
+    right.set_yticks(range(len(rows)), [r["method"].replace(", reconstruction error removed", ", residual")
+                                       for r in rows], fontsize=7)
+    for k, r in enumerate(rows):
+        right.text(r["psnr"] + 0.3, k, f"{r['direction']:.0f} % right way", va="center", fontsize=6.5)
+    right.invert_yaxis()
+    right.set_xlim(0, max(r["psnr"] for r in rows) * 1.3)
+    right.set_xlabel("PSNR to the target edit (dB)")
+    right.set_title("editing: against doing nothing", fontsize=9)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    fig.suptitle(f"{res['n']} test photos at {res['resolution']} px; {res['perceptual'].split(' (')[0]}", fontsize=8)
+    fig.tight_layout()
+    return fig
