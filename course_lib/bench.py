@@ -27,14 +27,31 @@ from .util.files import atomic_write_text
 from .fastslice import available_impls, frame_cost, retouch_pass, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
-NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160)}
+NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
 #: Planes of H x W values each pass must read + write: forward reads RGB + guide, writes RGB;
 #: backward also reads RGB, guide, d out and writes d RGB, d guide.
 PLANES = {"fwd": 3 + 1 + 3, "fwd+bwd": (3 + 1 + 3) + (3 + 1 + 3 + 3 + 1)}
 
 
+def machine_load() -> dict:
+    """What else the machine is doing, for a results file: ``uptime``'s line (load averages over 1, 5 and
+    15 minutes) and the CPU count. Timings on a loaded machine are noisy; ratios to a floor measured in the
+    same run much less so."""
+    import shutil
+    import subprocess
+
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    line = None
+    if shutil.which("uptime"):
+        try:
+            line = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            line = None
+    return {"uptime": line, "loadavg_1_5_15": load, "cpus": os.cpu_count()}
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"1080p"``, ``"4k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
+    """``"1080p"``, ``"4k"``, ``"8k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
     key = text.strip().lower()
     if key in NAMED_SIZES:
         return NAMED_SIZES[key]
@@ -207,6 +224,9 @@ def format_table(result: dict) -> str:
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.1f}"
         lines.append(f"| {r['size']} | {r['mp']:.2f} | {r['impl']} | {r['pass']} | {r['ms']:.2f} | {speed} | "
                      f"{r['floor_ms']:.2f} | {r['off_floor']:.1f} | {r['bytes'] / r['ms'] / 1e6:.1f} |")
+    load = (result.get("load_start") or {}).get("uptime")
+    if load:
+        lines[1:1] = ["", f"machine load at the start: {load}"]
     return "\n".join(lines)
 
 
@@ -254,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m course_lib bench",
         description="Benchmark slice-and-apply: naive grid_sample vs the fused kernels, forward and "
                     "forward+backward, against a memory-bandwidth floor measured in the same run.")
-    parser.add_argument("what", choices=["slice", "retouch"],
+    parser.add_argument("what", choices=["slice", "retouch", "memory"],
                         help="slice: the kernels (lesson 02); retouch: every method's quality and speed (lesson 08; "
-                             "'bench retouch --help' for its options)")
+                             "'bench retouch --help' for its options); memory: the student's 4K and 8K retouch, "
+                             "each stage's peak memory, and the 8-bit pipeline's PSNR ('bench memory --help')")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated frames: 512, 1080p, 4k or WxH "
                              "(default: 512,1080p,4k; FAST mode: 256,512,1080p)")
@@ -271,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None,
                         help="also write the result here (e.g. data/results/bench_slice.json, which lesson 02 renders)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--note", default=None, help="a note stored in the results (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
-    if args.what == "retouch":
-        parser.error("run 'python -m course_lib bench retouch' (course_lib.eval.bench_retouch)")
+    if args.what != "slice":
+        parser.error(f"run 'python -m course_lib bench {args.what}' (course_lib.eval)")
 
     sizes = [parse_size(s) for s in (args.sizes or config.pick(fast="256,512,1080p", full="512,1080p,4k")).split(",")]
     repeats = args.repeats or config.pick(fast=2, full=5)
@@ -289,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     if clash:  # checked before the (long) run: nothing is lost
         print(f"error: {clash[0]} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
+    load_start = machine_load()
     result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
                  backward=not args.no_backward)
+    result.update(load_start=load_start, load_end=machine_load(), note=args.note)
     result["command"] = "python -m course_lib bench slice " + shlex.join(
         a for a in argv if a not in ("slice", "--overwrite"))
     table = format_table(result)
