@@ -50,6 +50,19 @@ def machine_load() -> dict:
     return {"uptime": line, "loadavg_1_5_15": load, "cpus": os.cpu_count()}
 
 
+#: FLOPs per pixel each implementation executes in its forward pass (a multiply-add counts 2): the naive path
+#: evaluates the 8-corner formula (:func:`course_lib.fastslice.frame_cost`, 8 x (2 + 24) + 21); the C++ kernel
+#: the bilinear form, 3 multiply-adds per coefficient and the affine (about 110); the pass from photo to result
+#: adds the curve guide by binary search over its knots (about 20).
+FWD_FLOPS_PER_PIXEL = {"naive": 8 * (2 + 2 * 12) + 2 * 9 + 3, "cpu": 110, "fused 8-bit": 130}
+
+
+def matmul_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
+    """FLOPs per second of an ``n x n`` float32 matrix product (close to the machine's arithmetic peak)."""
+    a = torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(torch.mm, a, a, repeats=repeats, warmup=1)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"1080p"``, ``"4k"``, ``"8k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
     key = text.strip().lower()
@@ -122,8 +135,10 @@ def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, g
                 for name, (call, nbytes) in calls.items():
                     floor_ms = copy_floor_ms(nbytes, repeats)
                     ms = 1e3 * timed(call, repeats=repeats, warmup=1)
+                    flops = H * W * FWD_FLOPS_PER_PIXEL["fused 8-bit" if "8-bit" in name else "cpu"]
                     rows.append({"size": f"{W}x{H}", "mp": round(H * W / 1e6, 3), "impl": f"{name}, {n_threads} thr",
-                                 "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "speedup": None,
+                                 "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "flops": flops,
+                                 "speedup": None,
                                  "off_floor": ms / floor_ms, "GBps": nbytes / ms / 1e6, "threads": n_threads})
         finally:
             torch.set_num_threads(threads)
@@ -174,8 +189,9 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
         fused: on the CPU, also time the pass from photo to result (:func:`fused_rows`).
 
     Returns:
-        ``{"bandwidth_GBps", "threads", "device", "rows": [...]}``, each row with
-        ``size, mp, impl, pass, ms, floor_ms, speedup, off_floor``.
+        ``{"bandwidth_GBps", "matmul_GFLOPs", "threads", "device", "rows": [...]}``, each row with
+        ``size, mp, impl, pass, ms, floor_ms, bytes, flops`` (forward rows: executed FLOPs, see
+        :data:`FWD_FLOPS_PER_PIXEL`), ``speedup, off_floor``.
     """
     device = device or config.device()
     fns = implementations(device)
@@ -201,13 +217,15 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
                 floor_ms = 1e3 * nbytes / bandwidth
                 if name == "naive":
                     naive_ms[ps] = ms
+                flops = H * W * FWD_FLOPS_PER_PIXEL.get(name, FWD_FLOPS_PER_PIXEL["cpu"]) if ps == "fwd" else None
                 rows.append({"size": f"{W}x{H}", "mp": round(mp, 3), "impl": name, "pass": ps, "ms": ms,
-                             "floor_ms": floor_ms, "bytes": nbytes,
+                             "floor_ms": floor_ms, "bytes": nbytes, "flops": flops,
                              "speedup": naive_ms[ps] / ms if ps in naive_ms else None,
                              "off_floor": ms / floor_ms})
         if device.type == "cpu" and "cpu" in fns and fused:
             rows += fused_rows(W, H, grid_shape, repeats, gen)
     return {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_GBps": bandwidth / 1e9,
+            "matmul_GFLOPs": matmul_flops(device) / 1e9,
             "grid": list(grid_shape), "repeats": repeats, "cpu": platform.processor() or platform.machine(),
             "rows": rows}
 
