@@ -98,7 +98,7 @@ def slice_roofline():
     res = results("bench_slice.json")
     bw, peak = res["bandwidth_GBps"], res["matmul_GFLOPs"]
     rows = [r for r in res["rows"] if r["size"] == "1920x1080" and r["pass"] == "fwd" and r.get("flops")]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
     xs = [0.1 * 1.1**k for k in range(100)]
     ax.loglog(xs, [min(x * bw, peak) for x in xs], color="k", lw=1, label=f"roof: {bw:.0f} GB/s, {peak:.0f} GFLOP/s")
     for k, r in enumerate(rows):
@@ -108,5 +108,5 @@ def slice_roofline():
     ax.set_ylabel("GFLOP/s achieved")
     ax.set_title("slice + apply at 1080p, forward (bench_slice.json)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
