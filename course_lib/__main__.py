@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("course_lib.eval.student:main", "evaluate identity, global-affine oracle and the student on held-out data"),
     "video-study": ("course_lib.studies.video_study:main", "lesson 09's flicker vs lag of smoothed grids on a demo clip (teacher, same noise, student)"),
     "retouch": ("course_lib.apps.retouch:main", "edit photos with an instruction using the shipped student"),
-    "bench": ("course_lib.eval.bench_retouch:bench_main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed"),
+    "bench": ("course_lib.eval.bench_retouch:bench_main", "bench slice: kernels vs the memory floor; bench retouch: every method's quality and speed; bench memory: 4K/8K peak memory by stage"),
     "studio": ("course_lib.apps.studio:main", "serve the retouching studio (widgets app) as a local web page with Voila"),
     "hub-check": ("course_lib.harness.hub_check:main", "every hub-tier command for one step at 512 px on a real-size random pipeline (offline)"),
     "gpu-check": ("course_lib.harness.gpu_check:main", "GPU acceptance: kernels, benchmark, student, lessons 02-05 -> one report"),

@@ -27,14 +27,44 @@ from .util.files import atomic_write_text
 from .fastslice import available_impls, frame_cost, retouch_pass, slice_apply_cpu, slice_apply_triton, timed
 
 #: Named frame sizes (width, height).
-NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160)}
+NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
 #: Planes of H x W values each pass must read + write: forward reads RGB + guide, writes RGB;
 #: backward also reads RGB, guide, d out and writes d RGB, d guide.
 PLANES = {"fwd": 3 + 1 + 3, "fwd+bwd": (3 + 1 + 3) + (3 + 1 + 3 + 3 + 1)}
 
 
+def machine_load() -> dict:
+    """What else the machine is doing, for a results file: ``uptime``'s line (load averages over 1, 5 and
+    15 minutes) and the CPU count. Timings on a loaded machine are noisy; ratios to a floor measured in the
+    same run much less so."""
+    import shutil
+    import subprocess
+
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    line = None
+    if shutil.which("uptime"):
+        try:
+            line = subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            line = None
+    return {"uptime": line, "loadavg_1_5_15": load, "cpus": os.cpu_count()}
+
+
+#: FLOPs per pixel each implementation executes in its forward pass (a multiply-add counts 2): the naive path
+#: evaluates the 8-corner formula (:func:`course_lib.fastslice.frame_cost`, 8 x (2 + 24) + 21); the C++ kernel
+#: the bilinear form, 3 multiply-adds per coefficient and the affine (about 110); the pass from photo to result
+#: adds the curve guide by binary search over its knots (about 20).
+FWD_FLOPS_PER_PIXEL = {"naive": 8 * (2 + 2 * 12) + 2 * 9 + 3, "cpu": 110, "fused 8-bit": 130}
+
+
+def matmul_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
+    """FLOPs per second of an ``n x n`` float32 matrix product (close to the machine's arithmetic peak)."""
+    a = torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(torch.mm, a, a, repeats=repeats, warmup=1)
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"1080p"``, ``"4k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
+    """``"1080p"``, ``"4k"``, ``"8k"``, ``"512"`` (square) or ``"WxH"`` -> (width, height)."""
     key = text.strip().lower()
     if key in NAMED_SIZES:
         return NAMED_SIZES[key]
@@ -105,8 +135,10 @@ def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, g
                 for name, (call, nbytes) in calls.items():
                     floor_ms = copy_floor_ms(nbytes, repeats)
                     ms = 1e3 * timed(call, repeats=repeats, warmup=1)
+                    flops = H * W * FWD_FLOPS_PER_PIXEL["fused 8-bit" if "8-bit" in name else "cpu"]
                     rows.append({"size": f"{W}x{H}", "mp": round(H * W / 1e6, 3), "impl": f"{name}, {n_threads} thr",
-                                 "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "speedup": None,
+                                 "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "flops": flops,
+                                 "speedup": None,
                                  "off_floor": ms / floor_ms, "GBps": nbytes / ms / 1e6, "threads": n_threads})
         finally:
             torch.set_num_threads(threads)
@@ -157,8 +189,9 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
         fused: on the CPU, also time the pass from photo to result (:func:`fused_rows`).
 
     Returns:
-        ``{"bandwidth_GBps", "threads", "device", "rows": [...]}``, each row with
-        ``size, mp, impl, pass, ms, floor_ms, speedup, off_floor``.
+        ``{"bandwidth_GBps", "matmul_GFLOPs", "threads", "device", "rows": [...]}``, each row with
+        ``size, mp, impl, pass, ms, floor_ms, bytes, flops`` (forward rows: executed FLOPs, see
+        :data:`FWD_FLOPS_PER_PIXEL`), ``speedup, off_floor``.
     """
     device = device or config.device()
     fns = implementations(device)
@@ -184,13 +217,15 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
                 floor_ms = 1e3 * nbytes / bandwidth
                 if name == "naive":
                     naive_ms[ps] = ms
+                flops = H * W * FWD_FLOPS_PER_PIXEL.get(name, FWD_FLOPS_PER_PIXEL["cpu"]) if ps == "fwd" else None
                 rows.append({"size": f"{W}x{H}", "mp": round(mp, 3), "impl": name, "pass": ps, "ms": ms,
-                             "floor_ms": floor_ms, "bytes": nbytes,
+                             "floor_ms": floor_ms, "bytes": nbytes, "flops": flops,
                              "speedup": naive_ms[ps] / ms if ps in naive_ms else None,
                              "off_floor": ms / floor_ms})
         if device.type == "cpu" and "cpu" in fns and fused:
             rows += fused_rows(W, H, grid_shape, repeats, gen)
     return {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_GBps": bandwidth / 1e9,
+            "matmul_GFLOPs": matmul_flops(device) / 1e9,
             "grid": list(grid_shape), "repeats": repeats, "cpu": platform.processor() or platform.machine(),
             "rows": rows}
 
@@ -207,6 +242,9 @@ def format_table(result: dict) -> str:
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.1f}"
         lines.append(f"| {r['size']} | {r['mp']:.2f} | {r['impl']} | {r['pass']} | {r['ms']:.2f} | {speed} | "
                      f"{r['floor_ms']:.2f} | {r['off_floor']:.1f} | {r['bytes'] / r['ms'] / 1e6:.1f} |")
+    load = (result.get("load_start") or {}).get("uptime")
+    if load:
+        lines[1:1] = ["", f"machine load at the start: {load}"]
     return "\n".join(lines)
 
 
@@ -254,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m course_lib bench",
         description="Benchmark slice-and-apply: naive grid_sample vs the fused kernels, forward and "
                     "forward+backward, against a memory-bandwidth floor measured in the same run.")
-    parser.add_argument("what", choices=["slice", "retouch"],
+    parser.add_argument("what", choices=["slice", "retouch", "memory"],
                         help="slice: the kernels (lesson 02); retouch: every method's quality and speed (lesson 08; "
-                             "'bench retouch --help' for its options)")
+                             "'bench retouch --help' for its options); memory: the student's 4K and 8K retouch, "
+                             "each stage's peak memory, and the 8-bit pipeline's PSNR ('bench memory --help')")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated frames: 512, 1080p, 4k or WxH "
                              "(default: 512,1080p,4k; FAST mode: 256,512,1080p)")
@@ -271,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None,
                         help="also write the result here (e.g. data/results/bench_slice.json, which lesson 02 renders)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--note", default=None, help="a note stored in the results (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
-    if args.what == "retouch":
-        parser.error("run 'python -m course_lib bench retouch' (course_lib.eval.bench_retouch)")
+    if args.what != "slice":
+        parser.error(f"run 'python -m course_lib bench {args.what}' (course_lib.eval)")
 
     sizes = [parse_size(s) for s in (args.sizes or config.pick(fast="256,512,1080p", full="512,1080p,4k")).split(",")]
     repeats = args.repeats or config.pick(fast=2, full=5)
@@ -289,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     if clash:  # checked before the (long) run: nothing is lost
         print(f"error: {clash[0]} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
+    load_start = machine_load()
     result = run(sizes, repeats, grid_shape, device, args.impls.split(",") if args.impls else None,
                  backward=not args.no_backward)
+    result.update(load_start=load_start, load_end=machine_load(), note=args.note)
     result["command"] = "python -m course_lib bench slice " + shlex.join(
         a for a in argv if a not in ("slice", "--overwrite"))
     table = format_table(result)

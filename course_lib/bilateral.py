@@ -324,7 +324,9 @@ def slice_coeffs(grid: torch.Tensor, guide: torch.Tensor, impl: str = "grid_samp
 #: :func:`register_fast_impl` when it is imported): name -> (function, is_available).
 #: Lesson 01 never imports lesson 02 at module level (imports go one way); the first
 #: ``slice_apply(impl="auto")`` loads it by name (:func:`_load_fast_impls`), so every caller gets
-#: the fastest implementation without importing anything itself.
+#: the fastest implementation without importing anything itself. This load by name is the one
+#: listed as a plugin in tests/test_layers.py (LOADED_BY_NAME): the loaded module imports this one
+#: and registers itself, so the dependency still runs from lesson 02 to lesson 01.
 _FAST: dict[str, tuple[Callable, Callable[[], bool]]] = {}
 #: The module that registers the fused kernels, loaded on first use.
 FAST_MODULE = "course_lib.fastslice"

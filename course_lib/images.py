@@ -54,7 +54,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS):
             if w * h > max_pixels:
                 raise ImageError(f"{p}: {w}x{h} is {w * h / 1e6:.0f} MP, more than the {max_pixels / 1e6:.0f} MP limit")
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo (a 4K one is 33 MB)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -101,8 +101,16 @@ def load_image_u8(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> torc
     """
     img = open_image(path, max_pixels)
     if img.mode in ("RGB", "L"):
-        # np.array, not asarray: Pillow's buffer is read-only, and a tensor should own writable memory
-        return torch.from_numpy(np.array(img.convert("RGB") if img.mode == "L" else img, dtype=np.uint8))
+        if img.mode == "L":
+            img = img.convert("RGB")
+        # copied out in strips of rows into memory the tensor owns (Pillow's buffer is read-only): a
+        # whole-image np.array would pass through a second full-size bytes copy
+        w, h = img.size
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        step = max(1, (1 << 22) // max(1, 3 * w))  # about 4 MB a strip
+        for y in range(0, h, step):
+            out[y:y + step] = np.asarray(img.crop((0, y, w, min(h, y + step))))
+        return torch.from_numpy(out)
     return torch.from_numpy(to_uint8(pil_to_tensor(img)))
 
 

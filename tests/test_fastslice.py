@@ -346,3 +346,40 @@ def test_triton_retouch_pass_matches_reference_in_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case in json.loads(proc.stdout.strip().splitlines()[-1]):
         assert case["u8"] <= 1 and case["layout"] and case["f32"] < 1e-5, case  # within 1/255
+
+
+def test_portable_loops_under_aten_default_capability_match_the_16_pixel_path(cpu_ext):
+    """``ATEN_CPU_CAPABILITY=default`` selects the portable loops at run time (one build, both paths): a fresh
+    process computes the 8-bit pass, the float pass and the float forward there; they match this process's."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from course_lib import fastslice
+        ext = fastslice.load_cpu_extension()
+        grid, photo, guide, image = torch.load(sys.argv[1], weights_only=False)
+        with torch.no_grad():
+            res = [fastslice.retouch_pass(grid, photo, guide), fastslice.retouch_pass(grid, image, guide, clamp=False),
+                   fastslice.slice_apply_cpu(grid, guide(image), image)]
+        torch.save([ext.simd_active(), *res], sys.argv[2])
+    """)
+    B, H, W, D, Hg, Wg = 2, 37, 70, 8, 5, 7
+    gen = torch.Generator().manual_seed(3)
+    grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg, generator=gen)
+    photo = torch.randint(0, 256, (B, H, W, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2)
+    image = torch.rand(B, 3, H, W, generator=gen)
+    guide = _curve_guide()
+    with torch.no_grad():
+        here = [fastslice.retouch_pass(grid, photo, guide), fastslice.retouch_pass(grid, image, guide, clamp=False),
+                fastslice.slice_apply_cpu(grid, guide(image), image)]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save([grid, photo, guide, image], f"{tmp}/in.pt")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "ATEN_CPU_CAPABILITY": "default"}
+        res = subprocess.run([sys.executable, "-c", code, f"{tmp}/in.pt", f"{tmp}/out.pt"], capture_output=True,
+                             text=True, env=env, cwd=REPO_ROOT, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        active, *there = torch.load(f"{tmp}/out.pt", weights_only=False)
+    assert active is False  # the portable loops ran there
+    assert (there[0].int() - here[0].int()).abs().max() <= 1 and (there[0] != here[0]).float().mean() < 0.01
+    torch.testing.assert_close(there[1], here[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(there[2], here[2], atol=1e-4, rtol=1e-4)

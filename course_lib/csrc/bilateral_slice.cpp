@@ -35,6 +35,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -433,6 +434,14 @@ inline void store_rgb16_u8(uint8_t* px, int64_t sc, int64_t sw, const Interleave
 constexpr bool kSimd = false;
 #endif
 
+// The 16-pixel path runs where this build has it and ATen's own kernels may use AVX-512 too:
+// ATEN_CPU_CAPABILITY=default (or avx2) selects the portable loops at run time, so one build
+// tests both paths on an AVX-512 machine. Read once (ATen reads the variable once as well).
+inline bool simd_allowed() {
+  static const bool allowed = kSimd && at::get_cpu_capability() == "AVX512";
+  return allowed;
+}
+
 // kGuide: -1 the guide is read from gd; 0 the curve guide with a runtime knot count; K > 0 with K knots
 template <typename in_t, typename gd_t, typename out_t, typename acc_t, int kGuide>
 void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides is, out_t* op, Strides os,
@@ -448,7 +457,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
   const acc_t dz = acc_t(D);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(W, 1));
   // the 16-pixel path: float arithmetic and at most 16 z patches
-  const bool simd = kSimd && std::is_same_v<acc_t, float> && D <= 16;
+  const bool simd = simd_allowed() && std::is_same_v<acc_t, float> && D <= 16;
   // the curve's knots, copied (portable path)
   std::vector<float> curve_shifts, curve_slopes;
   if (cp != nullptr) {
@@ -989,6 +998,7 @@ std::vector<at::Tensor> slice_apply_backward(at::Tensor grid, at::Tensor guide, 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused bilateral slice-and-apply (HDRNet semantics) on the CPU, forward and backward";
   m.attr("simd") = kSimd ? "avx512" : "portable";  // which pointwise path this build has
+  m.def("simd_active", &simd_allowed, "whether the pointwise pass takes the 16-pixel path here (not with ATEN_CPU_CAPABILITY=default)");
   m.def("forward", &slice_apply_forward, "out = slice_apply(grid, guide, image)", py::arg("grid"), py::arg("guide"),
         py::arg("image"), py::arg("out") = py::none());
   m.def("retouch", &retouch_forward, "out = clamp(slice_apply(grid, curve_guide(image), image)): one pass, uint8 or float32",

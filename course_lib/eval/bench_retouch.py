@@ -43,7 +43,7 @@ from ..oracle import oracle_fits
 from ..perceptual import load_lpips
 from ..student import load_student, read_metadata, retouch_fused
 from ..teacher import load_teacher
-from . import score as S, tables
+from . import retouch_memory, score as S, tables
 from . import world as W
 from .heldout import SEED
 from .student import load_baseline, student_method
@@ -621,8 +621,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    """``python -m course_lib bench {slice,retouch}``: ``retouch`` is this module, ``slice`` :func:`course_lib.bench.main`."""
+    """``python -m course_lib bench {slice,retouch,memory}``: ``retouch`` is this module, ``memory``
+    :func:`course_lib.eval.retouch_memory.main`, ``slice`` :func:`course_lib.bench.main`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "retouch":
         return main(argv[1:])
+    if argv and argv[0] == "memory":
+        return retouch_memory.main(argv[1:])
     return bench.main(argv)

@@ -253,3 +253,26 @@ def inversion_editing():
     fig.suptitle(f"{res['n']} test photos at {res['resolution']} px; {res['perceptual'].split(' (')[0]}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+@figure("slice_roofline.png")
+def slice_roofline():
+    """Lesson 02: the measured 1080p forward passes on the roofline of the machine that ran them (copy bandwidth
+    and matrix-multiply peak of the same ``bench slice`` run): FLOPs executed per byte moved against FLOPs per second."""
+    import matplotlib.pyplot as plt
+
+    res = results("bench_slice.json")
+    bw, peak = res["bandwidth_GBps"], res["matmul_GFLOPs"]
+    rows = [r for r in res["rows"] if r["size"] == "1920x1080" and r["pass"] == "fwd" and r.get("flops")]
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
+    xs = [0.1 * 1.1**k for k in range(100)]
+    ax.loglog(xs, [min(x * bw, peak) for x in xs], color="k", lw=1, label=f"roof: {bw:.0f} GB/s, {peak:.0f} GFLOP/s")
+    for k, r in enumerate(rows):
+        x, y = r["flops"] / r["bytes"], r["flops"] / r["ms"] / 1e6
+        ax.plot([x], [y], "o^sDv<>p"[k % 8], ms=7, label=f"{r['impl']}: {r['ms']:.1f} ms")
+    ax.set_xlabel("FLOPs executed per byte moved")
+    ax.set_ylabel("GFLOP/s achieved")
+    ax.set_title("slice + apply at 1080p, forward (bench_slice.json)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
