@@ -276,3 +276,73 @@ def slice_roofline():
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
+
+
+# lesson 08
+@figure("bench_quality_cost.png")
+def bench_quality_cost():
+    """Lesson 08: quality (PSNR, training wording and held-out phrasings) against the cost of one 1080p
+    photo (log scale) for every timed method; the identity and the oracles, which are not timed, as lines."""
+    import matplotlib.pyplot as plt
+
+    bench = results("bench_retouch.json")
+    timed = [r for r in bench["rows"] if r["ms_1080p"] == r["ms_1080p"]]  # NaN: a reference row
+    refs = [r for r in bench["rows"] if r["ms_1080p"] != r["ms_1080p"]]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for k, r in enumerate(timed):
+        colour = f"C{k}"
+        ax.plot([r["ms_1080p"]] * 2, [r["psnr"], r["psnr_heldout"]], "-", color=colour, lw=1)
+        ax.plot(r["ms_1080p"], r["psnr"], "o", color=colour, ms=7)
+        ax.plot(r["ms_1080p"], r["psnr_heldout"], "o", mfc="white", color=colour, ms=7)
+        name = r["method"].replace(", no paired targets", "").split(" (lesson")[0]
+        below = any(abs(q["psnr"] - r["psnr"]) < 2 and 0.67 < q["ms_1080p"] / r["ms_1080p"] < 1.5
+                    for q in timed[:k])  # a neighbour's label is above: write this one below
+        ax.annotate(name, (r["ms_1080p"], min(r["psnr"], r["psnr_heldout"]) if below else max(r["psnr"], r["psnr_heldout"])),
+                    textcoords="offset points", xytext=(5, -11 if below else 4), fontsize=7, color=colour)
+    for r, style in zip(refs, (":", "--", "-.")):
+        ax.axhline(r["psnr"], color="gray", ls=style, lw=1)
+        ax.text(1.01, r["psnr"], r["method"].split(":")[0] + (")" if ":" in r["method"] else ""),
+                transform=ax.get_yaxis_transform(),
+                va="center", fontsize=7, color="dimgray")
+    ax.plot([], [], "o", color="k", label="training wording")
+    ax.plot([], [], "o", mfc="white", color="k", label="held-out phrasings")
+    ax.set_xscale("log")
+    ax.set_xlim(min(r["ms_1080p"] for r in timed) / 2, max(r["ms_1080p"] for r in timed) * 3)
+    ax.set_xlabel(f"ms per 1080p photo (CPU, {bench['threads']} thread(s), log scale)")
+    ax.set_ylabel("PSNR to the target (dB)")
+    ax.set_title(f"{bench['split']} photos, n = {bench['n']} per wording at {bench['size']} px; "
+                 "grey lines: not timed (references)", fontsize=9)
+    ax.legend(fontsize=7, loc="center right")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# lesson 09
+@figure("video_flicker.png")
+def video_flicker():
+    """Lesson 09: flicker (edit jump, grid flicker) and lag against the grid smoothing factor a, the teacher
+    with fresh noise per frame and the trained student, the measured points; the same-noise teacher as a line."""
+    import matplotlib.pyplot as plt
+
+    res = results("video_smoothing.json")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, who, title in ((axes[0], "teacher", "teacher, fresh noise per frame"),
+                           (axes[1], "student", "trained student")):
+        rows = sorted(res[who], key=lambda r: r["a"])
+        a = [r["a"] for r in rows]
+        ax.plot(a, [r["edit_jump"] for r in rows], "o-", label="edit jump")
+        ax.plot(a, [r["grid_flicker"] for r in rows], "s-", label="grid flicker")
+        ax.plot(a, [r["lag"] for r in rows], "^--", color="gray", label="lag (price)")
+        if who == "teacher":
+            ax.axhline(res["same_noise"]["edit_jump"], color="tab:red", ls=":", lw=1,
+                       label="same noise every frame: edit jump")
+        ax.set_xlabel("smoothing factor a")
+        ax.set_ylabel("8-bit levels")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"'{res['instruction']}' on a {res['frames']}-frame clip of {res['photo']}, "
+                 f"{res['width']} x {res['height']} px", fontsize=9)
+    fig.tight_layout()
+    return fig
