@@ -319,7 +319,7 @@ def regression_loss(student_edit: torch.Tensor, teacher_edit: torch.Tensor) -> t
 def vsd_step(student, fake: Teacher, teacher: Teacher, source: torch.Tensor, instructions: Sequence[str],
              opt_s: torch.optim.Optimizer, opt_f: torch.optim.Optimizer, cfg: VSDConfig | None = None,
              generator: torch.Generator | None = None) -> dict[str, float]:
-    """One iteration of the VSD loop (lesson 05, exercise 5.4): a student update, then the fake score's.
+    """One iteration of the VSD loop (lesson 05, exercise 5.5): a student update, then the fake score's.
 
     The trainer (:mod:`course_lib.train.vsd`) does exactly this on one process with its extras
     off (TV, alignment, regression, several noise draws); its test checks that the two agree.
@@ -365,7 +365,7 @@ def vsd_step(student, fake: Teacher, teacher: Teacher, source: torch.Tensor, ins
 
 def run_vsd_steps(step, teacher: Teacher, seed: int = 0, steps: int = 3, size: int = 32,
                   batch: int = 2) -> list[torch.Tensor]:
-    """Exercise 5.4's check: ``steps`` iterations of ``step`` (a function like :func:`vsd_step`)
+    """Exercise 5.5's check: ``steps`` iterations of ``step`` (a function like :func:`vsd_step`)
     from the same tiny fresh student, fresh fake score and training photos (no targets).
 
     Returns:
