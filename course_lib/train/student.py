@@ -108,6 +108,9 @@ class TrainArgs(RunOptions):
     everyday: float = setting(0.0, "with --word-vectors: share of the second reader's bank in the reader's everyday "
                                    "wording (grammar.EVERYDAY)")
     indicator_dropout: float = setting(0.0, "hide each word indicator of the reader's bank with this probability")
+    route: str = setting("blind", "with --word-vectors: which clauses the second reader reads: 'blind' (a new word "
+                                  "and the first reader reads nothing) or 'new' (every clause with a new word unless "
+                                  "the second reads nothing and the first is sure; StudentConfig.route)")
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -374,10 +377,12 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
         raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
                          "(trained with --film-reads code)")
     cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers,
-                              clauses=args.clauses, word_vectors=args.word_vectors)
+                              clauses=args.clauses, word_vectors=args.word_vectors, route="blind")
     config.seed_everything(args.seed)
     new = Student(cfg)
-    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
+    # the image pathway only (a second reader of the init is not kept: both readers train afresh)
+    keep = {k: v for k, v in model.state_dict().items()
+            if not k.startswith(("text_mlp.", "readout_head.", "text_mlp_b.", "readout_head_b."))}
     missing, unexpected = new.load_state_dict(keep, strict=False)
     assert not unexpected and all(k.startswith(("text_mlp", "readout_head")) for k in missing), missing
     # the first reader: the world's training wording, its words (as before the second reader existed)
@@ -390,6 +395,7 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
     if cfg.word_vectors:
         align_second_reader(new, *calibration_texts(args.seed))
+        new.cfg.route = args.route  # both readers trained and calibrated as before; this routing reads with them
     return new, losses
 
 
