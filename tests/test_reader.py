@@ -42,6 +42,19 @@ def test_no_heldout_word_in_any_training_text_or_vocabulary_of_the_measured_read
     assert not set(grammar.NON_EDITS_EVERYDAY) & set(grammar.NON_EDITS_HELDOUT)
 
 
+def test_the_reader_wording_takes_no_word_off_the_heldout_list():
+    """:data:`course_lib.grammar.HELDOUT_SYNONYMS` is computed (synonym words minus training words): a
+    synonym added to the reader's everyday wording would leave the list, and the test above would not
+    see it while the held-out sentences still use it. Every synonym word the world's grammar does not
+    train on is on the list, and none of the reader's everyday words (patterns, objects, non-edits)."""
+    syn_words = {w for t in grammar.synonym_texts() for w in grammar.words(t)}
+    assert syn_words - grammar.training_vocabulary() == SYN
+    assert not grammar.reader_vocabulary() & syn_words - grammar.training_vocabulary()
+    for objs in (*grammar.EVERYDAY_OBJECTS.values(), *grammar.EVERYDAY_FAMILY_OBJECTS.values()):
+        for o in objs:
+            assert not grammar.words(o) & SYN, o
+
+
 def test_the_check_above_sees_a_leaked_word(monkeypatch):
     """Adding a held-out word to the everyday wording would be caught."""
     leaked = dict(grammar.EVERYDAY, contrast=(grammar.EVERYDAY["contrast"][0] + ("make {obj} zippier",),
