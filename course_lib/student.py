@@ -46,8 +46,8 @@ from .data import resize
 from .grammar import describe, example_instruction
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
-#: With ``StudentConfig.route == "new"``: a clause with a new word in which the second reader reads
-#: nothing keeps the first reader's reading only where its largest presence reaches this.
+#: With ``StudentConfig.route == "unsure"``: a clause with a new word keeps the first reader's reading only
+#: where its largest presence reaches this; otherwise the second reader reads it.
 SURE = 0.9
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
 SHIPPED = "student_supervised.safetensors"
@@ -109,11 +109,11 @@ class StudentConfig:
             presences of the clauses are combined by a noisy OR (:meth:`Student.understand`).
             Needs ``film_reads == "code"`` (the image pathway reads only the combined code).
         route: with ``word_vectors``, which clauses the second reader reads (:meth:`Student._read_clauses`):
-            ``"blind"``, those with a new word in which the first reader reads nothing; ``"new"``, every
-            clause with a new word, unless the second reader reads nothing in it and the first is sure
-            (its largest presence at least :data:`SURE`). The first reader never trained on a word
-            outside its vocabulary, so what it reads in such a clause comes from the words around the new
-            one ("the weather is nice today" read as a warmer sky); the second trained for exactly that.
+            ``"blind"``, those with a new word in which the first reader reads nothing; ``"unsure"``, those
+            with a new word in which the first reader is not sure (its largest presence below :data:`SURE`).
+            The first reader never trained on a word outside its vocabulary, so what it reads in such a
+            clause comes from the words around the new one ("make the heavens a bit warmer" read as a
+            warmer photo); the second trained for exactly that.
     """
 
     net_size: int = 256
@@ -145,8 +145,8 @@ class StudentConfig:
             raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
         if self.film_reads not in ("text", "code") or (self.film_reads == "code" and not self.readout):
             raise ValueError(f"film_reads must be 'text' or 'code' (with readout labels), got {self.film_reads!r}")
-        if self.route not in ("blind", "new"):
-            raise ValueError(f"route must be 'blind' or 'new', got {self.route!r}")
+        if self.route not in ("blind", "unsure"):
+            raise ValueError(f"route must be 'blind' or 'unsure', got {self.route!r}")
         if self.word_vectors and self.film_reads != "code":
             raise ValueError("word_vectors needs film_reads='code' (the image pathway reads what was understood)")
         if self.clauses < 1 or (self.clauses > 1 and self.film_reads != "code"):
@@ -725,16 +725,13 @@ class Student(nn.Module):
         if which == "b":
             return lb, sb
         la, sa = self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
-        # the second reader only where the clause has a new word and the first reads nothing in it: what
-        # the first does read it reads with its strengths (routing every new-word clause to the second
-        # cost 2.9 dB (global) and 1.3 dB (content-aware) on held-out phrasings in `evaluate`)
+        # the second reader only where the clause has a new word and the first reads nothing in it ("blind")
+        # or is not sure of what it reads ("unsure"); what the first is sure of it reads with its strengths
+        # (routing every new-word clause to the second cost 2.9 dB (global) and 1.3 dB (content-aware) on
+        # held-out phrasings in `evaluate`)
         new = x[..., D + V + D:D + V + D + 1] > 0.5  # (..., 1)
         pa = torch.sigmoid(la).amax(-1, keepdim=True)  # (..., 1)
-        if self.cfg.route == "new":  # the second reader, unless it reads nothing and the first is sure
-            b_reads = torch.sigmoid(lb).amax(-1, keepdim=True) >= self.cfg.readout_threshold
-            use_b = new & (b_reads | (pa < SURE))
-        else:
-            use_b = new & (pa < self.cfg.readout_threshold)
+        use_b = new & (pa < (SURE if self.cfg.route == "unsure" else self.cfg.readout_threshold))
         return torch.where(use_b, lb, la), torch.where(use_b, sb, sa)
 
     # ------------------------------------------------------------------ text

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
         if bank_file is not None:
             bank_file.parent.mkdir(parents=True, exist_ok=True)
             torch.save({**bank, "texts": texts}, bank_file)
-    losses = train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed)
+    losses = train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed,
+                                 noise=args.second_reader_noise)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
     t_b = align_second_reader(new, *calibration_texts(args.seed))
@@ -86,7 +87,8 @@ def main(argv: list[str]) -> int:
     rec["recipe_file"] = "student_supervised.yaml"
     meta.update(rec)
     reader = json.loads(old.get("reader", "{}"))
-    reader.update({"everyday": args.everyday, "second_reader_steps": args.second_reader_steps, "route": args.route})
+    reader.update({"everyday": args.everyday, "second_reader_steps": args.second_reader_steps, "route": args.route,
+                   "second_reader_noise": args.second_reader_noise})
     meta["reader"] = json.dumps(reader)
     meta["reader_stage"] = (f"scripts/reader_stage.py {' '.join(argv)}: the first reader and the image pathway of "
                             f"{args.init} kept, the second reader trained afresh ({len(losses)} steps, readout loss "

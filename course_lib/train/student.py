@@ -108,9 +108,12 @@ class TrainArgs(RunOptions):
     everyday: float = setting(0.0, "with --word-vectors: share of the second reader's bank in the reader's everyday "
                                    "wording (grammar.EVERYDAY)")
     indicator_dropout: float = setting(0.0, "hide each word indicator of the reader's bank with this probability")
-    route: str = setting("blind", "with --word-vectors: which clauses the second reader reads: 'blind' (a new word "
-                                  "and the first reader reads nothing) or 'new' (every clause with a new word unless "
-                                  "the second reads nothing and the first is sure; StudentConfig.route)")
+    second_reader_noise: float = setting(0.0, "with --word-vectors: Gaussian noise on what the second reader reads in "
+                                              "training (train.reader.second_reader_noise), so that a new word's "
+                                              "embedding lands in a region it learnt")
+    route: str = setting("blind", "with --word-vectors: which clauses with a word outside the vocabulary the second "
+                                  "reader reads: 'blind' (the first reader reads nothing there) or 'unsure' (the first "
+                                  "is not sure there; StudentConfig.route)")
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -390,7 +393,8 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
                            bank=text_bank(args.text_bank, args.seed, new.cfg, args.none_prob))
     if cfg.word_vectors:  # the reader of clauses with a new word, also on everyday wording (course_lib.train.reader)
         bank = text_bank(args.text_bank, args.seed, new.cfg, args.none_prob, args.everyday)
-        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed)
+        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed,
+                            noise=args.second_reader_noise)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
     if cfg.word_vectors:
