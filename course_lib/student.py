@@ -114,6 +114,10 @@ class StudentConfig:
             The first reader never trained on a word outside its vocabulary, so what it reads in such a
             clause comes from the words around the new one ("make the heavens a bit warmer" read as a
             warmer photo); the second trained for exactly that.
+        second_margin: with ``word_vectors``, when reading (not in training), the second reader keeps only the
+            labels whose presence logit is within this margin of its most likely label in the clause (the others
+            get a logit of -10); 0 keeps them all. A clause names about one edit, and a reader trained for
+            words it never saw is less certain of its second guesses.
     """
 
     net_size: int = 256
@@ -136,6 +140,7 @@ class StudentConfig:
     clauses: int = 1
     word_vectors: bool = False
     route: str = "blind"
+    second_margin: float = 0.0
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -183,6 +188,7 @@ class StudentConfig:
         d.setdefault("act", "relu")  # written before the field existed: those students used ReLU
         d.setdefault("word_vectors", False)
         d.setdefault("route", "blind")
+        d.setdefault("second_margin", 0.0)
         return cls(**d)
 
 
@@ -724,6 +730,8 @@ class Student(nn.Module):
         lb, sb = self.readout_head_b(self.text_mlp_b(xb)).chunk(2, dim=-1)
         if which == "b":
             return lb, sb
+        if self.cfg.second_margin > 0:  # reading: only the second reader's labels close to its most likely one
+            lb = torch.where(lb >= lb.amax(-1, keepdim=True) - self.cfg.second_margin, lb, lb.clamp_max(-10.0))
         la, sa = self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
         # the second reader only where the clause has a new word and the first reads nothing in it ("blind")
         # or is not sure of what it reads ("unsure"); what the first is sure of it reads with its strengths

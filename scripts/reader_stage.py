@@ -81,6 +81,7 @@ def main(argv: list[str]) -> int:
     new.cfg.readout_threshold = src.cfg.readout_threshold
     t_b = align_second_reader(new, *calibration_texts(args.seed))
     new.cfg.route = args.route
+    new.cfg.second_margin = args.second_margin
     old = read_metadata(args.init)
     meta = {k: v for k, v in old.items() if k not in ("format", "kind", "config", "recipe", "recipe_file")}
     rec = recipe_metadata("train-student", dataclasses.replace(args, init=None))
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     meta.update(rec)
     reader = json.loads(old.get("reader", "{}"))
     reader.update({"everyday": args.everyday, "second_reader_steps": args.second_reader_steps, "route": args.route,
-                   "second_reader_noise": args.second_reader_noise})
+                   "second_margin": args.second_margin, "second_reader_noise": args.second_reader_noise})
     meta["reader"] = json.dumps(reader)
     meta["reader_stage"] = (f"scripts/reader_stage.py {' '.join(argv)}: the first reader and the image pathway of "
                             f"{args.init} kept, the second reader trained afresh ({len(losses)} steps, readout loss "

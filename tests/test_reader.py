@@ -273,3 +273,21 @@ def test_second_reader_noise_touches_only_the_embeddings_of_real_clauses():
     assert not torch.allclose(y[:, 0, :D], x3[:, 0, :D]) and not torch.allclose(y[:, 0, D + V:2 * D + V], x3[:, 0, D + V:2 * D + V])
     assert torch.equal(y[:, 0, D:D + V], x3[:, 0, D:D + V]) and torch.equal(y[:, 0, 2 * D + V:], x3[:, 0, 2 * D + V:])
     assert torch.equal(y[:, 1], x3[:, 1])  # the empty slot stays empty
+
+
+def test_second_margin_keeps_the_second_readers_labels_near_its_most_likely_one():
+    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"),
+                              readout_threshold=1.01, route="blind")  # the first reader never reads: all new-word
+    torch.manual_seed(0)                                                # clauses go to the second
+    m = Student(cfg).eval()
+    x = torch.randn(4, 2, cfg.slot_dim)
+    x[..., 4 + 2 + 4] = 1.0  # every clause has a new word
+    x = x[..., :-1]
+    with torch.no_grad():
+        full, _ = m._read_clauses(x)
+        m.cfg.second_margin = 0.5
+        cut, _ = m._read_clauses(x)
+        b, _ = m._read_clauses(x, "b")  # training reads every label
+    keep = full >= full.amax(-1, keepdim=True) - 0.5
+    assert torch.equal(cut[keep], full[keep]) and (cut[~keep] <= -10).all() and torch.equal(b, full)
+    assert keep.sum(-1).min() >= 1 and (~keep).any()

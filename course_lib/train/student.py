@@ -111,6 +111,9 @@ class TrainArgs(RunOptions):
     second_reader_noise: float = setting(0.0, "with --word-vectors: Gaussian noise on what the second reader reads in "
                                               "training (train.reader.second_reader_noise), so that a new word's "
                                               "embedding lands in a region it learnt")
+    second_margin: float = setting(0.0, "with --word-vectors: when reading, the second reader keeps only the labels "
+                                        "within this presence-logit margin of its most likely one (0: all; "
+                                        "StudentConfig.second_margin)")
     route: str = setting("blind", "with --word-vectors: which clauses with a word outside the vocabulary the second "
                                   "reader reads: 'blind' (the first reader reads nothing there) or 'unsure' (the first "
                                   "is not sure there; StudentConfig.route)")
@@ -400,6 +403,7 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     if cfg.word_vectors:
         align_second_reader(new, *calibration_texts(args.seed))
         new.cfg.route = args.route  # both readers trained and calibrated as before; this routing reads with them
+        new.cfg.second_margin = args.second_margin
     return new, losses
 
 
