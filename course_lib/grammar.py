@@ -644,6 +644,32 @@ EVERYDAY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                            ("make {obj} {cmp} icier", "give {obj} a chilly feel")),
     "radial_exposure": (("@edges:brighten the sides{adv}",), ("@edges:darken the sides of the frame{adv}",)),
 }
+#: More everyday patterns for the reader, merged into :data:`EVERYDAY` below: result words, colloquial
+#: verbs and moods (hand-written; none of them a held-out synonym or phrasing, tested).
+_EVERYDAY_MORE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "exposure": (("make {obj} {cmp} more radiant", "make {obj} {cmp} less gloomy", "make {obj} {cmp} sunlit"),
+                 ("make {obj} {cmp} gloomier", "make {obj} {cmp} shadier", "make {obj} {cmp} more sombre")),
+    "contrast": (("make {obj} {cmp} more dramatic", "give {obj} {cmp} bolder contrast"),
+                 ("make {obj} {cmp} less dramatic", "make the contrast {cmp} milder")),
+    "saturation": (("make the colours {cmp} bolder", "make {obj} {cmp} more vibrant in colour", "saturate the colours{adv}"),
+                   ("strip the colour from {obj}{adv}", "make {obj} {cmp} more neutral", "make the colours {cmp} duller")),
+    "vibrance": (("make the dull colours {cmp} livelier",), ("make the soft colours {cmp} quieter",)),
+    "temperature": (("make {obj} {cmp} balmier", "give {obj} a cosy glow", "make {obj} {cmp} more tropical"),
+                    ("give {obj} an arctic look", "make {obj} {cmp} more frozen", "make {obj} {cmp} bleaker and colder")),
+    "tint": (("make {obj} {cmp} more rose-coloured",), ("make {obj} {cmp} more leafy green",)),
+    "tone_curve": (("give {obj} {cmp} more kick", "give {obj} {cmp} more zing"),
+                   ("give {obj} a {acmp} worn look", "make {obj} {cmp} more antique")),
+    "highlights": (("make the shiny parts {cmp} brighter", "make the reflections {cmp} brighter"),
+                   ("make the reflections {cmp} darker", "calm the bright spots{adv}")),
+    "clarity": (("crisp up {obj}{adv}", "make {obj} {cmp} sharper"), ("make {obj} {cmp} blurrier", "soften {obj}{adv}")),
+    "region_exposure": (("make {obj} {cmp} more radiant",), ("make {obj} {cmp} gloomier", "make {obj} {cmp} shadier")),
+    "hsl_luminance": (("make {obj} {cmp} more radiant",), ("make {obj} {cmp} gloomier",)),
+    "region_temperature": (("make {obj} {cmp} balmier",), ("give {obj} an arctic look",)),
+    "hsl_saturation": (("make {obj} {cmp} bolder",), ("make {obj} {cmp} more neutral",)),
+    "region_saturation": (("make {obj} {cmp} bolder",), ("make {obj} {cmp} more neutral",)),
+}
+EVERYDAY = {f: tuple(a + b for a, b in zip(EVERYDAY.get(f, ((), ())), _EVERYDAY_MORE.get(f, ((), ()))))
+            for f in dict.fromkeys((*EVERYDAY, *_EVERYDAY_MORE))}
 #: Everyday object phrases of targets, for the reader (added to the training ones).
 EVERYDAY_OBJECTS: dict[str, tuple[str, ...]] = {
     "sky": ("the clouds", "the sky and the clouds"),
@@ -655,12 +681,49 @@ EVERYDAY_OBJECTS: dict[str, tuple[str, ...]] = {
     "greens": ("the green bits",), "blues": ("the blue bits", "the sea"), "purples": ("the purple flowers",),
     "magentas": ("the pink flowers",), "aquas": ("the teal areas",),
 }
+#: More everyday objects (merged into :data:`EVERYDAY_OBJECTS`): colour names of each hue range, places and
+#: things of each region, and the whole photo.
+_EVERYDAY_OBJECTS_MORE: dict[str, tuple[str, ...]] = {
+    "": ("the photograph", "the scene", "the whole frame", "the entire image"),
+    "reds": ("the ruby tones", "the cherry tones", "the brick red tones"),
+    "oranges": ("the peach tones", "the copper tones", "the rust tones"),
+    "yellows": ("the canary tones", "the sunflower tones", "the banana yellow bits"),
+    "greens": ("the lime tones", "the moss green tones", "the sage tones"),
+    "aquas": ("the teal tones", "the turquoise bits", "the sea green tones"),
+    "blues": ("the navy tones", "the sapphire tones", "the denim tones"),
+    "purples": ("the plum tones", "the indigo tones", "the mauve tones"),
+    "magentas": ("the hot pink tones", "the cerise tones", "the rose tones"),
+    "sky": ("the overcast sky", "the sunset sky", "the sky overhead"),
+    "skin": ("the person", "the model's skin", "the arms and face"),
+    "foliage": ("the shrubs", "the woods", "the moss", "the ferns", "the treetops", "the garden plants"),
+    "top": ("the top strip", "the upper area"), "bottom": ("the bottom strip", "the lower area"),
+    "centre": ("the central part", "the subject in the middle"), "edges": ("the border", "the outer rim"),
+}
+EVERYDAY_OBJECTS = {k: EVERYDAY_OBJECTS.get(k, ()) + _EVERYDAY_OBJECTS_MORE.get(k, ())
+                    for k in dict.fromkeys((*EVERYDAY_OBJECTS, *_EVERYDAY_OBJECTS_MORE))}
+#: Everyday objects of the global families that name what they act on (:data:`FAMILY_OBJECTS`).
+EVERYDAY_FAMILY_OBJECTS: dict[str, tuple[str, ...]] = {
+    "saturation": ("the colour", "the whole palette", "the photograph"),
+    "shadows": ("the darks", "the dark bits", "the deep shadows", "the black areas"),
+    "highlights": ("the whites", "the bright bits", "the shiny parts", "the reflections"),
+    "clarity": ("the fine detail", "the edges of things", "the photograph"),
+}
 #: Everyday requests that name no edit, for the reader (training; none of :data:`NON_EDITS_HELDOUT`).
 NON_EDITS_EVERYDAY = ("what a lovely day", "where was this taken?", "nice shot!", "what camera is this?",
                       "send it to my phone", "who is in the picture?", "i took this yesterday", "what do you think?",
                       "let me know", "good night", "is it raining?", "tell me a joke", "a red car", "a green field",
                       "a blue sky over the sea", "my garden in spring", "sunset at the beach", "do it again",
-                      "make it amazing", "just make it look right", "can you do magic?")
+                      "make it amazing", "just make it look right", "can you do magic?",
+                      # captions and chat about the scene or the day (statements about the world, not wishes)
+                      "a dog running in the park", "my kids at the zoo", "happy birthday!", "what time is it?",
+                      "how do i save this?", "the food was great", "we had so much fun", "two friends laughing",
+                      "an old house by the river", "the mountains in the distance", "our first trip together",
+                      "it rained all week", "the train was late", "a bowl of fruit on a table",
+                      "my brother and his bike", "a quiet street at night", "the view from our hotel",
+                      "is this one better than the last?", "keep this one", "delete the others",
+                      "you choose", "do whatever", "make it look like a pro did it", "fix everything",
+                      "the flowers in my mother's garden", "a bird on a branch", "the lake was cold",
+                      "snow on the hills", "a picnic by the lake", "the car is red")
 
 
 @functools.lru_cache(maxsize=None)
@@ -681,7 +744,7 @@ def render_everyday_part(family: str, direction: int, target: str, strength: str
     usable = [p for p in pool if strength == "normal" or has_strength_slot(p)] or pool
     p = usable[int(rng.integers(len(usable)))]
     objs = objects(family, target)
-    extra = EVERYDAY_OBJECTS.get(target, ()) if family not in FAMILY_OBJECTS else ()
+    extra = EVERYDAY_FAMILY_OBJECTS.get(family, ()) if family in FAMILY_OBJECTS else EVERYDAY_OBJECTS.get(target, ())
     if extra and rng.random() < 0.5:
         objs = extra
     hues = HUE_TOWARDS.get(target, (("",), ("",)))[0 if direction > 0 else 1]
@@ -769,6 +832,7 @@ def reader_training_texts() -> Iterable[str]:
         for d in (1, -1):
             yield from (_slot_free(p.text) for p in everyday_patterns(fam, d))
     yield from (o for objs in EVERYDAY_OBJECTS.values() for o in objs)
+    yield from (o for objs in EVERYDAY_FAMILY_OBJECTS.values() for o in objs)
     yield from NON_EDITS_EVERYDAY
 
 

@@ -46,6 +46,9 @@ from .data import resize
 from .grammar import describe, example_instruction
 from .util.checkpoint import CheckpointError, load_checkpoint, load_into, read_metadata, save_checkpoint
 
+#: With ``StudentConfig.route == "unsure"``: a clause with a new word keeps the first reader's reading only
+#: where its largest presence reaches this; otherwise the second reader reads it.
+SURE = 0.9
 #: File name of the shipped supervised checkpoint, in ``config.WEIGHTS_DIR``.
 SHIPPED = "student_supervised.safetensors"
 #: The checkpoint kind of a student (:mod:`course_lib.util.checkpoint`).
@@ -105,6 +108,16 @@ class StudentConfig:
             which object. Read clause by clause, each edit is a short sentence of its own; the
             presences of the clauses are combined by a noisy OR (:meth:`Student.understand`).
             Needs ``film_reads == "code"`` (the image pathway reads only the combined code).
+        route: with ``word_vectors``, which clauses the second reader reads (:meth:`Student._read_clauses`):
+            ``"blind"``, those with a new word in which the first reader reads nothing; ``"unsure"``, those
+            with a new word in which the first reader is not sure (its largest presence below :data:`SURE`).
+            The first reader never trained on a word outside its vocabulary, so what it reads in such a
+            clause comes from the words around the new one ("make the heavens a bit warmer" read as a
+            warmer photo); the second trained for exactly that.
+        second_margin: with ``word_vectors``, when reading (not in training), the second reader keeps only the
+            labels whose presence logit is within this margin of its most likely label in the clause (the others
+            get a logit of -10); 0 keeps them all. A clause names about one edit, and a reader trained for
+            words it never saw is less certain of its second guesses.
     """
 
     net_size: int = 256
@@ -126,6 +139,8 @@ class StudentConfig:
     coords: bool = False
     clauses: int = 1
     word_vectors: bool = False
+    route: str = "blind"
+    second_margin: float = 0.0
 
     def __post_init__(self) -> None:
         self.fc = tuple(int(v) for v in self.fc)
@@ -135,6 +150,8 @@ class StudentConfig:
             raise ValueError(f"act must be 'relu' or 'leaky', got {self.act!r}")
         if self.film_reads not in ("text", "code") or (self.film_reads == "code" and not self.readout):
             raise ValueError(f"film_reads must be 'text' or 'code' (with readout labels), got {self.film_reads!r}")
+        if self.route not in ("blind", "unsure"):
+            raise ValueError(f"route must be 'blind' or 'unsure', got {self.route!r}")
         if self.word_vectors and self.film_reads != "code":
             raise ValueError("word_vectors needs film_reads='code' (the image pathway reads what was understood)")
         if self.clauses < 1 or (self.clauses > 1 and self.film_reads != "code"):
@@ -170,6 +187,8 @@ class StudentConfig:
         d = json.loads(text)
         d.setdefault("act", "relu")  # written before the field existed: those students used ReLU
         d.setdefault("word_vectors", False)
+        d.setdefault("route", "blind")
+        d.setdefault("second_margin", 0.0)
         return cls(**d)
 
 
@@ -711,13 +730,16 @@ class Student(nn.Module):
         lb, sb = self.readout_head_b(self.text_mlp_b(xb)).chunk(2, dim=-1)
         if which == "b":
             return lb, sb
+        if self.cfg.second_margin > 0:  # reading: only the second reader's labels close to its most likely one
+            lb = torch.where(lb >= lb.amax(-1, keepdim=True) - self.cfg.second_margin, lb, lb.clamp_max(-10.0))
         la, sa = self.readout_head(self.text_mlp(x[..., :D + V])).chunk(2, dim=-1)
-        # the second reader only where the clause has a new word and the first reads nothing in it: what
-        # the first does read it reads with its strengths (routing every new-word clause to the second
-        # cost 2.9 dB (global) and 1.3 dB (content-aware) on held-out phrasings in `evaluate`)
+        # the second reader only where the clause has a new word and the first reads nothing in it ("blind")
+        # or is not sure of what it reads ("unsure"); what the first is sure of it reads with its strengths
+        # (routing every new-word clause to the second cost 2.9 dB (global) and 1.3 dB (content-aware) on
+        # held-out phrasings in `evaluate`)
         new = x[..., D + V + D:D + V + D + 1] > 0.5  # (..., 1)
-        blind = torch.sigmoid(la).amax(-1, keepdim=True) < self.cfg.readout_threshold  # (..., 1)
-        use_b = new & blind
+        pa = torch.sigmoid(la).amax(-1, keepdim=True)  # (..., 1)
+        use_b = new & (pa < (SURE if self.cfg.route == "unsure" else self.cfg.readout_threshold))
         return torch.where(use_b, lb, la), torch.where(use_b, sb, sa)
 
     # ------------------------------------------------------------------ text

@@ -42,6 +42,19 @@ def test_no_heldout_word_in_any_training_text_or_vocabulary_of_the_measured_read
     assert not set(grammar.NON_EDITS_EVERYDAY) & set(grammar.NON_EDITS_HELDOUT)
 
 
+def test_the_reader_wording_takes_no_word_off_the_heldout_list():
+    """:data:`course_lib.grammar.HELDOUT_SYNONYMS` is computed (synonym words minus training words): a
+    synonym added to the reader's everyday wording would leave the list, and the test above would not
+    see it while the held-out sentences still use it. Every synonym word the world's grammar does not
+    train on is on the list, and none of the reader's everyday words (patterns, objects, non-edits)."""
+    syn_words = {w for t in grammar.synonym_texts() for w in grammar.words(t)}
+    assert syn_words - grammar.training_vocabulary() == SYN
+    assert not grammar.reader_vocabulary() & syn_words - grammar.training_vocabulary()
+    for objs in (*grammar.EVERYDAY_OBJECTS.values(), *grammar.EVERYDAY_FAMILY_OBJECTS.values()):
+        for o in objs:
+            assert not grammar.words(o) & SYN, o
+
+
 def test_the_check_above_sees_a_leaked_word(monkeypatch):
     """Adding a held-out word to the everyday wording would be caught."""
     leaked = dict(grammar.EVERYDAY, contrast=(grammar.EVERYDAY["contrast"][0] + ("make {obj} zippier",),
@@ -206,3 +219,75 @@ def test_reader_only_with_a_second_reader_keeps_the_image_pathway(tmp_path):
     assert torch.allclose(routed[0][0], a[0][0])  # no new word: the first reader
     blind = torch.sigmoid(a[0][1]).amax() < new.cfg.readout_threshold  # one clause: its reading is the whole's
     assert torch.allclose(routed[0][1], (b if blind else a)[0][1])
+
+
+# ---------------------------------------------------------------- routing and the second reader's noise
+
+
+def test_route_unsure_sends_a_new_word_clause_to_the_second_reader_unless_the_first_is_sure():
+    from course_lib.student import SURE
+
+    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"),
+                              readout_threshold=0.3, route="unsure")
+    torch.manual_seed(0)
+    m = Student(cfg).eval()
+    D, V = 4, 2
+    x = torch.randn(3, 2, cfg.slot_dim)
+    x[..., -1] = 1.0  # two clauses each
+    x[..., D + V + D] = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # new-word flags
+    x = x.flatten(1)
+    K = len(cfg.readout)
+    with torch.no_grad():
+        for bias, first_sure in ((8.0, True), (-0.5, False)):  # the first reader's presence ~1 (sure) or 0.38 (not)
+            m.readout_head[-1].bias[:K] = bias
+            m.readout_head[-1].weight.zero_()
+            assert (torch.sigmoid(torch.tensor(bias)) >= SURE) == first_sure
+            la, _ = m._read_clauses(x.reshape(3, 2, -1)[..., :-1], "a")
+            lb, _ = m._read_clauses(x.reshape(3, 2, -1)[..., :-1], "b")
+            routed, _ = m._read_clauses(x.reshape(3, 2, -1)[..., :-1])
+            new = x.reshape(3, 2, -1)[..., D + V + D] > 0.5
+            for b in range(3):
+                for l in range(2):
+                    want = lb if (new[b, l] and not first_sure) else la
+                    assert torch.allclose(routed[b, l], want[b, l])
+    with pytest.raises(ValueError):
+        dataclasses.replace(cfg, route="sometimes")
+    old = json.loads(cfg.to_json())
+    del old["route"]
+    assert StudentConfig.from_json(json.dumps(old)).route == "blind"  # checkpoints from before the field
+
+
+def test_second_reader_noise_touches_only_the_embeddings_of_real_clauses():
+    from course_lib.train.reader import second_reader_noise
+
+    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"))
+    x = torch.rand(5, 2, cfg.slot_dim)
+    x[:, 1] = 0.0  # an empty second slot
+    x[:, 0, -1] = 1.0
+    x = x.flatten(1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(second_reader_noise(x, cfg, 0.0, g), x)
+    y = second_reader_noise(x, cfg, 0.5, g).reshape(5, 2, -1)
+    x3 = x.reshape(5, 2, -1)
+    D, V = 4, 2
+    assert not torch.allclose(y[:, 0, :D], x3[:, 0, :D]) and not torch.allclose(y[:, 0, D + V:2 * D + V], x3[:, 0, D + V:2 * D + V])
+    assert torch.equal(y[:, 0, D:D + V], x3[:, 0, D:D + V]) and torch.equal(y[:, 0, 2 * D + V:], x3[:, 0, 2 * D + V:])
+    assert torch.equal(y[:, 1], x3[:, 1])  # the empty slot stays empty
+
+
+def test_second_margin_keeps_the_second_readers_labels_near_its_most_likely_one():
+    cfg = dataclasses.replace(SMALL, text_dim=4, film_reads="code", clauses=2, word_vectors=True, vocab=("sky", "warmer"),
+                              readout_threshold=1.01, route="blind")  # the first reader never reads: all new-word
+    torch.manual_seed(0)                                                # clauses go to the second
+    m = Student(cfg).eval()
+    x = torch.randn(4, 2, cfg.slot_dim)
+    x[..., 4 + 2 + 4] = 1.0  # every clause has a new word
+    x = x[..., :-1]
+    with torch.no_grad():
+        full, _ = m._read_clauses(x)
+        m.cfg.second_margin = 0.5
+        cut, _ = m._read_clauses(x)
+        b, _ = m._read_clauses(x, "b")  # training reads every label
+    keep = full >= full.amax(-1, keepdim=True) - 0.5
+    assert torch.equal(cut[keep], full[keep]) and (cut[~keep] <= -10).all() and torch.equal(b, full)
+    assert keep.sum(-1).min() >= 1 and (~keep).any()

@@ -81,15 +81,32 @@ def word_indicator_dropout(x: torch.Tensor, cfg: StudentConfig, p: float, g: tor
     return torch.where(words, x * keep, x)
 
 
+def second_reader_noise(x: torch.Tensor, cfg: StudentConfig, sigma: float, g: torch.Generator) -> torch.Tensor:
+    """Gaussian noise on what the second reader reads of featurised clauses ``x`` (B, features): the
+    sentence embedding gets ``sigma / sqrt(D)`` per entry (a unit vector: noise of norm about ``sigma``)
+    and the mean word vector ``sigma`` per entry (it is scaled to entries of about unit size), in clause
+    slots only. A word it never trained on moves both away from where its training words put them; with
+    the noise it learns regions of meaning rather than the exact points of its training words."""
+    if sigma <= 0:
+        return x
+    D, V = cfg.text_dim, len(cfg.vocab)
+    L = cfg.clauses
+    slots = x.reshape(x.shape[0], L, cfg.slot_dim).clone()
+    valid = slots[..., -1:] > 0 if L > 1 else torch.ones_like(slots[..., :1], dtype=torch.bool)
+    slots[..., :D] += sigma * torch.randn(slots[..., :D].shape, generator=g) / D ** 0.5 * valid
+    slots[..., D + V:D + V + D] += sigma * torch.randn(slots[..., D + V:D + V + D].shape, generator=g) * valid
+    return slots.reshape(x.shape)
+
+
 def train_second_reader(model, bank: dict, steps: int, loss_fn, lr: float = 1e-3, seed: int = 0,
-                        batch: int = 64) -> list[float]:
+                        batch: int = 64, noise: float = 0.0) -> list[float]:
     """Train the second reader (``cfg.word_vectors``: sentence embedding + word vectors) alone on a
     featurised bank, every clause through it; the first reader is untouched. It trains for fewer
     steps than the first: it is the one for wording it never saw, and a reader trained to
     certainty on the training wording refuses more of the rest (measured, ``data/results/reader.json``).
 
     ``loss_fn(logits, strength, present, target_strength)``: the reading loss
-    (:func:`course_lib.train.student.readout_loss`).
+    (:func:`course_lib.train.student.readout_loss`). ``noise``: :func:`second_reader_noise`'s sigma.
 
     Returns:
         the readout losses, one per step.
@@ -100,7 +117,8 @@ def train_second_reader(model, bank: dict, steps: int, loss_fn, lr: float = 1e-3
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, len(bank["X"]), (batch,), generator=g)
-        loss = loss_fn(*model.understand(bank["X"][idx], "b"), bank["P"][idx], bank["S"][idx])
+        x = second_reader_noise(bank["X"][idx], model.cfg, noise, g)
+        loss = loss_fn(*model.understand(x, "b"), bank["P"][idx], bank["S"][idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -108,6 +108,15 @@ class TrainArgs(RunOptions):
     everyday: float = setting(0.0, "with --word-vectors: share of the second reader's bank in the reader's everyday "
                                    "wording (grammar.EVERYDAY)")
     indicator_dropout: float = setting(0.0, "hide each word indicator of the reader's bank with this probability")
+    second_reader_noise: float = setting(0.0, "with --word-vectors: Gaussian noise on what the second reader reads in "
+                                              "training (train.reader.second_reader_noise), so that a new word's "
+                                              "embedding lands in a region it learnt")
+    second_margin: float = setting(0.0, "with --word-vectors: when reading, the second reader keeps only the labels "
+                                        "within this presence-logit margin of its most likely one (0: all; "
+                                        "StudentConfig.second_margin)")
+    route: str = setting("blind", "with --word-vectors: which clauses with a word outside the vocabulary the second "
+                                  "reader reads: 'blind' (the first reader reads nothing there) or 'unsure' (the first "
+                                  "is not sure there; StudentConfig.route)")
 
 
 def schedule(step: int, args: TrainArgs) -> float:
@@ -374,10 +383,12 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
         raise ValueError("--reader-only needs a student whose image pathway reads the edit code "
                          "(trained with --film-reads code)")
     cfg = dataclasses.replace(model.cfg, film_hidden=args.film_hidden, text_layers=args.text_layers,
-                              clauses=args.clauses, word_vectors=args.word_vectors)
+                              clauses=args.clauses, word_vectors=args.word_vectors, route="blind")
     config.seed_everything(args.seed)
     new = Student(cfg)
-    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(("text_mlp.", "readout_head."))}
+    # the image pathway only (a second reader of the init is not kept: both readers train afresh)
+    keep = {k: v for k, v in model.state_dict().items()
+            if not k.startswith(("text_mlp.", "readout_head.", "text_mlp_b.", "readout_head_b."))}
     missing, unexpected = new.load_state_dict(keep, strict=False)
     assert not unexpected and all(k.startswith(("text_mlp", "readout_head")) for k in missing), missing
     # the first reader: the world's training wording, its words (as before the second reader existed)
@@ -385,11 +396,14 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
                            bank=text_bank(args.text_bank, args.seed, new.cfg, args.none_prob))
     if cfg.word_vectors:  # the reader of clauses with a new word, also on everyday wording (course_lib.train.reader)
         bank = text_bank(args.text_bank, args.seed, new.cfg, args.none_prob, args.everyday)
-        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed)
+        train_second_reader(new, bank, args.second_reader_steps, readout_loss, args.lr, args.seed,
+                            noise=args.second_reader_noise)
     new.eval()
     new.cfg.readout_threshold = calibrate_readout(new, *calibration_texts(args.seed))
     if cfg.word_vectors:
         align_second_reader(new, *calibration_texts(args.seed))
+        new.cfg.route = args.route  # both readers trained and calibrated as before; this routing reads with them
+        new.cfg.second_margin = args.second_margin
     return new, losses
 
 
