@@ -97,7 +97,7 @@ SIZE_VARIANTS: dict[str, str] = {
 
 
 def size_summary(saved: dict) -> dict:
-    """One row of the size study from its ``teacher-eval --data world --split val --probe --json`` file.
+    """One row of the size study from its ``teacher-eval --split val --probe --json`` file.
 
     Returns:
         ``resolution``, ``parameters``, ``steps`` and ``seconds`` (the UNet's training time, two ranks),

@@ -174,7 +174,7 @@ def step_loss(net: TeacherNet, sched, source: torch.Tensor, target: torch.Tensor
 
 
 def reader_bank(text_encoder, n: int, seed: int, none_prob: float = 0.05, vocab=()) -> dict[str, torch.Tensor]:
-    """``n`` training instructions of the data world (training wording; a ``none_prob`` share names
+    """``n`` training instructions of the photo collection (training wording; a ``none_prob`` share names
     no edit), read once: ``X`` (n, 384 + V) (:func:`course_lib.teacher.reader_features`) and the
     readout targets ``P``, ``S`` (n, K)."""
     texts, P, S = instruction_bank(n, np.random.default_rng([31_000, seed]), none_prob)
