@@ -664,7 +664,7 @@ def explore(photo: torch.Tensor, spatial_bins: int = 16, luma_bins: int = 8,
     """The lesson's explorer: fit a BGU grid to an edit made at low resolution, apply it.
 
     The edit runs on a ``low_size`` copy; :func:`fit_bgu` fits a ``luma_bins x spatial_bins^2``
-    grid; the grid is moved toward the identity by ``strength`` (``I + s (G - I)``; 1 = as fit)
+    grid; the grid is moved toward the identity by ``strength`` (``A_id + s (A - A_id)``; 1 = as fit)
     and sliced at ``size`` with the chosen guide.
 
     Args:
@@ -696,7 +696,7 @@ def explore(photo: torch.Tensor, spatial_bins: int = 16, luma_bins: int = 8,
         low_out = fn(low[None])
         grid = fit_bgu(low[None], low_out, guide_fn(low[None]), luma_bins, Hg, Wg)
         ident = identity_grid(1, luma_bins, Hg, Wg, grid.dtype)
-        # G_s = I + s (G - I)
+        # A_s = A_id + s (A - A_id)
         grid = ident + strength * (grid - ident)
         guide = guide_fn(full[None])
         after = slice_apply(grid, guide, full[None], impl=impl)[0].clamp(0, 1)
