@@ -5,6 +5,9 @@ SHELL := /bin/bash
 VENV ?= $(if $(COURSE_VENV),$(COURSE_VENV),$(CURDIR)/.venv)
 PY := $(VENV)/bin/python
 PORT ?= 8888
+# make test: pytest-xdist workers, one torch thread each; a test file, or all the notebooks of one
+# lesson, is one work unit on one worker (--dist loadfile, see conftest.py). TEST_WORKERS=0: no workers.
+TEST_WORKERS ?= 2
 # Root (containers, cloud images) needs --allow-root; JupyterLab is told not to look for updates or news online.
 JUPYTER_FLAGS := --no-browser --ip=127.0.0.1 --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,) \
 	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None
@@ -28,7 +31,7 @@ course: setup
 	$(PY) -m jupyter lab $(JUPYTER_FLAGS) notebooks/00_tour.ipynb
 
 test: setup
-	COURSE_MODE=fast $(PY) -m pytest tests solutions notebooks
+	COURSE_MODE=fast $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests solutions notebooks
 
 unit: setup
 	COURSE_MODE=fast $(PY) -m pytest tests
