@@ -136,31 +136,37 @@ def _bench_row(bench: dict, prefix: str) -> dict:
     return next(r for r in bench["rows"] if r["method"].startswith(prefix))
 
 
-@figure("teacher_steps_cost.png")
-def teacher_steps_cost():
-    """Lesson 04: the teacher at 4 and 50 DDIM steps against doing nothing (PSNR by wording) and its cost."""
+def _quality_and_cost(rows, figwidth: float, width_ratio: float, fontsize: int, legend: str):
+    """Two panels: PSNR by wording (bars) for ``rows`` = [(label, bench row)], and the timed rows' cost."""
     import matplotlib.pyplot as plt
 
     bench = results("bench_retouch.json")
-    rows = [("do nothing", _bench_row(bench, "identity")), ("teacher, 4 steps", _bench_row(bench, "teacher, 4 ")),
-            ("teacher, 50 steps", _bench_row(bench, "teacher, 50 "))]
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(figwidth, 3), gridspec_kw={"width_ratios": [width_ratio, 1]})
     for k, (key, label) in enumerate((("psnr", "training wording"), ("psnr_heldout", "held-out phrasings"))):
         xs = [i + 0.38 * k for i in range(len(rows))]
         axes[0].bar(xs, [r[key] for _, r in rows], width=0.36, label=label)
-    axes[0].set_xticks([i + 0.19 for i in range(len(rows))], [n for n, _ in rows], fontsize=8)
+    axes[0].set_xticks([i + 0.19 for i in range(len(rows))], [n for n, _ in rows], fontsize=fontsize)
     axes[0].set_ylim(min(r["psnr"] for _, r in rows) - 2, max(r["psnr"] for _, r in rows) + 1.5)
     axes[0].set_ylabel("PSNR to the target (dB)")
     axes[0].set_title(f"test photos, n = {bench['n']} per wording", fontsize=9)
-    axes[0].legend(fontsize=7, loc="upper left")
-    timed = rows[1:]
+    axes[0].legend(fontsize=7, loc=legend)
+    timed = rows[1:]  # the first row (doing nothing) takes no time
     axes[1].bar([n for n, _ in timed], [r["ms_1080p"] for _, r in timed], color="gray")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("ms per 1080p photo (CPU)")
     axes[1].set_title(f"cost, {bench['threads']} thread(s)", fontsize=9)
-    axes[1].tick_params(axis="x", labelsize=8)
+    axes[1].tick_params(axis="x", labelsize=fontsize)
     fig.tight_layout()
     return fig
+
+
+@figure("teacher_steps_cost.png")
+def teacher_steps_cost():
+    """Lesson 04: the teacher at 4 and 50 DDIM steps against doing nothing (PSNR by wording) and its cost."""
+    bench = results("bench_retouch.json")
+    rows = [("do nothing", _bench_row(bench, "identity")), ("teacher, 4 steps", _bench_row(bench, "teacher, 4 ")),
+            ("teacher, 50 steps", _bench_row(bench, "teacher, 50 "))]
+    return _quality_and_cost(rows, 8.5, 1.6, 8, "upper left")
 
 
 @figure("teacher_probe.png")
@@ -185,29 +191,11 @@ def teacher_probe():
 @figure("vsd_student_cost.png")
 def vsd_student_cost():
     """Lesson 05: the VSD student against the teacher, the supervised student and doing nothing, and their cost."""
-    import matplotlib.pyplot as plt
-
     bench = results("bench_retouch.json")
     rows = [("do nothing", _bench_row(bench, "identity")), ("supervised\nstudent", _bench_row(bench, "student, supervised")),
             ("VSD student", _bench_row(bench, "student, VSD from scratch")),
             ("teacher,\n4 steps", _bench_row(bench, "teacher, 4 ")), ("teacher,\n50 steps", _bench_row(bench, "teacher, 50 "))]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3), gridspec_kw={"width_ratios": [1.7, 1]})
-    for k, (key, label) in enumerate((("psnr", "training wording"), ("psnr_heldout", "held-out phrasings"))):
-        xs = [i + 0.38 * k for i in range(len(rows))]
-        axes[0].bar(xs, [r[key] for _, r in rows], width=0.36, label=label)
-    axes[0].set_xticks([i + 0.19 for i in range(len(rows))], [n for n, _ in rows], fontsize=7)
-    axes[0].set_ylim(min(r["psnr"] for _, r in rows) - 2, max(r["psnr"] for _, r in rows) + 1.5)
-    axes[0].set_ylabel("PSNR to the target (dB)")
-    axes[0].set_title(f"test photos, n = {bench['n']} per wording", fontsize=9)
-    axes[0].legend(fontsize=7, loc="upper right")
-    timed = rows[1:]
-    axes[1].bar([n for n, _ in timed], [r["ms_1080p"] for _, r in timed], color="gray")
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("ms per 1080p photo (CPU)")
-    axes[1].set_title(f"cost, {bench['threads']} thread(s)", fontsize=9)
-    axes[1].tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    return fig
+    return _quality_and_cost(rows, 9.5, 1.7, 7, "upper right")
 
 
 # lesson 07
