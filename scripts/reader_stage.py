@@ -18,7 +18,8 @@ recipe). Usage (the settings of the recipe's reader stage, plus ``--out``)::
 
     python scripts/reader_stage.py --init data/weights/student_supervised.safetensors --reader-only \\
         --film-hidden 256 --clauses 4 --text-pretrain-steps 24000 --text-bank 20000 --word-dropout 0 --lr 1e-3 \\
-        --seed 0 --word-vectors --everyday 0.3 --second-reader-steps 4000 --route new \\
+        --seed 0 --word-vectors --everyday 0.3 --second-reader-steps 4000 --second-reader-noise 0.5 \\
+        --route unsure --second-margin 1.0 \\
         --out outputs/reader/student_reader3.safetensors [--bank-file outputs/reader/bank.pt]
 
 ``--bank-file``: a featurised bank saved by an earlier run of this script (checked: the same texts).
