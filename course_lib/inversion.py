@@ -19,7 +19,7 @@ as condition, reconstruction would be trivial):
   ``b_0 … b_{n-1}`` and steps up; generation evaluates it at ``b_n … b_1`` and steps down, the
   last step returning ``x̂0`` (iCD: forward 19→259→519→779, reverse 259→519→779→999);
 * backward model: the frozen teacher run as 4-step DDIM on that schedule (no distillation;
-  the issue's "fixed 4-step DDIM generator");
+  the paper's fixed 4-step DDIM generator);
 * forward model: a copy of the teacher with a LoRA on its UNet (:func:`make_forward_model`),
   initialised as plain 4-step DDIM inversion and trained by :func:`cycle_loss`:
   ``LPIPS(G(F(x)), x) + λ_pix ||G(F(x)) − x||² + λ_pres ||F(x) − F_0(x)||²`` (the last term,
@@ -59,22 +59,22 @@ def boundaries(n: int, t_min: int = 19, t_max: int = 999) -> tuple[int, ...]:
 
 
 def ddim_step(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor | float,
-              alpha_bar_s: torch.Tensor | float) -> torch.Tensor:
-    """One deterministic DDIM step from timestep t to s (s > t inverts, s < t generates).
+              alpha_bar_next: torch.Tensor | float) -> torch.Tensor:
+    """One deterministic DDIM step from timestep t to t' (t' > t inverts, t' < t generates).
 
     Args:
         z_t: (B, C, h, w) the current sample; eps: (B, C, h, w) the model's ε̂(z_t, t).
-        alpha_bar_t, alpha_bar_s: ᾱ at t and s (floats or broadcastable tensors; ᾱ_s = 1 gives x̂0).
+        alpha_bar_t, alpha_bar_next: ᾱ at t and t' (floats or broadcastable tensors; ᾱ_{t'} = 1 gives x̂0).
 
     Returns:
-        (B, C, h, w) z_s.
+        (B, C, h, w) z_{t'}.
     """
     ab_t = torch.as_tensor(alpha_bar_t, dtype=z_t.dtype, device=z_t.device)
-    ab_s = torch.as_tensor(alpha_bar_s, dtype=z_t.dtype, device=z_t.device)
+    ab_next = torch.as_tensor(alpha_bar_next, dtype=z_t.dtype, device=z_t.device)
     # x̂0 = (z_t − √(1−ᾱ_t) ε̂) / √ᾱ_t
     x0_hat = (z_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-    # z_s = √ᾱ_s x̂0 + √(1−ᾱ_s) ε̂
-    return ab_s.sqrt() * x0_hat + (1 - ab_s).sqrt() * eps
+    # z_{t'} = √ᾱ_{t'} x̂0 + √(1−ᾱ_{t'}) ε̂
+    return ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
 
 
 def eps_text(model: Teacher, z: torch.Tensor, t: int, text: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
@@ -145,22 +145,22 @@ def solver_grid(n_fine: int = 50, steps: int = 4) -> tuple[int, ...]:
     return tuple(sorted(set(boundaries(n_fine)) | set(boundaries(steps))))
 
 
-def consistency_map(model: Teacher, z_t: torch.Tensor, t: int, s: int, text: torch.Tensor) -> torch.Tensor:
-    """The forward consistency function of one segment: ``f(z_t, t) = z_s``, ``s`` the segment's end.
+def consistency_map(model: Teacher, z_t: torch.Tensor, t: int, t_end: int, text: torch.Tensor) -> torch.Tensor:
+    """The forward consistency function of one segment: ``F(z_t, t) = z_{t_end}``, ``t_end`` the segment's end.
 
-    Parametrised, as in iCD, by one DDIM step of ``model`` from ``t`` straight to ``s``, so the
-    boundary condition ``f(z_s, s) = z_s`` holds by construction (a step of length zero). For
+    Parametrised, as in iCD, by one DDIM step of ``model`` from ``t`` straight to ``t_end``, so the
+    boundary condition ``F(z, t_end) = z`` holds by construction (a step of length zero). For
     ``t`` on a boundary this is exactly one step of :func:`invert`.
 
     Args:
-        z_t: (B, C, h, w) a point at timestep ``t``; ``s >= t``; text: (B, L, D).
+        z_t: (B, C, h, w) a point at timestep ``t``; ``t_end >= t``; text: (B, L, D).
 
     Returns:
         (B, C, h, w).
     """
-    if s == t:
+    if t_end == t:
         return z_t
-    ab = model.alpha_bar(torch.tensor([t, s]))
+    ab = model.alpha_bar(torch.tensor([t, t_end]))
     return ddim_step(z_t, eps_text(model, z_t, t, text), ab[0], ab[1])
 
 
@@ -177,8 +177,8 @@ def cd_point(x0: torch.Tensor, generator: torch.Generator, steps: int = 4, n_fin
             this process takes its rows, so several processes use what one process would.
 
     Returns:
-        ``(noise, t_n, t_next, s)``: noise (B, C, h, w), or ``None`` at ``t_n = b_0`` (the photo
-        itself is then the point, as :func:`invert` starts); ``t_n < t_next <= s = b_{k+1}``.
+        ``(noise, t_n, t_next, t_end)``: noise (B, C, h, w), or ``None`` at ``t_n = b_0`` (the photo
+        itself is then the point, as :func:`invert` starts); ``t_n < t_next <= t_end = b_{k+1}``.
     """
     b = boundaries(steps)
     grid = solver_grid(n_fine, steps)
@@ -195,14 +195,14 @@ def cd_point(x0: torch.Tensor, generator: torch.Generator, steps: int = 4, n_fin
 
 
 def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: torch.Tensor,
-                    noise: torch.Tensor | None, t_n: int, t_next: int, s: int) -> torch.Tensor:
+                    noise: torch.Tensor | None, t_n: int, t_next: int, t_end: int) -> torch.Tensor:
     """Consistency distillation of the forward (inversion) model from the teacher's DDIM solver
     (iCD), at one point of the fine grid (:func:`cd_point` draws it):
 
     * ``z_n = √ᾱ_{t_n} x0 + √(1−ᾱ_{t_n}) ε`` (``z_n = x0`` when ``noise`` is ``None``);
     * ``z_{n+1}``: one DDIM *inversion* step of the frozen ``teacher`` from ``t_n`` to ``t_next``;
-    * ``L = mean || f_θ(z_n, t_n) − sg[f_θ(z_{n+1}, t_next)] ||²``, ``f`` = :func:`consistency_map` of
-      ``forward`` onto the segment's end ``s`` (``f(z, s) = z``; ``sg``: stop-gradient, the target
+    * ``L = mean || F(z_n, t_n) − sg[F(z_{n+1}, t_next)] ||²``, ``F`` = :func:`consistency_map` of
+      ``forward`` onto the segment's end ``t_end`` (``F(z, t_end) = z``; ``sg``: stop-gradient, the target
       network of consistency training without an EMA).
 
     Points on one teacher trajectory must map to the same end point; the end of the segment pins
@@ -211,10 +211,10 @@ def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: 
     Args:
         forward: the trainable forward model (teacher + LoRA). teacher: the frozen ODE solver.
         x0: (B, C, h, w) photos in teacher space. text: (B, L, D) (∅ for inversion).
-        noise: (B, C, h, w) or ``None``. t_n < t_next <= s: timesteps.
+        noise: (B, C, h, w) or ``None``. t_n < t_next <= t_end: timesteps.
 
     Returns:
-        the scalar loss; its gradient reaches ``forward`` (and ``x0``) through ``f_θ(z_n, t_n)`` only.
+        the scalar loss; its gradient reaches ``forward`` (and ``x0``) through ``F(z_n, t_n)`` only.
     """
     ab = teacher.alpha_bar(torch.tensor([t_n, t_next]))
     if noise is None:
@@ -225,8 +225,8 @@ def forward_cd_loss(forward: Teacher, teacher: Teacher, x0: torch.Tensor, text: 
     with torch.no_grad():
         # the teacher's solver step, inversion direction: t_n -> t_{n+1}
         z_next = ddim_step(z_n, eps_text(teacher, z_n, t_n, text), ab[0], ab[1])
-        target = consistency_map(forward, z_next, t_next, s, text)  # = z_next at the segment's end
-    pred = consistency_map(forward, z_n, t_n, s, text)
+        target = consistency_map(forward, z_next, t_next, t_end, text)  # = z_next at the segment's end
+    pred = consistency_map(forward, z_n, t_n, t_end, text)
     return (pred.float() - target.float()).pow(2).mean()
 
 

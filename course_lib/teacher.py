@@ -284,7 +284,7 @@ class InstructionReader(torch.nn.Module):
     """The teacher's reading of an instruction: MiniLM's pooled vector -> ``tokens`` tokens.
 
     One pooled vector through the class embedding and a one-token cross-attention was too weak a
-    path for the diffusion loss to learn *which* edit is asked (issue 19's study: at t = 999 the
+    path for the diffusion loss to learn *which* edit is asked (a measured study: at t = 999 the
     predicted change had cosine 0.24 with the true one). The reader is a small MLP with
     "understood as" heads, as the student's (lesson 03): trained with an auxiliary readout loss,
     its tokens carry the edit code ``[p, p·s]`` (presence, signed strength of each edit) to the

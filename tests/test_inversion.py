@@ -273,7 +273,7 @@ def test_consistency_map_boundary_and_one_invert_step(tiny_teacher):
     x0 = T.to_space(torch.rand(2, 3, 16, 16))
     null = T.null_text(2)
     z = torch.randn_like(x0)
-    assert torch.equal(inv.consistency_map(T, z, 519, 519, null), z)  # f(z_s, s) = z_s
+    assert torch.equal(inv.consistency_map(T, z, 519, 519, null), z)  # F(z, t_end) = z
     # from a boundary, f is one step of the 4-step inversion
     ab = T.alpha_bar(torch.tensor([19, 259]))
     torch.testing.assert_close(inv.consistency_map(T, x0, 19, 259, null),
@@ -284,8 +284,8 @@ def test_consistency_map_boundary_and_one_invert_step(tiny_teacher):
 
 def cd(fwd, T, x0, null, g):
     """One consistency-distillation example at a drawn point: ``(loss, t_n)``."""
-    noise, t_n, t_next, s = inv.cd_point(x0, g)
-    return inv.forward_cd_loss(fwd, T, x0, null, noise, t_n, t_next, s), t_n
+    noise, t_n, t_next, t_end = inv.cd_point(x0, g)
+    return inv.forward_cd_loss(fwd, T, x0, null, noise, t_n, t_next, t_end), t_n
 
 
 def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
@@ -300,9 +300,9 @@ def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
     again, t2 = cd(fwd, T, x0, null, torch.Generator().manual_seed(3))
     assert t == t2 and float(loss) == float(again) and t in inv.solver_grid()
     # the target carries no gradient: x0's gradient is the prediction's alone
-    noise, t_n, t_next, s = inv.cd_point(x0, torch.Generator().manual_seed(3))
+    noise, t_n, t_next, t_end = inv.cd_point(x0, torch.Generator().manual_seed(3))
     x_req = x0.clone().requires_grad_(True)
-    inv.forward_cd_loss(fwd, T, x_req, null, noise, t_n, t_next, s).backward()
+    inv.forward_cd_loss(fwd, T, x_req, null, noise, t_n, t_next, t_end).backward()
     x_pred = x0.clone().requires_grad_(True)
     if noise is None:
         z_n = x_pred
@@ -312,8 +312,8 @@ def test_forward_cd_loss_trains_only_the_lora_and_is_seeded(tiny_teacher):
     with torch.no_grad():
         ab2 = T.alpha_bar(torch.tensor([t_n, t_next]))
         z_next = inv.ddim_step(z_n, inv.eps_text(T, z_n, t_n, null), ab2[0], ab2[1])
-        target = inv.consistency_map(fwd, z_next, t_next, s, null)
-    (inv.consistency_map(fwd, z_n, t_n, s, null) - target).pow(2).mean().backward()
+        target = inv.consistency_map(fwd, z_next, t_next, t_end, null)
+    (inv.consistency_map(fwd, z_n, t_n, t_end, null) - target).pow(2).mean().backward()
     torch.testing.assert_close(x_req.grad, x_pred.grad)
     loss.backward()
     grads = [p.grad for p in lora_parameters(fwd)]

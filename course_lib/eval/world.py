@@ -215,7 +215,7 @@ def group_table(result: dict, key: str = "psnr", methods: Sequence[str] = METHOD
 
 
 def targets(result: dict) -> dict[str, float]:
-    """The student issue's targets, computed from an evaluation (:func:`evaluate_world`):
+    """The student's targets, computed from an evaluation (:func:`evaluate_world`):
 
     - ``heldout_over_train``: the student's instruction (edit) accuracy on held-out phrasings
       divided by its accuracy with training wording (all items; target >= 0.8);

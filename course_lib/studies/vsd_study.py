@@ -121,7 +121,7 @@ def seed_table(summary: list[dict], keys=S.EDIT_KEYS) -> str:
 
 
 def verdict(result: dict, group: str = "all") -> dict:
-    """The issue's target read from a :func:`study` result: is the best student that saw no paired
+    """The study's target read from a :func:`study` result: is the best student that saw no paired
     targets at least as good as the teacher's row and at least the identity + 3 dB (PSNR)?
 
     Args:

@@ -135,8 +135,8 @@ def train(args: InverterArgs, resume: bool = False, teacher=None, perceptual=Non
         # the draws of the step (segment, point, noise) come from (seed, step): resumable
         gen.manual_seed(70_000 + 1_000_003 * args.seed + step)
         if args.stage == "cd":
-            noise, t_n, t_next, s = cd_point(x0, gen, args.inversion_steps, shard=shard)
-            loss = forward_cd_loss(fwd, teacher, x0, null, noise, t_n, t_next, s)
+            noise, t_n, t_next, t_end = cd_point(x0, gen, args.inversion_steps, shard=shard)
+            loss = forward_cd_loss(fwd, teacher, x0, null, noise, t_n, t_next, t_end)
             parts = {"cd": float(loss.detach())}
         else:
             with torch.no_grad():

@@ -17,7 +17,7 @@ are **not** used for training, only logged as a monitor):
 Update ratio: ``fake_steps`` fake-score updates per student update (default 1, as
 threestudio; DMD2 uses more).
 
-The recipe knobs for VSD **from scratch** (``--init identity``; issue 19), each off by default so
+The recipe knobs for VSD **from scratch** (``--init identity``), each off by default so
 the pure-VSD run stays the ablation: ``--noise-samples K`` (K draws of ``(t, ε)`` per item, their
 gradients averaged: less one-sample variance), ``--ema-decay`` (the checkpoint holds an EMA of the
 student), ``--t-anneal`` (``t_max`` falls linearly to a lower value over the run, as
