@@ -568,7 +568,9 @@ inline Curve8 make_curve8(const CurveParams& cp) {
 }
 
 inline __m256 curve_guide8(const Curve8& c8, __m256 r, __m256 g, __m256 b) {
-  __m256 acc0 = _mm256_set1_ps(c8.bias), acc1 = _mm256_setzero_ps();
+  // 8 accumulators: the 3 K multiply-adds form 8 short dependency chains instead of one long one
+  __m256 acc[8];
+  for (int a = 0; a < 8; ++a) acc[a] = _mm256_setzero_ps();
   const float* sh = c8.sh.data();
   const float* sl = c8.sl.data();
   for (int c = 0; c < 3; ++c) {
@@ -578,18 +580,22 @@ inline __m256 curve_guide8(const Curve8& c8, __m256 r, __m256 g, __m256 b) {
                                                      _mm256_fmadd_ps(_mm256_set1_ps(c8.M[3 * c + 2]), b,
                                                                      _mm256_set1_ps(c8.mb[c]))));
     int64_t k = 0;
-    for (; k + 1 < c8.K; k += 2) {  // two accumulators: FMA latency
-      const int64_t o = (c * c8.K + k) * 8;
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(sl + o), _mm256_max_ps(x, _mm256_loadu_ps(sh + o)), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(sl + o + 8), _mm256_max_ps(x, _mm256_loadu_ps(sh + o + 8)), acc1);
+    for (; k + 8 <= c8.K; k += 8) {
+      for (int a = 0; a < 8; ++a) {
+        const int64_t o = (c * c8.K + k + a) * 8;
+        acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(sl + o), _mm256_max_ps(x, _mm256_loadu_ps(sh + o)), acc[a]);
+      }
     }
     for (; k < c8.K; ++k) {
       const int64_t o = (c * c8.K + k) * 8;
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(sl + o), _mm256_max_ps(x, _mm256_loadu_ps(sh + o)), acc0);
+      acc[k % 8] = _mm256_fmadd_ps(_mm256_loadu_ps(sl + o), _mm256_max_ps(x, _mm256_loadu_ps(sh + o)), acc[k % 8]);
     }
   }
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+                                   _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7])));
   // clip to [0, 1]
-  return _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc0, acc1), _mm256_setzero_ps()), _mm256_set1_ps(1.f));
+  return _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(sum, _mm256_set1_ps(c8.bias)), _mm256_setzero_ps()),
+                       _mm256_set1_ps(1.f));
 }
 
 // Float planes in and out (a row of each): 8 pixels at a time straight from the planes to the planes,
