@@ -764,11 +764,15 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
             k_done = n;
           }
         }
-        for (int64_t k = k_done; k < n; ++k) {
-          const in_t* px = ip + (x0c + k) * is.sw;
-          cr[k] = to_acc<acc_t>(px[0], lut);
-          cg[k] = to_acc<acc_t>(px[is.sc], lut);
-          cb[k] = to_acc<acc_t>(px[2 * is.sc], lut);
+        {
+          // strides in locals: 8-bit loads may alias anything, which would reload them per pixel
+          const int64_t sw = is.sw, sc = is.sc;
+          const in_t* __restrict src = ip + x0c * sw;
+          for (int64_t k = k_done; k < n; ++k) {
+            cr[k] = to_acc<acc_t>(src[k * sw], lut);
+            cg[k] = to_acc<acc_t>(src[k * sw + sc], lut);
+            cb[k] = to_acc<acc_t>(src[k * sw + 2 * sc], lut);
+          }
         }
         // (2) the guide, times D: gz
         bool guide_done = false;
@@ -859,8 +863,24 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
         }
         // (5) write
         if constexpr (std::is_same_v<out_t, uint8_t>) {
+          int64_t k_clamped = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+          if constexpr (std::is_same_v<acc_t, float>) {
+            // branch-free, 8 at a time (the scalar loop below compiled to compares and jumps, which
+            // mispredict on photo data); whole groups of 8 fit the chunk buffers
+            const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f), c255 = _mm256_set1_ps(255.f),
+                         half = _mm256_set1_ps(0.5f);
+            acc_t* os3[3] = {o0, o1, o2};
+            for (; k_clamped < n; k_clamped += 8) {
+              for (acc_t* o : os3) {
+                const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(o + k_clamped), zero), one);
+                _mm256_storeu_ps(o + k_clamped, _mm256_add_ps(_mm256_mul_ps(v, c255), half));
+              }
+            }
+          }
+#endif
 #pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
+          for (int64_t k = k_clamped; k < n; ++k) {
             // clamp to [0, 1], then v * 255 + 1/2 truncated (course_lib.images.to_uint8)
             o0[k] = std::min(std::max(o0[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
             o1[k] = std::min(std::max(o1[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
@@ -874,9 +894,15 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
             }
           }
 #endif
+          // to int32 first (vectorised; values in [0.5, 255.5]), then byte stores with the strides in
+          // locals: a byte store may alias anything, which would reload them and o0..o2 per pixel
+          alignas(64) int32_t q0[kChunk], q1[kChunk], q2[kChunk];
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) q0[k] = int32_t(o0[k]), q1[k] = int32_t(o1[k]), q2[k] = int32_t(o2[k]);
+          const int64_t sw = os.sw, sc = os.sc;
+          uint8_t* __restrict d8 = reinterpret_cast<uint8_t*>(dst) + x0c * sw;
           for (int64_t k = k_out; k < n; ++k) {
-            out_t* px = dst + (x0c + k) * os.sw;
-            px[0] = uint8_t(o0[k]), px[os.sc] = uint8_t(o1[k]), px[2 * os.sc] = uint8_t(o2[k]);
+            d8[k * sw] = uint8_t(q0[k]), d8[k * sw + sc] = uint8_t(q1[k]), d8[k * sw + 2 * sc] = uint8_t(q2[k]);
           }
         } else {
           if (clamp_out) {
