@@ -946,11 +946,21 @@ void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, 
   const bool interleaved = is.sc == 1 && is.sw == 3;
   // line[c * W + x] (planes) or line[3 x + c] (interleaved): element stride of x and of c in the line
   const int64_t lx = interleaved ? 3 : 1, lc = interleaved ? 1 : W;
+  // planes with AVX2: the x taps zero-padded to a multiple of 8 (the line gets as many zeros at its end)
+  const int64_t Kp = (Kx + 7) / 8 * 8;
+  std::vector<float> wxp;
+#if defined(__AVX2__) && defined(__FMA__)
+  const bool taps8 = !interleaved && simd8_allowed();
+  if (taps8) {
+    wxp.assign(w * Kp, 0.f);
+    for (int64_t ox = 0; ox < w; ++ox) std::copy(wx + ox * Kx, wx + ox * Kx + Kx, wxp.begin() + ox * Kp);
+  }
+#endif
   at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> line(3 * W);
+    std::vector<float> line(3 * W + Kp, 0.f);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, oy = row % h;
-      std::fill(line.begin(), line.end(), 0.f);
+      std::fill(line.begin(), line.begin() + 3 * W, 0.f);
       float* l = line.data();
       // vertical: line = sum_j wy[oy, j] image[ymin + j]
       for (int64_t j = 0; j < Ky; ++j) {
@@ -983,6 +993,26 @@ void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, 
         }
       }
       // horizontal: out[ox] = sum_j wx[ox, j] line[xmin + j]
+#if defined(__AVX2__) && defined(__FMA__)
+      if (taps8) {  // 8 taps per multiply-add (the zero taps past a support read finite values), then a sum
+        for (int64_t c = 0; c < 3; ++c) {
+          float* d = op + ((b * 3 + c) * h + oy) * w;
+          const float* lc0 = l + c * W;
+          for (int64_t ox = 0; ox < w; ++ox) {
+            const float* wgt = wxp.data() + ox * Kp;
+            const float* src = lc0 + xmin[ox];
+            __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(wgt), _mm256_loadu_ps(src));
+            for (int64_t j = 8; j < Kp; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wgt + j), _mm256_loadu_ps(src + j), acc);
+            __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            v = _mm_add_ss(v, _mm_movehdup_ps(v));
+            // clip to [0, 1]
+            d[ox] = _mm_cvtss_f32(_mm_min_ss(_mm_max_ss(v, _mm_setzero_ps()), _mm_set_ss(1.f)));
+          }
+        }
+        continue;
+      }
+#endif
       for (int64_t c = 0; c < 3; ++c) {
         float* d = op + ((b * 3 + c) * h + oy) * w;
         const float* lc0 = l + c * lc;
