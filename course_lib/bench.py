@@ -24,7 +24,8 @@ import torch
 from . import config
 from .bilateral import CurveGuide, slice_apply_grid_sample
 from .util.files import atomic_write_text
-from .fastslice import available_impls, frame_cost, retouch_pass, slice_apply_cpu, slice_apply_triton, timed
+from .fastslice import (_cpu_model, available_impls, frame_cost, load_cpu_extension, retouch_pass, slice_apply_cpu,
+                        slice_apply_triton, timed)
 
 #: Named frame sizes (width, height).
 NAMED_SIZES = {"512": (512, 512), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
@@ -55,6 +56,10 @@ def machine_load() -> dict:
 #: the bilinear form, 3 multiply-adds per coefficient and the affine (about 110); the pass from photo to result
 #: adds the curve guide by binary search over its knots (about 20).
 FWD_FLOPS_PER_PIXEL = {"naive": 8 * (2 + 2 * 12) + 2 * 9 + 3, "cpu": 110, "fused 8-bit": 130}
+#: FLOPs per pixel of the curve guide in the C++ pass, by vector path: AVX-512 the binary search (about 20);
+#: AVX2 per channel 3 multiply-adds for x' and 16 ramps as max(x', s) plus a multiply-add, 3 (6 + 16 x 3);
+#: the portable loop 16 ramps as a subtract, a max and a multiply-add, 3 (6 + 16 x 4).
+GUIDE_FLOPS_PER_PIXEL = {"avx512": 20, "avx2": 3 * (6 + 16 * 3), "portable": 3 * (6 + 16 * 4)}
 
 
 def matmul_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
@@ -135,7 +140,8 @@ def fused_rows(W: int, H: int, grid_shape: tuple[int, int, int], repeats: int, g
                 for name, (call, nbytes) in calls.items():
                     floor_ms = copy_floor_ms(nbytes, repeats)
                     ms = 1e3 * timed(call, repeats=repeats, warmup=1)
-                    flops = H * W * FWD_FLOPS_PER_PIXEL["fused 8-bit" if "8-bit" in name else "cpu"]
+                    flops = H * W * (FWD_FLOPS_PER_PIXEL["cpu"] + GUIDE_FLOPS_PER_PIXEL.get(_simd_path() or "", 20)
+                                     if "8-bit" in name else FWD_FLOPS_PER_PIXEL["cpu"])
                     rows.append({"size": f"{W}x{H}", "mp": round(H * W / 1e6, 3), "impl": f"{name}, {n_threads} thr",
                                  "pass": "fwd", "ms": ms, "floor_ms": floor_ms, "bytes": nbytes, "flops": flops,
                                  "speedup": None,
@@ -227,7 +233,13 @@ def run(sizes: list[tuple[int, int]], repeats: int, grid_shape: tuple[int, int, 
     return {"device": str(device), "threads": torch.get_num_threads(), "bandwidth_GBps": bandwidth / 1e9,
             "matmul_GFLOPs": matmul_flops(device) / 1e9,
             "grid": list(grid_shape), "repeats": repeats, "cpu": platform.processor() or platform.machine(),
-            "rows": rows}
+            "cpu_model": _cpu_model(), "simd": _simd_path(), "rows": rows}
+
+
+def _simd_path() -> str | None:
+    """The C++ pass's vector path on this CPU (``avx512``, ``avx2`` or ``portable``), if the kernel loads."""
+    ext = load_cpu_extension()
+    return None if ext is None or not hasattr(ext, "simd_path") else ext.simd_path()
 
 
 def format_table(result: dict) -> str:
