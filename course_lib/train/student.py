@@ -2,6 +2,7 @@
 
     loss = mean((student(source, embed(instruction)) - target)^2) + tv_weight * TV(grid)
            [+ readout_weight * (BCE(presence) + squared error of the named edits' strengths)]
+           [+ locality_weight * mean(w_out * (student - target)^2)]
 
 on the photo collection (:class:`course_lib.world.RetouchWorld`: training photos, training
 wording; the bracket when the student has "understood as" heads), with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
@@ -34,6 +35,9 @@ with ``--global-affine`` (``student_global_affine.yaml``):
    by clause (``--clauses 4``, :func:`course_lib.student.split_clauses`), trained alone for
    longer, replaces the first; the image pathway is untouched (the wording study measured each
    change alone).
+5. ``--image-only --locality-weight`` (:func:`locality_loss`): the image pathway fine-tuned alone, the reader
+   frozen, with the squared error once more where the target leaves the photo unchanged (``w_out``), so that
+   region and colour-range edits leak less outside what they name.
 """
 from __future__ import annotations
 
