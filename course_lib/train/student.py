@@ -2,6 +2,7 @@
 
     loss = mean((student(source, embed(instruction)) - target)^2) + tv_weight * TV(grid)
            [+ readout_weight * (BCE(presence) + squared error of the named edits' strengths)]
+           [+ locality_weight * mean(w_out * (student - target)^2)]
 
 on the photo collection (:class:`course_lib.world.RetouchWorld`: training photos, training
 wording; the bracket when the student has "understood as" heads), with Adam and a cosine learning-rate schedule. It is written with 🤗 Accelerate:
@@ -34,6 +35,9 @@ with ``--global-affine`` (``student_global_affine.yaml``):
    by clause (``--clauses 4``, :func:`course_lib.student.split_clauses`), trained alone for
    longer, replaces the first; the image pathway is untouched (the wording study measured each
    change alone).
+5. ``--image-only --locality-weight`` (:func:`locality_loss`): the image pathway fine-tuned alone, the reader
+   frozen, with the squared error once more where the target leaves the photo unchanged (``w_out``), so that
+   region and colour-range edits leak less outside what they name.
 """
 from __future__ import annotations
 
@@ -114,6 +118,13 @@ class TrainArgs(RunOptions):
     second_margin: float = setting(0.0, "with --word-vectors: when reading, the second reader keeps only the labels "
                                         "within this presence-logit margin of its most likely one (0: all; "
                                         "StudentConfig.second_margin)")
+    locality_weight: float = setting(0.0, "weight of the locality term: the squared error once more on the pixels "
+                                          "the target leaves unchanged (outside the asked region or colour range; "
+                                          "locality_loss)")
+    locality_tol: float = setting(2 / 255, "a pixel counts as unchanged when no channel of target - source moves "
+                                           "more than this")
+    image_only: bool = setting(False, "with --init: train only the image pathway; the reader (text pathway, "
+                                      "'understood as' heads, second reader, threshold) stays as it is")
     route: str = setting("blind", "with --word-vectors: which clauses with a word outside the vocabulary the second "
                                   "reader reads: 'blind' (the first reader reads nothing there) or 'unsure' (the first "
                                   "is not sure there; StudentConfig.route)")
@@ -203,6 +214,27 @@ def readout_loss(logits: torch.Tensor, pred: torch.Tensor, present: torch.Tensor
     return bce + ((pred - strength).pow(2) * present).sum(1).mean()
 
 
+def locality_loss(pred: torch.Tensor, target: torch.Tensor, source: torch.Tensor, tol: float) -> torch.Tensor:
+    """The squared error on the pixels that the edits leave unchanged (outside the asked region or colour range,
+    or everywhere for a request that names no edit), so that an edit's change does not leak there.
+
+    Args:
+        pred, target, source: (B, 3, S, S) in [0, 1].
+        tol: a pixel is unchanged when no channel of ``target - source`` moves more than this.
+
+    Returns:
+        a scalar >= 0, a mean over all pixels (0 when ``pred == target`` wherever the target is unchanged).
+    """
+    # w_out = [max_c |target - source| <= tol]: 1 where the target leaves the photo as it is  (B, 1, S, S)
+    w_out = ((target - source).abs().amax(1, keepdim=True) <= tol).to(pred.dtype)
+    # L_loc = mean w_out (pred - target)^2
+    return (w_out * (pred - target).pow(2)).mean()
+
+
+#: The reader's weights (text pathway, "understood as" heads and the second reader); ``--image-only`` keeps them.
+READER_PREFIXES = ("text_mlp.", "readout_head.", "text_mlp_b.", "readout_head_b.")
+
+
 def save_training_state(out: Path, model: Student, opt: torch.optim.Optimizer, step: int, losses: list[float],
                         args: TrainArgs, processes: int = 1) -> None:
     """Write ``out`` (weights) and ``out.state/`` (optimiser, step, losses): resumable."""
@@ -271,7 +303,10 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     if fresh and args.text_pretrain_steps and model.cfg.readout:
         pretrain_text(model, args)  # stage 0: the text pathway alone, on a bank of instructions
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.image_only:  # fine-tune the image pathway alone: the reader is frozen
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith(READER_PREFIXES))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     if resume:
         load_optimizer_tensors(opt, opt_tensors, opt_meta["optimizer"])
     readout = readout and bool(model.cfg.readout)
@@ -293,10 +328,12 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
                                batch["strength"].to(text.device), args.code_forcing, args.seed, step, shard)
         pred, grid, *read = model(src, text, return_grid=True, return_readout=readout,
                                   code=code)  # (B, 3, S, S), (B, 12, D, G, G)
-        # L = mean (pred - target)^2 + lambda TV(grid) [+ w L_readout]
+        # L = mean (pred - target)^2 + lambda TV(grid) [+ lambda_loc L_loc] [+ w L_readout]
         mse = (pred - tgt).pow(2).mean()
         loss = mse + args.tv_weight * grid_tv(grid)
-        if readout:
+        if args.locality_weight > 0:
+            loss = loss + args.locality_weight * locality_loss(pred, tgt, src, args.locality_tol)
+        if readout and not args.image_only:
             loss = loss + args.readout_weight * readout_loss(*read[0], batch["present"].to(text.device),
                                                              batch["strength"].to(text.device))
         opt.zero_grad(set_to_none=True)
@@ -316,7 +353,7 @@ def train(args: TrainArgs, resume: bool = False, callback: Callable[[int, float]
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
     final.eval()
-    if readout and accelerator.is_main_process:
+    if readout and not args.image_only and accelerator.is_main_process:
         # the "understood as" threshold, chosen on validation wording (never the test's)
         final.cfg.readout_threshold = calibrate_readout(final, *calibration_texts(args.seed))
         if out is not None:
@@ -440,9 +477,14 @@ def main(argv: list[str] | None = None) -> int:
             save_student(model, out, metadata=meta)
             return model, []
         init = None
+        if args.image_only and not args.init:
+            raise ValueError("--image-only needs --init CHECKPOINT (the student whose image pathway is fine-tuned)")
         if args.init and not args.resume:
             init = load_student(args.init, device="cpu")
             args.global_affine = init.cfg.global_affine
+            if args.image_only and init.cfg.film_reads != "code":
+                raise ValueError("--image-only needs a student whose image pathway reads the edit code "
+                                 "(trained with --film-reads code)")
         return train(args, resume=args.resume, model=init)
 
     result, seconds, code = run_command(run, (FileNotFoundError, FileExistsError, ValueError, CheckpointError))
