@@ -114,6 +114,12 @@ def _files(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
 
 
+#: How far the LoRA products B A of one and two processes may differ, relative (measured on a 2-core AMD EPYC,
+#: AVX2: 0.2 % for most layers, 6.9 % for one attention query of the inverter; a wrong split or unaveraged
+#: gradients give differences of order 1).
+LORA_REL_TOL = 0.2
+
+
 @pytest.mark.parametrize("name", list(TRAINERS))
 def test_two_ranks_split_the_data_write_once_and_match_one_process(name, tmp_path):
     batch, flags, written, compare = TRAINERS[name]
@@ -150,6 +156,21 @@ def test_two_ranks_split_the_data_write_once_and_match_one_process(name, tmp_pat
                     # cannot change any output. Compare the query and value biases.
                     x, y = x.view(3, -1)[[0, 2]], y.view(3, -1)[[0, 2]]
                 tol = 2 ** -14 * max(x.abs().max(), y.abs().max()).item() + 2 ** -4 * lrs
+                if ".lora_A." in key:
+                    # B starts at zero, so A's first gradients are tiny and Adam turns their rounding noise
+                    # (another summation order over two ranks) into full steps of either sign, which later
+                    # steps carry on: elementwise, one and two processes differ on some CPUs. What A does is
+                    # B A: compare that product as a whole (a wrong data split or unaveraged gradients
+                    # change it completely, rounding noise by a few per cent).
+                    kb = key.replace(".lora_A.", ".lora_B.")
+                    px = a[kb].double().flatten(1) @ x.flatten(1)  # (out, in * k * k)
+                    py = b[kb].double().flatten(1) @ y.flatten(1)
+                    rel = ((px - py).norm() / max(px.norm(), py.norm(), 1e-12)).item()
+                    assert rel <= LORA_REL_TOL, f"{name} {file} {key}: |BA - B'A'| / |BA| = {rel:.3g}"
+                    checked += 1
+                    continue
+                if ".lora_B." in key:
+                    continue  # compared in its product with A above
                 err = (x - y).abs().max().item()
                 assert err <= tol, f"{name} {file} {key}: |one - two| = {err:.3g} > {tol:.3g}"
                 checked += 1

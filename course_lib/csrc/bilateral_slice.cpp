@@ -230,6 +230,16 @@ inline acc_t to_acc(T v, const float* lut) {
   }
 }
 
+// The grid with z innermost, padded to `lanes` (16: AVX-512, 8: AVX2): Gz[b][c][y][xg][z] (once per call)
+inline std::vector<float> grid_z_innermost(const float* gp, int64_t B, int64_t D, int64_t Hg, int64_t Wg,
+                                           int64_t lanes) {
+  std::vector<float> Gz(B * kC * Hg * Wg * lanes, 0.f);
+  for (int64_t bc = 0; bc < B * kC; ++bc)
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t yx = 0; yx < Hg * Wg; ++yx) Gz[(bc * Hg * Wg + yx) * lanes + z] = gp[(bc * D + z) * Hg * Wg + yx];
+  return Gz;
+}
+
 #if defined(__AVX512F__)
 // ---- AVX-512: 16 pixels at a time (compiled with -march=native on a CPU that has it; the loops
 // above remain the portable path). Along a row the x patch is constant for W / Wg pixels, so for
@@ -238,15 +248,6 @@ inline acc_t to_acc(T v, const float* lut) {
 // 12 coefficients A = (P + t Qx) + u (Qz + t Qxz), 12 for the affine (instead of 64 lanes of
 // which 16 are padding, plus shuffles to apply them).
 constexpr bool kSimd = true;
-
-// The grid with z innermost, padded to 16 lanes: Gz[b][c][y][xg][z] (once per call)
-inline std::vector<float> grid_z_innermost(const float* gp, int64_t B, int64_t D, int64_t Hg, int64_t Wg) {
-  std::vector<float> Gz(B * kC * Hg * Wg * 16, 0.f);
-  for (int64_t bc = 0; bc < B * kC; ++bc)
-    for (int64_t z = 0; z < D; ++z)
-      for (int64_t yx = 0; yx < Hg * Wg; ++yx) Gz[(bc * Hg * Wg + yx) * 16 + z] = gp[(bc * D + z) * Hg * Wg + yx];
-  return Gz;
-}
 
 // One row's slab with z in the lanes: Sz[c][xg][z] = wy0 Gz[c][y0][xg][z] + wy1 Gz[c][y1][xg][z]
 inline void build_zslab(const float* Gz, int64_t Hg, int64_t Wg, const Corners<float>& cy, float* Sz) {
@@ -445,15 +446,6 @@ constexpr bool kSimd = false;
 // Outside the z range the clamp f = clamp(gz - 1/2, 0, D - 1), k = min(floor f, D - 2), u = f - k gives
 // the border cell's value (u = 0 at cell 0, u = 1 at cell D - 1), as the replicated corners do.
 constexpr bool kSimd8 = true;
-
-// The grid with z innermost, padded to 8 lanes: Gz[b][c][y][xg][z] (once per call)
-inline std::vector<float> grid_z8(const float* gp, int64_t B, int64_t D, int64_t Hg, int64_t Wg) {
-  std::vector<float> Gz(B * kC * Hg * Wg * 8, 0.f);
-  for (int64_t bc = 0; bc < B * kC; ++bc)
-    for (int64_t z = 0; z < D; ++z)
-      for (int64_t yx = 0; yx < Hg * Wg; ++yx) Gz[(bc * Hg * Wg + yx) * 8 + z] = gp[(bc * D + z) * Hg * Wg + yx];
-  return Gz;
-}
 
 // One row's patch table T8[xs][c][q][z] (q: P, Qx, Qz, Qxz) from the grid rows y0, y1:
 //   S[c][xg](z) = wy0 Gz[c][y0][xg](z) + wy1 Gz[c][y1][xg](z)
@@ -677,7 +669,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
 #if defined(__AVX512F__)
   CurveSimd cs;
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (simd) Gz = grid_z_innermost(gp, B, D, Hg, Wg);
+    if (simd) Gz = grid_z_innermost(gp, B, D, Hg, Wg, 16);
   }
   if constexpr (kGuide == 16) {
     if (simd) cs = make_curve_simd(*cp);
@@ -688,7 +680,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
 #if defined(__AVX2__) && defined(__FMA__)
   Curve8 c8;
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (simd8) Gz8 = grid_z8(gp, B, D, Hg, Wg);
+    if (simd8) Gz8 = grid_z_innermost(gp, B, D, Hg, Wg, 8);
   }
   if constexpr (kGuide >= 0) {
     if (simd8) c8 = make_curve8(*cp);
