@@ -425,7 +425,7 @@ def retrain_reader(model: Student, args: TrainArgs) -> tuple[Student, list[float
     new = Student(cfg)
     # the image pathway only (a second reader of the init is not kept: both readers train afresh)
     keep = {k: v for k, v in model.state_dict().items()
-            if not k.startswith(("text_mlp.", "readout_head.", "text_mlp_b.", "readout_head_b."))}
+            if not k.startswith(READER_PREFIXES)}
     missing, unexpected = new.load_state_dict(keep, strict=False)
     assert not unexpected and all(k.startswith(("text_mlp", "readout_head")) for k in missing), missing
     # the first reader: the world's training wording, its words (as before the second reader existed)
