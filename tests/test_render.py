@@ -94,3 +94,24 @@ def test_key_figures_are_committed_and_shown(name, tmp_path):
     assert (figures.FIGURES_DIR / name).is_file(), f"data/figures/{name} is not committed"
     shown = [p.name for p in (ROOT / "solutions").glob("*.ipynb") if f"data/figures/{name}" in p.read_text()]
     assert shown, f"no lesson shows data/figures/{name}"
+
+
+def test_a_figure_is_rewritten_only_when_its_picture_changes():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    a = np.zeros((100, 100, 3), np.uint8)
+    b = a.copy()
+    b[0, 0] = 1  # one anti-aliased pixel: 1e-4 of the picture
+    c = a.copy()
+    c[:5] = 255  # a changed bar: 5 % of the picture
+    assert figures.same_picture(png(a), png(b))
+    assert not figures.same_picture(png(a), png(c))
+    assert not figures.same_picture(png(a), png(a[:50]))
