@@ -386,7 +386,7 @@ def test_portable_loops_under_aten_default_capability_match_the_16_pixel_path(cp
     torch.testing.assert_close(there[2], here[2], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("D", [2, 3, 8])
+@pytest.mark.parametrize("D", [1, 2, 3, 8, 16])
 def test_vector_path_matches_reference_to_1e5(cpu_ext, D):
     """The 8-pixel (AVX2) or 16-pixel path where this CPU has one: float32 values within 1e-5 of the
     fp64 reference, with a width that is no multiple of 8 (the row's tail), x patches changing inside
@@ -441,7 +441,9 @@ def test_retouch_pass_curve_guide_with_unsorted_repeated_and_unreachable_knots(c
         ref = bilateral.slice_apply_reference(grid.double(), copy.deepcopy(guide).double()(image.double()),
                                               image.double())
         out = fastslice.retouch_pass(grid, image, guide, clamp=False)
+        hwc = fastslice.retouch_pass(grid, image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), guide, clamp=False)
     assert (out.double() - ref).abs().max() < 1e-5
+    assert (hwc.double() - ref).abs().max() < 1e-5  # interleaved floats (the chunked loops)
 
 
 @pytest.mark.parametrize("hwc", [True, False])
