@@ -18,9 +18,10 @@
 // 3. Portable path: a slab cell holds its 12 coefficients *transposed and padded* to 16 floats,
 //    p = 4 j + i (input j, output i, i = 3 a zero pad), so the blend is 16-wide and the apply is
 //    three 4-wide FMAs, out(4) = A[:, 0] r + A[:, 1] g + A[:, 2] b + A[:, 3].
-// 4. AVX-512 path: 16 pixels of a row at a time. The slab keeps z innermost (one 16-lane register per
-//    coefficient and x cell), so `permutexvar` looks up 16 pixels' z corners at once; the curve guide
-//    is a binary search over sorted knots in a register; 8-bit pixels are loaded and stored 16 at a time.
+// 4. Vector paths (AVX-512: 16 pixels of a row at a time, AVX2: 8). The slab keeps z innermost and each row
+//    becomes a table of x patches (P, Qx, Qz, Qxz over z: one register per coefficient), so a permute looks up
+//    all pixels' z corners at once; the curve guide is one line per segment of the sorted knots (the segment
+//    found by a search in registers, not 16 relus); 8-bit pixels are converted and stored in registers.
 // 5. The guide (optionally the learned curve guide, computed from the pixel), the clamp and the
 //    rounding to 8 bits happen in the same pass: a photo is read once and its result written once.
 // The full-resolution (B, 12, H, W) coefficient tensor never exists.
@@ -248,8 +249,9 @@ inline std::vector<float> grid_z_innermost(const float* gp, int64_t B, int64_t D
 //   P(z) = S[x0](z),  Qx(z) = S[x1](z) - S[x0](z),  Qz(z) = S[x0](z+1) - S[x0](z),  Qxz = Qz[x1] - Qz[x0]
 // so `permutexvar` looks up 16 pixels' values at once, and a pixel with z corners k, k + 1 and weights t, u is
 //   A = (P + t Qx) + u (Qz + t Qxz)      (4 lookups and 3 FMAs per coefficient, 12 FMAs for the affine)
-// (the corner-slab form, 4 lookups + 3 subtractions + 3 FMAs per coefficient, measured 8.8 ms for the
-// 1080p pass with a given guide, this 4.5 ms). Rows go straight from photo to result (`row16`).
+// (the corner-slab form, 4 lookups + 3 subtractions + 3 FMAs per coefficient, through chunk buffers, measured
+// 8.5 ms for the 1080p pass with a given guide on one Zen 4 thread, this 5.9 ms). Rows go straight from photo
+// to result (`row16`).
 constexpr bool kSimd = true;
 
 // One row's patch table T16[xs][c][q][z] (q: P, Qx, Qz, Qxz) from the grid rows y0, y1 (S: scratch):
@@ -1208,18 +1210,19 @@ void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, 
   const bool interleaved = is.sc == 1 && is.sw == 3;
   // line[c * W + x] (planes) or line[3 x + c] (interleaved): element stride of x and of c in the line
   const int64_t lx = interleaved ? 3 : 1, lc = interleaved ? 1 : W;
-  // planes with AVX2: the x taps zero-padded to a multiple of 8 (the line gets as many zeros at its end)
+  // with AVX2: the x taps zero-padded to a multiple of 8 (the line gets as many zeros at its end; an interleaved
+  // line is made planes first)
   const int64_t Kp = (Kx + 7) / 8 * 8;
   std::vector<float> wxp;
 #if defined(__AVX2__) && defined(__FMA__)
-  const bool taps8 = !interleaved && simd8_allowed();
+  const bool taps8 = simd8_allowed();
   if (taps8) {
     wxp.assign(w * Kp, 0.f);
     for (int64_t ox = 0; ox < w; ++ox) std::copy(wx + ox * Kx, wx + ox * Kx + Kx, wxp.begin() + ox * Kp);
   }
 #endif
   at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> line(3 * W + Kp, 0.f);
+    std::vector<float> line(3 * W + Kp, 0.f), planes(interleaved ? 3 * W + Kp : 0, 0.f);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, oy = row % h;
       std::fill(line.begin(), line.begin() + 3 * W, 0.f);
@@ -1257,6 +1260,11 @@ void resize_kernel(const in_t* im, Strides is, float* op, int64_t B, int64_t H, 
       // horizontal: out[ox] = sum_j wx[ox, j] line[xmin + j]
 #if defined(__AVX2__) && defined(__FMA__)
       if (taps8) {  // 8 taps per multiply-add (the zero taps past a support read finite values), then a sum
+        if (interleaved) {  // the line as planes first (3 W moves instead of strided taps for every output)
+          for (int64_t c = 0; c < 3; ++c)
+            for (int64_t x = 0; x < W; ++x) planes[c * W + x] = l[3 * x + c];
+          l = planes.data();
+        }
         for (int64_t c = 0; c < 3; ++c) {
           float* d = op + ((b * 3 + c) * h + oy) * w;
           const float* lc0 = l + c * W;
