@@ -137,6 +137,9 @@ void check_inputs(const at::Tensor& grid, const at::Tensor& guide, const at::Ten
 // colours; (3) the z patch and weight; (4) slice + apply per pixel; (5) write, as floats or as
 // 8-bit values (clamp to [0, 1], v * 255 + 1/2 truncated). Images are read through strides, so
 // (B, 3, H, W) planes and (B, H, W, 3) interleaved photos (as decoded) both work without a copy.
+// The vector paths take float planes and 8-bit planes or interleaved photos straight from photo to result
+// (`row16`, `row8`: colours, guide and results stay in registers or L1 spans); the chunks then do the
+// other layouts and the rows' last W mod 16 (8) pixels.
 
 constexpr int64_t kPatch = 4 * kPad;  // floats per patch: P, Qx, Qz, Qxz
 
@@ -904,7 +907,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
   // the 8-pixel path: float arithmetic and 2 to 8 z cells
   const bool simd8 = !simd && simd8_allowed() && std::is_same_v<acc_t, float> && D >= 2 && D <= 8;
   // ... and its curve guide: up to 16 knots (more: the portable guide, through the chunk buffers)
-  const bool curve8 = simd8 && (kGuide < 0 || cp->K <= 16);
+  const bool curve8 = simd8 && (kGuide < 0 || cp->K <= 16);  // (with a guide map: always)
   // the curve's knots, copied (portable path)
   std::vector<float> curve_shifts, curve_slopes;
   if (cp != nullptr) {
