@@ -395,6 +395,7 @@ inline void slice_apply16v(const float* T, int64_t D, const int32_t* xs, const f
   }
   // two (or more) x patches: each lane from its own
   const __m512i xsv = _mm512_maskz_loadu_epi32(valid, xs);
+  for (int i = 0; i < 3; ++i) out[i] = _mm512_setzero_ps();
   for (int32_t px = xs[0]; px <= last; ++px) {
     const __mmask16 m = _mm512_mask_cmpeq_epi32_mask(valid, xsv, _mm512_set1_epi32(px));
     if (m == 0) continue;
@@ -410,7 +411,7 @@ inline void slice_apply16(const float* T, int64_t D, const int32_t* xs, const fl
   const __mmask16 valid = __mmask16((1u << n) - 1u);
   const __m512 in[3] = {_mm512_maskz_loadu_ps(valid, cr), _mm512_maskz_loadu_ps(valid, cg),
                         _mm512_maskz_loadu_ps(valid, cb)};
-  __m512 out[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 out[3];
   slice_apply16v(T, D, xs, xt, in, _mm512_maskz_loadu_ps(valid, gz), out, valid);
   _mm512_mask_storeu_ps(o0, valid, out[0]);
   _mm512_mask_storeu_ps(o1, valid, out[1]);
