@@ -518,7 +518,8 @@ __attribute__((noinline)) int64_t row16(const float* T, int64_t D, const int32_t
     }
   } else {
     // in spans, colours and curve guide into L1 buffers first, then slice + apply (8-bit: into the buffers,
-    // then rounded and stored): shorter chains per 16 pixels, more of them overlapped (as in row8)
+    // then rounded and stored): shorter chains per 16 pixels, more of them overlapped (as in row8; 8-bit with a
+    // guide map measured slower in spans here: one loop)
     constexpr int64_t kSpan = 128;
     alignas(64) float buf[4][kSpan];
     for (int64_t x0 = 0; x0 < W16; x0 += kSpan) {
@@ -823,7 +824,7 @@ __attribute__((noinline)) int64_t row8(const float* T, int64_t D, const int32_t*
       store8_interleaved(dp + 3 * x, out);
     }
   };
-  if constexpr (kGuide < 0) {
+  if constexpr (kGuide < 0 && layout == Layout8::kFloatPlanes) {
     for (int64_t x = 0; x < W8; x += 8) {
       __m256 in[3], out[3];
       load(x, in);
@@ -831,9 +832,10 @@ __attribute__((noinline)) int64_t row8(const float* T, int64_t D, const int32_t*
       store(x, out);
     }
   } else {
-    // in spans of kSpan pixels, two loops (8-bit: three): colours and curve guide into L1 buffers, then slice +
-    // apply (8-bit: into the buffers, then rounded and stored). Each loop's chain per 8 pixels is shorter, so the
-    // core overlaps more groups (1080p, one thread: float 8.6 ms instead of 10.0 with everything in one loop)
+    // with the curve guide, or 8-bit pixels: in spans of kSpan pixels, two loops (8-bit: three): colours and
+    // guide into L1 buffers, then slice + apply (8-bit: into the buffers, then rounded and stored). Each loop's
+    // chain per 8 pixels is shorter, so the core overlaps more groups (1080p, one thread: float with the curve
+    // 8.6 ms instead of 10.0 in one loop; 8-bit with a guide map 5.1 instead of 5.2)
     constexpr int64_t kSpan = 128;
     alignas(32) float buf[4][kSpan];
     for (int64_t x0 = 0; x0 < W8; x0 += kSpan) {
@@ -842,7 +844,11 @@ __attribute__((noinline)) int64_t row8(const float* T, int64_t D, const int32_t*
         __m256 in[3];
         load(x0 + k, in);
         for (int ch = 0; ch < 3; ++ch) _mm256_store_ps(buf[ch] + k, in[ch]);
-        _mm256_store_ps(buf[3] + k, _mm256_mul_ps(curve_guide8(*c8, in[0], in[1], in[2]), dz));
+        if constexpr (kGuide < 0) {
+          _mm256_store_ps(buf[3] + k, _mm256_mul_ps(_mm256_loadu_ps(grow + x0 + k), dz));
+        } else {
+          _mm256_store_ps(buf[3] + k, _mm256_mul_ps(curve_guide8(*c8, in[0], in[1], in[2]), dz));
+        }
       }
       for (int64_t k = 0; k < n; k += 8) {
         const __m256 in[3] = {_mm256_load_ps(buf[0] + k), _mm256_load_ps(buf[1] + k), _mm256_load_ps(buf[2] + k)};
