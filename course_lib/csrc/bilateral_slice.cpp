@@ -42,6 +42,12 @@
 #include <immintrin.h>
 #endif
 
+// the 16-pixel path: AVX-512 with byte and word operations (BW: shuffles, packs and masked byte loads of 8-bit
+// pixels)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define COURSE_SIMD16 1
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -245,7 +251,7 @@ inline std::vector<float> grid_z_innermost(const float* gp, int64_t B, int64_t D
   return Gz;
 }
 
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
 // ---- AVX-512: 16 pixels at a time (compiled with -march=native on a CPU that has it; the loops
 // above remain the portable path). As in the 8-pixel path below, the slab keeps z in the lanes and
 // each row's slab becomes a table of x patches (xs in [0, Wg]), per coefficient 4 registers over z:
@@ -418,33 +424,10 @@ inline void slice_apply16(const float* T, int64_t D, const int32_t* xs, const fl
   _mm512_mask_storeu_ps(o2, valid, out[2]);
 }
 
-// 16 interleaved 8-bit pixels (48 bytes r g b r g b ...) <-> three vectors of 16 values
-struct Interleave {
-  __m512i lo[3], hi[3];   // deinterleave: channel ch from (v0, v1), then v2
-  __m512i plo[3], phi[3];  // interleave: bytes 16 w .. 16 w + 15 from (R, G), then B
-  Interleave() {
-    alignas(64) int32_t a[16], b[16];
-    for (int ch = 0; ch < 3; ++ch) {
-      for (int p = 0; p < 16; ++p) {
-        const int e = 3 * p + ch;  // element of the 48
-        a[p] = e < 32 ? e : 0;     // from v0 (0..15) or v1 (16..31)
-        b[p] = e < 32 ? p : 16 + (e - 32);  // keep, or from v2
-      }
-      lo[ch] = _mm512_load_si512(a), hi[ch] = _mm512_load_si512(b);
-    }
-    for (int w = 0; w < 3; ++w) {
-      for (int k = 0; k < 16; ++k) {
-        const int e = 16 * w + k, p = e / 3, ch = e % 3;
-        a[k] = ch == 0 ? p : 16 + p;  // R[p] or G[p]
-        b[k] = ch == 2 ? 16 + p : k;  // B[p], or keep
-      }
-      plo[w] = _mm512_load_si512(a), phi[w] = _mm512_load_si512(b);
-    }
-  }
-};
-
-// 16 pixels' colours as floats v / 255: 8-bit planes (sw = 1) or interleaved pixels (sw = 3, sc = 1)
-inline void load16_u8(const uint8_t* px, int64_t sc, int64_t sw, const Interleave& il, __m512* in) {
+// 16 pixels' colours as floats v / 255: 8-bit planes (sw = 1) or interleaved pixels (sw = 3, sc = 1). Interleaved:
+// one masked 48-byte load, one dword permute giving each 128-bit lane 4 pixels (12 bytes), then per colour a
+// byte shuffle straight into zero-extended int32 lanes (instead of 3 widening loads and 6 two-source permutes)
+inline void load16_u8(const uint8_t* px, int64_t sc, int64_t sw, __m512* in) {
   if (sw == 1) {  // planes
     for (int ch = 0; ch < 3; ++ch) {
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(px + ch * sc)));
@@ -452,11 +435,13 @@ inline void load16_u8(const uint8_t* px, int64_t sc, int64_t sw, const Interleav
     }
     return;
   }
-  __m512i v[3];
-  for (int w = 0; w < 3; ++w) v[w] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(px + 16 * w)));
+  const __m512i v = _mm512_maskz_loadu_epi8(__mmask64((uint64_t(1) << 48) - 1), px);
+  const __m512i w = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11), v);
   for (int ch = 0; ch < 3; ++ch) {
-    const __m512i c = _mm512_permutex2var_epi32(_mm512_permutex2var_epi32(v[0], il.lo[ch], v[1]), il.hi[ch], v[2]);
-    in[ch] = div255_16(_mm512_cvtepi32_ps(c));
+    // int32 lane k of each 128-bit lane: byte 3 k + ch
+    const __m512i sel = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(ch, -1, -1, -1, 3 + ch, -1, -1, -1, 6 + ch, -1, -1, -1, 9 + ch, -1, -1, -1));
+    in[ch] = div255_16(_mm512_cvtepi32_ps(_mm512_shuffle_epi8(w, sel)));
   }
 }
 
@@ -466,8 +451,10 @@ inline __m512 round_byte16(__m512 v) {
   return _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(255.f)), _mm512_set1_ps(0.5f));
 }
 
-// values already 255 v + 1/2 in [0.5, 255.5] (round_byte16): truncate and pack to bytes, planes or interleaved
-inline void store16_u8(uint8_t* px, int64_t sc, int64_t sw, const Interleave& il, const __m512* rounded) {
+// values already 255 v + 1/2 in [0.5, 255.5] (round_byte16): truncate and pack to bytes, planes or interleaved.
+// Interleaved: packs give each 128-bit lane r0-3 g0-3 b0-3 (of its 4 pixels), a byte shuffle interleaves them,
+// a dword permute moves the four 12-byte groups together, one masked 48-byte store
+inline void store16_u8(uint8_t* px, int64_t sc, int64_t sw, const __m512* rounded) {
   const __m512i R = _mm512_cvttps_epi32(rounded[0]), G = _mm512_cvttps_epi32(rounded[1]);
   const __m512i Bv = _mm512_cvttps_epi32(rounded[2]);
   if (sw == 1) {
@@ -475,10 +462,12 @@ inline void store16_u8(uint8_t* px, int64_t sc, int64_t sw, const Interleave& il
     for (int c = 0; c < 3; ++c) _mm_storeu_si128(reinterpret_cast<__m128i*>(px + c * sc), _mm512_cvtepi32_epi8(ch[c]));
     return;
   }
-  for (int w = 0; w < 3; ++w) {
-    const __m512i e = _mm512_permutex2var_epi32(_mm512_permutex2var_epi32(R, il.plo[w], G), il.phi[w], Bv);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(px + 16 * w), _mm512_cvtepi32_epi8(e));
-  }
+  const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(R, G), _mm512_packus_epi32(Bv, Bv));
+  const __m512i il = _mm512_shuffle_epi8(
+      bytes, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1)));
+  const __m512i packed =
+      _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15, 15, 15, 15), il);
+  _mm512_mask_storeu_epi8(px, __mmask64((uint64_t(1) << 48) - 1), packed);
 }
 
 // A row straight from the photo to the result, 16 pixels at a time (as `row8` below): float planes, or 8-bit
@@ -487,13 +476,13 @@ inline void store16_u8(uint8_t* px, int64_t sc, int64_t sw, const Interleave& il
 template <typename px_t, int kGuide>
 __attribute__((noinline)) int64_t row16(const float* T, int64_t D, const int32_t* xs, const float* xt, const px_t* ip,
                                         Strides is, const float* grow, const CurveSimd* cs, bool clamp_out, px_t* dp,
-                                        Strides os, const Interleave& il, int64_t W) {
+                                        Strides os, int64_t W) {
   constexpr bool bytes = std::is_same_v<px_t, uint8_t>;
   const int64_t W16 = W & ~int64_t(15);
   const __m512 dz = _mm512_set1_ps(float(D)), zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
   auto load = [&](int64_t x, __m512* in) {
     if constexpr (bytes) {
-      load16_u8(ip + x * is.sw, is.sc, is.sw, il, in);
+      load16_u8(ip + x * is.sw, is.sc, is.sw, in);
     } else {
       for (int ch = 0; ch < 3; ++ch) in[ch] = _mm512_loadu_ps(ip + ch * is.sc + x);
     }
@@ -501,7 +490,7 @@ __attribute__((noinline)) int64_t row16(const float* T, int64_t D, const int32_t
   auto store = [&](int64_t x, __m512* out) {
     if constexpr (bytes) {
       for (int i = 0; i < 3; ++i) out[i] = round_byte16(out[i]);
-      store16_u8(dp + x * os.sw, os.sc, os.sw, il, out);
+      store16_u8(dp + x * os.sw, os.sc, os.sw, out);
     } else {
       for (int i = 0; i < 3; ++i) {
         if (clamp_out) out[i] = _mm512_min_ps(_mm512_max_ps(out[i], zero), one);
@@ -922,7 +911,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
     curve_slopes.assign(cp->slopes, cp->slopes + 3 * cp->K);
   }
   std::vector<float> Gz;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
   CurveSimd cs;
   if constexpr (std::is_same_v<acc_t, float>) {
     if (simd) Gz = grid_z_innermost(gp, B, D, Hg, Wg, 16);
@@ -930,7 +919,6 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
   if constexpr (kGuide == 16) {
     if (simd) cs = make_curve_simd(*cp);
   }
-  const Interleave il;
 #endif
   std::vector<float> Gz8;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -958,7 +946,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
       const auto cy = corners<acc_t>((acc_t(y) + acc_t(0.5)) * acc_t(Hg) / acc_t(H), Hg);
       if (b != last_b || cy.i0 != last_y0 || cy.i1 != last_y1 || cy.w1 != last_w1) {
         bool built = false;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
         if constexpr (std::is_same_v<acc_t, float>) {
           if (simd) build_table16(Gz.data() + b * kC * Hg * Wg * 16, D, Hg, Wg, cy, slab16.data(), table16.data());
           built = simd;
@@ -979,7 +967,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
       const in_t* ip = im + b * is.sb + y * is.sh;
       out_t* dst = op + b * os.sb + y * os.sh;
       int64_t x_done = 0;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
       if constexpr (std::is_same_v<in_t, out_t> && std::is_same_v<acc_t, float> && (kGuide < 0 || kGuide == 16) &&
                     (std::is_same_v<in_t, float> || std::is_same_v<in_t, uint8_t>)) {
         const float* grow = nullptr;
@@ -990,7 +978,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
                                 : (is.sw == 1 && os.sw == 1) || (is.sw == 3 && is.sc == 1 && os.sw == 3 && os.sc == 1);
         if (simd && direct) {
           x_done = row16<in_t, kGuide>(table16.data(), D, xs.data(), xt.data(), ip, is, grow, &cs, clamp_out, dst, os,
-                                       il, W);
+                                       W);
         }
       }
 #endif
@@ -1016,12 +1004,12 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
         const int64_t n = std::min<int64_t>(kChunk, W - x0c);
         // (1) colours (8-bit planes or interleaved pixels: 16 at a time)
         int64_t k_done = 0;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
         if constexpr (std::is_same_v<in_t, uint8_t> && std::is_same_v<acc_t, float>) {
           if (simd && (is.sw == 1 || (is.sw == 3 && is.sc == 1))) {
             for (; k_done + 16 <= n; k_done += 16) {
               __m512 in[3];
-              load16_u8(ip + (x0c + k_done) * is.sw, is.sc, is.sw, il, in);
+              load16_u8(ip + (x0c + k_done) * is.sw, is.sc, is.sw, in);
               _mm512_store_ps(cr + k_done, in[0]), _mm512_store_ps(cg + k_done, in[1]), _mm512_store_ps(cb + k_done, in[2]);
             }
           }
@@ -1049,7 +1037,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
         }
         // (2) the guide, times D: gz
         bool guide_done = false;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
         if constexpr (kGuide == 16 && std::is_same_v<acc_t, float>) {
           if (simd) {
             for (int64_t k = 0; k < n; k += 16) {
@@ -1087,7 +1075,7 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
           }
         }
         bool sliced = false;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
         if constexpr (std::is_same_v<acc_t, float>) {
           if (simd) {
             for (int64_t k = 0; k < n; k += 16) {
@@ -1160,11 +1148,11 @@ void pointwise_kernel(const acc_t* gp, const gd_t* gd, const in_t* im, Strides i
             o2[k] = std::min(std::max(o2[k], acc_t(0)), acc_t(1)) * acc_t(255) + acc_t(0.5);
           }
           int64_t k_out = 0;
-#if defined(__AVX512F__)
+#if defined(COURSE_SIMD16)
           if (simd && (os.sw == 1 || (os.sw == 3 && os.sc == 1))) {
             for (; k_out + 16 <= n; k_out += 16) {
               const __m512 rounded[3] = {_mm512_load_ps(o0 + k_out), _mm512_load_ps(o1 + k_out), _mm512_load_ps(o2 + k_out)};
-              store16_u8(dst + (x0c + k_out) * os.sw, os.sc, os.sw, il, rounded);
+              store16_u8(dst + (x0c + k_out) * os.sw, os.sc, os.sw, rounded);
             }
           }
 #endif
