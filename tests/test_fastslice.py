@@ -386,7 +386,7 @@ def test_portable_loops_under_aten_default_capability_match_the_16_pixel_path(cp
     torch.testing.assert_close(there[2], here[2], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("D", [2, 3, 8])
+@pytest.mark.parametrize("D", [1, 2, 3, 8, 16])
 def test_vector_path_matches_reference_to_1e5(cpu_ext, D):
     """The 8-pixel (AVX2) or 16-pixel path where this CPU has one: float32 values within 1e-5 of the
     fp64 reference, with a width that is no multiple of 8 (the row's tail), x patches changing inside
@@ -407,3 +407,59 @@ def test_vector_path_matches_reference_to_1e5(cpu_ext, D):
     assert (res.double() - ref_c).abs().max() < 1e-5
     assert cpu_ext.simd_path() in ("avx512", "avx2", "portable")
     assert cpu_ext.simd_active() == (cpu_ext.simd_path() != "portable")
+
+
+def _awkward_curve_guide(n_knots):
+    """Knots unsorted, repeated (three equal shifts per channel) and partly out of reach of x' = M x + b for x in
+    [0, 1]^3 (below -1 and above 2); slopes of both signs; identity colour matrix, so pixels can sit on knots."""
+    gen = torch.Generator().manual_seed(11)
+    guide = bilateral.CurveGuide(n_knots=n_knots)
+    with torch.no_grad():
+        shifts = torch.rand(3, n_knots, generator=gen)[:, torch.randperm(n_knots, generator=gen)]
+        shifts[:, 1] = shifts[:, 4] = shifts[:, n_knots - 1] = shifts[:, 2]
+        shifts[:, 3] = -1.5
+        shifts[:, n_knots - 2] = 2.5
+        guide.shifts.copy_(shifts)
+        guide.slopes.copy_(torch.randn(3, n_knots, generator=gen))
+        guide.mix_bias.fill_(0.3)
+    return guide
+
+
+@pytest.mark.parametrize("n_knots", [16, 7, 20])
+def test_retouch_pass_curve_guide_with_unsorted_repeated_and_unreachable_knots(cpu_ext, n_knots):
+    """Whatever path runs (the vector paths sort the knots and evaluate each curve as one line per segment):
+    float32 results within 1e-5 of the fp64 reference, also for pixels exactly on a knot; 20 knots take the
+    portable curve on every path."""
+    B, H, W, D, Hg, Wg = 1, 11, 45, 8, 3, 5
+    gen = torch.Generator().manual_seed(12)
+    guide = _awkward_curve_guide(n_knots)
+    grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg, generator=gen)
+    image = torch.rand(B, 3, H, W, generator=gen)
+    image[0, :, 0, :n_knots] = guide.shifts.detach()  # colours on the knots
+    image[0, :, 1, :n_knots] = guide.shifts.detach().clamp(0, 1)
+    with torch.no_grad():
+        ref = bilateral.slice_apply_reference(grid.double(), copy.deepcopy(guide).double()(image.double()),
+                                              image.double())
+        out = fastslice.retouch_pass(grid, image, guide, clamp=False)
+        hwc = fastslice.retouch_pass(grid, image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), guide, clamp=False)
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert (hwc.double() - ref).abs().max() < 1e-5  # interleaved floats (the chunked loops)
+
+
+@pytest.mark.parametrize("hwc", [True, False])
+def test_retouch_pass_8bit_equals_the_float_pass_on_every_byte_value(cpu_ext, hwc):
+    """The 8-bit pass reads v as v / 255 exactly as torch divides (the vector paths divide without a division
+    instruction) and rounds as images.to_uint8 does: on a photo with every byte value in every channel it equals
+    the float pass on photo / 255, rounded, bit for bit."""
+    B, H, W, D, Hg, Wg = 1, 16, 61, 8, 3, 4
+    gen = torch.Generator().manual_seed(13)
+    values = torch.stack([torch.randperm(H * W, generator=gen) % 256 for _ in range(3)]).to(torch.uint8)
+    photo = values.view(3, H, W)[None]  # (1, 3, H, W) planes
+    if hwc:
+        photo = photo.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # interleaved, as decoded
+    grid = bilateral.identity_grid(B, D, Hg, Wg) + 0.3 * torch.randn(B, 12, D, Hg, Wg, generator=gen)
+    guide = _curve_guide()
+    with torch.no_grad():
+        out8 = fastslice.retouch_pass(grid, photo, guide)
+        outf = fastslice.retouch_pass(grid, (photo.float() / 255).contiguous(), guide)
+    assert torch.equal(out8, (outf * 255 + 0.5).to(torch.uint8))
