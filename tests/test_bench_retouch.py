@@ -230,3 +230,21 @@ def test_student_method_clamps_without_touching_the_photo():
     y = student_method(Doubler())(x, ["a", "b"], None)
     y.sum().backward()
     assert torch.equal(x.grad, 2.0 * ((2 * keep - 0.5 > 0) & (2 * keep - 0.5 < 1)))
+
+
+def test_student_method_runs_a_student_as_retouch_does():
+    """Without gradients the bench runs a student through the fused pipeline (the clamp inside the pass),
+    with the same result as its forward pass clamped afterwards."""
+    from course_lib.eval.student import student_method
+    from course_lib.student import Student, StudentConfig
+
+    torch.manual_seed(0)
+    model = Student(StudentConfig(net_size=64, grid_size=16, channels=8, fc=(16,))).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():  # a grid far from the identity: results reach past [0, 1]
+            p.normal_(0, 0.5)
+        src = torch.rand(2, 3, 40, 56)
+        got = student_method(model)(src, ["make it warmer", "darker"], None)
+        want = model(src, model.embed(["make it warmer", "darker"])).clamp(0, 1)
+    assert got.min() >= 0 and got.max() <= 1 and (want == 0).any() and (want == 1).any()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
