@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import config
-from ..student import CheckpointError, Student, load_student, retouch_fused
+from ..student import CheckpointError, Student, load_student, retouch
 from . import score as S, tables, world as world_eval
 from .heldout import SEED, heldout_batch
 
@@ -45,14 +45,14 @@ def load_baseline(path: str | Path | None = None, device: str | torch.device | N
 def student_method(model) -> S.Method:
     """The full student as a method: ``model(source, embed(instructions))``, clamped, on the CPU.
 
-    Without gradients a :class:`Student` runs as ``retouch`` runs it (:func:`course_lib.student.retouch_fused`):
-    the clamp happens inside the one pass over the pixels, not in a second pass over a 25 MB result at
-    1080p. Otherwise the output is clamped in place when no gradient needs it (a copy would be a second
-    large buffer, faulted in page by page).
+    Without gradients a :class:`Student` runs through :func:`course_lib.student.retouch`, as the
+    ``retouch`` command runs it: the clamp happens inside the one pass over the pixels, not in a second
+    pass over a 25 MB result at 1080p. Otherwise the output is clamped in place when no gradient needs
+    it (a copy would be a second large buffer, faulted in page by page).
     """
     def run(s, i, t):
-        if isinstance(model, Student) and not torch.is_grad_enabled() and s.dtype in (torch.float32, torch.uint8):
-            return retouch_fused(model, s, model.embed(i)).cpu()  # (B, 3, H, W) in [0, 1]
+        if isinstance(model, Student) and not torch.is_grad_enabled():
+            return retouch(model, s, list(i))  # (B, 3, H, W) in [0, 1]
         out = model(s.to(model.device), model.embed(i))  # (B, 3, H, W), a fresh tensor
         return (out.clamp(0, 1) if out.requires_grad else out.clamp_(0, 1)).cpu()
     return run
